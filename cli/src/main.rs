@@ -1,0 +1,49 @@
+//! `trellis`, the command line.
+//!
+//! - `trellis mesh up|status|exec|down` — the local mesh ([`mesh`]).
+//! - `trellis demo` — a built-in local mesh with traffic and a live table ([`demo`]).
+//! - `trellis app …` — the small programs the demo and the tests run inside
+//!   pods: HTTP echo servers, a server-speaks-first TCP service, a load
+//!   generator ([`app`]).
+
+mod app;
+mod demo;
+mod mesh;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis", version, about = "Trellis service mesh command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a local mesh on this host: network namespaces as pods (root).
+    Mesh(mesh::MeshArgs),
+    /// Start a built-in local mesh, send traffic through it, show golden metrics.
+    Demo(demo::DemoArgs),
+    /// Small programs that run inside pods of the local mesh (demo and tests).
+    #[command(subcommand)]
+    App(app::AppCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mesh(args) => mesh::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::App(cmd) => app::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Shared pieces of Trellis that every binary uses.
+//!
+//! - [`addr`]: newtypes for addresses that mean something specific.
+//! - [`config`]: reading typed configuration from a source (the environment,
+//!   or a map in tests), collecting every error before reporting.
+//! - [`shutdown`]: the one drain mechanism for listeners and tasks.
+//! - [`telemetry`]: tracing setup and process metrics.
+
+pub mod addr;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
