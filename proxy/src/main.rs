@@ -1,1 +1,95 @@
-fn main() {}
+//! `trellis-proxy` — run the sidecar (no arguments), or `trellis-proxy init`
+//! to install the pod's traffic-capture rules (the init container).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use trellis_core::config::EnvSource;
+use trellis_core::shutdown::{self, Shutdown};
+use trellis_proxy::config::{Config, VARIABLES};
+use trellis_proxy::orig_dst::SoOriginalDst;
+use trellis_proxy::Proxy;
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args();
+    match argv.nth(1).as_deref() {
+        Some("init") => return init(),
+        Some("-h" | "--help") => return help(),
+        Some("-V" | "--version") => {
+            println!("trellis-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("trellis-proxy: unknown argument {other:?} (try --help)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        None => {}
+    }
+    let config = match Config::from_source(&EnvSource) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("trellis-proxy: {errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    trellis_core::telemetry::init_logging(&config.log, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .thread_name("trellis-proxy")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let grace = config.shutdown_grace;
+    let proxy = match Proxy::bind(config, Arc::new(SoOriginalDst)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(proxy.run(shutdown.clone()));
+    match shutdown::signal().await {
+        Ok(sig) => tracing::info!(signal = sig, grace = ?grace, "shutting down"),
+        Err(e) => tracing::error!(error = %e, "cannot listen for signals; shutting down"),
+    }
+    shutdown.begin();
+    let _ = running.await;
+    let left = shutdown.drained(grace).await;
+    if left > 0 {
+        tracing::warn!(connections = left, "grace period over; closing remaining connections");
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn init() -> ExitCode {
+    eprintln!("trellis-proxy init: not wired yet");
+    ExitCode::FAILURE
+}
+
+fn help() -> ExitCode {
+    println!("trellis-proxy {}: the Trellis sidecar proxy\n", env!("CARGO_PKG_VERSION"));
+    println!("USAGE:\n  trellis-proxy            run the proxy (configured by environment)");
+    println!("  trellis-proxy init ...   install the pod's capture rules (see `trellis-proxy init --help`)\n");
+    println!("ENVIRONMENT (name, default, meaning):");
+    for (name, default, what) in VARIABLES {
+        println!("  {name:<36} {default:<16} {what}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,197 @@
+//! The proxy's configuration: one typed [`Config`], read from
+//! `TRELLIS_PROXY_*` variables through a [`Source`], with every error
+//! reported at once. Shown (secrets redacted, of which there are none yet)
+//! at the admin endpoint `/config`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use trellis_core::config::{format_duration, parse_ports, ConfigErrors, PortRange, Reader, Source};
+use trellis_core::telemetry::{parse_log_filter, LogFormat};
+
+/// Every variable the proxy reads: name, default, meaning (with unit).
+/// README and `trellis-proxy --help` print this table.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (OUTBOUND_LISTEN, "127.0.0.1:7140", "address of the outbound listener (connections redirected from the pod)"),
+    (INBOUND_LISTEN, "0.0.0.0:7143", "address of the inbound listener (connections redirected to the pod)"),
+    (ADMIN_LISTEN, "0.0.0.0:7191", "address of the admin server (/metrics, /ready, /live, /config)"),
+    (DETECT_TIMEOUT, "300ms", "how long to wait for a client's first bytes before treating the connection as opaque TCP (duration: ms, s, m)"),
+    (OPAQUE_PORTS, "", "destination ports that skip protocol detection and are proxied as opaque TCP (e.g. 25,3306,4000-4010)"),
+    (CONNECT_TIMEOUT, "3s", "time allowed to connect to an upstream (duration)"),
+    (HEADER_READ_TIMEOUT, "10s", "time allowed for a client to send a complete HTTP/1 request head (duration)"),
+    (MAX_HEADER_BYTES, "65536", "largest HTTP request head accepted, in bytes; larger ones get 431"),
+    (POOL_IDLE_TIMEOUT, "90s", "how long an idle upstream HTTP connection stays pooled (duration)"),
+    (SHUTDOWN_GRACE, "30s", "after SIGTERM, how long in-flight connections may run before the proxy exits (duration)"),
+    (WORKER_THREADS, "1", "tokio worker threads (a sidecar usually wants 1 or 2)"),
+    (LOG, "info", "log filter, tracing-subscriber syntax (e.g. warn,trellis_proxy=debug)"),
+    (LOG_FORMAT, "plain", "log format: plain or json"),
+    (WORKLOAD, "", "the workload this proxy serves, for logs (e.g. demo/web-0)"),
+];
+
+pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
+pub const INBOUND_LISTEN: &str = "TRELLIS_PROXY_INBOUND_LISTEN";
+pub const ADMIN_LISTEN: &str = "TRELLIS_PROXY_ADMIN_LISTEN";
+pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
+pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
+pub const CONNECT_TIMEOUT: &str = "TRELLIS_PROXY_CONNECT_TIMEOUT";
+pub const HEADER_READ_TIMEOUT: &str = "TRELLIS_PROXY_HEADER_READ_TIMEOUT";
+pub const MAX_HEADER_BYTES: &str = "TRELLIS_PROXY_MAX_HEADER_BYTES";
+pub const POOL_IDLE_TIMEOUT: &str = "TRELLIS_PROXY_POOL_IDLE_TIMEOUT";
+pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
+pub const WORKER_THREADS: &str = "TRELLIS_PROXY_WORKER_THREADS";
+pub const LOG: &str = "TRELLIS_PROXY_LOG";
+pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
+pub const WORKLOAD: &str = "TRELLIS_PROXY_WORKLOAD";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub outbound_listen: SocketAddr,
+    pub inbound_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(serialize_with = "ser_duration")]
+    pub detect_timeout: Duration,
+    #[serde(serialize_with = "ser_ports")]
+    pub opaque_ports: Vec<PortRange>,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    pub worker_threads: usize,
+    pub log: String,
+    #[serde(serialize_with = "ser_display")]
+    pub log_format: LogFormat,
+    pub workload: String,
+}
+
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+impl Config {
+    /// Reads the configuration, reporting every bad variable together.
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(src);
+        let cfg = Config {
+            outbound_listen: r.get(OUTBOUND_LISTEN, SocketAddr::from(([127, 0, 0, 1], 7140))),
+            inbound_listen: r.get(INBOUND_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7143))),
+            admin_listen: r.get(ADMIN_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7191))),
+            detect_timeout: r.duration(DETECT_TIMEOUT, Duration::from_millis(300)),
+            opaque_ports: r.parse_with(OPAQUE_PORTS, Vec::new(), parse_ports),
+            connect_timeout: r.duration(CONNECT_TIMEOUT, Duration::from_secs(3)),
+            header_read_timeout: r.duration(HEADER_READ_TIMEOUT, Duration::from_secs(10)),
+            max_header_bytes: r.get(MAX_HEADER_BYTES, 65536),
+            pool_idle_timeout: r.duration(POOL_IDLE_TIMEOUT, Duration::from_secs(90)),
+            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(30)),
+            worker_threads: r.get(WORKER_THREADS, 1),
+            log: r.parse_with(LOG, "info".to_string(), parse_log_filter),
+            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+            workload: r.get(WORKLOAD, String::new()),
+        };
+        if cfg.max_header_bytes < MIN_HEADER_BYTES {
+            r.invalid(
+                MAX_HEADER_BYTES,
+                cfg.max_header_bytes.to_string(),
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        if !(1..=64).contains(&cfg.worker_threads) {
+            r.invalid(WORKER_THREADS, cfg.worker_threads.to_string(), "must be 1 to 64");
+        }
+        if cfg.detect_timeout.is_zero() {
+            r.invalid(DETECT_TIMEOUT, "0", "must be longer than zero");
+        }
+        let ports = [
+            (OUTBOUND_LISTEN, cfg.outbound_listen),
+            (INBOUND_LISTEN, cfg.inbound_listen),
+            (ADMIN_LISTEN, cfg.admin_listen),
+        ];
+        for (i, (name, a)) in ports.iter().enumerate() {
+            for (other, b) in &ports[i + 1..] {
+                if a.port() != 0 && a.port() == b.port() {
+                    r.invalid(name, a.to_string(), format!("uses the same port as {other}"));
+                }
+            }
+        }
+        r.finish()?;
+        Ok(cfg)
+    }
+
+    pub fn is_opaque_port(&self, port: u16) -> bool {
+        self.opaque_ports.iter().any(|r| r.contains(port))
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_ports<S: serde::Serializer>(p: &[PortRange], s: S) -> Result<S::Ok, S::Error> {
+    let joined: Vec<String> = p.iter().map(ToString::to_string).collect();
+    s.serialize_str(&joined.join(","))
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::config::MapSource;
+
+    #[test]
+    fn defaults_match_spec_ports() {
+        let cfg = Config::from_source(&MapSource::default()).unwrap();
+        assert_eq!(cfg.outbound_listen.to_string(), "127.0.0.1:7140");
+        assert_eq!(cfg.inbound_listen.to_string(), "0.0.0.0:7143");
+        assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:7191");
+        assert_eq!(cfg.detect_timeout, Duration::from_millis(300));
+        for (name, default, _) in VARIABLES {
+            assert!(name.starts_with("TRELLIS_PROXY_"), "{name}");
+            let _ = default;
+        }
+    }
+
+    #[test]
+    fn reports_all_errors_together() {
+        let src = MapSource::new([
+            (OUTBOUND_LISTEN, "localhost"),
+            (DETECT_TIMEOUT, "300"),
+            (OPAQUE_PORTS, "25,x"),
+            (MAX_HEADER_BYTES, "100"),
+            (LOG_FORMAT, "xml"),
+        ]);
+        let errs = Config::from_source(&src).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [OUTBOUND_LISTEN, DETECT_TIMEOUT, OPAQUE_PORTS, LOG_FORMAT, MAX_HEADER_BYTES]
+        );
+        let text = errs.to_string();
+        assert!(text.contains("TRELLIS_PROXY_DETECT_TIMEOUT=\"300\""), "{text}");
+    }
+
+    #[test]
+    fn refuses_shared_ports() {
+        let src = MapSource::new([(ADMIN_LISTEN, "0.0.0.0:7143")]);
+        let errs = Config::from_source(&src).unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert!(errs.0[0].reason.contains(ADMIN_LISTEN) || errs.0[0].reason.contains(INBOUND_LISTEN));
+    }
+
+    #[test]
+    fn opaque_ports() {
+        let src = MapSource::new([(OPAQUE_PORTS, "25, 4000-4010")]);
+        let cfg = Config::from_source(&src).unwrap();
+        assert!(cfg.is_opaque_port(25) && cfg.is_opaque_port(4005));
+        assert!(!cfg.is_opaque_port(80));
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["opaque_ports"], "25,4000-4010");
+        assert_eq!(json["detect_timeout"], "300ms");
+    }
+}

@@ -1,0 +1,506 @@
+//! HTTP/1.1 and HTTP/2 proxying: serve the client's connection with hyper,
+//! forward each request to the original destination, stream bodies both
+//! ways, record golden metrics when each response ends.
+//!
+//! Per request: [`forward`] labels it, strips hop-by-hop headers, sends it
+//! over a pooled upstream connection (HTTP/1 keep-alive pool or one
+//! multiplexed HTTP/2 connection), and wraps the response body in a
+//! [`RecordBody`] that records the request when the body ends (so gRPC
+//! trailers and streamed bodies are classified correctly). `Upgrade`
+//! (WebSocket) and `CONNECT` get a dedicated upstream connection and become a
+//! byte tunnel once both sides agree.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use trellis_core::addr::OrigDstAddr;
+use trellis_core::shutdown::Shutdown;
+
+use crate::detect::Protocol;
+use crate::error::ProxyError;
+use crate::metrics::{Classification, Label, Metrics, ResponseLabels, RouteLabels};
+use crate::upstream::Upstreams;
+
+/// What every request on one client connection shares.
+pub struct HttpContext {
+    pub direction: crate::metrics::Direction,
+    pub orig_dst: OrigDstAddr,
+    /// The original destination as an authority, for upstream HTTP/1 URIs.
+    pub dst_authority: Authority,
+    pub protocol: Protocol,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub route: Label,
+    pub peer: Label,
+    pub tls: bool,
+    pub shutdown: Shutdown,
+}
+
+/// Server-side limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+pub type ProxyBody = Either<RecordBody, Full<Bytes>>;
+
+/// Serves one client connection until it closes, or until shutdown, when
+/// in-flight requests finish and the connection closes gracefully.
+pub async fn serve<I>(io: I, ctx: Arc<HttpContext>, limits: ServerLimits) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = ctx.shutdown.clone();
+    let protocol = ctx.protocol;
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward(ctx, req).await) }
+    });
+    let io = TokioIo::new(io);
+    if protocol == Protocol::H2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = shutdown.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = shutdown.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }
+}
+
+/// Forwards one request and returns the response to send back. Never fails:
+/// a failure becomes an error response that names its reason.
+async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let service = ctx
+        .metrics
+        .services
+        .get(authority_of(&req).unwrap_or(""), ctx.orig_dst.get().port());
+    let recorder = Recorder {
+        metrics: ctx.metrics.clone(),
+        labels: RouteLabels {
+            direction: ctx.direction,
+            service,
+            route: ctx.route.clone(),
+            tls: ctx.tls,
+            peer: ctx.peer.clone(),
+        },
+        start,
+        grpc,
+        status: StatusCode::OK,
+        grpc_status: None,
+    };
+    tracing::debug!(method = %req.method(), route = %recorder.labels.route, "request");
+
+    let result = if wants_tunnel(&req) {
+        tunnel::forward(&ctx, req).await
+    } else {
+        remove_hop_by_hop(req.headers_mut());
+        match ctx.protocol {
+            Protocol::H2 => ctx.upstreams.send_http2(ctx.orig_dst, req).await,
+            _ => match absolute_uri(&ctx.dst_authority, req.uri()) {
+                Ok(uri) => {
+                    *req.uri_mut() = uri;
+                    ctx.upstreams.send_http1(ctx.orig_dst, req).await
+                }
+                Err(e) => Err(ProxyError::Client(std::io::Error::other(e))),
+            },
+        }
+    };
+
+    match result {
+        Ok(mut rsp) => {
+            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                remove_hop_by_hop(rsp.headers_mut());
+            }
+            let mut recorder = recorder;
+            recorder.status = rsp.status();
+            recorder.grpc_status = grpc_status(rsp.headers());
+            rsp.map(|body| Either::Left(RecordBody::new(body, recorder)))
+        }
+        Err(e) => {
+            let verdict = e.verdict();
+            if verdict.warn {
+                tracing::warn!(dst.addr = %ctx.orig_dst, error = %e, reason = verdict.reason, "request failed");
+            } else {
+                tracing::debug!(dst.addr = %ctx.orig_dst, error = %e, reason = verdict.reason, "request failed");
+            }
+            let rsp = error_response(verdict, grpc);
+            let mut recorder = recorder;
+            recorder.status = rsp.status();
+            recorder.grpc_status = grpc.then_some(verdict.grpc_status);
+            recorder.finish(false);
+            rsp
+        }
+    }
+}
+
+fn error_response(verdict: crate::error::Verdict, grpc: bool) -> Response<ProxyBody> {
+    let reason_header = HeaderValue::from_static(verdict.reason);
+    let mut rsp = if grpc {
+        // gRPC clients read a trailers-only response: status in headers.
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(verdict.grpc_status));
+        h.insert("grpc-message", reason_header.clone());
+        r
+    } else {
+        let body = format!("trellis-proxy: {}\n", verdict.reason);
+        let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *r.status_mut() = verdict.status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    rsp.headers_mut().insert("trellis-proxy-error", reason_header);
+    rsp
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host
+/// header (HTTP/1).
+fn authority_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+fn absolute_uri(dst: &Authority, uri: &Uri) -> Result<Uri, http::Error> {
+    let pq = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(dst.clone())
+        .path_and_query(pq)
+        .build()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// `Upgrade` (WebSocket over HTTP/1.1) and `CONNECT` become byte tunnels.
+fn wants_tunnel<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.version() <= http::Version::HTTP_11
+            && req.headers().contains_key(header::UPGRADE)
+            && connection_has(req.headers(), "upgrade"))
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Headers meaningful only for one hop (RFC 9110 §7.6.1): those the
+/// `Connection` header names, and the fixed list below. `TE: trailers`
+/// survives (gRPC needs it end to end).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    const FIXED: [HeaderName; 6] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+    ];
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(FIXED.iter()) {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Records one request's golden metrics once its response has ended.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    labels: RouteLabels,
+    start: Instant,
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: Option<u32>,
+}
+
+impl Recorder {
+    /// Records the request. `completed` is false when the response was cut
+    /// short (an upstream or client error mid-body).
+    fn finish(self, completed: bool) {
+        let failed = !completed
+            || self.status.is_server_error()
+            || (self.grpc && self.grpc_status.is_some_and(|s| s != 0));
+        let classification = if failed {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
+        let elapsed = self.start.elapsed().as_secs_f64();
+        self.metrics
+            .http_duration
+            .get_or_create(&self.labels)
+            .observe(elapsed);
+        let status_code = self.status.as_u16();
+        tracing::debug!(
+            status = status_code,
+            grpc_status = self.grpc_status,
+            ?classification,
+            duration_ms = elapsed * 1e3,
+            "response"
+        );
+        self.metrics
+            .http_requests
+            .get_or_create(&ResponseLabels {
+                route: self.labels,
+                status_code,
+                classification,
+            })
+            .inc();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its request's metrics when it ends, fails,
+    /// or is dropped unfinished.
+    pub struct RecordBody {
+        #[pin]
+        inner: Incoming,
+        recorder: Option<Recorder>,
+    }
+
+    impl PinnedDrop for RecordBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(r) = this.recorder.take() {
+                // hyper need not poll a body that is already at its end.
+                let complete = this.inner.is_end_stream();
+                r.finish(complete);
+            }
+        }
+    }
+}
+
+impl RecordBody {
+    fn new(inner: Incoming, recorder: Recorder) -> Self {
+        Self {
+            inner,
+            recorder: Some(recorder),
+        }
+    }
+}
+
+impl Body for RecordBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(r)) = (frame.trailers_ref(), this.recorder.as_mut()) {
+                    if let Some(s) = grpc_status(trailers) {
+                        r.grpc_status = Some(s);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.recorder.take() {
+                    r.finish(false);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = this.recorder.take() {
+                    r.finish(true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `Upgrade` and `CONNECT`: a dedicated upstream connection (an upgraded
+/// connection cannot go back to a pool), then a byte tunnel.
+mod tunnel {
+    use super::*;
+
+    pub(super) async fn forward(
+        ctx: &HttpContext,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let addr = ctx.orig_dst;
+        let upstream_err = |e: hyper::Error| ProxyError::Upstream {
+            addr,
+            source: Box::new(e),
+        };
+        let tcp = ctx.upstreams.connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(upstream_err)?;
+        ctx.shutdown.spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tunnel upstream connection ended");
+            }
+        });
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let is_connect = req.method() == Method::CONNECT;
+        let mut rsp = sender.send_request(req).await.map_err(upstream_err)?;
+        let agreed = if is_connect {
+            rsp.status().is_success()
+        } else {
+            rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if agreed {
+            let upstream_upgrade = hyper::upgrade::on(&mut rsp);
+            ctx.shutdown.spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                            Ok((up, down)) => tracing::debug!(bytes.up = up, bytes.down = down, "tunnel closed"),
+                            Err(e) => tracing::debug!(error = %e, "tunnel closed"),
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        Ok(rsp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-end-to-end"]);
+        assert_eq!(h[header::TE], "trailers");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn tunnels_are_upgrade_or_connect() {
+        let ws = Request::get("/ws")
+            .header(header::CONNECTION, "keep-alive, Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_tunnel(&ws));
+        let no_conn = Request::get("/").header(header::UPGRADE, "h2c").body(()).unwrap();
+        assert!(!wants_tunnel(&no_conn));
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        assert!(wants_tunnel(&connect));
+    }
+
+    #[test]
+    fn upstream_uri_targets_original_destination() {
+        let dst: Authority = "10.1.2.3:8080".parse().unwrap();
+        let uri = absolute_uri(&dst, &"/a/b?c=d".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://10.1.2.3:8080/a/b?c=d");
+        let uri = absolute_uri(&dst, &"http://web/x".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://10.1.2.3:8080/x");
+    }
+
+    #[test]
+    fn grpc_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        assert!(is_grpc(&h));
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&h), Some(14));
+    }
+}

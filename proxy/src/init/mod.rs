@@ -1,0 +1,357 @@
+//! `trellis-proxy init`: installs the pod's traffic-capture rules.
+//!
+//! It runs once per pod, as the `trellis-init` init container (in the local
+//! mesh: inside each workload's network namespace), before the application and
+//! the proxy start. It redirects the pod's TCP connections to the proxy with
+//! `REDIRECT` rules in the `nat` table of the current network namespace, in
+//! four chains of its own:
+//!
+//! ```text
+//!      TCP arriving at the pod                  TCP leaving the pod
+//!              │                                        │
+//!       nat PREROUTING                             nat OUTPUT
+//!              │ (first rule: jump)                     │ (first rule: jump)
+//!              ▼                                        ▼
+//!       TRELLIS_INBOUND                          TRELLIS_OUTBOUND
+//!         RETURN  admin port (7191)                RETURN  uid 7102 (the proxy itself)
+//!         RETURN  --skip-inbound-ports             RETURN  -o lo
+//!              │                                   RETURN  -d 127.0.0.0/8 (v6: ::1/128)
+//!              │                                   RETURN  --skip-outbound-ports
+//!              ▼                                        ▼
+//!       TRELLIS_INBOUND_REDIRECT                 TRELLIS_OUTBOUND_REDIRECT
+//!         REDIRECT --to-ports 7143                 REDIRECT --to-ports 7140
+//! ```
+//!
+//! A `RETURN` hands the connection back to the built-in chain, so whatever
+//! else the namespace keeps there (Service DNAT rules, say) still applies to
+//! the traffic the mesh leaves alone. The jumps are *inserted* as the first
+//! rule of `PREROUTING`/`OUTPUT`, so capture comes before such DNAT rules
+//! whichever was installed first. Every rule carries a
+//! `-m comment --comment "trellis/…"` saying what it does.
+//!
+//! The work is decide-then-act:
+//!
+//! 1. **decide**: [`Plan::from_args`] validates the flags (every problem
+//!    reported at once); [`apply::choose_variant`] picks the iptables variant
+//!    (nft or legacy); [`rules::rules`] turns the plan and the current `nat`
+//!    table (`iptables-save -t nat`) into `iptables-restore` input. That last
+//!    step is a pure function, tested from tables without root.
+//! 2. **act**: [`apply::restore`] feeds the script to
+//!    `iptables-restore --noflush` (and `ip6tables-restore` when the namespace
+//!    has IPv6). One restore is one atomic commit; `--noflush` leaves every
+//!    other chain and table alone.
+//!
+//! Re-running replaces rather than duplicates: declaring `:TRELLIS_X - [0:0]`
+//! in a `--noflush` restore empties that chain before it is refilled, and a
+//! jump from a built-in chain is added only when the saved table lacks it.
+//! `--remove` deletes the jumps and the chains. `--dry-run` prints the scripts
+//! instead of running them; it still reads the current rules (read-only), so
+//! it prints exactly what would be applied, and when it cannot read them (not
+//! root, say) it assumes a fresh table and says so in a `#` comment line.
+
+mod apply;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Write};
+use std::process::ExitStatus;
+
+use clap::builder::BoolishValueParser;
+use trellis_core::config::{parse_ports, PortRange};
+
+use self::apply::Variant;
+use self::rules::Family;
+
+/// Default port of the proxy's inbound listener (SPEC: proxy ports).
+pub const DEFAULT_INBOUND_PORT: u16 = 7143;
+/// Default port of the proxy's outbound listener.
+pub const DEFAULT_OUTBOUND_PORT: u16 = 7140;
+/// Default port of the proxy's admin server; never redirected.
+pub const DEFAULT_ADMIN_PORT: u16 = 7191;
+/// Default uid the proxy runs as; its own connections are never redirected.
+pub const DEFAULT_PROXY_UID: u32 = 7102;
+
+/// Flags of `trellis-proxy init`; each can also come from a `TRELLIS_INIT_*`
+/// variable (the flag wins).
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Port of the proxy's inbound listener: TCP arriving at the pod is
+    /// redirected there.
+    #[arg(long, env = "TRELLIS_INIT_INBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    pub(crate) inbound_port: u16,
+
+    /// Port of the proxy's outbound listener: TCP leaving the pod is
+    /// redirected there.
+    #[arg(long, env = "TRELLIS_INIT_OUTBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
+    pub(crate) outbound_port: u16,
+
+    /// Port of the proxy's admin server; inbound TCP to it is not redirected.
+    #[arg(long, env = "TRELLIS_INIT_ADMIN_PORT", value_name = "PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    pub(crate) admin_port: u16,
+
+    /// User id the proxy runs as; its own connections are not redirected.
+    #[arg(long, env = "TRELLIS_INIT_PROXY_UID", value_name = "UID", default_value_t = DEFAULT_PROXY_UID)]
+    pub(crate) proxy_uid: u32,
+
+    /// Inbound destination ports that bypass the proxy, e.g. `22,4000-4010`.
+    #[arg(long, env = "TRELLIS_INIT_SKIP_INBOUND_PORTS", value_name = "PORTS", default_value = "")]
+    pub(crate) skip_inbound_ports: String,
+
+    /// Outbound destination ports that bypass the proxy, e.g. `25,3306`.
+    #[arg(long, env = "TRELLIS_INIT_SKIP_OUTBOUND_PORTS", value_name = "PORTS", default_value = "")]
+    pub(crate) skip_outbound_ports: String,
+
+    /// Which iptables to use: `auto` picks the variant that already holds
+    /// rules, else nft when installed, else legacy.
+    #[arg(long, env = "TRELLIS_INIT_IPTABLES_MODE", value_enum, default_value_t = IptablesMode::Auto)]
+    pub(crate) iptables_mode: IptablesMode,
+
+    /// Also install the IPv6 rules: `auto` does when the namespace has IPv6.
+    #[arg(long, env = "TRELLIS_INIT_IPV6", value_enum, default_value_t = Ipv6Mode::Auto)]
+    pub(crate) ipv6: Ipv6Mode,
+
+    /// Print the iptables-restore input instead of applying it.
+    #[arg(long, env = "TRELLIS_INIT_DRY_RUN", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub(crate) dry_run: bool,
+
+    /// Delete the Trellis chains and the jumps to them instead of installing.
+    #[arg(long, env = "TRELLIS_INIT_REMOVE", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub(crate) remove: bool,
+}
+
+/// `--iptables-mode`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IptablesMode {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+/// `--ipv6`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ipv6Mode {
+    Auto,
+    On,
+    Off,
+}
+
+/// Why `trellis-proxy init` failed.
+#[derive(thiserror::Error, Debug)]
+pub enum InitError {
+    /// The flags are wrong; every problem found is listed.
+    #[error("invalid arguments: {}", .0.join("; "))]
+    InvalidArgs(Vec<String>),
+
+    #[error("{tool} not found (searched PATH, /usr/sbin, /sbin): is iptables installed?")]
+    ToolNotFound { tool: String },
+
+    #[error("could not run {tool}: {source}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{tool} failed ({status}): {}", failure_detail(.stderr, .failed_line.as_deref()))]
+    ToolFailed {
+        tool: String,
+        status: ExitStatus,
+        stderr: String,
+        /// The script line the tool complained about, when it named one.
+        failed_line: Option<String>,
+    },
+
+    #[error("could not print the rules: {0}")]
+    Print(#[source] io::Error),
+}
+
+impl InitError {
+    /// The process exit code for this error: 2 for bad arguments (the
+    /// caller's fault, retrying will not help), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InitError::InvalidArgs(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn failure_detail(stderr: &str, failed_line: Option<&str>) -> String {
+    let stderr = stderr.trim();
+    let stderr = if stderr.is_empty() { "no error output" } else { stderr };
+    match failed_line {
+        Some(line) => format!("{stderr} (the line: `{line}`)"),
+        None => stderr.to_string(),
+    }
+}
+
+/// The validated parameters of the capture rules: what [`rules::rules`]
+/// needs, nothing about how or whether to apply them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) inbound_port: u16,
+    pub(crate) outbound_port: u16,
+    pub(crate) admin_port: u16,
+    pub(crate) proxy_uid: u32,
+    pub(crate) skip_inbound: Vec<PortRange>,
+    pub(crate) skip_outbound: Vec<PortRange>,
+}
+
+impl Plan {
+    /// Validates the flags, reporting every problem at once.
+    pub(crate) fn from_args(args: &InitArgs) -> Result<Self, InitError> {
+        let mut problems = Vec::new();
+
+        let ports = [
+            ("--inbound-port", args.inbound_port),
+            ("--outbound-port", args.outbound_port),
+            ("--admin-port", args.admin_port),
+        ];
+        for (flag, port) in ports {
+            if port == 0 {
+                problems.push(format!("{flag} 0: not a port (1-65535)"));
+            }
+        }
+        for (i, (flag_a, a)) in ports.iter().enumerate() {
+            for (flag_b, b) in &ports[i + 1..] {
+                if a == b && *a != 0 {
+                    problems.push(format!("{flag_a} and {flag_b} are both {a}: the proxy's ports must differ"));
+                }
+            }
+        }
+
+        let mut port_list = |flag: &str, value: &str| match parse_ports(value) {
+            Ok(list) => list,
+            Err(reason) => {
+                problems.push(format!("{flag} {value:?}: {reason}"));
+                Vec::new()
+            }
+        };
+        let skip_inbound = port_list("--skip-inbound-ports", &args.skip_inbound_ports);
+        let skip_outbound = port_list("--skip-outbound-ports", &args.skip_outbound_ports);
+
+        if !problems.is_empty() {
+            return Err(InitError::InvalidArgs(problems));
+        }
+        Ok(Plan {
+            inbound_port: args.inbound_port,
+            outbound_port: args.outbound_port,
+            admin_port: args.admin_port,
+            proxy_uid: args.proxy_uid,
+            skip_inbound,
+            skip_outbound,
+        })
+    }
+}
+
+/// Installs (or, with `--remove`, deletes) the capture rules in the current
+/// network namespace, or prints them with `--dry-run`.
+pub fn run(args: &InitArgs) -> Result<(), InitError> {
+    // Decide.
+    let plan = Plan::from_args(args)?;
+    let choice = apply::choose_variant(args.iptables_mode)?;
+    tracing::info!(variant = %choice.variant, reason = %choice.reason, "chose the iptables variant");
+    let families = families(args);
+
+    let mut out = io::stdout().lock();
+    for (family, required) in families {
+        // Read the current `nat` table, to know which jumps already exist.
+        let current = match apply::save(choice.variant, family) {
+            Ok(text) => Current::Read(text),
+            Err(error) if !required => {
+                tracing::debug!(%family, %error, "no IPv6 rules to remove");
+                continue;
+            }
+            Err(error) if args.dry_run => Current::Unreadable(error.to_string()),
+            Err(error) => return Err(error),
+        };
+        let script = if args.remove {
+            rules::removal(current.text())
+        } else {
+            Some(rules::rules(&plan, family, current.text()))
+        };
+
+        // Act.
+        let restore = choice.variant.tool(family, "restore");
+        if args.dry_run {
+            print_script(&mut out, family, &restore, &choice, &current, script.as_deref())
+                .map_err(InitError::Print)?;
+            continue;
+        }
+        let Some(script) = script else {
+            tracing::info!(%family, "no Trellis rules to remove");
+            continue;
+        };
+        apply::restore(choice.variant, family, &script)?;
+        let what = if args.remove { "removed the Trellis capture rules" } else { "installed the Trellis capture rules" };
+        tracing::info!(%family, tool = %restore, "{what}");
+    }
+    Ok(())
+}
+
+/// The address families to handle, each with whether failing to read its
+/// rules is an error. `--remove` in `auto` also tries IPv6 when the namespace
+/// no longer shows IPv6, in case rules were installed while it did.
+fn families(args: &InitArgs) -> Vec<(Family, bool)> {
+    let v6 = match args.ipv6 {
+        Ipv6Mode::On => Some(true),
+        Ipv6Mode::Off => None,
+        Ipv6Mode::Auto if apply::ipv6_enabled() => Some(true),
+        Ipv6Mode::Auto if args.remove => Some(false),
+        Ipv6Mode::Auto => None,
+    };
+    let mut families = vec![(Family::V4, true)];
+    families.extend(v6.map(|required| (Family::V6, required)));
+    families
+}
+
+/// What `iptables-save -t nat` said, or why it could not be asked.
+enum Current {
+    Read(String),
+    Unreadable(String),
+}
+
+impl Current {
+    fn text(&self) -> &str {
+        match self {
+            Current::Read(text) => text,
+            Current::Unreadable(_) => "",
+        }
+    }
+}
+
+/// `--dry-run` output for one family: `#` comment lines (which
+/// `iptables-restore` ignores) then the script.
+fn print_script(
+    out: &mut impl Write,
+    family: Family,
+    restore: &str,
+    choice: &apply::Choice,
+    current: &Current,
+    script: Option<&str>,
+) -> io::Result<()> {
+    let tool = match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    };
+    writeln!(out, "# {tool} ({family}): {restore} {} ({}: {})", apply::RESTORE_FLAGS.join(" "), choice.variant, choice.reason)?;
+    if let Current::Unreadable(why) = current {
+        writeln!(out, "# could not read the current rules, so assuming none: {why}")?;
+    }
+    match script {
+        Some(script) => out.write_all(script.as_bytes()),
+        None => writeln!(out, "# nothing to remove"),
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+            Variant::Plain => "plain",
+        })
+    }
+}
