@@ -100,7 +100,11 @@ impl Config {
             );
         }
         if !(1..=64).contains(&cfg.worker_threads) {
-            r.invalid(WORKER_THREADS, cfg.worker_threads.to_string(), "must be 1 to 64");
+            r.invalid(
+                WORKER_THREADS,
+                cfg.worker_threads.to_string(),
+                "must be 1 to 64",
+            );
         }
         if cfg.detect_timeout.is_zero() {
             r.invalid(DETECT_TIMEOUT, "0", "must be longer than zero");
@@ -113,7 +117,11 @@ impl Config {
         for (i, (name, a)) in ports.iter().enumerate() {
             for (other, b) in &ports[i + 1..] {
                 if a.port() != 0 && a.port() == b.port() {
-                    r.invalid(name, a.to_string(), format!("uses the same port as {other}"));
+                    r.invalid(
+                        name,
+                        a.to_string(),
+                        format!("uses the same port as {other}"),
+                    );
                 }
             }
         }
@@ -170,10 +178,19 @@ mod tests {
         let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            [OUTBOUND_LISTEN, DETECT_TIMEOUT, OPAQUE_PORTS, LOG_FORMAT, MAX_HEADER_BYTES]
+            [
+                OUTBOUND_LISTEN,
+                DETECT_TIMEOUT,
+                OPAQUE_PORTS,
+                LOG_FORMAT,
+                MAX_HEADER_BYTES
+            ]
         );
         let text = errs.to_string();
-        assert!(text.contains("TRELLIS_PROXY_DETECT_TIMEOUT=\"300\""), "{text}");
+        assert!(
+            text.contains("TRELLIS_PROXY_DETECT_TIMEOUT=\"300\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -181,7 +198,9 @@ mod tests {
         let src = MapSource::new([(ADMIN_LISTEN, "0.0.0.0:7143")]);
         let errs = Config::from_source(&src).unwrap_err();
         assert_eq!(errs.0.len(), 1);
-        assert!(errs.0[0].reason.contains(ADMIN_LISTEN) || errs.0[0].reason.contains(INBOUND_LISTEN));
+        assert!(
+            errs.0[0].reason.contains(ADMIN_LISTEN) || errs.0[0].reason.contains(INBOUND_LISTEN)
+        );
     }
 
     #[test]

@@ -83,8 +83,15 @@ pub async fn handle(ctx: Arc<ListenerContext>, stream: TcpStream, client: Client
 
 /// Phase 1: the original destination, refusing connections to the proxy
 /// itself (which would loop forever).
-fn accept(ctx: &ListenerContext, stream: TcpStream, client: ClientAddr) -> Result<Accepted, ProxyError> {
-    let orig_dst = ctx.orig_dst.orig_dst(&stream).map_err(ProxyError::NoOrigDst)?;
+fn accept(
+    ctx: &ListenerContext,
+    stream: TcpStream,
+    client: ClientAddr,
+) -> Result<Accepted, ProxyError> {
+    let orig_dst = ctx
+        .orig_dst
+        .orig_dst(&stream)
+        .map_err(ProxyError::NoOrigDst)?;
     let local = stream.local_addr().map_err(ProxyError::Client)?;
     if is_loop(orig_dst.get(), local, &ctx.own_ports) {
         return Err(ProxyError::Loop(orig_dst));
@@ -104,11 +111,16 @@ pub(crate) fn is_loop(orig_dst: SocketAddr, local: SocketAddr, own_ports: &[u16]
         return true;
     }
     let ip = orig_dst.ip();
-    own_ports.contains(&orig_dst.port()) && (ip.is_loopback() || ip.is_unspecified() || ip == local.ip())
+    own_ports.contains(&orig_dst.port())
+        && (ip.is_loopback() || ip.is_unspecified() || ip == local.ip())
 }
 
 /// Phase 2: protocol detection, skipped for opaque ports.
-async fn detect(ctx: &ListenerContext, mut a: Accepted, counts: &ByteCounts) -> Result<Detected, ProxyError> {
+async fn detect(
+    ctx: &ListenerContext,
+    mut a: Accepted,
+    counts: &ByteCounts,
+) -> Result<Detected, ProxyError> {
     let (protocol, reason, prefix) = if ctx.config.is_opaque_port(a.orig_dst.get().port()) {
         (Protocol::Opaque, Reason::OpaquePort, Default::default())
     } else {
@@ -126,8 +138,14 @@ async fn detect(ctx: &ListenerContext, mut a: Accepted, counts: &ByteCounts) -> 
 }
 
 /// Phase 3: forward to the original destination, by protocol.
-async fn forward(ctx: &ListenerContext, d: Detected, counts: &Arc<ByteCounts>) -> Result<(), ProxyError> {
-    let Accepted { stream, orig_dst, .. } = d.accepted;
+async fn forward(
+    ctx: &ListenerContext,
+    d: Detected,
+    counts: &Arc<ByteCounts>,
+) -> Result<(), ProxyError> {
+    let Accepted {
+        stream, orig_dst, ..
+    } = d.accepted;
     match d.protocol {
         Protocol::Http1 | Protocol::H2 => {
             let hctx = Arc::new(HttpContext {

@@ -68,7 +68,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// HTTP/1 request methods, each followed by the space that ends it.
 const HTTP1_METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -168,7 +175,12 @@ mod tests {
             (b"", None),
         ];
         for (input, want) in cases {
-            assert_eq!(classify(input), *want, "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                classify(input),
+                *want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -176,7 +188,9 @@ mod tests {
     fn classify_never_needs_more_than_max_prefix() {
         // Every prefix is decided by MAX_PREFIX bytes, whatever it holds.
         for seed in 0u8..=255 {
-            let bytes: Vec<u8> = (0..MAX_PREFIX).map(|i| seed.wrapping_mul(i as u8 + 7)).collect();
+            let bytes: Vec<u8> = (0..MAX_PREFIX)
+                .map(|i| seed.wrapping_mul(i as u8 + 7))
+                .collect();
             assert!(classify(&bytes).is_some());
         }
         assert!(classify(&H2_PREFACE[..MAX_PREFIX.min(H2_PREFACE.len())]).is_some());
@@ -186,7 +200,9 @@ mod tests {
     async fn silent_client_is_opaque_after_timeout() {
         let (mut client, mut server) = tokio::io::duplex(64);
         let t0 = tokio::time::Instant::now();
-        let (p, r, buf) = detect(&mut server, Duration::from_millis(300)).await.unwrap();
+        let (p, r, buf) = detect(&mut server, Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!((p, r), (Protocol::Opaque, Reason::Timeout));
         assert!(buf.is_empty());
         assert_eq!(t0.elapsed(), Duration::from_millis(300));
@@ -202,7 +218,9 @@ mod tests {
             client.write_all(&H2_PREFACE[5..]).await.unwrap();
             client
         });
-        let (p, r, buf) = detect(&mut server, Duration::from_millis(300)).await.unwrap();
+        let (p, r, buf) = detect(&mut server, Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!((p, r), (Protocol::H2, Reason::Detected));
         assert_eq!(&buf[..], H2_PREFACE);
         drop(task.await.unwrap());
@@ -212,7 +230,9 @@ mod tests {
     async fn partial_method_then_silence_is_opaque() {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
-        let (p, r, buf) = detect(&mut server, Duration::from_millis(300)).await.unwrap();
+        let (p, r, buf) = detect(&mut server, Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!((p, r), (Protocol::Opaque, Reason::Timeout));
         assert_eq!(&buf[..], b"GE");
     }

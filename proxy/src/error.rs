@@ -57,9 +57,12 @@ impl ProxyError {
         let (status, grpc_status, reason, warn) = match self {
             Self::NoOrigDst(_) => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "no_orig_dst", true),
             Self::Loop(_) => (StatusCode::FORBIDDEN, PERMISSION_DENIED, "loop", true),
-            Self::ConnectTimeout { .. } => {
-                (StatusCode::GATEWAY_TIMEOUT, DEADLINE_EXCEEDED, "connect_timeout", true)
-            }
+            Self::ConnectTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                DEADLINE_EXCEEDED,
+                "connect_timeout",
+                true,
+            ),
             Self::Connect { .. } => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "connect_failed", true),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "upstream_error", true),
             Self::Client(_) => (StatusCode::BAD_REQUEST, UNAVAILABLE, "client_error", false),
@@ -93,6 +96,9 @@ mod tests {
         assert_eq!(timeout.verdict().status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(timeout.verdict().grpc_status, 4);
         assert!(timeout.to_string().contains("10.0.0.1:80"));
-        assert_eq!(ProxyError::Loop(addr).verdict().status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            ProxyError::Loop(addr).verdict().status,
+            StatusCode::FORBIDDEN
+        );
     }
 }

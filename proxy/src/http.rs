@@ -60,7 +60,11 @@ pub type ProxyBody = Either<RecordBody, Full<Bytes>>;
 
 /// Serves one client connection until it closes, or until shutdown, when
 /// in-flight requests finish and the connection closes gracefully.
-pub async fn serve<I>(io: I, ctx: Arc<HttpContext>, limits: ServerLimits) -> Result<(), hyper::Error>
+pub async fn serve<I>(
+    io: I,
+    ctx: Arc<HttpContext>,
+    limits: ServerLimits,
+) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,7 +180,10 @@ fn error_response(verdict: crate::error::Verdict, grpc: bool) -> Response<ProxyB
         // gRPC clients read a trailers-only response: status in headers.
         let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(verdict.grpc_status));
         h.insert("grpc-message", reason_header.clone());
         r
@@ -188,7 +195,8 @@ fn error_response(verdict: crate::error::Verdict, grpc: bool) -> Response<ProxyB
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         r
     };
-    rsp.headers_mut().insert("trellis-proxy-error", reason_header);
+    rsp.headers_mut()
+        .insert("trellis-proxy-error", reason_header);
     rsp
 }
 
@@ -202,10 +210,7 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn absolute_uri(dst: &Authority, uri: &Uri) -> Result<Uri, http::Error> {
-    let pq = uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
+    let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(dst.clone())
@@ -265,7 +270,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -429,7 +437,9 @@ mod tunnel {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
                         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            Ok((up, down)) => tracing::debug!(bytes.up = up, bytes.down = down, "tunnel closed"),
+                            Ok((up, down)) => {
+                                tracing::debug!(bytes.up = up, bytes.down = down, "tunnel closed")
+                            }
                             Err(e) => tracing::debug!(error = %e, "tunnel closed"),
                         }
                     }
@@ -448,11 +458,17 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
@@ -476,7 +492,10 @@ mod tests {
             .body(())
             .unwrap();
         assert!(wants_tunnel(&ws));
-        let no_conn = Request::get("/").header(header::UPGRADE, "h2c").body(()).unwrap();
+        let no_conn = Request::get("/")
+            .header(header::UPGRADE, "h2c")
+            .body(())
+            .unwrap();
         assert!(!wants_tunnel(&no_conn));
         let connect = Request::builder()
             .method(Method::CONNECT)
@@ -498,7 +517,10 @@ mod tests {
     #[test]
     fn grpc_detection() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         assert!(is_grpc(&h));
         h.insert("grpc-status", HeaderValue::from_static("14"));
         assert_eq!(grpc_status(&h), Some(14));

@@ -79,7 +79,11 @@ impl<T: AsyncRead> AsyncRead for ClientIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for ClientIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
@@ -246,7 +250,10 @@ mod tests {
         app_server.read_to_end(&mut got).await.unwrap();
         assert_eq!(&got[..4], b"pre:");
         assert_eq!(&got[4..], &payload[..]);
-        app_server.write_all(b"reply after half-close").await.unwrap();
+        app_server
+            .write_all(b"reply after half-close")
+            .await
+            .unwrap();
         app_server.shutdown().await.unwrap();
         let mut reply = String::new();
         app_client.read_to_string(&mut reply).await.unwrap();

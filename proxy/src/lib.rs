@@ -19,7 +19,7 @@ pub mod conn;
 pub mod detect;
 pub mod error;
 pub mod http;
-// pub mod init; (wired when the init work lands)
+pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
@@ -141,7 +141,8 @@ impl Proxy {
 
 fn local_addr(l: &TcpListener) -> SocketAddr {
     // A bound listener always has a local address.
-    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {

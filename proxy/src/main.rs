@@ -13,7 +13,6 @@ use trellis_proxy::Proxy;
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
-
 fn main() -> ExitCode {
     let mut argv = std::env::args();
     match argv.nth(1).as_deref() {
@@ -37,12 +36,16 @@ fn main() -> ExitCode {
         }
     };
     trellis_core::telemetry::init_logging(&config.log, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .thread_name("trellis-proxy")
-        .enable_all()
-        .build()
-    {
+    // One worker (the sidecar default) runs on the main thread with no
+    // work-stealing machinery; more workers get the multi-thread scheduler.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let runtime = match builder.thread_name("trellis-proxy").enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trellis-proxy: starting the runtime: {e}");
@@ -72,19 +75,47 @@ async fn serve(config: Config) -> ExitCode {
     let _ = running.await;
     let left = shutdown.drained(grace).await;
     if left > 0 {
-        tracing::warn!(connections = left, "grace period over; closing remaining connections");
+        tracing::warn!(
+            connections = left,
+            "grace period over; closing remaining connections"
+        );
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
 fn init() -> ExitCode {
-    eprintln!("trellis-proxy init: not wired yet");
-    ExitCode::FAILURE
+    use clap::Parser;
+
+    /// `trellis-proxy init [ARGS]`: installs the pod's traffic-capture rules.
+    #[derive(Parser)]
+    #[command(
+        name = "trellis-proxy init",
+        version,
+        about = "Install the pod's traffic-capture rules (iptables)"
+    )]
+    struct InitCli {
+        #[command(flatten)]
+        args: trellis_proxy::init::InitArgs,
+    }
+
+    // Skip argv[0]: clap then takes "init" as the program name.
+    let cli = InitCli::parse_from(std::env::args().skip(1));
+    trellis_core::telemetry::init_logging("info", trellis_core::telemetry::LogFormat::Plain);
+    match trellis_proxy::init::run(&cli.args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-proxy init: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn help() -> ExitCode {
-    println!("trellis-proxy {}: the Trellis sidecar proxy\n", env!("CARGO_PKG_VERSION"));
+    println!(
+        "trellis-proxy {}: the Trellis sidecar proxy\n",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("USAGE:\n  trellis-proxy            run the proxy (configured by environment)");
     println!("  trellis-proxy init ...   install the pod's capture rules (see `trellis-proxy init --help`)\n");
     println!("ENVIRONMENT (name, default, meaning):");

@@ -294,7 +294,10 @@ mod tests {
     #[test]
     fn authorities() {
         let cases = [
-            ("web.demo.svc.cluster.local", Some("web.demo.svc.cluster.local:80")),
+            (
+                "web.demo.svc.cluster.local",
+                Some("web.demo.svc.cluster.local:80"),
+            ),
             ("Web.Demo:8080", Some("web.demo:8080")),
             ("10.0.0.1:443", Some("10.0.0.1:443")),
             ("[::1]", Some("[::1]:80")),

@@ -25,7 +25,10 @@ impl OrigDstLookup for SoOriginalDst {
             sock.original_dst_v6()?
         };
         let addr = addr.as_socket().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address")
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "original destination is not an IP address",
+            )
         })?;
         Ok(OrigDstAddr(canonical(addr)))
     }

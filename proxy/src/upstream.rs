@@ -137,7 +137,9 @@ impl Upstreams {
         }
     }
 
-    fn lock_http2(&self) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<Incoming>>> {
+    fn lock_http2(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<Incoming>>> {
         // A map of senders stays consistent even if a holder panicked.
         self.http2.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -31,14 +31,16 @@
 //!
 //! The work is decide-then-act:
 //!
-//! 1. **decide**: [`Plan::from_args`] validates the flags (every problem
-//!    reported at once); [`apply::choose_variant`] picks the iptables variant
-//!    (nft or legacy); [`rules::rules`] turns the plan and the current `nat`
-//!    table (`iptables-save -t nat`) into `iptables-restore` input. That last
-//!    step is a pure function, tested from tables without root.
-//! 2. **act**: [`apply::restore`] feeds the script to
+//! 1. **decide**: `Plan::from_args` validates the flags (every problem
+//!    reported at once); `apply::choose_variant` picks the iptables variant
+//!    (`auto`: the one already holding more rules, else nft if installed, else
+//!    legacy); `rules::rules` turns the plan and the current `nat` table
+//!    (`iptables-save -t nat`) into `iptables-restore` input. That last step
+//!    is a pure function, table-tested without root in `tests.rs`.
+//! 2. **act**: `apply::restore` feeds the script on stdin to
 //!    `iptables-restore --noflush` (and `ip6tables-restore` when the namespace
-//!    has IPv6). One restore is one atomic commit; `--noflush` leaves every
+//!    has IPv6), reporting the tool's stderr and the offending line on
+//!    failure. One restore is one atomic commit; `--noflush` leaves every
 //!    other chain and table alone.
 //!
 //! Re-running replaces rather than duplicates: declaring `:TRELLIS_X - [0:0]`
@@ -61,7 +63,6 @@ use std::process::ExitStatus;
 use clap::builder::BoolishValueParser;
 use trellis_core::config::{parse_ports, PortRange};
 
-use self::apply::Variant;
 use self::rules::Family;
 
 /// Default port of the proxy's inbound listener (SPEC: proxy ports).
@@ -96,11 +97,21 @@ pub struct InitArgs {
     pub(crate) proxy_uid: u32,
 
     /// Inbound destination ports that bypass the proxy, e.g. `22,4000-4010`.
-    #[arg(long, env = "TRELLIS_INIT_SKIP_INBOUND_PORTS", value_name = "PORTS", default_value = "")]
+    #[arg(
+        long,
+        env = "TRELLIS_INIT_SKIP_INBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = ""
+    )]
     pub(crate) skip_inbound_ports: String,
 
     /// Outbound destination ports that bypass the proxy, e.g. `25,3306`.
-    #[arg(long, env = "TRELLIS_INIT_SKIP_OUTBOUND_PORTS", value_name = "PORTS", default_value = "")]
+    #[arg(
+        long,
+        env = "TRELLIS_INIT_SKIP_OUTBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = ""
+    )]
     pub(crate) skip_outbound_ports: String,
 
     /// Which iptables to use: `auto` picks the variant that already holds
@@ -180,7 +191,11 @@ impl InitError {
 
 fn failure_detail(stderr: &str, failed_line: Option<&str>) -> String {
     let stderr = stderr.trim();
-    let stderr = if stderr.is_empty() { "no error output" } else { stderr };
+    let stderr = if stderr.is_empty() {
+        "no error output"
+    } else {
+        stderr
+    };
     match failed_line {
         Some(line) => format!("{stderr} (the line: `{line}`)"),
         None => stderr.to_string(),
@@ -217,7 +232,9 @@ impl Plan {
         for (i, (flag_a, a)) in ports.iter().enumerate() {
             for (flag_b, b) in &ports[i + 1..] {
                 if a == b && *a != 0 {
-                    problems.push(format!("{flag_a} and {flag_b} are both {a}: the proxy's ports must differ"));
+                    problems.push(format!(
+                        "{flag_a} and {flag_b} are both {a}: the proxy's ports must differ"
+                    ));
                 }
             }
         }
@@ -249,19 +266,18 @@ impl Plan {
 /// Installs (or, with `--remove`, deletes) the capture rules in the current
 /// network namespace, or prints them with `--dry-run`.
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
-    // Decide.
+    // Decide: every script is written before any is applied, so a failure
+    // to read the IPv6 rules cannot leave the IPv4 half installed.
     let plan = Plan::from_args(args)?;
-    let choice = apply::choose_variant(args.iptables_mode)?;
+    let choice = apply::choose_variant(args.iptables_mode);
     tracing::info!(variant = %choice.variant, reason = %choice.reason, "chose the iptables variant");
-    let families = families(args);
-
-    let mut out = io::stdout().lock();
-    for (family, required) in families {
-        // Read the current `nat` table, to know which jumps already exist.
+    let mut scripts = Vec::new();
+    for (family, required) in families(args) {
+        // The current `nat` table says which jumps already exist.
         let current = match apply::save(choice.variant, family) {
             Ok(text) => Current::Read(text),
             Err(error) if !required => {
-                tracing::debug!(%family, %error, "no IPv6 rules to remove");
+                tracing::debug!(%family, %error, "skipping a family with no readable rules");
                 continue;
             }
             Err(error) if args.dry_run => Current::Unreadable(error.to_string()),
@@ -272,21 +288,27 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
         } else {
             Some(rules::rules(&plan, family, current.text()))
         };
+        scripts.push((family, current, script));
+    }
 
-        // Act.
-        let restore = choice.variant.tool(family, "restore");
-        if args.dry_run {
-            print_script(&mut out, family, &restore, &choice, &current, script.as_deref())
+    // Act: print, or apply.
+    if args.dry_run {
+        let mut out = io::stdout().lock();
+        for (family, current, script) in &scripts {
+            print_script(&mut out, *family, &choice, current, script.as_deref())
                 .map_err(InitError::Print)?;
-            continue;
         }
+        return Ok(());
+    }
+    for (family, _, script) in scripts {
         let Some(script) = script else {
             tracing::info!(%family, "no Trellis rules to remove");
             continue;
         };
         apply::restore(choice.variant, family, &script)?;
-        let what = if args.remove { "removed the Trellis capture rules" } else { "installed the Trellis capture rules" };
-        tracing::info!(%family, tool = %restore, "{what}");
+        let done = if args.remove { "removed" } else { "installed" };
+        let tool = choice.variant.tool(family, "restore");
+        tracing::info!(%family, %tool, "{done} the Trellis capture rules");
     }
     Ok(())
 }
@@ -327,7 +349,6 @@ impl Current {
 fn print_script(
     out: &mut impl Write,
     family: Family,
-    restore: &str,
     choice: &apply::Choice,
     current: &Current,
     script: Option<&str>,
@@ -336,22 +357,22 @@ fn print_script(
         Family::V4 => "iptables-restore",
         Family::V6 => "ip6tables-restore",
     };
-    writeln!(out, "# {tool} ({family}): {restore} {} ({}: {})", apply::RESTORE_FLAGS.join(" "), choice.variant, choice.reason)?;
+    let restore = choice.variant.tool(family, "restore");
+    writeln!(
+        out,
+        "# {tool} ({family}): {restore} {} ({}: {})",
+        apply::RESTORE_FLAGS.join(" "),
+        choice.variant,
+        choice.reason
+    )?;
     if let Current::Unreadable(why) = current {
-        writeln!(out, "# could not read the current rules, so assuming none: {why}")?;
+        writeln!(
+            out,
+            "# could not read the current rules, so assuming none: {why}"
+        )?;
     }
     match script {
         Some(script) => out.write_all(script.as_bytes()),
         None => writeln!(out, "# nothing to remove"),
-    }
-}
-
-impl std::fmt::Display for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Variant::Nft => "nft",
-            Variant::Legacy => "legacy",
-            Variant::Plain => "plain",
-        })
     }
 }

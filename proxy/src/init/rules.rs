@@ -28,8 +28,16 @@ struct Jump {
 }
 
 const JUMPS: [Jump; 2] = [
-    Jump { from: "PREROUTING", to: INBOUND, comment: "inbound: capture TCP connections to the pod" },
-    Jump { from: "OUTPUT", to: OUTBOUND, comment: "outbound: capture TCP connections from the pod" },
+    Jump {
+        from: "PREROUTING",
+        to: INBOUND,
+        comment: "inbound: capture TCP connections to the pod",
+    },
+    Jump {
+        from: "OUTPUT",
+        to: OUTBOUND,
+        comment: "outbound: capture TCP connections from the pod",
+    },
 ];
 
 /// `-m multiport` takes at most 15 ports, a range counting as two.
@@ -77,17 +85,32 @@ pub(crate) fn rules(plan: &Plan, family: Family, existing_save_output: &str) -> 
 
     // Inbound: everything but the admin port and the skipped ports.
     let admin = plan.admin_port;
-    script.rule(INBOUND, &format!("-p tcp --dport {admin}"), "RETURN", &format!("inbound: skip the proxy's admin port {admin}"));
+    script.rule(
+        INBOUND,
+        &format!("-p tcp --dport {admin}"),
+        "RETURN",
+        &format!("inbound: skip the proxy admin port {admin}"),
+    );
     for (matcher, ports) in port_matches(&plan.skip_inbound) {
-        script.rule(INBOUND, &matcher, "RETURN", &format!("inbound: skip-inbound-ports {ports}"));
+        script.rule(
+            INBOUND,
+            &matcher,
+            "RETURN",
+            &format!("inbound: skip-inbound-ports {ports}"),
+        );
     }
-    script.rule(INBOUND, "-p tcp", INBOUND_REDIRECT, "inbound: redirect all other TCP to the proxy");
+    script.rule(
+        INBOUND,
+        "-p tcp",
+        INBOUND_REDIRECT,
+        "inbound: redirect all other TCP to the proxy",
+    );
     let port = plan.inbound_port;
     script.rule(
         INBOUND_REDIRECT,
         "-p tcp",
         &format!("REDIRECT --to-ports {port}"),
-        &format!("inbound: redirect to the proxy's inbound port {port}"),
+        &format!("inbound: redirect to the proxy inbound port {port}"),
     );
 
     // Outbound: everything but the proxy's own, loopback and skipped ports.
@@ -96,27 +119,52 @@ pub(crate) fn rules(plan: &Plan, family: Family, existing_save_output: &str) -> 
         OUTBOUND,
         &format!("-m owner --uid-owner {uid}"),
         "RETURN",
-        &format!("outbound: skip the proxy's own traffic (uid {uid})"),
+        &format!("outbound: skip traffic of the proxy user (uid {uid})"),
     );
-    script.rule(OUTBOUND, "-o lo", "RETURN", "outbound: skip traffic leaving through loopback");
+    script.rule(
+        OUTBOUND,
+        "-o lo",
+        "RETURN",
+        "outbound: skip traffic leaving through loopback",
+    );
     let loopback = family.loopback();
-    script.rule(OUTBOUND, &format!("-d {loopback}"), "RETURN", &format!("outbound: skip loopback destinations {loopback}"));
+    script.rule(
+        OUTBOUND,
+        &format!("-d {loopback}"),
+        "RETURN",
+        &format!("outbound: skip loopback destinations {loopback}"),
+    );
     for (matcher, ports) in port_matches(&plan.skip_outbound) {
-        script.rule(OUTBOUND, &matcher, "RETURN", &format!("outbound: skip-outbound-ports {ports}"));
+        script.rule(
+            OUTBOUND,
+            &matcher,
+            "RETURN",
+            &format!("outbound: skip-outbound-ports {ports}"),
+        );
     }
-    script.rule(OUTBOUND, "-p tcp", OUTBOUND_REDIRECT, "outbound: redirect all other TCP to the proxy");
+    script.rule(
+        OUTBOUND,
+        "-p tcp",
+        OUTBOUND_REDIRECT,
+        "outbound: redirect all other TCP to the proxy",
+    );
     let port = plan.outbound_port;
     script.rule(
         OUTBOUND_REDIRECT,
         "-p tcp",
         &format!("REDIRECT --to-ports {port}"),
-        &format!("outbound: redirect to the proxy's outbound port {port}"),
+        &format!("outbound: redirect to the proxy outbound port {port}"),
     );
 
     // The jumps, first in their built-in chain, unless already there.
     for jump in &JUMPS {
         if !current.has_jump(jump.from, jump.to) {
-            script.line(&format!("-I {} 1 -p tcp {} -j {}", jump.from, comment(jump.comment), jump.to));
+            script.line(&format!(
+                "-I {} 1 -p tcp {} -j {}",
+                jump.from,
+                comment(jump.comment),
+                jump.to
+            ));
         }
     }
 
@@ -129,7 +177,10 @@ pub(crate) fn rules(plan: &Plan, family: Family, existing_save_output: &str) -> 
 pub(crate) fn removal(existing_save_output: &str) -> Option<String> {
     let current = NatTable::parse(existing_save_output);
     let ours = |chain: &str| CHAINS.contains(&chain);
-    let chains: Vec<&str> = CHAINS.into_iter().filter(|c| current.chains.contains(c)).collect();
+    let chains: Vec<&str> = CHAINS
+        .into_iter()
+        .filter(|c| current.chains.contains(c))
+        .collect();
     let jumps: Vec<&SavedRule<'_>> = current
         .rules
         .iter()
@@ -170,12 +221,16 @@ impl Script {
 
     /// Appends `-A chain matcher -m comment --comment "trellis/…" -j target`.
     fn rule(&mut self, chain: &str, matcher: &str, target: &str, what: &str) {
-        self.line(&format!("-A {chain} {matcher} {} -j {target}", comment(what)));
+        self.line(&format!(
+            "-A {chain} {matcher} {} -j {target}",
+            comment(what)
+        ));
     }
 }
 
-/// The comment match every Trellis rule carries. `what` is our own text:
-/// no double quotes, well under the 256-byte limit.
+/// The comment match every Trellis rule carries. `what` is our own text,
+/// well under the 256-byte limit, with no quote or apostrophe: the save
+/// tools print those escaped (`\'`), and the tests find rules by comment.
 fn comment(what: &str) -> String {
     format!("-m comment --comment \"trellis/{what}\"")
 }
@@ -205,7 +260,9 @@ fn port_matches(ports: &[PortRange]) -> Vec<(String, String)> {
             format!("{}:{}", p.first, p.last)
         }
     };
-    let join = |chunk: &[PortRange], f: &dyn Fn(&PortRange) -> String| chunk.iter().map(f).collect::<Vec<_>>().join(",");
+    let join = |chunk: &[PortRange], f: &dyn Fn(&PortRange) -> String| {
+        chunk.iter().map(f).collect::<Vec<_>>().join(",")
+    };
     chunks
         .iter()
         .map(|chunk| {
@@ -253,19 +310,27 @@ impl<'a> NatTable<'a> {
                 table.chains.extend(decl.split_whitespace().next());
             } else if let Some(spec) = line.strip_prefix("-A ") {
                 let words = words(spec);
-                let Some(chain) = spec.split_whitespace().next() else { continue };
+                let Some(chain) = spec.split_whitespace().next() else {
+                    continue;
+                };
                 let target = words
                     .iter()
                     .rposition(|w| w == "-j" || w == "-g" || w == "--jump" || w == "--goto")
                     .and_then(|i| words.get(i + 1).cloned());
-                table.rules.push(SavedRule { chain, spec, target });
+                table.rules.push(SavedRule {
+                    chain,
+                    spec,
+                    target,
+                });
             }
         }
         table
     }
 
     fn has_jump(&self, from: &str, to: &str) -> bool {
-        self.rules.iter().any(|r| r.chain == from && r.target.as_deref() == Some(to))
+        self.rules
+            .iter()
+            .any(|r| r.chain == from && r.target.as_deref() == Some(to))
     }
 }
 
@@ -314,7 +379,15 @@ mod tests {
     fn words_follow_quotes_and_escapes() {
         assert_eq!(
             words(r#"OUTPUT -m comment --comment "say \"-j TRELLIS_OUTBOUND\" here" -j DNAT"#),
-            ["OUTPUT", "-m", "comment", "--comment", r#"say "-j TRELLIS_OUTBOUND" here"#, "-j", "DNAT"]
+            [
+                "OUTPUT",
+                "-m",
+                "comment",
+                "--comment",
+                r#"say "-j TRELLIS_OUTBOUND" here"#,
+                "-j",
+                "DNAT"
+            ]
         );
         assert_eq!(words("  a  \"\" b "), ["a", "", "b"]);
     }

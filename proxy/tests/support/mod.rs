@@ -42,7 +42,11 @@ pub async fn start_proxy(dst: SocketAddr, extra: &[(&str, &str)]) -> TestProxy {
     let proxy = Proxy::bind(config, Arc::new(FixedOrigDst(dst)))
         .await
         .expect("bind proxy");
-    let (outbound, inbound, admin) = (proxy.outbound_addr(), proxy.inbound_addr(), proxy.admin_addr());
+    let (outbound, inbound, admin) = (
+        proxy.outbound_addr(),
+        proxy.inbound_addr(),
+        proxy.admin_addr(),
+    );
     let shutdown = Shutdown::new();
     let task = tokio::spawn(proxy.run(shutdown.clone()));
     TestProxy {
@@ -59,11 +63,15 @@ pub async fn start_proxy(dst: SocketAddr, extra: &[(&str, &str)]) -> TestProxy {
 /// (101, then echoes raw bytes), `/grpc-fail` (gRPC status 14 in trailers),
 /// anything else: 200 "hello".
 pub async fn http_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(upstream_handler);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -85,7 +93,8 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
     let path = req.uri().path().to_string();
     let mut rsp = if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full("status"));
-        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         r
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -107,7 +116,8 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         r.headers_mut().insert("upgrade", "echo".parse().unwrap());
         r
     } else if path == "/grpc-fail" {
@@ -118,12 +128,14 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
             Ok(hyper::body::Frame::trailers(trailers)),
         ]));
         let mut r = Response::new(body.boxed());
-        r.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
         r
     } else {
         Response::new(full("hello"))
     };
-    rsp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+    rsp.headers_mut()
+        .insert("x-upstream", "yes".parse().unwrap());
     Ok(rsp)
 }
 
@@ -134,7 +146,9 @@ pub async fn banner_upstream() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = s.write_all(b"220 ready\r\n").await;
                 let mut buf = [0u8; 1024];
@@ -150,18 +164,27 @@ pub async fn banner_upstream() -> SocketAddr {
 }
 
 /// An HTTP/1.1 client (keep-alive pool) and an h2c client.
-pub fn h1_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn h1_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub fn h2_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
 }
 
 pub async fn get(
-    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
     proxy: SocketAddr,
     path: &str,
 ) -> (StatusCode, http::HeaderMap, Bytes) {
@@ -183,7 +206,9 @@ pub async fn metrics(admin: SocketAddr) -> String {
         .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// Value of the sample whose line starts with `prefix` (name and labels).
