@@ -16,6 +16,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (OUTBOUND_LISTEN, "127.0.0.1:7140", "address of the outbound listener (connections redirected from the pod)"),
     (INBOUND_LISTEN, "0.0.0.0:7143", "address of the inbound listener (connections redirected to the pod)"),
     (ADMIN_LISTEN, "0.0.0.0:7191", "address of the admin server (/metrics, /ready, /live, /config)"),
+    (IPV6, "auto", "also listen on IPv6 ([::1] outbound, [::] inbound, same ports): on, off, or auto (when this host has IPv6)"),
     (DETECT_TIMEOUT, "300ms", "how long to wait for a client's first bytes before treating the connection as opaque TCP (duration: ms, s, m)"),
     (OPAQUE_PORTS, "", "destination ports that skip protocol detection and are proxied as opaque TCP (e.g. 25,3306,4000-4010)"),
     (CONNECT_TIMEOUT, "3s", "time allowed to connect to an upstream (duration)"),
@@ -32,6 +33,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
 pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
 pub const INBOUND_LISTEN: &str = "TRELLIS_PROXY_INBOUND_LISTEN";
 pub const ADMIN_LISTEN: &str = "TRELLIS_PROXY_ADMIN_LISTEN";
+pub const IPV6: &str = "TRELLIS_PROXY_IPV6";
 pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
 pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
 pub const CONNECT_TIMEOUT: &str = "TRELLIS_PROXY_CONNECT_TIMEOUT";
@@ -49,6 +51,8 @@ pub struct Config {
     pub outbound_listen: SocketAddr,
     pub inbound_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    #[serde(serialize_with = "ser_display")]
+    pub ipv6: Ipv6Mode,
     #[serde(serialize_with = "ser_duration")]
     pub detect_timeout: Duration,
     #[serde(serialize_with = "ser_ports")]
@@ -80,6 +84,7 @@ impl Config {
             outbound_listen: r.get(OUTBOUND_LISTEN, SocketAddr::from(([127, 0, 0, 1], 7140))),
             inbound_listen: r.get(INBOUND_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7143))),
             admin_listen: r.get(ADMIN_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7191))),
+            ipv6: r.get(IPV6, Ipv6Mode::Auto),
             detect_timeout: r.duration(DETECT_TIMEOUT, Duration::from_millis(300)),
             opaque_ports: r.parse_with(OPAQUE_PORTS, Vec::new(), parse_ports),
             connect_timeout: r.duration(CONNECT_TIMEOUT, Duration::from_secs(3)),
@@ -131,6 +136,37 @@ impl Config {
 
     pub fn is_opaque_port(&self, port: u16) -> bool {
         self.opaque_ports.iter().any(|r| r.contains(port))
+    }
+}
+
+/// Whether the proxy also listens on IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    On,
+    Off,
+    /// On when the host has an IPv6 loopback address.
+    Auto,
+}
+
+impl std::str::FromStr for Ipv6Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown IPv6 mode {other:?}: use on, off or auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for Ipv6Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Auto => "auto",
+        })
     }
 }
 

@@ -114,7 +114,8 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
     let service = ctx
         .metrics
         .services
-        .get(authority_of(&req).unwrap_or(""), ctx.orig_dst.get().port());
+        // An authority without a port means the scheme's: 80 for http.
+        .get(authority_of(&req).unwrap_or(""), 80);
     let recorder = Recorder {
         metrics: ctx.metrics.clone(),
         labels: RouteLabels {

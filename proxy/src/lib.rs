@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod upstream;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ use trellis_core::addr::ClientAddr;
 use trellis_core::shutdown::Shutdown;
 
 pub use config::Config;
+use config::Ipv6Mode;
 use conn::ListenerContext;
 use metrics::{Direction, Label, Metrics};
 use orig_dst::OrigDstLookup;
@@ -52,22 +53,21 @@ pub struct Proxy {
     config: Arc<Config>,
     orig_dst: Arc<dyn OrigDstLookup>,
     metrics: Arc<Metrics>,
-    outbound: TcpListener,
-    inbound: TcpListener,
+    /// The configured (IPv4) listener first, then its IPv6 twin if any.
+    outbound: Vec<TcpListener>,
+    inbound: Vec<TcpListener>,
     admin: TcpListener,
 }
 
 impl Proxy {
     pub async fn bind(config: Config, orig_dst: Arc<dyn OrigDstLookup>) -> Result<Self, BindError> {
-        async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BindError { what, addr, source })
-        }
+        let outbound = bind_listeners("outbound", config.outbound_listen, config.ipv6)?;
+        let inbound = bind_listeners("inbound", config.inbound_listen, config.ipv6)?;
+        let admin = bind("admin", config.admin_listen)?;
         Ok(Self {
-            outbound: bind("outbound", config.outbound_listen).await?,
-            inbound: bind("inbound", config.inbound_listen).await?,
-            admin: bind("admin", config.admin_listen).await?,
+            outbound,
+            inbound,
+            admin,
             config: Arc::new(config),
             orig_dst,
             metrics: Arc::new(Metrics::new()),
@@ -75,13 +75,21 @@ impl Proxy {
     }
 
     pub fn outbound_addr(&self) -> SocketAddr {
-        local_addr(&self.outbound)
+        local_addr(&self.outbound[0])
     }
     pub fn inbound_addr(&self) -> SocketAddr {
-        local_addr(&self.inbound)
+        local_addr(&self.inbound[0])
     }
     pub fn admin_addr(&self) -> SocketAddr {
         local_addr(&self.admin)
+    }
+    /// Every address the proxy accepts proxied connections on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.outbound
+            .iter()
+            .chain(&self.inbound)
+            .map(local_addr)
+            .collect()
     }
 
     /// Serves until `shutdown` begins; then stops accepting. Connections
@@ -105,8 +113,14 @@ impl Proxy {
                 no_peer: Label::new(""),
             })
         };
-        let outbound = accept_loop(self.outbound, ctx(Direction::Outbound));
-        let inbound = accept_loop(self.inbound, ctx(Direction::Inbound));
+        let listen_addrs = self.listen_addrs();
+        let mut loops = Vec::new();
+        for l in self.outbound {
+            loops.push(accept_loop(l, ctx(Direction::Outbound)));
+        }
+        for l in self.inbound {
+            loops.push(accept_loop(l, ctx(Direction::Inbound)));
+        }
 
         let admin_state = Arc::new(admin::AdminState {
             metrics: self.metrics.clone(),
@@ -118,8 +132,7 @@ impl Proxy {
             .with_graceful_shutdown(async move { admin_shutdown.signaled().await });
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(
-            outbound = %self.config.outbound_listen,
-            inbound = %self.config.inbound_listen,
+            listeners = ?listen_addrs,
             admin = %self.config.admin_listen,
             workload = %self.config.workload,
             "proxy ready"
@@ -132,11 +145,70 @@ impl Proxy {
                 st.ready.store(false, Ordering::Release);
             }
         };
-        let (_, _, admin_result, _) = tokio::join!(outbound, inbound, admin, not_ready);
+        let (_, admin_result, _) =
+            tokio::join!(futures_util::future::join_all(loops), admin, not_ready);
         if let Err(e) = admin_result {
             tracing::warn!(error = %e, "admin server stopped");
         }
     }
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    listen(addr).map_err(|source| BindError { what, addr, source })
+}
+
+/// Binds `addr` and, as `ipv6` says, its IPv6 twin on the same port:
+/// `[::1]` for a loopback address, `[::]` for the unspecified one.
+fn bind_listeners(
+    what: &'static str,
+    addr: SocketAddr,
+    ipv6: Ipv6Mode,
+) -> Result<Vec<TcpListener>, BindError> {
+    let first = bind(what, addr)?;
+    let port = local_addr(&first).port();
+    let mut out = vec![first];
+    let twin = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Some(SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        }
+        _ => None,
+    };
+    let Some(twin) = twin else { return Ok(out) };
+    if ipv6 == Ipv6Mode::Off {
+        return Ok(out);
+    }
+    match listen(twin) {
+        Ok(l) => out.push(l),
+        Err(source) if ipv6 == Ipv6Mode::Auto => {
+            tracing::info!(addr = %twin, error = %source, "no IPv6 listener: this host has no IPv6");
+        }
+        Err(source) => {
+            return Err(BindError {
+                what,
+                addr: twin,
+                source,
+            })
+        }
+    }
+    Ok(out)
+}
+
+/// Backlog of every listener: room for a burst of new connections.
+const BACKLOG: i32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // IPv4 has its own listener; an IPv6 one takes IPv6 only.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    TcpListener::from_std(sock.into())
 }
 
 fn local_addr(l: &TcpListener) -> SocketAddr {

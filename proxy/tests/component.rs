@@ -342,3 +342,14 @@ async fn admin_endpoints() {
         }
     }
 }
+
+#[tokio::test]
+async fn ipv6_listeners_accept_ipv6_clients() {
+    let up = http_upstream().await;
+    let proxy = start_proxy(up, &[("TRELLIS_PROXY_IPV6", "on")]).await;
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, proxy.outbound.port()));
+    let client = h1_client();
+    let (status, _, body) = get(&client, v6, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"hello");
+}
