@@ -209,6 +209,43 @@ impl Metrics {
     }
 }
 
+/// Rewrites OpenMetrics text (what the registry encodes) as the Prometheus
+/// text format 0.0.4, for scrapers and tools (`promtool`, `curl`) that do
+/// not ask for OpenMetrics: counters' `HELP`/`TYPE` lines name the sample
+/// (`…_total`), and `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    let _ = writeln!(out, "{prefix}{name}_total {tail}");
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// Most distinct `service` label values kept; later ones are counted as
 /// `overflow`, so a client sending random Host headers cannot grow the
 /// metrics without bound.
@@ -290,6 +327,18 @@ pub fn normalize_authority(authority: &str, default_port: u16) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 1\n\
+                  # HELP b_seconds Latency.\n# TYPE b_seconds histogram\n# UNIT b_seconds seconds\n\
+                  b_seconds_count 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 1\n\
+             # HELP b_seconds Latency.\n# TYPE b_seconds histogram\nb_seconds_count 2\n"
+        );
+    }
 
     #[test]
     fn authorities() {

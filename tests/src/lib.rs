@@ -1,1 +1,259 @@
-//! End-to-end tests live in `tests/*.rs`; see TESTING.md.
+//! Harness for Trellis's end-to-end tests: a local mesh brought up with the
+//! real `trellis` CLI, commands run inside its pods, and the proxies'
+//! metrics read back. Tests that use it need root; [`require_root`] makes
+//! them fail loudly, never pass, without it.
+
+// Test harness: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Fails the test unless it runs as root.
+pub fn require_root(what: &str) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert_eq!(
+        uid, "0",
+        "this test needs root ({what}): run the suite as root (scripts/test.sh)"
+    );
+}
+
+/// Fails the test unless `tool` runs (installed by scripts/install-deps.sh).
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "this test needs `{tool}`: run scripts/install-deps.sh"
+    );
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The built `trellis` and `trellis-proxy` binaries, beside this test's.
+pub fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A name unique to this test process and call, short enough for the
+/// mesh's namespace and interface names.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running local mesh; dropping it runs `trellis mesh down`.
+pub struct Mesh {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Mesh {
+    /// Brings up the mesh `yaml` describes. `{mesh}` in it is replaced by
+    /// the mesh's unique name, `{repo}` by the repository root.
+    pub fn up(prefix: &str, yaml: &str) -> Mesh {
+        require_root("network namespaces and iptables");
+        let name = unique(prefix);
+        let dir = std::env::temp_dir().join(format!("trellis-e2e-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mesh.yaml");
+        let yaml = yaml
+            .replace("{mesh}", &name)
+            .replace("{repo}", repo().to_str().unwrap());
+        std::fs::write(&file, yaml).unwrap();
+        let mesh = Mesh { name, dir };
+        let out = trellis(&["mesh", "up", "-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "trellis mesh up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        mesh
+    }
+
+    /// Runs `argv` inside `pod`'s network namespace.
+    pub fn exec(&self, pod: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["mesh", "exec", "--name", &self.name, pod, "--"];
+        args.extend_from_slice(argv);
+        trellis(&args)
+    }
+
+    /// Runs `argv` in `pod` and returns its stdout; fails the test if it fails.
+    pub fn exec_ok(&self, pod: &str, argv: &[&str]) -> String {
+        let out = self.exec(pod, argv);
+        assert!(
+            out.status.success(),
+            "`{}` in {pod} failed ({}):\nstdout: {}\nstderr: {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command in `pod`.
+    pub fn sh(&self, pod: &str, script: &str) -> String {
+        self.exec_ok(pod, &["sh", "-c", script])
+    }
+
+    /// The `/metrics` text of `pod`'s proxy, read from inside the pod over
+    /// loopback (which is never captured, so reading adds no traffic).
+    pub fn metrics(&self, pod: &str) -> Metrics {
+        Metrics(self.exec_ok(
+            pod,
+            &["curl", "-sS", "--fail", "http://127.0.0.1:7191/metrics"],
+        ))
+    }
+
+    /// `trellis mesh status -o json`.
+    pub fn status(&self) -> serde_json::Value {
+        let out = trellis(&["mesh", "status", "--name", &self.name, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let out = trellis(&["mesh", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "trellis mesh down --name {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn trellis(args: &[&str]) -> Output {
+    Command::new(bin("trellis"))
+        .args(args)
+        .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))
+        .output()
+        .unwrap()
+}
+
+/// Prometheus text, with lookups by metric name and label values.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Sum of every sample of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .filter(|(n, ls, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+/// `name{k="v",…} value` → (name, labels, value).
+fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, rest)) = head.split_once('{') else {
+        return Some((head.to_string(), Vec::new(), value));
+    };
+    let body = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut val = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => val.extend(chars.next()),
+                '"' => break,
+                c => val.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_string(), val));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some((name.to_string(), labels, value))
+}
+
+/// Polls `check` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_parsed_and_summed() {
+        let m = Metrics(
+            "# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"uote\"} 3\nx_total{a=\"2\",b=\"\"} 4\ny 7\n".into(),
+        );
+        assert_eq!(m.sum("x_total", &[]), 7.0);
+        assert_eq!(m.sum("x_total", &[("a", "1")]), 3.0);
+        assert_eq!(m.sum("x_total", &[("b", "q\"uote")]), 3.0);
+        assert_eq!(m.sum("x_total", &[("b", "")]), 4.0);
+        assert_eq!(m.sum("y", &[]), 7.0);
+        assert_eq!(m.sum("z", &[]), 0.0);
+    }
+}
