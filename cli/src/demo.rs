@@ -1,8 +1,378 @@
-//! `trellis demo`. (Filled by the mesh work.)
+//! `trellis demo`: the mesh of `examples/demo.yaml` (built in), traffic
+//! through it, and a live table of golden metrics.
+//!
+//! 1. `mesh up` in-process (root; real proxies, real capture rules);
+//! 2. bounded rounds of `trellis app load` (HTTP/1.1 and HTTP/2) and
+//!    `trellis app banner-client` (opaque TCP) inside the `client` pod;
+//! 3. every `--interval`, each proxy's `/metrics`, summed per workload on the
+//!    inbound side: request rate, success rate, p50/p99, TCP connections, TLS;
+//! 4. on `--duration`, Ctrl-C, SIGTERM or an error: `mesh down`.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{IsTerminal, Read as _};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use trellis_core::config::parse_duration;
+
+use crate::mesh::golden::{self, Counters};
+use crate::mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
+
+/// The demo's mesh; `trellis mesh up -f examples/demo.yaml` makes the same.
+const DEMO_MESH: &str = include_str!("../../examples/demo.yaml");
+/// The longest load round; rounds repeat until the demo ends.
+const ROUND: Duration = Duration::from_secs(10);
+/// Until the proxies speak mTLS, say so rather than show a bare `false`.
+const TLS_NOTE: &str = "TLS false = plaintext (mTLS: issue 3)";
+
+/// Start a built-in local mesh, send traffic through it, show golden metrics.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Stop (and remove the mesh) after this long, e.g. 30s or 5m; default:
+    /// run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// How often the table refreshes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Requests per second each HTTP load generator sends.
+    #[arg(long, default_value_t = 20)]
+    rps: u32,
+    /// How long to wait for the mesh to become ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the demo is not built yet")
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.interval.is_zero() {
+        bail!("--interval must be more than 0");
+    }
+    let interrupt = Interrupt::install()?;
+    let checked = spec::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
+    let opts = UpOptions {
+        timeout: args.timeout,
+        source: "trellis demo (examples/demo.yaml)".into(),
+    };
+    let mesh = Mesh::up(&checked, &opts, &interrupt)?;
+    let shown = drive(&mesh, &args, &interrupt);
+    let removed = mesh.down();
+    match (shown, removed) {
+        (Ok(()), Ok(())) => {
+            eprintln!("demo over; everything it made is removed");
+            Ok(())
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Err(d)) => Err(d),
+        (Err(e), Err(d)) => Err(e.context(format!("removing the mesh failed too: {d:#}"))),
+    }
+}
+
+/// One kind of traffic the client pod sends, round after round.
+struct Generator {
+    /// Which workload it targets (for the client-side summary).
+    target: &'static str,
+    argv: Vec<String>,
+    /// Whether the arguments take a `--duration`.
+    timed: bool,
+    running: Option<Child>,
+    last: Option<String>,
+}
+
+struct Traffic<'a> {
+    mesh: &'a Mesh,
+    client: &'a PodPlan,
+    generators: Vec<Generator>,
+    log: File,
+}
+
+impl<'a> Traffic<'a> {
+    fn new(mesh: &'a Mesh, client: &'a PodPlan, trellis: &str, rps: u32) -> anyhow::Result<Self> {
+        let http = |target: &'static str, h2: bool| {
+            let mut argv = vec![
+                trellis.to_string(),
+                "app".into(),
+                "load".into(),
+                "--url".into(),
+                format!("http://{target}.demo.svc.cluster.local/"),
+                "--rps".into(),
+                rps.to_string(),
+            ];
+            if h2 {
+                argv.push("--h2".into());
+            }
+            Generator {
+                target,
+                argv,
+                timed: true,
+                running: None,
+                last: None,
+            }
+        };
+        let banner = Generator {
+            target: "mail",
+            argv: vec![
+                trellis.to_string(),
+                "app".into(),
+                "banner-client".into(),
+                "--addr".into(),
+                "mail.demo.svc.cluster.local:25".into(),
+                "--lines".into(),
+                "3".into(),
+            ],
+            timed: false,
+            running: None,
+            last: None,
+        };
+        let path = mesh.logs_dir().join("demo.traffic.log");
+        let log = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            mesh,
+            client,
+            generators: vec![
+                http("web", false),
+                http("api", true),
+                http("catalog", false),
+                banner,
+            ],
+            log,
+        })
+    }
+
+    /// Collects finished rounds and starts the next ones (each at most
+    /// [`ROUND`], and never past `left`).
+    fn tick(&mut self, left: Option<Duration>) -> anyhow::Result<()> {
+        for g in &mut self.generators {
+            if let Some(child) = &mut g.running {
+                if child.try_wait()?.is_none() {
+                    continue;
+                }
+                let mut out = String::new();
+                if let Some(mut stdout) = child.stdout.take() {
+                    let _ = stdout.read_to_string(&mut out);
+                }
+                g.last = out
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with('{'))
+                    .map(str::to_string);
+                g.running = None;
+            }
+            let round = left.map_or(ROUND, |l| l.min(ROUND));
+            if round < Duration::from_secs(1) {
+                continue;
+            }
+            let mut argv = g.argv.clone();
+            if g.timed {
+                argv.extend(["--duration".to_string(), format!("{}ms", round.as_millis())]);
+            }
+            let child = self
+                .mesh
+                .command_in(self.client, &argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(self.log.try_clone()?)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting traffic to {} in the client pod", g.target))?;
+            g.running = Some(child);
+        }
+        Ok(())
+    }
+
+    /// What the client saw in the last finished rounds.
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .generators
+            .iter()
+            .filter_map(|g| {
+                let v: serde_json::Value = serde_json::from_str(g.last.as_ref()?).ok()?;
+                Some(if g.timed {
+                    let p99 = v["p99_ms"]
+                        .as_f64()
+                        .map(|ms| format!(", p99 {ms:.2}ms"))
+                        .unwrap_or_default();
+                    format!("{} {}/{} ok{p99}", g.target, v["ok"], v["sent"])
+                } else {
+                    let ok = if v["ok"].as_bool() == Some(true) {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    };
+                    format!("{} banner {ok}", g.target)
+                })
+            })
+            .collect();
+        if parts.is_empty() {
+            "client view: first rounds still running".to_string()
+        } else {
+            format!("client view (last rounds): {}", parts.join("; "))
+        }
+    }
+
+    fn stop(&mut self) {
+        for g in &mut self.generators {
+            if let Some(mut child) = g.running.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Traffic<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Inbound counters of each workload, summed over its meshed replicas.
+fn scrape(mesh: &Mesh) -> BTreeMap<String, Result<Counters, String>> {
+    let mut out: BTreeMap<String, Result<Counters, String>> = BTreeMap::new();
+    for pod in mesh.pods().iter().filter(|p| p.meshed) {
+        let key = format!("{}/{}", pod.namespace, pod.workload);
+        let got = mesh
+            .fetch_metrics(pod)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|text| golden::parse(&text).map_err(|e| e.to_string()))
+            .map(|samples| Counters::from_samples(&samples, "inbound"));
+        let entry = out.entry(key).or_insert_with(|| Ok(Counters::default()));
+        match (entry.as_mut(), got) {
+            (Ok(sum), Ok(c)) => sum.add(&c),
+            (Ok(_), Err(e)) => *entry = Err(format!("{}: {e}", pod.name)),
+            (Err(_), _) => {}
+        }
+    }
+    out
+}
+
+fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<()> {
+    let client = mesh
+        .pods()
+        .iter()
+        .find(|p| p.workload == "client")
+        .context("the demo mesh has no `client` workload")?;
+    let trellis = std::env::current_exe().context("cannot find the trellis binary itself")?;
+    let mut traffic = Traffic::new(mesh, client, &trellis.to_string_lossy(), args.rps)?;
+
+    // Workloads in file order, with their replica counts.
+    let mut workloads: Vec<(String, bool, usize)> = Vec::new();
+    for p in mesh.pods() {
+        let key = format!("{}/{}", p.namespace, p.workload);
+        match workloads.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, n)) => *n += 1,
+            None => workloads.push((key, p.meshed, 1)),
+        }
+    }
+
+    let tty = std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let end = args.duration.map(|d| start + d);
+    let mut previous: Option<(BTreeMap<String, Result<Counters, String>>, Instant)> = None;
+    eprintln!(
+        "mesh {} is up; sending traffic from {} ({})",
+        mesh.name(),
+        client.qualified_name(),
+        match args.duration {
+            Some(d) => format!("for {d:?}, Ctrl-C stops earlier and removes everything"),
+            None => "Ctrl-C stops and removes everything".into(),
+        }
+    );
+    loop {
+        let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+        traffic.tick(left)?;
+        if interrupt.sleep(args.interval.min(left.unwrap_or(args.interval))) {
+            break;
+        }
+        let now = Instant::now();
+        let scraped = scrape(mesh);
+        let rows: Vec<golden::Row> = workloads
+            .iter()
+            .map(|(key, meshed, replicas)| {
+                let current = scraped.get(key).and_then(|r| r.as_ref().ok());
+                let before = previous.as_ref().and_then(|(m, at)| {
+                    let c = m.get(key)?.as_ref().ok()?;
+                    Some((c, now.duration_since(*at).as_secs_f64()))
+                });
+                match current {
+                    Some(c) => golden::row(key, *meshed, *replicas, c, before),
+                    None => golden::row(key, *meshed, *replicas, &Counters::default(), None),
+                }
+            })
+            .collect();
+        let errors: Vec<String> = scraped
+            .iter()
+            .filter_map(|(k, r)| r.as_ref().err().map(|e| format!("{k}: {e}")))
+            .collect();
+        let mut screen = String::new();
+        if tty {
+            screen.push_str("\x1b[H\x1b[2J");
+        }
+        screen.push_str(&format!(
+            "trellis demo: mesh {}, {} pods, {:.0}s{}; Ctrl-C stops and removes everything\n",
+            mesh.name(),
+            mesh.pods().len(),
+            start.elapsed().as_secs_f64(),
+            args.duration
+                .map(|d| format!(" of {}s", d.as_secs()))
+                .unwrap_or_default()
+        ));
+        screen.push_str(&format!(
+            "inbound golden metrics per workload (summed over replicas), last {:.1}s:\n\n",
+            previous
+                .as_ref()
+                .map_or(0.0, |(_, at)| now.duration_since(*at).as_secs_f64())
+        ));
+        screen.push_str(&golden::render(&rows));
+        screen.push('\n');
+        screen.push_str(&traffic.summary());
+        screen.push('\n');
+        screen.push_str(TLS_NOTE);
+        screen.push('\n');
+        for e in errors {
+            screen.push_str(&format!("scrape error: {e}\n"));
+        }
+        if !tty {
+            screen.push('\n');
+        }
+        print!("{screen}");
+        previous = Some((scraped, now));
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    traffic.stop();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_mesh_is_valid() {
+        let c = spec::parse(DEMO_MESH, "demo").unwrap();
+        let f = &c.file;
+        assert_eq!(f.name, "demo");
+        for w in ["web", "api", "catalog", "mail", "client"] {
+            assert!(f.workloads.iter().any(|x| x.name == w && x.meshed), "{w}");
+        }
+        let client = f.workloads.iter().position(|w| w.name == "client").unwrap();
+        assert_eq!(c.overrides[client].opaque_ports.as_deref(), Some("25"));
+        for s in ["web", "api", "catalog", "mail"] {
+            assert!(
+                f.services
+                    .iter()
+                    .any(|x| x.name == s && x.namespace == "demo"),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_other_examples_are_valid() {
+        spec::parse(include_str!("../../examples/hello.yaml"), "hello").unwrap();
+    }
 }

@@ -192,8 +192,11 @@ impl Metrics {
     }
 }
 
+/// A sample's name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// `name{k="v",…} value` → (name, labels, value).
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample> {
     let (head, value) = line.rsplit_once(' ')?;
     let value: f64 = value.parse().ok()?;
     let Some((name, rest)) = head.split_once('{') else {

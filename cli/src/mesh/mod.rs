@@ -1,8 +1,327 @@
-//! The local mesh. (Filled by the mesh work.)
+//! The local mesh: `trellis mesh up -f FILE | status | exec | down | list`.
+//!
+//! A mesh is one Linux host (root) pretending to be a cluster. Each workload
+//! replica is a network namespace (`trls-<mesh>-<ns>-<replica>`) with a veth
+//! into a bridge that lives in the mesh's own node namespace
+//! (`trls-<mesh>-node`) — nothing is routed, forwarded or NATed to the
+//! host's interfaces, and the host namespace gets no new links. Meshed pods
+//! get the real `trellis-proxy init` capture rules and the real
+//! `trellis-proxy` as uid 7102; every pod gets kube-proxy-like DNAT rules for
+//! service virtual IPs (after the capture rules) and an `/etc/hosts` naming
+//! them.
+//!
+//! Modules, in the order `up` uses them:
+//! - [`spec`]: the mesh file, parsed strictly and validated all at once;
+//! - [`net`] and [`plan`]: pure decisions — names, addresses, files, rules,
+//!   command lines;
+//! - [`state`]: the intent log `down` trusts;
+//! - [`up`], [`down`], [`status`]: acting on the system, through [`sys`]
+//!   (commands, `/proc`, sockets inside a namespace) and [`http`];
+//! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
+//!   table).
 
+pub(crate) mod golden;
+pub(crate) mod interrupt;
+pub(crate) mod plan;
+pub(crate) mod spec;
+pub(crate) mod table;
+
+mod down;
+mod http;
+mod net;
+mod state;
+mod status;
+mod sys;
+mod up;
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+pub(crate) use interrupt::Interrupt;
+pub(crate) use plan::PodPlan;
+pub(crate) use up::UpOptions;
+
+use state::{StateError, Store};
+
+/// Run a local mesh on this host: network namespaces as pods (root).
 #[derive(clap::Args, Debug)]
-pub struct MeshArgs {}
+pub struct MeshArgs {
+    #[command(subcommand)]
+    command: MeshCommand,
+}
 
-pub fn run(_args: MeshArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the local mesh is not built yet")
+#[derive(clap::Subcommand, Debug)]
+enum MeshCommand {
+    /// Create the mesh a file describes; returns once every pod is ready.
+    Up {
+        /// The mesh file (see examples/ and SPEC.md "The local mesh").
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// How long to wait for proxies and workloads to become ready.
+        #[arg(long, default_value = "30s", value_parser = trellis_core::config::parse_duration)]
+        timeout: Duration,
+    },
+    /// Workloads, replicas, addresses, identities, admin URLs, liveness.
+    Status {
+        /// Which mesh (default: the only one).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run a command inside a pod's network namespace, like `kubectl exec`.
+    Exec {
+        /// Which mesh (default: the only one).
+        #[arg(long)]
+        name: Option<String>,
+        /// `web` (replica 0), `web-1`, or `NAMESPACE/web-1`.
+        pod: String,
+        /// The command, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove everything `up` made, and nothing else.
+    Down {
+        /// Which mesh (default: the only one).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The meshes that are up.
+    List,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+pub fn run(args: MeshArgs) -> anyhow::Result<()> {
+    match args.command {
+        MeshCommand::Up { file, timeout } => {
+            let checked = spec::load(&file)?;
+            let interrupt = Interrupt::install()?;
+            let opts = UpOptions {
+                timeout,
+                source: file.display().to_string(),
+            };
+            let mesh = Mesh::up(&checked, &opts, &interrupt)?;
+            let name = mesh.name().to_string();
+            println!("{}", status::render(&status::collect(&mesh.store)));
+            println!("mesh {name} is up. Next: `trellis mesh status`, `trellis mesh exec POD -- CMD`, `trellis mesh down`");
+            Ok(())
+        }
+        MeshCommand::Status { name, output } => {
+            let store = Store::open(&resolve(name)?)?;
+            let st = status::collect(&store);
+            match output {
+                Output::Table => print!("{}", status::render(&st)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+            }
+            Ok(())
+        }
+        MeshCommand::Exec { name, pod, command } => {
+            let store = Store::open(&resolve(name)?)?;
+            let pod = store
+                .state
+                .plan
+                .find_pod(&pod)
+                .map_err(anyhow::Error::msg)?;
+            if !sys::netns_exists(&pod.netns) {
+                bail!(
+                    "pod {}'s network namespace {} is gone",
+                    pod.qualified_name(),
+                    pod.netns
+                );
+            }
+            // Replace this process: stdio, signals and the exit code are the
+            // command's own.
+            let err = exec_command(pod, &command).exec();
+            Err(err).with_context(|| format!("cannot run `ip netns exec {} …`", pod.netns))
+        }
+        MeshCommand::Down { name } => {
+            let name = match name {
+                Some(n) => n,
+                None => match state::list_meshes()?.as_slice() {
+                    [] => {
+                        eprintln!("no local mesh is up; nothing to do");
+                        return Ok(());
+                    }
+                    [one] => one.clone(),
+                    many => bail!(
+                        "several meshes are up: {}; say which with `trellis mesh down --name NAME`",
+                        many.join(", ")
+                    ),
+                },
+            };
+            let _interrupt = Interrupt::install()?;
+            down_by_name(&name, &Progress::new(&name))
+        }
+        MeshCommand::List => {
+            let meshes = state::list_meshes()?;
+            if meshes.is_empty() {
+                eprintln!("no local mesh is up");
+            }
+            let rows: Vec<Vec<String>> = meshes
+                .iter()
+                .map(|m| match Store::open(m) {
+                    Ok(s) => vec![
+                        m.clone(),
+                        format!("{:?}", s.state.phase).to_lowercase(),
+                        s.state.plan.pods.len().to_string(),
+                        s.state.source.clone(),
+                    ],
+                    Err(e) => vec![
+                        m.clone(),
+                        format!("unreadable: {e}"),
+                        "-".into(),
+                        "-".into(),
+                    ],
+                })
+                .collect();
+            if !rows.is_empty() {
+                print!(
+                    "{}",
+                    table::render(&["MESH", "PHASE", "PODS", "SOURCE"], &rows)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--name`, or the only mesh that is up.
+fn resolve(name: Option<String>) -> anyhow::Result<String> {
+    if let Some(n) = name {
+        return Ok(n);
+    }
+    match state::list_meshes()?.as_slice() {
+        [] => bail!(
+            "no local mesh is up (start one with `trellis mesh up -f FILE` or `trellis demo`)"
+        ),
+        [one] => Ok(one.clone()),
+        many => bail!(
+            "several meshes are up: {}; say which with --name",
+            many.join(", ")
+        ),
+    }
+}
+
+fn down_by_name(name: &str, progress: &Progress) -> anyhow::Result<()> {
+    match Store::open(name) {
+        Ok(store) => down::teardown(store, progress),
+        Err(StateError::Missing(_)) => {
+            eprintln!("mesh {name:?} is not up; nothing to do");
+            let strays = sys::netns_with_prefix(&plan::netns_prefix(name));
+            if !strays.is_empty() {
+                eprintln!(
+                    "note: these network namespaces match its prefix but no state records them, so they were left alone: {}",
+                    strays.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            // `up` died between claiming the directory and writing the state.
+            down::remove_empty(&state::mesh_dir(name))?;
+            progress.step("removed an empty state directory");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn exec_command(pod: &PodPlan, command: &[String]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pod.netns]).args(command);
+    for key in ["POD_NAME", "POD_NAMESPACE", "POD_IP", "TRELLIS_MESH"] {
+        if let Some(v) = pod.env.get(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd
+}
+
+/// One line per step, to stderr.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    prefix: String,
+}
+
+impl Progress {
+    pub(crate) fn new(mesh: &str) -> Self {
+        Self {
+            prefix: format!("mesh {mesh}: "),
+        }
+    }
+
+    pub(crate) fn step(&self, msg: &str) {
+        eprintln!("{}{msg}", self.prefix);
+    }
+}
+
+/// A mesh that is up, for code that drives one (the demo).
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    store: Store,
+    progress: Progress,
+}
+
+impl Mesh {
+    /// `mesh up` in-process: makes the mesh and waits until it is ready;
+    /// on failure everything made is already removed.
+    pub(crate) fn up(
+        checked: &spec::Checked,
+        opts: &UpOptions,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<Mesh> {
+        let progress = Progress::new(&checked.file.name);
+        let store = up::up(checked, opts, interrupt, &progress)?;
+        Ok(Mesh { store, progress })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.store.state.mesh
+    }
+
+    pub(crate) fn pods(&self) -> &[PodPlan] {
+        &self.store.state.plan.pods
+    }
+
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.store.logs_dir()
+    }
+
+    /// The pod's proxy's `/metrics` text.
+    pub(crate) fn fetch_metrics(&self, pod: &PodPlan) -> anyhow::Result<String> {
+        let proxy = pod
+            .proxy
+            .as_ref()
+            .with_context(|| format!("pod {} has no proxy", pod.qualified_name()))?;
+        let r = http::get(
+            &self.store.state.plan.node.netns,
+            proxy.admin,
+            "/metrics",
+            Duration::from_secs(2),
+        )?;
+        if r.status != 200 {
+            bail!("{}/metrics answered {}", proxy.admin, r.status);
+        }
+        Ok(r.text())
+    }
+
+    /// A command that runs `argv` inside the pod (as `mesh exec` would).
+    pub(crate) fn command_in(&self, pod: &PodPlan, argv: &[String]) -> Command {
+        exec_command(pod, argv)
+    }
+
+    /// `mesh down`.
+    pub(crate) fn down(self) -> anyhow::Result<()> {
+        down::teardown(self.store, &self.progress)
+    }
 }
