@@ -4,9 +4,11 @@
 //! - [`config`]: reading typed configuration from a source (the environment,
 //!   or a map in tests), collecting every error before reporting.
 //! - [`shutdown`]: the one drain mechanism for listeners and tasks.
+//! - [`spiffe`]: workload identity names (SPIFFE IDs).
 //! - [`telemetry`]: tracing setup and process metrics.
 
 pub mod addr;
 pub mod config;
 pub mod shutdown;
+pub mod spiffe;
 pub mod telemetry;
