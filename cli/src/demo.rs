@@ -78,7 +78,8 @@ struct Generator {
     /// Whether the arguments take a `--duration`.
     timed: bool,
     running: Option<Child>,
-    last: Option<String>,
+    /// The last finished round: its JSON summary, or why there is none.
+    last: Option<Result<String, String>>,
 }
 
 struct Traffic<'a> {
@@ -146,18 +147,19 @@ impl<'a> Traffic<'a> {
     fn tick(&mut self, left: Option<Duration>) -> anyhow::Result<()> {
         for g in &mut self.generators {
             if let Some(child) = &mut g.running {
-                if child.try_wait()?.is_none() {
+                let Some(status) = child.try_wait()? else {
                     continue;
-                }
+                };
                 let mut out = String::new();
                 if let Some(mut stdout) = child.stdout.take() {
                     let _ = stdout.read_to_string(&mut out);
                 }
-                g.last = out
-                    .lines()
-                    .rev()
-                    .find(|l| l.starts_with('{'))
-                    .map(str::to_string);
+                let summary = out.lines().rev().find(|l| l.starts_with('{'));
+                g.last = Some(
+                    summary
+                        .map(str::to_string)
+                        .ok_or_else(|| status.to_string()),
+                );
                 g.running = None;
             }
             let round = left.map_or(ROUND, |l| l.min(ROUND));
@@ -188,7 +190,11 @@ impl<'a> Traffic<'a> {
             .generators
             .iter()
             .filter_map(|g| {
-                let v: serde_json::Value = serde_json::from_str(g.last.as_ref()?).ok()?;
+                let json = match g.last.as_ref()? {
+                    Ok(json) => json,
+                    Err(status) => return Some(format!("{} round FAILED ({status})", g.target)),
+                };
+                let v: serde_json::Value = serde_json::from_str(json).ok()?;
                 Some(if g.timed {
                     let p99 = v["p99_ms"]
                         .as_f64()
@@ -228,9 +234,13 @@ impl Drop for Traffic<'_> {
     }
 }
 
+/// Per workload (`namespace/name`): its inbound counters, or why they
+/// could not be read.
+type Scrape = BTreeMap<String, Result<Counters, String>>;
+
 /// Inbound counters of each workload, summed over its meshed replicas.
-fn scrape(mesh: &Mesh) -> BTreeMap<String, Result<Counters, String>> {
-    let mut out: BTreeMap<String, Result<Counters, String>> = BTreeMap::new();
+fn scrape(mesh: &Mesh) -> Scrape {
+    let mut out = Scrape::new();
     for pod in mesh.pods().iter().filter(|p| p.meshed) {
         let key = format!("{}/{}", pod.namespace, pod.workload);
         let got = mesh
@@ -270,7 +280,7 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let end = args.duration.map(|d| start + d);
-    let mut previous: Option<(BTreeMap<String, Result<Counters, String>>, Instant)> = None;
+    let mut previous: Option<(Scrape, Instant)> = None;
     eprintln!(
         "mesh {} is up; sending traffic from {} ({})",
         mesh.name(),
@@ -319,11 +329,15 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
                 .map(|d| format!(" of {}s", d.as_secs()))
                 .unwrap_or_default()
         ));
+        let window = match &previous {
+            Some((_, at)) => format!(
+                "over the last {:.1}s",
+                now.duration_since(*at).as_secs_f64()
+            ),
+            None => "since the start (rates from the next refresh)".to_string(),
+        };
         screen.push_str(&format!(
-            "inbound golden metrics per workload (summed over replicas), last {:.1}s:\n\n",
-            previous
-                .as_ref()
-                .map_or(0.0, |(_, at)| now.duration_since(*at).as_secs_f64())
+            "inbound golden metrics per workload, summed over replicas, {window}:\n\n"
         ));
         screen.push_str(&golden::render(&rows));
         screen.push('\n');

@@ -10,6 +10,9 @@
 //! meshes never see each other (each has its own bridge in its own node
 //! namespace). Every wait is bounded; a guard downs the mesh if a test fails.
 
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read as _;

@@ -15,7 +15,7 @@
 //! - [`net`] and [`plan`]: pure decisions — names, addresses, files, rules,
 //!   command lines;
 //! - [`state`]: the intent log `down` trusts;
-//! - [`up`], [`down`], [`status`]: acting on the system, through [`sys`]
+//! - [`up`] (then [`ready`]), [`down`], [`status`]: acting on the system, through [`sys`]
 //!   (commands, `/proc`, sockets inside a namespace) and [`http`];
 //! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
 //!   table).
@@ -29,6 +29,7 @@ pub(crate) mod table;
 mod down;
 mod http;
 mod net;
+mod ready;
 mod state;
 mod status;
 mod sys;

@@ -1,0 +1,403 @@
+//! Golden signals from proxies' `/metrics`: Prometheus text parsing,
+//! aggregation over replicas, rates and quantiles over a window. Pure.
+//!
+//! Quantiles follow Prometheus' `histogram_quantile`: find the bucket the
+//! rank falls in and interpolate linearly inside it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub(crate) const REQUESTS: &str = "trellis_http_requests_total";
+pub(crate) const DURATION_BUCKETS: &str = "trellis_http_request_duration_seconds_bucket";
+pub(crate) const TCP_CONNECTIONS: &str = "trellis_tcp_connections_total";
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub(crate) fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metrics line {line}: {reason}")]
+pub(crate) struct ParseError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses the Prometheus text format (and OpenMetrics: `# EOF`, exemplars).
+pub(crate) fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |reason: &str| ParseError {
+            line: i + 1,
+            reason: format!("{reason}: {line:?}"),
+        };
+        let name_end = line
+            .find(|c: char| c == '{' || c.is_whitespace())
+            .ok_or_else(|| err("no value"))?;
+        let name = &line[..name_end];
+        if name.is_empty() {
+            return Err(err("no metric name"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = BTreeMap::new();
+        if let Some(body) = rest.strip_prefix('{') {
+            let (parsed, after) = parse_labels(body).map_err(|r| err(&r))?;
+            labels = parsed;
+            rest = after;
+        }
+        // Drop an OpenMetrics exemplar (` # {…} v`), then take the value;
+        // a timestamp may follow it.
+        let rest = rest.split(" # ").next().unwrap_or_default();
+        let value_text = rest
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| err("no value"))?;
+        let value = parse_value(value_text).ok_or_else(|| err("bad value"))?;
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Parses `a="x",b="y\"z"}` and returns the labels and what follows `}`.
+fn parse_labels(mut s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
+    let mut labels = BTreeMap::new();
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix('}') {
+            return Ok((labels, rest));
+        }
+        let eq = s.find('=').ok_or("label without '='")?;
+        let key = s[..eq].trim().to_string();
+        s = s[eq + 1..]
+            .trim_start()
+            .strip_prefix('"')
+            .ok_or("label value not quoted")?;
+        let mut value = String::new();
+        let mut chars = s.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err("unterminated label value".into()),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => return Err("unterminated label value".into()),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        labels.insert(key, value);
+        s = s[end + 1..].trim_start();
+        s = s.strip_prefix(',').unwrap_or(s);
+    }
+}
+
+/// Histogram buckets: `(le, cumulative count)`, sorted by `le`.
+pub(crate) type Buckets = Vec<(f64, f64)>;
+
+/// Cumulative golden counters of one direction, summed over series (routes,
+/// peers) and over replicas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Counters {
+    pub requests: f64,
+    pub successes: f64,
+    /// Requests whose `tls` label was `true`.
+    pub tls_requests: f64,
+    pub buckets: Buckets,
+    pub tcp_connections: f64,
+    pub tls_connections: f64,
+}
+
+impl Counters {
+    /// The counters of `direction` (`inbound`/`outbound`) in one scrape.
+    pub(crate) fn from_samples(samples: &[Sample], direction: &str) -> Self {
+        let mut c = Counters::default();
+        for s in samples.iter().filter(|s| s.label("direction") == direction) {
+            if !s.value.is_finite() {
+                continue;
+            }
+            match s.name.as_str() {
+                REQUESTS => {
+                    c.requests += s.value;
+                    if s.label("classification") == "success" {
+                        c.successes += s.value;
+                    }
+                    if s.label("tls") == "true" {
+                        c.tls_requests += s.value;
+                    }
+                }
+                DURATION_BUCKETS => {
+                    if let Some(le) = parse_value(s.label("le")) {
+                        add_bucket(&mut c.buckets, le, s.value);
+                    }
+                }
+                TCP_CONNECTIONS => {
+                    c.tcp_connections += s.value;
+                    if s.label("tls") == "true" {
+                        c.tls_connections += s.value;
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Adds another replica's counters.
+    pub(crate) fn add(&mut self, other: &Counters) {
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.tls_requests += other.tls_requests;
+        self.tcp_connections += other.tcp_connections;
+        self.tls_connections += other.tls_connections;
+        for &(le, n) in &other.buckets {
+            add_bucket(&mut self.buckets, le, n);
+        }
+    }
+
+    /// What happened between `earlier` and `self`. A counter that went down
+    /// was reset (a restarted proxy): its current value is the increase.
+    pub(crate) fn since(&self, earlier: &Counters) -> Counters {
+        let d = |now: f64, then: f64| if now >= then { now - then } else { now };
+        let reset = self.requests < earlier.requests;
+        Counters {
+            requests: d(self.requests, earlier.requests),
+            successes: if reset {
+                self.successes
+            } else {
+                d(self.successes, earlier.successes)
+            },
+            tls_requests: if reset {
+                self.tls_requests
+            } else {
+                d(self.tls_requests, earlier.tls_requests)
+            },
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, n)| {
+                    let then = if reset {
+                        0.0
+                    } else {
+                        bucket_at(&earlier.buckets, le)
+                    };
+                    (le, d(n, then))
+                })
+                .collect(),
+            tcp_connections: d(self.tcp_connections, earlier.tcp_connections),
+            tls_connections: d(self.tls_connections, earlier.tls_connections),
+        }
+    }
+}
+
+fn add_bucket(buckets: &mut Buckets, le: f64, n: f64) {
+    match buckets.iter_mut().find(|(l, _)| *l == le) {
+        Some((_, count)) => *count += n,
+        None => {
+            buckets.push((le, n));
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+}
+
+fn bucket_at(buckets: &Buckets, le: f64) -> f64 {
+    buckets
+        .iter()
+        .find(|(l, _)| *l == le)
+        .map(|(_, n)| *n)
+        .unwrap_or(0.0)
+}
+
+/// The `q` quantile (0..=1) of a histogram, in the buckets' unit; `None`
+/// when it holds no observations. Like Prometheus, a rank in the `+Inf`
+/// bucket gives the highest finite bound, and the first bucket's lower bound
+/// is 0.
+pub(crate) fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total.is_nan() || total <= 0.0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = 0.0;
+    let mut below = 0.0;
+    for &(le, count) in buckets {
+        if count >= rank && count > below {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            return Some(lower + (le - lower) * (rank - below) / (count - below));
+        }
+        lower = le;
+        below = count;
+    }
+    Some(lower)
+}
+
+/// Whether traffic was mutually authenticated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Tls {
+    /// No traffic to judge by.
+    Unknown,
+    /// All of it.
+    All,
+    /// None of it.
+    None,
+    /// This share of it.
+    Some(f64),
+}
+
+impl fmt::Display for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tls::Unknown => f.write_str("-"),
+            Tls::All => f.write_str("true"),
+            Tls::None => f.write_str("false"),
+            Tls::Some(share) => write!(f, "partly ({:.0}%)", share * 100.0),
+        }
+    }
+}
+
+fn tls_of(tls: f64, total: f64) -> Tls {
+    if total.is_nan() || total <= 0.0 {
+        Tls::Unknown
+    } else if tls >= total {
+        Tls::All
+    } else if tls <= 0.0 {
+        Tls::None
+    } else {
+        Tls::Some(tls / total)
+    }
+}
+
+/// One line of the golden table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row {
+    pub workload: String,
+    pub meshed: bool,
+    pub replicas: usize,
+    /// Requests per second over the window; `None` before a window exists.
+    pub rps: Option<f64>,
+    /// Share of successful requests (window, or everything so far).
+    pub success: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// Connections accepted so far.
+    pub tcp_connections: f64,
+    pub tls: Tls,
+}
+
+/// A row from the counters now and, when there is one, the counters
+/// `seconds` earlier: rates and latencies then cover just that window.
+pub(crate) fn row(
+    workload: &str,
+    meshed: bool,
+    replicas: usize,
+    now: &Counters,
+    earlier: Option<(&Counters, f64)>,
+) -> Row {
+    let (window, rps) = match earlier {
+        Some((then, secs)) if secs > 0.0 => {
+            let w = now.since(then);
+            // Opaque-only workloads have no request rate, not a rate of 0.
+            let rps = (now.requests > 0.0).then(|| w.requests / secs);
+            (w, rps)
+        }
+        _ => (now.clone(), None),
+    };
+    let has = window.requests > 0.0;
+    let tls = if window.requests > 0.0 {
+        tls_of(window.tls_requests, window.requests)
+    } else if now.requests > 0.0 {
+        tls_of(now.tls_requests, now.requests)
+    } else {
+        tls_of(now.tls_connections, now.tcp_connections)
+    };
+    Row {
+        workload: workload.to_string(),
+        meshed,
+        replicas,
+        rps,
+        success: has.then(|| window.successes / window.requests),
+        p50: quantile(&window.buckets, 0.5),
+        p99: quantile(&window.buckets, 0.99),
+        tcp_connections: now.tcp_connections,
+        tls,
+    }
+}
+
+/// `0.42ms`, `12.3ms`, `1.50s`.
+pub(crate) fn format_latency(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{seconds:.2}s")
+    }
+}
+
+pub(crate) fn render(rows: &[Row]) -> String {
+    let dash = || "-".to_string();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.workload.clone(),
+                if r.meshed { "yes" } else { "no" }.to_string(),
+                r.replicas.to_string(),
+                r.rps.map(|v| format!("{v:.1}")).unwrap_or_else(dash),
+                r.success
+                    .map(|v| format!("{:.2}%", v * 100.0))
+                    .unwrap_or_else(dash),
+                r.p50.map(format_latency).unwrap_or_else(dash),
+                r.p99.map(format_latency).unwrap_or_else(dash),
+                format!("{}", r.tcp_connections as u64),
+                r.tls.to_string(),
+            ]
+        })
+        .collect();
+    super::table::render(
+        &[
+            "WORKLOAD",
+            "MESHED",
+            "PODS",
+            "RPS",
+            "SUCCESS",
+            "P50",
+            "P99",
+            "TCP CONNS",
+            "TLS",
+        ],
+        &cells,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! Waiting for a mesh's pods: proxies answering `/ready` (asked from the
+//! node namespace, as a kubelet probe would), then workloads listening on
+//! their ports (read from the pod's own socket table, so capture rules
+//! cannot fake it). One progress line per workload; a process that exits
+//! or a timeout fails with the tail of the relevant log.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::interrupt::Interrupt;
+use super::plan::{Plan, PodPlan};
+use super::state::{Role, Store};
+use super::up::interrupted;
+use super::{http, sys, Progress};
+
+const POLL: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A long-running process we started, while `up` still holds it.
+pub(super) struct Started {
+    pub record: usize,
+    pub pod: String,
+    pub role: Role,
+    pub log: PathBuf,
+    pub child: Child,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// The proxy's `/ready` answers 200.
+    Proxy,
+    /// Every port of the workload is listening.
+    Ports,
+}
+
+/// Why a pod is not ready yet, or `None` if it is.
+fn not_ready(node_netns: &str, pod: &PodPlan, check: Check) -> Option<String> {
+    match check {
+        Check::Proxy => {
+            let proxy = pod.proxy.as_ref()?;
+            match http::get(node_netns, proxy.admin, "/ready", PROBE_TIMEOUT) {
+                Ok(r) if r.status == 200 => None,
+                Ok(r) => Some(format!("proxy /ready answers {}", r.status)),
+                Err(e) => Some(format!("proxy admin {}: {e}", proxy.admin)),
+            }
+        }
+        Check::Ports => {
+            if pod.ports.is_empty() {
+                return None;
+            }
+            match sys::listening_ports(&pod.netns) {
+                Ok(listening) => {
+                    let missing: Vec<String> = pod
+                        .ports
+                        .iter()
+                        .filter(|p| !listening.contains(p))
+                        .map(|p| p.to_string())
+                        .collect();
+                    (!missing.is_empty())
+                        .then(|| format!("not listening on port {}", missing.join(", ")))
+                }
+                Err(e) => Some(format!("cannot read its sockets: {e}")),
+            }
+        }
+    }
+}
+
+pub(super) fn wait_ready(
+    store: &Store,
+    plan: &Plan,
+    children: &mut [Started],
+    deadline: Instant,
+    interrupt: &Interrupt,
+    progress: &Progress,
+    check: Check,
+) -> anyhow::Result<()> {
+    let pods: Vec<&PodPlan> = plan
+        .pods
+        .iter()
+        .filter(|p| check == Check::Ports || p.meshed)
+        .collect();
+    let what = match check {
+        Check::Proxy => "proxies ready",
+        Check::Ports => "ready",
+    };
+    // Workloads in file order, each reported once all its replicas are ready.
+    let mut workloads: Vec<(String, String)> = Vec::new();
+    for p in &pods {
+        let key = (p.namespace.clone(), p.workload.clone());
+        if !workloads.contains(&key) {
+            workloads.push(key);
+        }
+    }
+    let mut reported = vec![false; workloads.len()];
+    let mut ready = vec![false; pods.len()];
+    let mut reasons: Vec<Option<String>> = vec![None; pods.len()];
+    let start = Instant::now();
+    let mut next_note = start + Duration::from_secs(5);
+    loop {
+        interrupted(interrupt)?;
+        check_children(store, children)?;
+        for (i, pod) in pods.iter().enumerate() {
+            if !ready[i] {
+                reasons[i] = not_ready(&plan.node.netns, pod, check);
+                ready[i] = reasons[i].is_none();
+            }
+        }
+        for (w, (ns, name)) in workloads.iter().enumerate() {
+            let members: Vec<usize> = (0..pods.len())
+                .filter(|&i| &pods[i].namespace == ns && &pods[i].workload == name)
+                .collect();
+            if !reported[w] && members.iter().all(|&i| ready[i]) {
+                reported[w] = true;
+                let ports = pods[members[0]]
+                    .ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>();
+                let ports = if check == Check::Ports && !ports.is_empty() {
+                    format!(", listening on {}", ports.join(","))
+                } else {
+                    String::new()
+                };
+                progress.step(&format!(
+                    "{ns}/{name}: {what} ({}/{} replicas{ports}) after {:.1}s",
+                    members.len(),
+                    members.len(),
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        if reported.iter().all(|r| *r) {
+            return Ok(());
+        }
+        let waiting: Vec<String> = (0..pods.len())
+            .filter(|&i| !ready[i])
+            .map(|i| {
+                format!(
+                    "{} ({})",
+                    pods[i].qualified_name(),
+                    reasons[i].clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        if Instant::now() >= deadline {
+            let first = (0..pods.len()).find(|&i| !ready[i]);
+            let log = first.and_then(|i| log_of(store, &pods[i].netns, check));
+            let tail = log
+                .map(|l| {
+                    format!(
+                        "\nlast lines of {}:\n{}",
+                        l.display(),
+                        indent(&sys::tail(&l, 20))
+                    )
+                })
+                .unwrap_or_default();
+            bail!("timed out waiting for: {}{tail}", waiting.join(", "));
+        }
+        if Instant::now() >= next_note {
+            progress.step(&format!("still waiting for {}", waiting.join(", ")));
+            next_note += Duration::from_secs(5);
+        }
+        interrupt.sleep(POLL);
+    }
+}
+
+fn log_of(store: &Store, netns: &str, check: Check) -> Option<PathBuf> {
+    let role = match check {
+        Check::Proxy => Role::Proxy,
+        Check::Ports => Role::Workload,
+    };
+    store
+        .state
+        .processes
+        .iter()
+        .find(|p| p.netns == netns && p.role == role)
+        .map(|p| p.log.clone())
+}
+
+/// Fails if a process we started has exited, showing its log.
+fn check_children(store: &Store, children: &mut [Started]) -> anyhow::Result<()> {
+    for c in children.iter_mut() {
+        if let Ok(Some(status)) = c.child.try_wait() {
+            let argv = store
+                .state
+                .processes
+                .get(c.record)
+                .map(|p| p.argv.join(" "))
+                .unwrap_or_default();
+            bail!(
+                "the {} of pod {} exited ({status}): {argv}\nlast lines of {}:\n{}",
+                c.role.as_str(),
+                c.pod,
+                c.log.display(),
+                indent(&sys::tail(&c.log, 20))
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

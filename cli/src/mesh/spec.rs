@@ -1,0 +1,654 @@
+//! The mesh file that `trellis mesh up -f` reads, and its validation.
+//!
+//! Parsing is strict (`deny_unknown_fields`; serde names the field path of
+//! the first syntax error). Validation then checks everything that can be
+//! checked without touching the system and reports every problem at once,
+//! each prefixed with its path, e.g. `workloads[1] (demo/web).ports[0]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use trellis_core::config::parse_ports;
+
+use super::net::Ipv4Cidr;
+use super::plan;
+
+pub(crate) const DEFAULT_MESH_NAME: &str = "trellis";
+pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub(crate) const DEFAULT_POD_CIDR: &str = "10.77.0.0/16";
+pub(crate) const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Mesh names end up in network namespace names; keep them short.
+pub(crate) const MAX_MESH_NAME_LEN: usize = 24;
+pub(crate) const MAX_REPLICAS: u32 = 64;
+pub(crate) const MAX_PODS: usize = 256;
+/// Ports the sidecar itself listens on: a meshed workload cannot use them.
+pub(crate) const PROXY_PORTS: [u16; 3] = [7140, 7143, 7191];
+
+/// Annotation prefix for per-pod proxy overrides (SPEC.md).
+pub(crate) const ANNOTATION_PREFIX: &str = "config.trellis.dev/";
+pub(crate) const OPAQUE_PORTS: &str = "config.trellis.dev/opaque-ports";
+pub(crate) const SKIP_INBOUND_PORTS: &str = "config.trellis.dev/skip-inbound-ports";
+pub(crate) const SKIP_OUTBOUND_PORTS: &str = "config.trellis.dev/skip-outbound-ports";
+pub(crate) const PROXY_LOG_LEVEL: &str = "config.trellis.dev/proxy-log-level";
+pub(crate) const DEFAULT_INBOUND_POLICY: &str = "config.trellis.dev/default-inbound-policy";
+/// Accepted for compatibility with pod manifests; the local mesh sets no
+/// resource limits.
+const RESOURCE_ANNOTATIONS: [&str; 4] = [
+    "config.trellis.dev/proxy-cpu-request",
+    "config.trellis.dev/proxy-memory-request",
+    "config.trellis.dev/proxy-cpu-limit",
+    "config.trellis.dev/proxy-memory-limit",
+];
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MeshFile {
+    #[serde(default = "default_mesh_name")]
+    pub name: String,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub default_inbound_policy: InboundPolicy,
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: String,
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+    /// Pods also get an address in `fd77::/64`.
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// HTTPRoute-shaped; kept as given until the controller consumes them.
+    #[serde(default)]
+    pub routes: Vec<serde_json::Value>,
+    /// Authorization policies; kept as given until the controller consumes them.
+    #[serde(default)]
+    pub policies: Vec<serde_json::Value>,
+}
+
+/// A Deployment-like set of identical pods.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Workload {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default = "yes")]
+    pub meshed: bool,
+    /// Ports the workload listens on; `up` waits until each accepts.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// argv, with placeholders: see [`plan::expand`].
+    pub command: Vec<String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A ClusterIP-like service: a virtual IP in front of one workload's pods.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Service {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// A workload name, in the service's namespace.
+    pub selector: String,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    /// Defaults to `port`.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+impl ServicePort {
+    pub(crate) fn target(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+}
+
+/// SPEC.md's default inbound policies. Parsed and recorded; enforcement
+/// arrives with the policy work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum InboundPolicy {
+    #[default]
+    AllUnauthenticated,
+    AllAuthenticated,
+    Deny,
+    Audit,
+}
+
+impl InboundPolicy {
+    fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+impl fmt::Display for InboundPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        })
+    }
+}
+
+fn default_mesh_name() -> String {
+    DEFAULT_MESH_NAME.to_string()
+}
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.to_string()
+}
+fn default_pod_cidr() -> String {
+    DEFAULT_POD_CIDR.to_string()
+}
+fn default_service_cidr() -> String {
+    DEFAULT_SERVICE_CIDR.to_string()
+}
+fn default_namespace() -> String {
+    "default".to_string()
+}
+fn default_service_account() -> String {
+    "default".to_string()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// Env values and annotations are strings, but `PORT: 8080` or
+/// `opaque-ports: 25` is what people write; take any scalar.
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Scalar(String);
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string, number or boolean")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// Why a mesh file was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpecError {
+    #[error("cannot read mesh file {path}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// Every problem found in one mesh file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) struct ValidationErrors {
+    pub origin: String,
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} problem(s):", self.origin, self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-pod proxy overrides read from `config.trellis.dev/*` annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Overrides {
+    pub opaque_ports: Option<String>,
+    pub skip_inbound_ports: Option<String>,
+    pub skip_outbound_ports: Option<String>,
+    pub proxy_log_level: Option<String>,
+    pub inbound_policy: Option<InboundPolicy>,
+}
+
+/// A mesh file that passed validation, with the values validation parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    pub file: MeshFile,
+    pub pod_cidr: Ipv4Cidr,
+    pub service_cidr: Ipv4Cidr,
+    /// One per workload, in file order.
+    pub overrides: Vec<Overrides>,
+}
+
+pub(crate) fn load(path: &Path) -> Result<Checked, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and validates `text`; `origin` names it in messages.
+pub(crate) fn parse(text: &str, origin: &str) -> Result<Checked, SpecError> {
+    let file: MeshFile = serde_yaml_ng::from_str(text).map_err(|e| SpecError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(validate(file, origin)?)
+}
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, path: &str, msg: impl fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+}
+
+/// A DNS label (RFC 1123) of at most `max` characters.
+pub(crate) fn check_label(s: &str, max: usize) -> Result<(), String> {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else if s.len() > max {
+        Err(format!("{s:?} is longer than {max} characters"))
+    } else if !ok_chars || s.starts_with('-') || s.ends_with('-') {
+        Err(format!(
+            "{s:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err(format!("{s:?} is longer than 253 characters"));
+    }
+    s.split('.')
+        .try_for_each(|l| check_label(l, 63))
+        .map_err(|_| format!("{s:?} must be a DNS name: lowercase letters, digits, '-' and '.'"))
+}
+
+fn check_trust_domain(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+        ))
+    }
+}
+
+fn check_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn workload_path(i: usize, w: &Workload) -> String {
+    format!("workloads[{i}] ({}/{})", w.namespace, w.name)
+}
+
+fn service_path(i: usize, s: &Service) -> String {
+    format!("services[{i}] ({}/{})", s.namespace, s.name)
+}
+
+/// Checks everything about `file` that can be checked without the system.
+pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, ValidationErrors> {
+    let mut errs = Errors(Vec::new());
+
+    if let Err(e) = check_label(&file.name, MAX_MESH_NAME_LEN) {
+        errs.push("name", e);
+    }
+    if let Err(e) = check_trust_domain(&file.trust_domain) {
+        errs.push("trustDomain", e);
+    }
+    let pod_cidr = check_cidr(&mut errs, "podCidr", &file.pod_cidr);
+    let service_cidr = check_cidr(&mut errs, "serviceCidr", &file.service_cidr);
+    if let (Some(p), Some(s)) = (pod_cidr, service_cidr) {
+        if p.overlaps(s) {
+            errs.push("serviceCidr", format!("{s} overlaps podCidr {p}"));
+        }
+    }
+
+    if file.workloads.is_empty() {
+        errs.push("workloads", "a mesh needs at least one workload");
+    }
+    let mut overrides = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, w) in file.workloads.iter().enumerate() {
+        let path = workload_path(i, w);
+        if !seen.insert((w.namespace.as_str(), w.name.as_str())) {
+            errs.push(
+                &path,
+                "a workload of this name already exists in this namespace",
+            );
+        }
+        overrides.push(check_workload(&mut errs, &path, w));
+    }
+
+    let mut total_pods: usize = 0;
+    for w in &file.workloads {
+        total_pods = total_pods.saturating_add(usize::try_from(w.replicas).unwrap_or(usize::MAX));
+    }
+    if total_pods > MAX_PODS {
+        errs.push(
+            "workloads",
+            format!("{total_pods} pods in all; the local mesh runs at most {MAX_PODS}"),
+        );
+    }
+    if let Some(p) = pod_cidr {
+        let room = super::net::PodAddresses::new(p, file.ipv6).capacity();
+        if total_pods as u64 > room {
+            errs.push("podCidr", format!("{p} has room for {room} pods beside the gateway; the file asks for {total_pods}"));
+        }
+    }
+    check_unique_names(&mut errs, &file);
+
+    let mut seen = BTreeSet::new();
+    for (i, s) in file.services.iter().enumerate() {
+        let path = service_path(i, s);
+        if !seen.insert((s.namespace.as_str(), s.name.as_str())) {
+            errs.push(
+                &path,
+                "a service of this name already exists in this namespace",
+            );
+        }
+        check_service(&mut errs, &path, s, &file.workloads);
+    }
+    if let Some(s) = service_cidr {
+        if file.services.len() as u64 > s.host_capacity() {
+            errs.push(
+                "serviceCidr",
+                format!(
+                    "{s} has room for {} services; the file has {}",
+                    s.host_capacity(),
+                    file.services.len()
+                ),
+            );
+        }
+    }
+
+    for (field, list) in [("routes", &file.routes), ("policies", &file.policies)] {
+        for (i, v) in list.iter().enumerate() {
+            if !v.is_object() {
+                errs.push(&format!("{field}[{i}]"), "must be a mapping");
+            }
+        }
+    }
+
+    match (errs.0.is_empty(), pod_cidr, service_cidr) {
+        (true, Some(pod_cidr), Some(service_cidr)) => Ok(Checked {
+            file,
+            pod_cidr,
+            service_cidr,
+            overrides,
+        }),
+        _ => Err(ValidationErrors {
+            origin: origin.to_string(),
+            errors: errs.0,
+        }),
+    }
+}
+
+fn check_cidr(errs: &mut Errors, path: &str, s: &str) -> Option<Ipv4Cidr> {
+    match s.parse::<Ipv4Cidr>() {
+        Err(e) => {
+            errs.push(path, e);
+            None
+        }
+        Ok(c) => match c.unusable_reason() {
+            Some(why) => {
+                errs.push(path, format!("{c} cannot be used: {why}"));
+                None
+            }
+            None => Some(c),
+        },
+    }
+}
+
+fn check_workload(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
+    // Replica names (`web-63`) must stay DNS labels.
+    if let Err(e) = check_label(&w.name, 60) {
+        errs.push(&format!("{path}.name"), e);
+    }
+    if let Err(e) = check_label(&w.namespace, 63) {
+        errs.push(&format!("{path}.namespace"), e);
+    }
+    if let Err(e) = check_subdomain(&w.service_account) {
+        errs.push(&format!("{path}.serviceAccount"), e);
+    }
+    if w.replicas > MAX_REPLICAS {
+        errs.push(
+            &format!("{path}.replicas"),
+            format!(
+                "{} is more than the local mesh's limit of {MAX_REPLICAS}",
+                w.replicas
+            ),
+        );
+    }
+    let mut ports = BTreeSet::new();
+    for (j, &port) in w.ports.iter().enumerate() {
+        let p = format!("{path}.ports[{j}]");
+        if port == 0 {
+            errs.push(&p, "port 0 is not a port (1-65535)");
+        } else if !ports.insert(port) {
+            errs.push(&p, format!("port {port} is listed twice"));
+        } else if w.meshed && PROXY_PORTS.contains(&port) {
+            errs.push(&p, format!("port {port} belongs to the sidecar proxy (7140, 7143, 7191); pick another or set `meshed: false`"));
+        }
+    }
+    if w.command.is_empty() {
+        errs.push(&format!("{path}.command"), "must not be empty");
+    }
+    let sample = plan::TemplateVars::sample(!w.ports.is_empty());
+    for (j, arg) in w.command.iter().enumerate() {
+        if let Err(e) = plan::expand(arg, &sample) {
+            errs.push(&format!("{path}.command[{j}]"), e);
+        }
+    }
+    for key in w.env.keys() {
+        if !check_env_name(key) {
+            errs.push(
+                &format!("{path}.env.{key}"),
+                "is not a valid environment variable name",
+            );
+        }
+    }
+    check_annotations(errs, path, w)
+}
+
+fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
+    let mut o = Overrides::default();
+    for (key, value) in &w.annotations {
+        let p = format!("{path}.annotations[{key:?}]");
+        if !key.starts_with(ANNOTATION_PREFIX) {
+            continue; // other annotations are the user's business
+        }
+        match key.as_str() {
+            OPAQUE_PORTS | SKIP_INBOUND_PORTS | SKIP_OUTBOUND_PORTS => match parse_ports(value) {
+                Err(e) => errs.push(&p, e),
+                Ok(ranges) => {
+                    let list = ranges.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+                    let slot = match key.as_str() {
+                        OPAQUE_PORTS => &mut o.opaque_ports,
+                        SKIP_INBOUND_PORTS => &mut o.skip_inbound_ports,
+                        _ => &mut o.skip_outbound_ports,
+                    };
+                    *slot = (!list.is_empty()).then_some(list);
+                }
+            },
+            PROXY_LOG_LEVEL => match trellis_core::telemetry::parse_log_filter(value) {
+                Ok(v) if !v.trim().is_empty() => o.proxy_log_level = Some(v),
+                Ok(_) => errs.push(&p, "must not be empty"),
+                Err(e) => errs.push(&p, format!("{value:?} is not a log filter: {e}")),
+            },
+            DEFAULT_INBOUND_POLICY => match InboundPolicy::parse(value) {
+                Some(policy) => o.inbound_policy = Some(policy),
+                None => errs.push(&p, format!("{value:?} is not one of all-unauthenticated, all-authenticated, deny, audit")),
+            },
+            k if RESOURCE_ANNOTATIONS.contains(&k) => {}
+            _ => errs.push(&p, format!(
+                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
+            )),
+        }
+    }
+    if !w.meshed
+        && (o.opaque_ports.is_some()
+            || o.skip_inbound_ports.is_some()
+            || o.skip_outbound_ports.is_some()
+            || o.proxy_log_level.is_some())
+    {
+        errs.push(
+            &format!("{path}.annotations"),
+            "proxy overrides on an unmeshed workload (`meshed: false`) would have no effect",
+        );
+    }
+    o
+}
+
+/// Network namespace and interface names are derived from several names
+/// joined by '-', so two different workloads could map to the same one.
+fn check_unique_names(errs: &mut Errors, file: &MeshFile) {
+    let mut netns = BTreeMap::new();
+    let mut veths = BTreeMap::new();
+    for (i, w) in file.workloads.iter().enumerate() {
+        for r in 0..w.replicas.min(MAX_REPLICAS) {
+            let ns = plan::netns_name(&file.name, &w.namespace, &plan::replica_name(&w.name, r));
+            let veth = plan::host_veth_name(&ns);
+            if let Some(other) = netns.insert(ns.clone(), i) {
+                if other != i {
+                    errs.push(&workload_path(i, w), format!("its pods' network namespace {ns} collides with workloads[{other}]'s; rename one"));
+                }
+            } else if let Some(other) = veths.insert(veth.clone(), ns.clone()) {
+                errs.push(
+                    &workload_path(i, w),
+                    format!("interface name {veth} collides with {other}'s; rename one"),
+                );
+            }
+        }
+    }
+}
+
+fn check_service(errs: &mut Errors, path: &str, s: &Service, workloads: &[Workload]) {
+    if let Err(e) = check_label(&s.name, 63) {
+        errs.push(&format!("{path}.name"), e);
+    }
+    if let Err(e) = check_label(&s.namespace, 63) {
+        errs.push(&format!("{path}.namespace"), e);
+    }
+    let target = workloads
+        .iter()
+        .find(|w| w.name == s.selector && w.namespace == s.namespace);
+    if target.is_none() {
+        let elsewhere = workloads.iter().find(|w| w.name == s.selector).map(|w| {
+            format!(" (there is one in namespace {:?}; a service selects workloads of its own namespace)", w.namespace)
+        });
+        errs.push(
+            &format!("{path}.selector"),
+            format!(
+                "no workload named {:?} in namespace {:?}{}",
+                s.selector,
+                s.namespace,
+                elsewhere.unwrap_or_default()
+            ),
+        );
+    }
+    if s.ports.is_empty() {
+        errs.push(
+            &format!("{path}.ports"),
+            "a service needs at least one port",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (j, p) in s.ports.iter().enumerate() {
+        let pp = format!("{path}.ports[{j}]");
+        if p.port == 0 {
+            errs.push(&format!("{pp}.port"), "port 0 is not a port (1-65535)");
+        } else if !seen.insert(p.port) {
+            errs.push(
+                &format!("{pp}.port"),
+                format!("port {} is listed twice", p.port),
+            );
+        }
+        if let Some(name) = &p.name {
+            if let Err(e) = check_label(name, 15) {
+                errs.push(&format!("{pp}.name"), e);
+            }
+        }
+        if p.target() == 0 {
+            errs.push(
+                &format!("{pp}.targetPort"),
+                "port 0 is not a port (1-65535)",
+            );
+        } else if let Some(w) = target {
+            if !w.ports.contains(&p.target()) {
+                errs.push(
+                    &format!("{pp}.targetPort"),
+                    format!(
+                        "{} is not one of workload {}/{}'s ports {:?}",
+                        p.target(),
+                        w.namespace,
+                        w.name,
+                        w.ports
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! `/run/trellis/meshes/<mesh>/state.json`: the plan, and an intent log of
+//! everything `up` made.
+//!
+//! Each network namespace, `/etc/netns` directory and process is written
+//! down *before* it is created (a process's pid right after), and the file
+//! is replaced atomically each time. So `down` removes exactly what `up`
+//! made, even after `up` died half-way, and nothing else.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::Plan;
+
+/// Where meshes keep their state; `/run` is a tmpfs, cleared at boot, as are
+/// the namespaces and processes the state describes.
+pub(crate) const STATE_ROOT: &str = "/run/trellis/meshes";
+pub(crate) const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Phase {
+    /// `up` is making things (or died while doing so).
+    Creating,
+    /// `up` finished: every pod ready.
+    Ready,
+    /// `down` is removing things (or died while doing so).
+    Deleting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Role {
+    Proxy,
+    Workload,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Workload => "workload",
+        }
+    }
+}
+
+/// A process started in a pod. `pid` is `None` between the intent and the
+/// spawn; `start_time` (from `/proc/<pid>/stat`) tells a recycled pid apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProcessRecord {
+    /// The pod's network namespace.
+    pub netns: String,
+    pub role: Role,
+    pub pid: Option<u32>,
+    pub start_time: Option<u64>,
+    pub log: PathBuf,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct State {
+    pub version: u32,
+    pub mesh: String,
+    pub phase: Phase,
+    /// The mesh file, or "built-in demo".
+    pub source: String,
+    pub created_unix: u64,
+    /// The `trellis` process that ran `up`.
+    pub up_pid: u32,
+    pub proxy_bin: Option<PathBuf>,
+    pub plan: Plan,
+    /// True if `up` created `/etc/netns` itself (with a marker in it, so
+    /// whichever mesh goes down last removes it).
+    pub created_etc_netns: bool,
+    /// Network namespaces, in creation order (node first).
+    pub netns: Vec<String>,
+    /// `/etc/netns/<name>` directories.
+    pub etc_dirs: Vec<PathBuf>,
+    pub processes: Vec<ProcessRecord>,
+}
+
+impl State {
+    pub(crate) fn new(plan: Plan, source: String, proxy_bin: Option<PathBuf>) -> Self {
+        Self {
+            version: STATE_VERSION,
+            mesh: plan.mesh.clone(),
+            phase: Phase::Creating,
+            source,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            up_pid: std::process::id(),
+            proxy_bin,
+            plan,
+            created_etc_netns: false,
+            netns: Vec::new(),
+            etc_dirs: Vec::new(),
+            processes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    #[error(
+        "mesh {mesh:?} is already up (state in {dir}); run `trellis mesh down --name {mesh}` first"
+    )]
+    Exists { mesh: String, dir: String },
+    #[error("no mesh named {0:?} is up (no state in {STATE_ROOT})")]
+    Missing(String),
+    #[error("{path}")]
+    Io { path: String, source: io::Error },
+    #[error("{path} is not a state file this trellis understands: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub(crate) fn mesh_dir(mesh: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(mesh)
+}
+
+/// Names of the meshes with a state directory.
+pub(crate) fn list_meshes() -> Result<Vec<String>, StateError> {
+    let root = Path::new(STATE_ROOT);
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(root)(e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The state of a mesh, kept in memory and on disk in step.
+#[derive(Debug)]
+pub(crate) struct Store {
+    dir: PathBuf,
+    pub state: State,
+}
+
+impl Store {
+    /// Claims the mesh's state directory (failing if it exists: one `up`
+    /// per mesh name) and writes the initial state.
+    pub(crate) fn create(state: State) -> Result<Store, StateError> {
+        Self::create_in(Path::new(STATE_ROOT), state)
+    }
+
+    pub(crate) fn create_in(root: &Path, state: State) -> Result<Store, StateError> {
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        let dir = root.join(&state.mesh);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists {
+                    mesh: state.mesh.clone(),
+                    dir: dir.display().to_string(),
+                })
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        let store = Store { dir, state };
+        store.save()?;
+        let logs = store.logs_dir();
+        fs::create_dir(&logs).map_err(io_err(&logs))?;
+        Ok(store)
+    }
+
+    pub(crate) fn open(mesh: &str) -> Result<Store, StateError> {
+        Self::open_in(Path::new(STATE_ROOT), mesh)
+    }
+
+    pub(crate) fn open_in(root: &Path, mesh: &str) -> Result<Store, StateError> {
+        let dir = root.join(mesh);
+        let path = dir.join(STATE_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+                return Err(StateError::Missing(mesh.to_string()))
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let state: State = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Corrupt {
+                path: path.display().to_string(),
+                message: format!(
+                    "version {} (this trellis writes {STATE_VERSION})",
+                    state.version
+                ),
+            });
+        }
+        Ok(Store { dir, state })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Writes the state: to a temporary file, then renamed over the old one,
+    /// so a reader (or a crash) never sees half a file.
+    pub(crate) fn save(&self) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(&self.state).map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// Changes the state in memory and on disk.
+    pub(crate) fn update(&mut self, f: impl FnOnce(&mut State)) -> Result<(), StateError> {
+        f(&mut self.state);
+        self.save()
+    }
+
+    /// Removes the state directory (logs included): the last step of `down`.
+    pub(crate) fn remove(self) -> Result<(), StateError> {
+        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{plan, spec};
+
+    fn sample_state() -> State {
+        let yaml = "name: st\nworkloads:\n  - name: web\n    ports: [8080]\n    command: [\"{trellis}\", app, http]\nservices:\n  - {name: web, selector: web, ports: [{port: 80, targetPort: 8080}]}\n";
+        let checked = spec::parse(yaml, "test").unwrap();
+        let plan = plan::build(&checked, "/bin/trellis").unwrap();
+        State::new(
+            plan,
+            "test".into(),
+            Some(PathBuf::from("/bin/trellis-proxy")),
+        )
+    }
+
+    fn temp_root(tag: &str) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("trellis-state-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        root
+    }
+
+    #[test]
+    fn round_trip_through_disk() {
+        let root = temp_root("rt");
+        let mut store = Store::create_in(&root, sample_state()).unwrap();
+        store
+            .update(|s| {
+                s.netns.push("trls-st-node".into());
+                s.etc_dirs
+                    .push(PathBuf::from("/etc/netns/trls-st-default-web-0"));
+                s.processes.push(ProcessRecord {
+                    netns: "trls-st-default-web-0".into(),
+                    role: Role::Proxy,
+                    pid: Some(42),
+                    start_time: Some(1234),
+                    log: PathBuf::from("/x.log"),
+                    argv: vec!["trellis-proxy".into()],
+                });
+                s.phase = Phase::Ready;
+            })
+            .unwrap();
+        assert!(store.logs_dir().is_dir());
+        let again = Store::open_in(&root, "st").unwrap();
+        assert_eq!(again.state, store.state);
+        assert_eq!(again.state.plan.pods[0].name, "web-0");
+        assert!(!root.join("st").join("state.json.tmp").exists());
+
+        // A second `up` of the same mesh is refused.
+        let err = Store::create_in(&root, sample_state()).unwrap_err();
+        assert!(err.to_string().contains("already up"), "{err}");
+        assert!(
+            err.to_string().contains("trellis mesh down --name st"),
+            "{err}"
+        );
+
+        store.remove().unwrap();
+        assert!(matches!(
+            Store::open_in(&root, "st"),
+            Err(StateError::Missing(_))
+        ));
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_versions_are_named() {
+        let root = temp_root("bad");
+        fs::create_dir_all(root.join("m")).unwrap();
+        fs::write(root.join("m").join(STATE_FILE), "{not json").unwrap();
+        let err = Store::open_in(&root, "m").unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+
+        let mut state = sample_state();
+        state.version = 99;
+        fs::write(
+            root.join("m").join(STATE_FILE),
+            serde_json::to_string(&state).unwrap(),
+        )
+        .unwrap();
+        let err = Store::open_in(&root, "m").unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
+        let _ = fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,486 @@
+//! `mesh up`: carries out a [`Plan`], writing each step into the state's
+//! intent log before taking it, then waits until every pod is ready.
+//!
+//! Phases, in order:
+//! 1. preflight — root, tools, binaries, no clashing namespaces;
+//! 2. node — the mesh's own namespace with the bridge;
+//! 3. pods — per replica: `/etc/netns/<ns>/{hosts,resolv.conf}`, the
+//!    namespace, a veth pair into the bridge, addresses and default route;
+//! 4. rules — `trellis-proxy init` (meshed pods), then the service DNAT rules;
+//! 5. proxies — started as uid 7102, waited on until `/ready`;
+//! 6. workloads — started as root, waited on until their ports listen.
+//!
+//! Any failure (or Ctrl-C) removes what was made, through `down`. Waiting
+//! for readiness is in `ready`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use super::interrupt::Interrupt;
+use super::plan::{self, Plan, PodPlan};
+use super::ready::{indent, wait_ready, Check, Started};
+use super::spec::Checked;
+use super::state::{self, Phase, ProcessRecord, Role, State, Store};
+use super::{down, sys, Progress};
+
+/// Environment variable naming the proxy binary (else: beside `trellis`).
+pub(crate) const PROXY_BIN_ENV: &str = "TRELLIS_PROXY_BIN";
+const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub(crate) struct UpOptions {
+    /// How long to wait for proxies and workloads to become ready.
+    pub timeout: Duration,
+    /// Where the file came from, for messages and `status`.
+    pub source: String,
+}
+
+/// The binaries pods run.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    pub trellis: PathBuf,
+    pub proxy: Option<PathBuf>,
+}
+
+impl Binaries {
+    pub(crate) fn find(need_proxy: bool) -> anyhow::Result<Self> {
+        let trellis = std::env::current_exe().context("cannot find the trellis binary itself")?;
+        if !need_proxy {
+            return Ok(Self {
+                trellis,
+                proxy: None,
+            });
+        }
+        let proxy = match std::env::var_os(PROXY_BIN_ENV) {
+            Some(p) => PathBuf::from(p),
+            None => trellis.with_file_name("trellis-proxy"),
+        };
+        if !proxy.is_file() {
+            bail!(
+                "meshed workloads need trellis-proxy, not found at {} (build it with `cargo build --workspace`, or set {PROXY_BIN_ENV})",
+                proxy.display()
+            );
+        }
+        sys::world_executable(&proxy).map_err(|why| {
+            anyhow!(
+                "the proxy runs as uid {} and cannot execute {}: {why}; put the binary where other users can run it, or set {PROXY_BIN_ENV}",
+                plan::PROXY_UID,
+                proxy.display()
+            )
+        })?;
+        Ok(Self {
+            trellis,
+            proxy: Some(proxy),
+        })
+    }
+}
+
+/// Makes the mesh; on any failure removes what it made and returns the error.
+pub(crate) fn up(
+    checked: &Checked,
+    opts: &UpOptions,
+    interrupt: &Interrupt,
+    progress: &Progress,
+) -> anyhow::Result<Store> {
+    let meshed = checked.file.workloads.iter().any(|w| w.meshed);
+    let bins = Binaries::find(meshed)?;
+    let plan = plan::build(checked, &bins.trellis.to_string_lossy())
+        .map_err(|e| anyhow!("{}: {e}", opts.source))?;
+    if state::mesh_dir(&plan.mesh).exists() {
+        return Err(state::StateError::Exists {
+            mesh: plan.mesh.clone(),
+            dir: state::mesh_dir(&plan.mesh).display().to_string(),
+        }
+        .into());
+    }
+    let iptables_mode = preflight(&plan, meshed)?;
+    let mut store = Store::create(State::new(plan, opts.source.clone(), bins.proxy.clone()))?;
+    progress.step(&format!("state in {}", store.dir().display()));
+    match make(&mut store, &bins, iptables_mode, opts, interrupt, progress) {
+        Ok(()) => {
+            store.update(|s| s.phase = Phase::Ready)?;
+            Ok(store)
+        }
+        Err(e) => {
+            progress.step("up failed (the error follows); removing what was made");
+            let mesh = store.state.mesh.clone();
+            match down::teardown(store, progress) {
+                Ok(()) => Err(e),
+                Err(d) => Err(e.context(format!(
+                    "cleaning up failed too ({d:#}); run `trellis mesh down --name {mesh}`"
+                ))),
+            }
+        }
+    }
+}
+
+/// Checks what `up` needs; returns the iptables backend to use.
+fn preflight(plan: &Plan, meshed: bool) -> anyhow::Result<&'static str> {
+    if !sys::is_root() {
+        bail!("the local mesh needs root: network namespaces and iptables");
+    }
+    let mut tools = vec!["ip", "iptables-restore"];
+    if meshed {
+        tools.push("setpriv");
+    }
+    let missing: Vec<&str> = tools
+        .into_iter()
+        .filter(|t| sys::which(t).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools: {} (on Debian: apt-get install iproute2 iptables util-linux)",
+            missing.join(", ")
+        );
+    }
+    let clashes: Vec<&str> = std::iter::once(&plan.node.netns)
+        .chain(plan.pods.iter().map(|p| &p.netns))
+        .filter(|n| sys::netns_exists(n))
+        .map(String::as_str)
+        .collect();
+    if !clashes.is_empty() {
+        bail!(
+            "network namespaces already exist: {} (another mesh, or leftovers: check `trellis mesh list`, `ip netns list`)",
+            clashes.join(", ")
+        );
+    }
+    Ok(sys::iptables_mode()?)
+}
+
+pub(super) fn interrupted(interrupt: &Interrupt) -> anyhow::Result<()> {
+    if interrupt.is_set() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn make(
+    store: &mut Store,
+    bins: &Binaries,
+    iptables_mode: &str,
+    opts: &UpOptions,
+    interrupt: &Interrupt,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let plan = store.state.plan.clone();
+    make_node(store, &plan, progress)?;
+    for pod in &plan.pods {
+        interrupted(interrupt)?;
+        make_pod(store, &plan, pod)?;
+        progress.step(&format!(
+            "pod {}: {}{} in netns {}",
+            pod.qualified_name(),
+            pod.ip,
+            pod.ipv6.map(|v| format!(" {v}")).unwrap_or_default(),
+            pod.netns
+        ));
+    }
+    let rules = plan::service_rules(&plan.services);
+    for pod in &plan.pods {
+        interrupted(interrupt)?;
+        if let (Some(proxy), Some(bin)) = (&pod.proxy, &bins.proxy) {
+            run_init(store, pod, bin, &proxy.init_args, iptables_mode)?;
+        }
+        sys::run(
+            "ip",
+            &["netns", "exec", &pod.netns, "iptables-restore", "--noflush"],
+            Some(&rules),
+        )
+        .with_context(|| format!("installing service rules in {}", pod.netns))?;
+    }
+    progress.step(&format!(
+        "capture rules (trellis-proxy init) and {} service VIP(s) installed",
+        plan.services.len()
+    ));
+
+    let deadline = Instant::now() + opts.timeout;
+    let mut children = Vec::new();
+    if let Some(bin) = &bins.proxy {
+        for pod in plan.pods.iter().filter(|p| p.meshed) {
+            interrupted(interrupt)?;
+            children.push(start_proxy(store, pod, bin)?);
+        }
+        wait_ready(
+            store,
+            &plan,
+            &mut children,
+            deadline,
+            interrupt,
+            progress,
+            Check::Proxy,
+        )?;
+    }
+    for pod in &plan.pods {
+        interrupted(interrupt)?;
+        children.push(start_workload(store, pod)?);
+    }
+    wait_ready(
+        store,
+        &plan,
+        &mut children,
+        deadline,
+        interrupt,
+        progress,
+        Check::Ports,
+    )
+}
+
+fn make_node(store: &mut Store, plan: &Plan, progress: &Progress) -> anyhow::Result<()> {
+    let node = &plan.node;
+    store.update(|s| s.netns.push(node.netns.clone()))?;
+    sys::ip(&["netns", "add", &node.netns])?;
+    let n = node.netns.as_str();
+    sys::ip(&["-n", n, "link", "set", "lo", "up"])?;
+    sys::ip(&["-n", n, "link", "add", &node.bridge, "type", "bridge"])?;
+    let gw = format!("{}/{}", node.gateway, node.prefix_len);
+    sys::ip(&["-n", n, "addr", "add", &gw, "dev", &node.bridge])?;
+    if let Some(v6) = node.gateway_v6 {
+        let gw6 = format!("{v6}/{}", super::net::POD_PREFIX_V6_LEN);
+        sys::ip(&["-n", n, "addr", "add", &gw6, "dev", &node.bridge, "nodad"])?;
+    }
+    sys::ip(&["-n", n, "link", "set", &node.bridge, "up"])?;
+    progress.step(&format!("node netns {n}: bridge {} {gw}", node.bridge));
+
+    let etc = Path::new(sys::ETC_NETNS_DIR);
+    if !etc.exists() {
+        store.update(|s| s.created_etc_netns = true)?;
+        fs::create_dir_all(etc).with_context(|| format!("creating {}", etc.display()))?;
+        // `ip netns exec` only reads /etc/netns/<netns>/, so the marker is
+        // inert; it lets the last `down` remove the directory again.
+        let marker = etc.join(sys::ETC_NETNS_MARKER);
+        fs::write(
+            &marker,
+            "made by `trellis mesh up`; removed with the last mesh\n",
+        )
+        .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    Ok(())
+}
+
+fn make_pod(store: &mut Store, plan: &Plan, pod: &PodPlan) -> anyhow::Result<()> {
+    let etc = Path::new(sys::ETC_NETNS_DIR).join(&pod.netns);
+    store.update(|s| s.etc_dirs.push(etc.clone()))?;
+    fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+    fs::write(etc.join("hosts"), plan::hosts_file(plan, pod))
+        .with_context(|| format!("writing {}/hosts", etc.display()))?;
+    fs::write(etc.join("resolv.conf"), plan::resolv_conf(pod))
+        .with_context(|| format!("writing {}/resolv.conf", etc.display()))?;
+
+    store.update(|s| s.netns.push(pod.netns.clone()))?;
+    let (node, ns) = (plan.node.netns.as_str(), pod.netns.as_str());
+    sys::ip(&["netns", "add", ns])?;
+    sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    sys::ip(&[
+        "-n",
+        node,
+        "link",
+        "add",
+        &pod.host_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns,
+    ])?;
+    sys::ip(&[
+        "-n",
+        node,
+        "link",
+        "set",
+        &pod.host_veth,
+        "master",
+        &plan.node.bridge,
+        "up",
+    ])?;
+    let addr = format!("{}/{}", pod.ip, plan.node.prefix_len);
+    sys::ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+    if let Some(v6) = pod.ipv6 {
+        let addr6 = format!("{v6}/{}", super::net::POD_PREFIX_V6_LEN);
+        sys::ip(&["-n", ns, "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+    }
+    sys::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    sys::ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &plan.node.gateway.to_string(),
+    ])?;
+    if let Some(gw6) = plan.node.gateway_v6 {
+        sys::ip(&[
+            "-n",
+            ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw6.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// `PATH`, `HOME` and locale from our environment; nothing else leaks in.
+fn base_env() -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_else(|_| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        }),
+    );
+    for key in ["HOME", "LANG", "LC_ALL", "TZ"] {
+        if let Ok(v) = std::env::var(key) {
+            env.insert(key.to_string(), v);
+        }
+    }
+    env
+}
+
+fn log_path(store: &Store, pod: &PodPlan, role: &str) -> PathBuf {
+    store
+        .logs_dir()
+        .join(format!("{}.{}.{role}.log", pod.namespace, pod.name))
+}
+
+/// `trellis-proxy init …` in the pod, as an init container: must succeed.
+fn run_init(
+    store: &Store,
+    pod: &PodPlan,
+    bin: &Path,
+    args: &[String],
+    iptables_mode: &str,
+) -> anyhow::Result<()> {
+    let log = log_path(store, pod, "init");
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .arg(bin)
+        .args(args)
+        .args(["--iptables-mode", iptables_mode])
+        .env_clear()
+        .envs(base_env())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting trellis-proxy init in {}", pod.netns))?;
+    let status = sys::poll_until(
+        Instant::now() + INIT_TIMEOUT,
+        Duration::from_millis(20),
+        || child.try_wait().ok().flatten(),
+    );
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => bail!(
+            "trellis-proxy init failed in pod {} ({s}); its output:\n{}",
+            pod.qualified_name(),
+            indent(&sys::tail(&log, 20))
+        ),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "trellis-proxy init did not finish within {INIT_TIMEOUT:?} in pod {}; its output:\n{}",
+                pod.qualified_name(),
+                indent(&sys::tail(&log, 20))
+            )
+        }
+    }
+}
+
+fn spawn(
+    store: &mut Store,
+    pod: &PodPlan,
+    role: Role,
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<Started> {
+    let log = log_path(store, pod, role.as_str());
+    let record = store.state.processes.len();
+    store.update(|s| {
+        s.processes.push(ProcessRecord {
+            netns: pod.netns.clone(),
+            role,
+            pid: None,
+            start_time: None,
+            log: log.clone(),
+            argv: argv.clone(),
+        })
+    })?;
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} of pod {}", role.as_str(), pod.qualified_name()))?;
+    let pid = child.id();
+    let start = sys::start_time(pid);
+    store.update(|s| {
+        s.processes[record].pid = Some(pid);
+        s.processes[record].start_time = start;
+    })?;
+    Ok(Started {
+        record,
+        pod: pod.qualified_name(),
+        role,
+        log,
+        child,
+    })
+}
+
+fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {
+    let Some(proxy) = &pod.proxy else {
+        bail!("pod {} is not meshed", pod.qualified_name());
+    };
+    let uid = plan::PROXY_UID;
+    let argv = [
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        pod.netns.clone(),
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "--".into(),
+        bin.to_string_lossy().into_owned(),
+    ];
+    let mut env = base_env();
+    env.insert("HOME".into(), "/".into());
+    env.extend(proxy.env.clone());
+    spawn(store, pod, Role::Proxy, argv.to_vec(), env)
+}
+
+fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
+    let mut argv = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        pod.netns.clone(),
+    ];
+    argv.extend(pod.command.iter().cloned());
+    let mut env = base_env();
+    env.extend(pod.env.clone());
+    spawn(store, pod, Role::Workload, argv, env)
+}
