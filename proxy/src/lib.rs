@@ -23,6 +23,7 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod policy;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
