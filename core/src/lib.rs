@@ -6,9 +6,11 @@
 //! - [`shutdown`]: the one drain mechanism for listeners and tasks.
 //! - [`spiffe`]: workload identity names (SPIFFE IDs).
 //! - [`telemetry`]: tracing setup and process metrics.
+//! - [`tls`]: mutual TLS between sidecars, authenticated by SPIFFE identity.
 
 pub mod addr;
 pub mod config;
 pub mod shutdown;
 pub mod spiffe;
 pub mod telemetry;
+pub mod tls;

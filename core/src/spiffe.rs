@@ -20,7 +20,9 @@ pub struct SpiffeId {
 pub enum SpiffeIdError {
     #[error("{0:?} does not start with spiffe://")]
     Scheme(String),
-    #[error("{0:?} is not a trust domain (lower-case letters, digits, '.', '-', '_'; at most 255)")]
+    #[error(
+        "{0:?} is not a trust domain (lower-case letters, digits, '.', '-', '_'; at most 255)"
+    )]
     TrustDomain(String),
     #[error("{0:?} is not of the form /ns/<namespace>/sa/<serviceaccount>")]
     Path(String),
@@ -33,7 +35,11 @@ pub enum SpiffeIdError {
 }
 
 impl SpiffeId {
-    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, SpiffeIdError> {
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
         check_trust_domain(trust_domain)?;
         check_name("namespace", namespace, 63)?;
         check_name("service account", service_account, 253)?;
@@ -58,9 +64,9 @@ impl SpiffeId {
 fn check_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
     if ok {
         Ok(())
     } else {
