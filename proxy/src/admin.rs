@@ -17,6 +17,7 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// Set once every listener is bound and serving; cleared on shutdown.
     pub ready: AtomicBool,
+    pub mesh: Arc<crate::mesh::Mesh>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -25,6 +26,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/ready", get(ready))
         .route("/live", get(|| async { "live\n" }))
         .route("/config", get(config))
+        .route("/identity", get(identity))
         .with_state(state)
 }
 
@@ -67,6 +69,43 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+/// This proxy's identity and current certificate; 503 until it has one,
+/// 404 when it runs without identity.
+async fn identity(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(creds) = &s.mesh.creds else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this proxy runs without identity (no TRELLIS_PROXY_IDENTITY_ADDR)\n",
+        )
+            .into_response();
+    };
+    match creds.info() {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "identity": creds.id().to_string(),
+                "state": "pending",
+            })),
+        )
+            .into_response(),
+        Some(info) => axum::Json(serde_json::json!({
+            "identity": creds.id().to_string(),
+            "state": "ready",
+            "serial": info.serial,
+            "notBefore": unix(info.not_before),
+            "notAfter": unix(info.not_after),
+            "trustRoots": creds.roots().fingerprint(),
+        }))
+        .into_response(),
+    }
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn config(State(s): State<Arc<AdminState>>) -> Response {

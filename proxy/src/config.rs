@@ -4,11 +4,25 @@
 //! at the admin endpoint `/config`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 use trellis_core::config::{format_duration, parse_ports, ConfigErrors, PortRange, Reader, Source};
+use trellis_core::spiffe::SpiffeId;
 use trellis_core::telemetry::{parse_log_filter, LogFormat};
+
+use crate::policy::DefaultPolicy;
+
+trait NonEmptyPath {
+    fn non_empty_path(self) -> Option<PathBuf>;
+}
+
+impl NonEmptyPath for String {
+    fn non_empty_path(self) -> Option<PathBuf> {
+        (!self.is_empty()).then(|| PathBuf::from(self))
+    }
+}
 
 /// Every variable the proxy reads: name, default, meaning (with unit).
 /// README and `trellis-proxy --help` print this table.
@@ -28,6 +42,14 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (LOG, "info", "log filter, tracing-subscriber syntax (e.g. warn,trellis_proxy=debug)"),
     (LOG_FORMAT, "plain", "log format: plain or json"),
     (WORKLOAD, "", "the workload this proxy serves, for logs (e.g. demo/web-0)"),
+    (IDENTITY_ADDR, "", "identity service address (host:port); unset: no identity, no mTLS (plaintext mesh)"),
+    (IDENTITY_SERVER_ID, "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity", "SPIFFE ID the identity service must present"),
+    (IDENTITY, "", "this workload's SPIFFE ID (spiffe://TD/ns/NS/sa/SA); required with an identity service"),
+    (IDENTITY_TOKEN_FILE, "/var/run/secrets/tokens/trellis-identity", "the projected ServiceAccount token (audience identity.trellis.dev)"),
+    (TRUST_ROOTS_FILE, "/var/run/trellis/roots.pem", "PEM bundle of the mesh's trust roots; reloaded when it changes"),
+    (DESTINATIONS_FILE, "", "JSON list of meshed destinations and their identities (local mesh; the controller takes over in issue 4)"),
+    (POLICY_FILE, "", "JSON inbound policy of this pod; reloaded when it changes"),
+    (DEFAULT_INBOUND_POLICY, "all-unauthenticated", "inbound policy when no policy file is given: all-unauthenticated, all-authenticated, deny, audit"),
 ];
 
 pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
@@ -45,6 +67,14 @@ pub const WORKER_THREADS: &str = "TRELLIS_PROXY_WORKER_THREADS";
 pub const LOG: &str = "TRELLIS_PROXY_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
 pub const WORKLOAD: &str = "TRELLIS_PROXY_WORKLOAD";
+pub const IDENTITY_ADDR: &str = "TRELLIS_PROXY_IDENTITY_ADDR";
+pub const IDENTITY_SERVER_ID: &str = "TRELLIS_PROXY_IDENTITY_SERVER_ID";
+pub const IDENTITY: &str = "TRELLIS_PROXY_IDENTITY";
+pub const IDENTITY_TOKEN_FILE: &str = "TRELLIS_PROXY_IDENTITY_TOKEN_FILE";
+pub const TRUST_ROOTS_FILE: &str = "TRELLIS_PROXY_TRUST_ROOTS_FILE";
+pub const DESTINATIONS_FILE: &str = "TRELLIS_PROXY_DESTINATIONS_FILE";
+pub const POLICY_FILE: &str = "TRELLIS_PROXY_POLICY_FILE";
+pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -71,6 +101,24 @@ pub struct Config {
     #[serde(serialize_with = "ser_display")]
     pub log_format: LogFormat,
     pub workload: String,
+    /// Present when the proxy has an identity (and so speaks mTLS).
+    pub identity: Option<IdentityConfig>,
+    pub destinations_file: Option<PathBuf>,
+    pub policy_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_display")]
+    pub default_inbound_policy: DefaultPolicy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityConfig {
+    pub addr: String,
+    #[serde(serialize_with = "ser_display")]
+    pub server_id: SpiffeId,
+    #[serde(serialize_with = "ser_display")]
+    pub id: SpiffeId,
+    /// The token's path; its content is a secret and never shown.
+    pub token_file: PathBuf,
+    pub trust_roots_file: PathBuf,
 }
 
 /// hyper refuses an HTTP/1 read buffer smaller than this.
@@ -96,7 +144,50 @@ impl Config {
             log: r.parse_with(LOG, "info".to_string(), parse_log_filter),
             log_format: r.get(LOG_FORMAT, LogFormat::Plain),
             workload: r.get(WORKLOAD, String::new()),
+            identity: None,
+            destinations_file: r
+                .get::<String>(DESTINATIONS_FILE, String::new())
+                .non_empty_path(),
+            policy_file: r.get::<String>(POLICY_FILE, String::new()).non_empty_path(),
+            default_inbound_policy: r
+                .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
         };
+        let mut cfg = cfg;
+        let addr: String = r.get(IDENTITY_ADDR, String::new());
+        if !addr.is_empty() {
+            let server_id = r.parse_with(IDENTITY_SERVER_ID, None, |s| {
+                s.parse::<SpiffeId>().map(Some).map_err(|e| e.to_string())
+            });
+            let server_id = server_id.or_else(|| {
+                SpiffeId::new("cluster.local", "trellis-system", "trellis-identity").ok()
+            });
+            let id = r.parse_with(IDENTITY, None, |s| {
+                s.parse::<SpiffeId>().map(Some).map_err(|e| e.to_string())
+            });
+            if id.is_none() {
+                r.invalid(
+                    IDENTITY,
+                    "",
+                    format!("required when {IDENTITY_ADDR} is set"),
+                );
+            }
+            let token_file = PathBuf::from(r.get::<String>(
+                IDENTITY_TOKEN_FILE,
+                "/var/run/secrets/tokens/trellis-identity".into(),
+            ));
+            let trust_roots_file = PathBuf::from(
+                r.get::<String>(TRUST_ROOTS_FILE, "/var/run/trellis/roots.pem".into()),
+            );
+            if let (Some(server_id), Some(id)) = (server_id, id) {
+                cfg.identity = Some(IdentityConfig {
+                    addr,
+                    server_id,
+                    id,
+                    token_file,
+                    trust_roots_file,
+                });
+            }
+        }
         if cfg.max_header_bytes < MIN_HEADER_BYTES {
             r.invalid(
                 MAX_HEADER_BYTES,
@@ -237,6 +328,34 @@ mod tests {
         assert!(
             errs.0[0].reason.contains(ADMIN_LISTEN) || errs.0[0].reason.contains(INBOUND_LISTEN)
         );
+    }
+
+    #[test]
+    fn identity_settings() {
+        let src = MapSource::new([
+            (IDENTITY_ADDR, "10.77.0.1:7155"),
+            (IDENTITY, "spiffe://cluster.local/ns/demo/sa/web"),
+            (TRUST_ROOTS_FILE, "/tmp/roots.pem"),
+        ]);
+        let cfg = Config::from_source(&src).unwrap();
+        let id = cfg.identity.unwrap();
+        assert_eq!(id.id.to_string(), "spiffe://cluster.local/ns/demo/sa/web");
+        assert_eq!(
+            id.server_id.to_string(),
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity"
+        );
+
+        let missing = MapSource::new([
+            (IDENTITY_ADDR, "10.77.0.1:7155"),
+            (IDENTITY_SERVER_ID, "nope"),
+        ]);
+        let errs = Config::from_source(&missing).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [IDENTITY_SERVER_ID, IDENTITY]);
+        assert!(Config::from_source(&MapSource::default())
+            .unwrap()
+            .identity
+            .is_none());
     }
 
     #[test]

@@ -7,9 +7,17 @@
 //!   loop check)            or opaque port)         both ways)
 //! ```
 //!
-//! Inbound and outbound connections run the same phases today; they differ
-//! in their `direction` (metrics, logs). Mutual TLS and authorization (issue
-//! 3) add an authenticate/authorize phase between accept and detect.
+//! Forwarding depends on the direction and what was detected:
+//!
+//! - outbound to a meshed destination: mutual TLS to the peer proxy,
+//!   verifying its SPIFFE ID — HTTP as HTTP/2 (ALPN `trellis.h2`), anything
+//!   else as a byte stream (ALPN `trellis.tcp`); to anything else: plaintext
+//!   (or the client's own TLS, untouched) to the original destination;
+//! - inbound mesh TLS (a ClientHello offering a mesh ALPN): terminated, the
+//!   peer's identity taken from its certificate, then authorized;
+//! - inbound anything else: authorized as an unauthenticated peer (HTTP per
+//!   request, opaque TCP before a byte reaches the application).
+//!
 //! Every exit goes through the [`ConnLog`] guard, which writes the access log
 //! event and settles the TCP metrics.
 
@@ -17,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
@@ -28,11 +36,15 @@ use trellis_core::shutdown::Shutdown;
 use crate::config::Config;
 use crate::detect::{self, Protocol, Reason};
 use crate::error::ProxyError;
-use crate::http::{self, HttpContext, ServerLimits};
+use crate::http::{self, HttpContext, InboundAuthz, ServerLimits};
 use crate::io::{copy_opaque, ByteCounts, ClientIo};
+use crate::mesh::{Destination, Mesh, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Direction, Label, Metrics, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
+use crate::policy::ConnFacts;
 use crate::upstream::Upstreams;
+use trellis_core::spiffe::SpiffeId;
+use trellis_core::tls::{self, HandshakeFailure, Sniff};
 
 /// What every connection of one listener shares.
 pub struct ListenerContext {
@@ -47,6 +59,7 @@ pub struct ListenerContext {
     pub own_ports: Vec<u16>,
     pub default_route: Label,
     pub no_peer: Label,
+    pub mesh: Arc<Mesh>,
 }
 
 /// Phase 1 done: who connected, and where they meant to go.
@@ -61,6 +74,8 @@ pub struct Detected {
     pub accepted: Accepted,
     pub protocol: Protocol,
     pub prefix: Bytes,
+    /// Inbound TLS for the mesh: the mesh ALPN the ClientHello offers.
+    pub mesh_alpn: Option<&'static [u8]>,
 }
 
 /// Runs one connection through every phase.
@@ -76,7 +91,8 @@ pub async fn handle(ctx: Arc<ListenerContext>, stream: TcpStream, client: Client
         Err(e) => return log.failed(e),
     };
     log.protocol = Some(detected.protocol);
-    if let Err(e) = forward(&ctx, detected, &log.counts).await {
+    if let Err(e) = forward(&ctx, detected, &mut log).await {
+        ctx.metrics.tls_failure(ctx.direction, &e);
         log.failed(e)
     }
 }
@@ -121,63 +137,244 @@ async fn detect(
     mut a: Accepted,
     counts: &ByteCounts,
 ) -> Result<Detected, ProxyError> {
-    let (protocol, reason, prefix) = if ctx.config.is_opaque_port(a.orig_dst.get().port()) {
-        (Protocol::Opaque, Reason::OpaquePort, Default::default())
-    } else {
-        detect::detect(&mut a.stream, ctx.config.detect_timeout)
-            .await
-            .map_err(ProxyError::Client)?
-    };
+    let (protocol, reason, prefix): (Protocol, Reason, BytesMut) =
+        if ctx.config.is_opaque_port(a.orig_dst.get().port()) {
+            (Protocol::Opaque, Reason::OpaquePort, Default::default())
+        } else {
+            detect::detect(&mut a.stream, ctx.config.detect_timeout)
+                .await
+                .map_err(ProxyError::Client)?
+        };
+    let mut prefix = prefix;
+    let mut mesh_alpn = None;
+    if protocol == Protocol::Tls && ctx.direction == Direction::Inbound && ctx.mesh.server.is_some()
+    {
+        mesh_alpn = sniff_mesh_alpn(&mut a.stream, &mut prefix, ctx.config.detect_timeout).await?;
+    }
     counts.add_read(prefix.len());
     ctx.metrics.detected(ctx.direction, protocol, reason);
     Ok(Detected {
         accepted: a,
         protocol,
         prefix: prefix.freeze(),
+        mesh_alpn,
     })
 }
 
-/// Phase 3: forward to the original destination, by protocol.
-async fn forward(
-    ctx: &ListenerContext,
-    d: Detected,
-    counts: &Arc<ByteCounts>,
-) -> Result<(), ProxyError> {
+/// Largest ClientHello read before giving up on it as mesh TLS.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// Reads the rest of a TLS ClientHello and returns the mesh ALPN it offers,
+/// if any (then the proxy terminates it; otherwise it passes through).
+async fn sniff_mesh_alpn(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<Option<&'static [u8]>, ProxyError> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tls::sniff_client_hello(buf) {
+            Sniff::ClientHello { alpn, .. } => {
+                return Ok([ALPN_H2, ALPN_TCP]
+                    .into_iter()
+                    .find(|m| alpn.iter().any(|a| a == m)))
+            }
+            Sniff::NotTls => return Ok(None),
+            Sniff::NeedMore if buf.len() >= MAX_CLIENT_HELLO => return Ok(None),
+            Sniff::NeedMore => {
+                match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                    Err(_) | Ok(Ok(0)) => return Ok(None),
+                    Ok(Err(e)) => return Err(ProxyError::Client(e)),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Phase 3: forward to the original destination, by direction and protocol.
+async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Result<(), ProxyError> {
     let Accepted {
         stream, orig_dst, ..
     } = d.accepted;
-    match d.protocol {
-        Protocol::Http1 | Protocol::H2 => {
-            let hctx = Arc::new(HttpContext {
-                direction: ctx.direction,
-                orig_dst,
-                dst_authority: authority(orig_dst),
-                protocol: d.protocol,
-                upstreams: ctx.upstreams.clone(),
-                metrics: ctx.metrics.clone(),
-                route: ctx.default_route.clone(),
-                peer: ctx.no_peer.clone(),
-                tls: false,
-                shutdown: ctx.shutdown.clone(),
-            });
-            let limits = ServerLimits {
-                header_read_timeout: ctx.config.header_read_timeout,
-                max_header_bytes: ctx.config.max_header_bytes,
-            };
-            let io = ClientIo::new(stream, d.prefix, counts.clone());
-            http::serve(io, hctx, limits)
-                .await
-                .map_err(|e| ProxyError::Client(std::io::Error::other(e)))
+    let port = orig_dst.get().port();
+    let counts = log.counts.clone();
+    match (ctx.direction, d.protocol, d.mesh_alpn) {
+        (Direction::Inbound, Protocol::Tls, Some(alpn)) => {
+            let io = ClientIo::new(stream, d.prefix, counts);
+            inbound_mesh(ctx, io, orig_dst, alpn, log).await
         }
-        // TLS that is not for the mesh passes through untouched.
-        Protocol::Tls | Protocol::Opaque => {
+        (direction, Protocol::Http1 | Protocol::H2, _) => {
+            let mesh_dst = match direction {
+                Direction::Outbound => ctx.mesh.destination(orig_dst.get()),
+                Direction::Inbound => None,
+            };
+            let peer = mesh_dst
+                .as_ref()
+                .map(|m| m.peer.clone())
+                .unwrap_or_else(|| ctx.no_peer.clone());
+            log.open(peer.clone(), mesh_dst.is_some());
+            let inbound = (direction == Direction::Inbound).then(|| InboundAuthz {
+                mesh: ctx.mesh.clone(),
+                port,
+                peer: None,
+            });
+            let hctx = http_context(ctx, orig_dst, d.protocol, peer, mesh_dst, inbound, false);
+            let io = ClientIo::new(stream, d.prefix, counts);
+            serve_http(ctx, io, hctx).await
+        }
+        (Direction::Outbound, _, _) => match ctx.mesh.destination(orig_dst.get()) {
+            Some(dst) => {
+                log.open(dst.peer.clone(), true);
+                let mut upstream = ctx
+                    .upstreams
+                    .connect_mesh(orig_dst, dst.tcp.clone())
+                    .await?;
+                let mut client = ClientIo::new(stream, d.prefix, counts);
+                copy(&mut client, &mut upstream).await
+            }
+            None => {
+                log.open(ctx.no_peer.clone(), false);
+                // TLS that is not for the mesh passes through untouched.
+                let upstream = ctx.upstreams.connect(orig_dst).await?;
+                copy_opaque(stream, d.prefix, upstream, &counts)
+                    .await
+                    .map(drop)
+                    .map_err(ProxyError::Client)
+            }
+        },
+        (Direction::Inbound, _, _) => {
+            log.open(ctx.no_peer.clone(), false);
+            authorize_connection(ctx, port, None)?;
             let upstream = ctx.upstreams.connect(orig_dst).await?;
-            copy_opaque(stream, d.prefix, upstream, counts)
+            copy_opaque(stream, d.prefix, upstream, &counts)
                 .await
                 .map(drop)
                 .map_err(ProxyError::Client)
         }
     }
+}
+
+/// Inbound mutual TLS from another proxy: terminate, learn the peer's
+/// identity, then serve HTTP/2 or copy bytes, as the ALPN says.
+async fn inbound_mesh(
+    ctx: &ListenerContext,
+    io: ClientIo<TcpStream>,
+    orig_dst: OrigDstAddr,
+    alpn: &'static [u8],
+    log: &mut ConnLog,
+) -> Result<(), ProxyError> {
+    let Some(server) = ctx.mesh.server.clone() else {
+        return Err(ProxyError::Forbidden {
+            reason: "no_identity",
+        });
+    };
+    let handshake_err = |source: std::io::Error| ProxyError::TlsHandshake {
+        addr: orig_dst,
+        reason: HandshakeFailure::from_io(&source).as_str(),
+        source,
+    };
+    let accepting = tokio_rustls::TlsAcceptor::from(server).accept(io);
+    let mut tls = match tokio::time::timeout(ctx.config.connect_timeout, accepting).await {
+        Err(_) => return Err(handshake_err(std::io::ErrorKind::TimedOut.into())),
+        Ok(r) => r.map_err(handshake_err)?,
+    };
+    let (_, conn) = tls.get_ref();
+    let peer = tls::peer_identity(conn.peer_certificates().unwrap_or_default())
+        .map_err(|e| handshake_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let peer_label = Label::new(&peer.to_string());
+    log.open(peer_label.clone(), true);
+    let port = orig_dst.get().port();
+    if alpn == ALPN_H2 {
+        let inbound = Some(InboundAuthz {
+            mesh: ctx.mesh.clone(),
+            port,
+            peer: Some(peer),
+        });
+        let hctx = http_context(ctx, orig_dst, Protocol::H2, peer_label, None, inbound, true);
+        serve_http(ctx, tls, hctx).await
+    } else {
+        authorize_connection(ctx, port, Some(&peer))?;
+        let mut upstream = ctx.upstreams.connect(orig_dst).await?;
+        copy(&mut tls, &mut upstream).await
+    }
+}
+
+/// Decides an opaque inbound connection; refused ones close before any
+/// byte reaches the application.
+fn authorize_connection(
+    ctx: &ListenerContext,
+    port: u16,
+    peer: Option<&SpiffeId>,
+) -> Result<(), ProxyError> {
+    let decision = ctx
+        .mesh
+        .policy()
+        .authorize_connection(ConnFacts { port, peer });
+    ctx.metrics.authz(ctx.direction, port, decision);
+    if decision.is_allowed() {
+        Ok(())
+    } else {
+        Err(ProxyError::Forbidden {
+            reason: decision.reason(),
+        })
+    }
+}
+
+fn http_context(
+    ctx: &ListenerContext,
+    orig_dst: OrigDstAddr,
+    protocol: Protocol,
+    peer: Label,
+    mesh_dst: Option<Arc<Destination>>,
+    inbound: Option<InboundAuthz>,
+    from_mesh: bool,
+) -> Arc<HttpContext> {
+    Arc::new(HttpContext {
+        direction: ctx.direction,
+        orig_dst,
+        dst_authority: authority(orig_dst),
+        protocol,
+        upstreams: ctx.upstreams.clone(),
+        metrics: ctx.metrics.clone(),
+        route: ctx.default_route.clone(),
+        tls: mesh_dst.is_some() || from_mesh,
+        peer,
+        shutdown: ctx.shutdown.clone(),
+        mesh_dst,
+        inbound,
+        from_mesh,
+    })
+}
+
+async fn serve_http<I>(
+    ctx: &ListenerContext,
+    io: I,
+    hctx: Arc<HttpContext>,
+) -> Result<(), ProxyError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ServerLimits {
+        header_read_timeout: ctx.config.header_read_timeout,
+        max_header_bytes: ctx.config.max_header_bytes,
+    };
+    http::serve(io, hctx, limits)
+        .await
+        .map_err(|e| ProxyError::Client(std::io::Error::other(e)))
+}
+
+/// Copies bytes both ways until both sides close (half-close passed on).
+async fn copy<A, B>(a: &mut A, b: &mut B) -> Result<(), ProxyError>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional(a, b)
+        .await
+        .map(drop)
+        .map_err(ProxyError::Client)
 }
 
 fn authority(addr: OrigDstAddr) -> ::http::uri::Authority {
@@ -196,20 +393,14 @@ struct ConnLog {
     error: Option<ProxyError>,
     start: Instant,
     counts: Arc<ByteCounts>,
-    open: Gauge,
-    bytes: Counter,
+    metrics: Arc<Metrics>,
+    no_peer: Label,
+    /// The connection's gauge and byte counter, once its peer is known.
+    tcp: Option<(Gauge, Counter)>,
 }
 
 impl ConnLog {
     fn start(ctx: &ListenerContext, client: ClientAddr) -> Self {
-        let labels = TcpLabels {
-            direction: ctx.direction,
-            peer: ctx.no_peer.clone(),
-            tls: false,
-        };
-        ctx.metrics.tcp_total.get_or_create(&labels).inc();
-        let open = ctx.metrics.tcp_open.get_or_create_owned(&labels);
-        open.inc();
         Self {
             direction: ctx.direction,
             client,
@@ -218,9 +409,26 @@ impl ConnLog {
             error: None,
             start: Instant::now(),
             counts: Arc::new(ByteCounts::default()),
-            open,
-            bytes: ctx.metrics.tcp_bytes.get_or_create_owned(&labels),
+            metrics: ctx.metrics.clone(),
+            no_peer: ctx.no_peer.clone(),
+            tcp: None,
         }
+    }
+
+    /// Counts the connection under its final labels (peer, TLS).
+    fn open(&mut self, peer: Label, tls: bool) {
+        if self.tcp.is_some() {
+            return;
+        }
+        let labels = TcpLabels {
+            direction: self.direction,
+            peer,
+            tls,
+        };
+        self.metrics.tcp_total.get_or_create(&labels).inc();
+        let open = self.metrics.tcp_open.get_or_create_owned(&labels);
+        open.inc();
+        self.tcp = Some((open, self.metrics.tcp_bytes.get_or_create_owned(&labels)));
     }
 
     fn failed(&mut self, e: ProxyError) {
@@ -230,9 +438,13 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
-        self.open.dec();
+        // A connection that failed before its peer was known still counts.
+        self.open(self.no_peer.clone(), false);
         let (read, written) = (self.counts.read(), self.counts.written());
-        self.bytes.inc_by(read + written);
+        if let Some((open, bytes)) = &self.tcp {
+            open.dec();
+            bytes.inc_by(read + written);
+        }
         let duration: Duration = self.start.elapsed();
         let dst = self.orig_dst.map(|d| d.to_string()).unwrap_or_default();
         let protocol = self.protocol.map(Protocol::as_str).unwrap_or("");

@@ -33,6 +33,15 @@ pub enum ProxyError {
     },
     #[error("client connection: {0}")]
     Client(#[source] io::Error),
+    #[error("mutual TLS with {addr} failed ({reason}): {source}")]
+    TlsHandshake {
+        addr: OrigDstAddr,
+        reason: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refused by inbound policy: {reason}")]
+    Forbidden { reason: &'static str },
 }
 
 /// What a failure means for the client, the metrics and the log.
@@ -66,6 +75,12 @@ impl ProxyError {
             Self::Connect { .. } => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "connect_failed", true),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "upstream_error", true),
             Self::Client(_) => (StatusCode::BAD_REQUEST, UNAVAILABLE, "client_error", false),
+            Self::TlsHandshake { reason, .. } => {
+                (StatusCode::BAD_GATEWAY, UNAVAILABLE, *reason, true)
+            }
+            Self::Forbidden { reason } => {
+                (StatusCode::FORBIDDEN, PERMISSION_DENIED, *reason, false)
+            }
         };
         Verdict {
             status,

@@ -31,8 +31,11 @@ use trellis_core::shutdown::Shutdown;
 
 use crate::detect::Protocol;
 use crate::error::ProxyError;
+use crate::mesh::{Destination, Mesh, ORIG_PROTO};
 use crate::metrics::{Classification, Label, Metrics, ResponseLabels, RouteLabels};
+use crate::policy::{ConnFacts, RequestFacts};
 use crate::upstream::Upstreams;
+use trellis_core::spiffe::SpiffeId;
 
 /// What every request on one client connection shares.
 pub struct HttpContext {
@@ -47,6 +50,21 @@ pub struct HttpContext {
     pub peer: Label,
     pub tls: bool,
     pub shutdown: Shutdown,
+    /// Outbound to a meshed destination: requests travel as HTTP/2 inside
+    /// mutual TLS, the application's HTTP version in `trellis-orig-proto`.
+    pub mesh_dst: Option<Arc<Destination>>,
+    /// Inbound: the policy every request passes.
+    pub inbound: Option<InboundAuthz>,
+    /// Inbound from another proxy over the mesh (HTTP/2 in mutual TLS).
+    pub from_mesh: bool,
+}
+
+/// What inbound requests are authorized against.
+pub struct InboundAuthz {
+    pub mesh: Arc<Mesh>,
+    pub port: u16,
+    /// The verified peer; `None` for plaintext clients.
+    pub peer: Option<SpiffeId>,
 }
 
 /// Server-side limits.
@@ -132,19 +150,67 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
     };
     tracing::debug!(method = %req.method(), route = %recorder.labels.route, "request");
 
+    if let Some(authz) = &ctx.inbound {
+        let decision = authz.mesh.policy().authorize_request(
+            ConnFacts {
+                port: authz.port,
+                peer: authz.peer.as_ref(),
+            },
+            RequestFacts {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+            },
+        );
+        ctx.metrics.authz(ctx.direction, authz.port, decision);
+        if !decision.is_allowed() {
+            tracing::info!(
+                peer.identity = authz
+                    .peer
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                port = authz.port,
+                reason = decision.reason(),
+                "request refused by policy"
+            );
+            let verdict = ProxyError::Forbidden {
+                reason: decision.reason(),
+            }
+            .verdict();
+            let rsp = error_response(verdict, grpc);
+            let mut recorder = recorder;
+            recorder.status = rsp.status();
+            recorder.grpc_status = grpc.then_some(verdict.grpc_status);
+            recorder.finish(true);
+            return rsp;
+        }
+    }
+
+    let client_h1 = ctx.protocol != Protocol::H2;
     let result = if wants_tunnel(&req) {
         tunnel::forward(&ctx, req).await
     } else {
         remove_hop_by_hop(req.headers_mut());
-        match ctx.protocol {
-            Protocol::H2 => ctx.upstreams.send_http2(ctx.orig_dst, req).await,
-            _ => match absolute_uri(&ctx.dst_authority, req.uri()) {
-                Ok(uri) => {
-                    *req.uri_mut() = uri;
-                    ctx.upstreams.send_http1(ctx.orig_dst, req).await
+        if let Some(dst) = &ctx.mesh_dst {
+            into_mesh_request(&mut req, client_h1, &ctx.dst_authority);
+            ctx.upstreams.send_mesh(ctx.orig_dst, dst, req).await
+        } else {
+            let app_h1 = if ctx.from_mesh {
+                from_mesh_request(&mut req)
+            } else {
+                client_h1
+            };
+            if app_h1 {
+                match absolute_uri(&ctx.dst_authority, req.uri()) {
+                    Ok(uri) => {
+                        *req.uri_mut() = uri;
+                        ctx.upstreams.send_http1(ctx.orig_dst, req).await
+                    }
+                    Err(e) => Err(ProxyError::Client(std::io::Error::other(e))),
                 }
-                Err(e) => Err(ProxyError::Client(std::io::Error::other(e))),
-            },
+            } else {
+                ctx.upstreams.send_http2(ctx.orig_dst, req).await
+            }
         }
     };
 
@@ -153,12 +219,19 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
             if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 remove_hop_by_hop(rsp.headers_mut());
             }
+            // The response goes back in the client's own HTTP version.
+            *rsp.version_mut() = if client_h1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_2
+            };
             let mut recorder = recorder;
             recorder.status = rsp.status();
             recorder.grpc_status = grpc_status(rsp.headers());
             rsp.map(|body| Either::Left(RecordBody::new(body, recorder)))
         }
         Err(e) => {
+            ctx.metrics.tls_failure(ctx.direction, &e);
             let verdict = e.verdict();
             if verdict.warn {
                 tracing::warn!(dst.addr = %ctx.orig_dst, error = %e, reason = verdict.reason, "request failed");
@@ -208,6 +281,56 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
         .authority()
         .map(Authority::as_str)
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// Prepares an application request for the mesh: HTTP/2 to the peer
+/// proxy. An HTTP/1 request gets an absolute URI (authority from its Host
+/// header) and says so in `trellis-orig-proto`, so the peer hands it to its
+/// application as HTTP/1 again.
+fn into_mesh_request<B>(req: &mut Request<B>, client_h1: bool, dst: &Authority) {
+    req.headers_mut().remove(ORIG_PROTO);
+    if !client_h1 {
+        return;
+    }
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| dst.clone());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    req.headers_mut()
+        .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+}
+
+/// Undoes [`into_mesh_request`] on the receiving side. Returns whether the
+/// application speaks HTTP/1.
+fn from_mesh_request<B>(req: &mut Request<B>) -> bool {
+    let Some(orig) = req.headers_mut().remove(ORIG_PROTO) else {
+        return false;
+    };
+    if orig.as_bytes() != b"HTTP/1.1" {
+        return false;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    true
 }
 
 fn absolute_uri(dst: &Authority, uri: &Uri) -> Result<Uri, http::Error> {
@@ -413,15 +536,17 @@ mod tunnel {
             addr,
             source: Box::new(e),
         };
-        let tcp = ctx.upstreams.connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(upstream_err)?;
-        ctx.shutdown.spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "tunnel upstream connection ended");
+        // To a meshed destination the tunnel runs inside mutual TLS.
+        let mut sender = match &ctx.mesh_dst {
+            Some(dst) => {
+                let tls = ctx.upstreams.connect_mesh(addr, dst.tcp.clone()).await?;
+                handshake(&ctx.shutdown, tls).await.map_err(upstream_err)?
             }
-        });
+            None => {
+                let tcp = ctx.upstreams.connect(addr).await?;
+                handshake(&ctx.shutdown, tcp).await.map_err(upstream_err)?
+            }
+        };
         let client_upgrade = hyper::upgrade::on(&mut req);
         let is_connect = req.method() == Method::CONNECT;
         let mut rsp = sender.send_request(req).await.map_err(upstream_err)?;
@@ -449,6 +574,22 @@ mod tunnel {
             });
         }
         Ok(rsp)
+    }
+
+    async fn handshake<I>(
+        shutdown: &Shutdown,
+        io: I,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        shutdown.spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tunnel upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -513,6 +654,38 @@ mod tests {
         assert_eq!(uri.to_string(), "http://10.1.2.3:8080/a/b?c=d");
         let uri = absolute_uri(&dst, &"http://web/x".parse().unwrap()).unwrap();
         assert_eq!(uri.to_string(), "http://10.1.2.3:8080/x");
+    }
+
+    #[test]
+    fn http1_requests_cross_the_mesh_and_come_back_as_http1() {
+        let dst: Authority = "10.96.0.1:80".parse().unwrap();
+        let mut req = Request::get("/a?b=c")
+            .header(header::HOST, "web.demo.svc.cluster.local")
+            .header(ORIG_PROTO, "spoofed")
+            .body(())
+            .unwrap();
+        into_mesh_request(&mut req, true, &dst);
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(
+            req.uri().to_string(),
+            "http://web.demo.svc.cluster.local/a?b=c"
+        );
+        assert!(req.headers().get(header::HOST).is_none());
+        assert_eq!(req.headers()[ORIG_PROTO], "HTTP/1.1");
+        assert!(from_mesh_request(&mut req));
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert_eq!(req.headers()[header::HOST], "web.demo.svc.cluster.local");
+        assert!(req.headers().get(ORIG_PROTO).is_none());
+
+        // HTTP/2 from the application stays HTTP/2, and a client cannot
+        // smuggle the header through.
+        let mut h2 = Request::get("http://api/x")
+            .header(ORIG_PROTO, "HTTP/1.1")
+            .body(())
+            .unwrap();
+        into_mesh_request(&mut h2, false, &dst);
+        assert!(h2.headers().get(ORIG_PROTO).is_none());
+        assert!(!from_mesh_request(&mut h2));
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub mod conn;
 pub mod detect;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
+pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
@@ -37,8 +39,11 @@ use trellis_core::shutdown::Shutdown;
 pub use config::Config;
 use config::Ipv6Mode;
 use conn::ListenerContext;
+use mesh::Mesh;
 use metrics::{Direction, Label, Metrics};
 use orig_dst::OrigDstLookup;
+use std::path::PathBuf;
+use trellis_core::tls;
 
 #[derive(Debug, thiserror::Error)]
 #[error("binding the {what} listener on {addr}: {source}")]
@@ -47,6 +52,15 @@ pub struct BindError {
     addr: SocketAddr,
     #[source]
     source: std::io::Error,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("mesh configuration: {0}")]
+    Mesh(#[from] mesh::MeshError),
 }
 
 /// A proxy whose listeners are bound.
@@ -58,10 +72,17 @@ pub struct Proxy {
     outbound: Vec<TcpListener>,
     inbound: Vec<TcpListener>,
     admin: TcpListener,
+    mesh: Arc<Mesh>,
+    /// Last content of the destinations and policy files, for their watchers.
+    files: Vec<WatchedFile>,
 }
 
 impl Proxy {
-    pub async fn bind(config: Config, orig_dst: Arc<dyn OrigDstLookup>) -> Result<Self, BindError> {
+    pub async fn bind(
+        config: Config,
+        orig_dst: Arc<dyn OrigDstLookup>,
+    ) -> Result<Self, StartError> {
+        let (mesh, files) = load_mesh(&config)?;
         let outbound = bind_listeners("outbound", config.outbound_listen, config.ipv6)?;
         let inbound = bind_listeners("inbound", config.inbound_listen, config.ipv6)?;
         let admin = bind("admin", config.admin_listen)?;
@@ -72,7 +93,40 @@ impl Proxy {
             config: Arc::new(config),
             orig_dst,
             metrics: Arc::new(Metrics::new()),
+            mesh: Arc::new(mesh),
+            files,
         })
+    }
+
+    /// Binds with a mesh view built by the caller (component tests: set
+    /// credentials directly, without an identity service).
+    pub async fn bind_with_mesh(
+        config: Config,
+        orig_dst: Arc<dyn OrigDstLookup>,
+        mesh: Mesh,
+    ) -> Result<Self, StartError> {
+        let outbound = bind_listeners("outbound", config.outbound_listen, config.ipv6)?;
+        let inbound = bind_listeners("inbound", config.inbound_listen, config.ipv6)?;
+        let admin = bind("admin", config.admin_listen)?;
+        Ok(Self {
+            outbound,
+            inbound,
+            admin,
+            config: Arc::new(config),
+            orig_dst,
+            metrics: Arc::new(Metrics::new()),
+            mesh: Arc::new(mesh),
+            files: Vec::new(),
+        })
+    }
+
+    /// The proxy's view of the mesh (credentials, destinations, policy).
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.mesh
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn outbound_addr(&self) -> SocketAddr {
@@ -112,8 +166,40 @@ impl Proxy {
                 own_ports: own_ports.clone(),
                 default_route: Label::new("default"),
                 no_peer: Label::new(""),
+                mesh: self.mesh.clone(),
             })
         };
+        self.watch_files(&shutdown);
+        if let Some(identity) = &self.config.identity {
+            let creds = self.mesh.creds.clone();
+            if let Some(creds) = creds {
+                let stop = shutdown.clone();
+                shutdown.spawn(tls::watch_roots(
+                    creds.roots().clone(),
+                    identity.trust_roots_file.clone(),
+                    FILE_POLL,
+                    async move { stop.signaled().await },
+                ));
+                shutdown.spawn(identity::run(
+                    identity.clone(),
+                    creds.clone(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                ));
+                // Serve no traffic before this proxy has its certificate:
+                // connections wait in the listeners' backlog meanwhile.
+                tracing::info!(identity = %creds.id(), "waiting for a certificate");
+                let ready = async {
+                    while !creds.is_ready() {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = ready => {}
+                    _ = shutdown.signaled() => return,
+                }
+            }
+        }
         let listen_addrs = self.listen_addrs();
         let mut loops = Vec::new();
         for l in self.outbound {
@@ -127,6 +213,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             config: self.config.clone(),
             ready: false.into(),
+            mesh: self.mesh.clone(),
         });
         let admin_shutdown = shutdown.clone();
         let admin = axum::serve(self.admin, admin::router(admin_state.clone()))
@@ -152,6 +239,71 @@ impl Proxy {
             tracing::warn!(error = %e, "admin server stopped");
         }
     }
+}
+
+/// How often mesh files (roots, destinations, policy) are checked.
+const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Proxy {
+    fn watch_files(&self, shutdown: &Shutdown) {
+        for (path, last) in &self.files {
+            let stop = shutdown.clone();
+            let mesh = self.mesh.clone();
+            let stop = async move { stop.signaled().await };
+            if Some(path) == self.config.destinations_file.as_ref() {
+                shutdown.spawn(mesh::watch_json(
+                    path.clone(),
+                    last.clone(),
+                    FILE_POLL,
+                    move |f| mesh.set_destinations(f).map(drop),
+                    stop,
+                ));
+            } else {
+                shutdown.spawn(mesh::watch_json(
+                    path.clone(),
+                    last.clone(),
+                    FILE_POLL,
+                    move |p| {
+                        mesh.set_policy(p);
+                        Ok(())
+                    },
+                    stop,
+                ));
+            }
+        }
+    }
+}
+
+/// Builds the proxy's view of the mesh from its config and files; any
+/// error here stops start-up with a message naming the file.
+/// A watched file and the content last read from it.
+type WatchedFile = (PathBuf, Vec<u8>);
+
+fn load_mesh(config: &Config) -> Result<(Mesh, Vec<WatchedFile>), mesh::MeshError> {
+    let creds = match &config.identity {
+        Some(id) => {
+            let roots = Arc::new(tls::TrustRoots::load(&id.trust_roots_file)?);
+            Some(Arc::new(tls::Credentials::new(id.id.clone(), roots)))
+        }
+        None => None,
+    };
+    let mesh = Mesh::new(creds, config.default_inbound_policy)?;
+    let mut files = Vec::new();
+    if let Some(path) = &config.destinations_file {
+        let (file, bytes) = mesh::read_json::<mesh::DestinationsFile>(path)?;
+        mesh.set_destinations(file)
+            .map_err(|reason| mesh::MeshError::Invalid {
+                path: path.clone(),
+                reason,
+            })?;
+        files.push((path.clone(), bytes));
+    }
+    if let Some(path) = &config.policy_file {
+        let (policy, bytes) = mesh::read_json::<policy::Policy>(path)?;
+        mesh.set_policy(policy);
+        files.push((path.clone(), bytes));
+    }
+    Ok((mesh, files))
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {

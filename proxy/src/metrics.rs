@@ -117,8 +117,25 @@ pub struct DetectLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub direction: Direction,
+    pub port: u16,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
 /// Every metric the proxy exports, registered once.
 pub struct Metrics {
+    pub authz_allowed: Family<AuthzLabels, Counter>,
+    pub authz_denied: Family<AuthzLabels, Counter>,
+    pub tls_failures: Family<TlsFailureLabels, Counter>,
+    pub identity: IdentityMetrics,
     registry: Registry,
     pub http_requests: Family<ResponseLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
@@ -178,8 +195,41 @@ impl Metrics {
             "Protocol detection outcomes, by protocol and why detection ended",
             detections.clone(),
         );
+        let authz_allowed = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "trellis_authz_allowed",
+            "Inbound connections and requests the policy allowed (reason audit_*: allowed only because the policy is audit)",
+            authz_allowed.clone(),
+        );
+        let authz_denied = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "trellis_authz_denied",
+            "Inbound connections and requests the policy refused",
+            authz_denied.clone(),
+        );
+        let tls_failures = Family::<TlsFailureLabels, Counter>::default();
+        registry.register(
+            "trellis_tls_handshake_failures",
+            "Mutual TLS handshakes that failed, by reason",
+            tls_failures.clone(),
+        );
+        let identity = IdentityMetrics::default();
+        registry.register(
+            "trellis_identity_cert_expiry_timestamp",
+            "When this proxy's certificate expires, in seconds since the Unix epoch",
+            identity.expiry.clone(),
+        );
+        registry.register(
+            "trellis_identity_renewals",
+            "Certificate requests to the identity service, by result",
+            identity.renewals.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
+            authz_allowed,
+            authz_denied,
+            tls_failures,
+            identity,
             registry,
             http_requests,
             http_duration,
@@ -201,12 +251,53 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed mutual TLS handshake, if `e` is one.
+    pub fn tls_failure(&self, direction: Direction, e: &crate::error::ProxyError) {
+        if let crate::error::ProxyError::TlsHandshake { reason, .. } = e {
+            self.tls_failures
+                .get_or_create(&TlsFailureLabels { direction, reason })
+                .inc();
+        }
+    }
+
+    /// Counts one policy decision.
+    pub fn authz(&self, direction: Direction, port: u16, decision: crate::policy::Decision) {
+        use crate::policy::Decision;
+        let (family, reason) = match decision {
+            Decision::Allow(r) => (&self.authz_allowed, r),
+            Decision::Deny(r) => (&self.authz_denied, r),
+            Decision::AuditAllow("unauthenticated") => {
+                (&self.authz_allowed, "audit_unauthenticated")
+            }
+            Decision::AuditAllow(_) => (&self.authz_allowed, "audit_unauthorized"),
+        };
+        family
+            .get_or_create(&AuthzLabels {
+                direction,
+                port,
+                reason,
+            })
+            .inc();
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RenewalLabels {
+    pub result: &'static str,
+}
+
+/// The proxy's certificate: when it expires, how renewals went.
+#[derive(Default)]
+pub struct IdentityMetrics {
+    pub expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub renewals: Family<RenewalLabels, Counter>,
 }
 
 /// Rewrites OpenMetrics text (what the registry encodes) as the Prometheus

@@ -6,7 +6,7 @@
 //! request where the client sent it, whatever its Host header says.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,14 +16,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use trellis_core::addr::OrigDstAddr;
+use trellis_core::tls::HandshakeFailure;
 
 use crate::error::ProxyError;
+use crate::mesh::Destination;
+
+type H2Senders = Mutex<HashMap<OrigDstAddr, http2::SendRequest<Incoming>>>;
 
 pub struct Upstreams {
     connect_timeout: Duration,
     http1: Client<HttpConnector, Incoming>,
-    http2: Mutex<HashMap<OrigDstAddr, http2::SendRequest<Incoming>>>,
+    http2: H2Senders,
+    /// HTTP/2 inside mutual TLS to meshed destinations.
+    mesh: H2Senders,
 }
 
 impl Upstreams {
@@ -43,6 +50,7 @@ impl Upstreams {
             connect_timeout,
             http1,
             http2: Mutex::new(HashMap::new()),
+            mesh: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,46 +109,108 @@ impl Upstreams {
         &self,
         addr: OrigDstAddr,
     ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
-        if let Some(s) = self.cached_http2(addr) {
+        if let Some(s) = cached(&self.http2, addr) {
             return Ok(s);
         }
         // Connect without holding the lock. Two first requests racing each
         // open a connection; the later one replaces the earlier in the
         // cache, and the earlier closes once its requests finish.
         let tcp = self.connect(addr).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tcp))
+        let sender = h2_handshake(addr, tcp).await?;
+        lock(&self.http2).insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    /// Opens mutual TLS to a meshed destination, verifying that it is one of
+    /// the identities `config` expects.
+    pub async fn connect_mesh(
+        &self,
+        addr: OrigDstAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TlsStream<TcpStream>, ProxyError> {
+        let tcp = self.connect(addr).await?;
+        // The verifier checks the SPIFFE ID, not a name; SNI is off.
+        let name = rustls_pki_types::ServerName::IpAddress(addr.get().ip().into());
+        let connecting = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                addr,
+                timeout: self.connect_timeout,
+            }),
+            Ok(Err(source)) => Err(ProxyError::TlsHandshake {
+                addr,
+                reason: HandshakeFailure::from_io(&source).as_str(),
+                source,
+            }),
+            Ok(Ok(tls)) => Ok(tls),
+        }
+    }
+
+    /// Sends a request to a meshed destination over HTTP/2 inside mutual
+    /// TLS, on one multiplexed connection per destination.
+    pub async fn send_mesh(
+        &self,
+        addr: OrigDstAddr,
+        dest: &Destination,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = match cached(&self.mesh, addr) {
+            Some(s) => s,
+            None => {
+                let tls = self.connect_mesh(addr, dest.h2.clone()).await?;
+                let sender = h2_handshake(addr, tls).await?;
+                lock(&self.mesh).insert(addr, sender.clone());
+                sender
+            }
+        };
+        sender
+            .send_request(req)
             .await
             .map_err(|e| ProxyError::Upstream {
                 addr,
                 source: Box::new(e),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(dst.addr = %addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        self.lock_http2().insert(addr, sender.clone());
-        Ok(sender)
+            })
     }
+}
 
-    fn cached_http2(&self, addr: OrigDstAddr) -> Option<http2::SendRequest<Incoming>> {
-        let mut map = self.lock_http2();
-        match map.get(&addr) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                map.remove(&addr);
-                None
-            }
-            None => None,
+async fn h2_handshake<I>(
+    addr: OrigDstAddr,
+    io: I,
+) -> Result<http2::SendRequest<Incoming>, ProxyError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::Upstream {
+            addr,
+            source: Box::new(e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(dst.addr = %addr, error = %e, "upstream HTTP/2 connection ended");
         }
-    }
+    });
+    Ok(sender)
+}
 
-    fn lock_http2(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<Incoming>>> {
-        // A map of senders stays consistent even if a holder panicked.
-        self.http2.lock().unwrap_or_else(|p| p.into_inner())
+fn cached(map: &H2Senders, addr: OrigDstAddr) -> Option<http2::SendRequest<Incoming>> {
+    let mut map = lock(map);
+    match map.get(&addr) {
+        Some(s) if !s.is_closed() => Some(s.clone()),
+        Some(_) => {
+            map.remove(&addr);
+            None
+        }
+        None => None,
     }
+}
+
+fn lock(
+    map: &H2Senders,
+) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<Incoming>>> {
+    // A map of senders stays consistent even if a holder panicked.
+    map.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -237,3 +237,103 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A test mesh CA (root → intermediate) issuing workload certificates.
+pub struct TestCa {
+    pub root_pem: String,
+    intermediate: rustls_pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca = |cn: String, c: BasicConstraints| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = IsCa::Ca(c);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca(format!("{name} root"), BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let key = KeyPair::generate().unwrap();
+        let params = ca(format!("{name} issuer"), BasicConstraints::Constrained(0));
+        let intermediate = params.signed_by(&key, &root_issuer).unwrap();
+        Self {
+            root_pem: root.pem(),
+            intermediate: intermediate.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn roots(&self) -> Arc<trellis_core::tls::TrustRoots> {
+        Arc::new(trellis_core::tls::TrustRoots::from_pem(self.root_pem.as_bytes()).unwrap())
+    }
+
+    /// Credentials for `id`, holding a fresh certificate of this CA.
+    pub fn creds(
+        &self,
+        id: &str,
+        roots: &Arc<trellis_core::tls::TrustRoots>,
+    ) -> Arc<trellis_core::tls::Credentials> {
+        use rcgen::{
+            CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let creds = trellis_core::tls::Credentials::new(id.parse().unwrap(), roots.clone());
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        creds
+            .set(der, vec![cert.der().clone(), self.intermediate.clone()])
+            .unwrap();
+        Arc::new(creds)
+    }
+}
+
+/// Starts a proxy with a mesh view: its own credentials and policy.
+pub async fn start_mesh_proxy(
+    dst: SocketAddr,
+    mesh: trellis_proxy::mesh::Mesh,
+) -> (TestProxy, Arc<trellis_proxy::mesh::Mesh>) {
+    let vars = vec![
+        ("TRELLIS_PROXY_OUTBOUND_LISTEN", "127.0.0.1:0"),
+        ("TRELLIS_PROXY_INBOUND_LISTEN", "127.0.0.1:0"),
+        ("TRELLIS_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("TRELLIS_PROXY_DETECT_TIMEOUT", "100ms"),
+    ];
+    let config = Config::from_source(&MapSource::new(vars)).unwrap();
+    let proxy = Proxy::bind_with_mesh(config, Arc::new(FixedOrigDst(dst)), mesh)
+        .await
+        .unwrap();
+    let mesh = proxy.mesh().clone();
+    let (outbound, inbound, admin) = (
+        proxy.outbound_addr(),
+        proxy.inbound_addr(),
+        proxy.admin_addr(),
+    );
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(proxy.run(shutdown.clone()));
+    (
+        TestProxy {
+            outbound,
+            inbound,
+            admin,
+            shutdown,
+            task,
+        },
+        mesh,
+    )
+}
