@@ -1,0 +1,400 @@
+//! The identity service's configuration: `TRELLIS_IDENTITY_*` variables,
+//! read through a [`Source`] with every error reported together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use trellis_core::config::{format_duration, ConfigErrors, Reader, Source};
+use trellis_core::spiffe::SpiffeId;
+use trellis_core::telemetry::{parse_log_filter, LogFormat};
+
+/// Every variable: (name, default, meaning). `--help` prints this table.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        LISTEN,
+        "0.0.0.0:7155",
+        "address of the gRPC (TLS 1.3) listener",
+    ),
+    (
+        ADMIN_LISTEN,
+        "0.0.0.0:7195",
+        "address of the admin server (/metrics, /ready, /live, /config)",
+    ),
+    (
+        TRUST_DOMAIN,
+        "cluster.local",
+        "SPIFFE trust domain of the identities issued",
+    ),
+    (
+        ISSUER_CERT_FILE,
+        "/var/run/trellis/issuer/tls.crt",
+        "issuer (intermediate) certificate, PEM; further intermediates may follow it",
+    ),
+    (
+        ISSUER_KEY_FILE,
+        "/var/run/trellis/issuer/tls.key",
+        "issuer key, PKCS#8 PEM",
+    ),
+    (
+        TRUST_ROOTS_FILE,
+        "/var/run/trellis/roots/roots.pem",
+        "trust roots, PEM bundle",
+    ),
+    (
+        RELOAD_INTERVAL,
+        "5s",
+        "how often the issuer, roots and JWKS files are checked for changes (duration)",
+    ),
+    (
+        CERT_LIFETIME,
+        "24h",
+        "lifetime of issued certificates (duration; 10s to 8760h)",
+    ),
+    (
+        CLOCK_SKEW,
+        "1m",
+        "how far issued certificates are back-dated for clock skew (duration; at most 1h)",
+    ),
+    (
+        TOKEN_VERIFIER,
+        "kubernetes",
+        "how tokens are verified: kubernetes (TokenReview) or jwks (local, against JWKS_FILE)",
+    ),
+    (
+        JWKS_FILE,
+        "",
+        "the token issuer's JWKS (JSON), required with TOKEN_VERIFIER=jwks",
+    ),
+    (
+        TOKEN_ISSUER,
+        "https://kubernetes.default.svc.cluster.local",
+        "the tokens' expected iss (TOKEN_VERIFIER=jwks)",
+    ),
+    (
+        AUDIENCE,
+        "identity.trellis.dev",
+        "the audience tokens must be minted for",
+    ),
+    (
+        NAMESPACE,
+        "trellis-system",
+        "this service's namespace (for its own SPIFFE ID)",
+    ),
+    (
+        SERVICE_ACCOUNT,
+        "trellis-identity",
+        "this service's ServiceAccount (for its own SPIFFE ID)",
+    ),
+    (
+        SHUTDOWN_GRACE,
+        "10s",
+        "after SIGTERM, how long in-flight requests may run (duration)",
+    ),
+    (LOG, "info", "log filter, tracing-subscriber syntax"),
+    (LOG_FORMAT, "plain", "log format: plain or json"),
+];
+
+pub const LISTEN: &str = "TRELLIS_IDENTITY_LISTEN";
+pub const ADMIN_LISTEN: &str = "TRELLIS_IDENTITY_ADMIN_LISTEN";
+pub const TRUST_DOMAIN: &str = "TRELLIS_IDENTITY_TRUST_DOMAIN";
+pub const ISSUER_CERT_FILE: &str = "TRELLIS_IDENTITY_ISSUER_CERT_FILE";
+pub const ISSUER_KEY_FILE: &str = "TRELLIS_IDENTITY_ISSUER_KEY_FILE";
+pub const TRUST_ROOTS_FILE: &str = "TRELLIS_IDENTITY_TRUST_ROOTS_FILE";
+pub const RELOAD_INTERVAL: &str = "TRELLIS_IDENTITY_RELOAD_INTERVAL";
+pub const CERT_LIFETIME: &str = "TRELLIS_IDENTITY_CERT_LIFETIME";
+pub const CLOCK_SKEW: &str = "TRELLIS_IDENTITY_CLOCK_SKEW";
+pub const TOKEN_VERIFIER: &str = "TRELLIS_IDENTITY_TOKEN_VERIFIER";
+pub const JWKS_FILE: &str = "TRELLIS_IDENTITY_JWKS_FILE";
+pub const TOKEN_ISSUER: &str = "TRELLIS_IDENTITY_TOKEN_ISSUER";
+pub const AUDIENCE: &str = "TRELLIS_IDENTITY_AUDIENCE";
+pub const NAMESPACE: &str = "TRELLIS_IDENTITY_NAMESPACE";
+pub const SERVICE_ACCOUNT: &str = "TRELLIS_IDENTITY_SERVICE_ACCOUNT";
+pub const SHUTDOWN_GRACE: &str = "TRELLIS_IDENTITY_SHUTDOWN_GRACE";
+pub const LOG: &str = "TRELLIS_IDENTITY_LOG";
+pub const LOG_FORMAT: &str = "TRELLIS_IDENTITY_LOG_FORMAT";
+
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
+const MAX_SKEW: Duration = Duration::from_secs(3600);
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How ServiceAccount tokens are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifierKind {
+    /// TokenReview against the API server.
+    Kubernetes,
+    /// Locally, against a JWKS file.
+    Jwks,
+}
+
+impl std::str::FromStr for VerifierKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kubernetes" => Ok(Self::Kubernetes),
+            "jwks" => Ok(Self::Jwks),
+            other => Err(format!(
+                "unknown token verifier {other:?}: use kubernetes or jwks"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for VerifierKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kubernetes => "kubernetes",
+            Self::Jwks => "jwks",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub trust_domain: String,
+    pub issuer_cert_file: PathBuf,
+    pub issuer_key_file: PathBuf,
+    pub trust_roots_file: PathBuf,
+    #[serde(serialize_with = "ser_duration")]
+    pub reload_interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub cert_lifetime: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub clock_skew: Duration,
+    #[serde(serialize_with = "ser_display")]
+    pub token_verifier: VerifierKind,
+    pub jwks_file: Option<PathBuf>,
+    pub token_issuer: String,
+    pub audience: String,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    pub log: String,
+    #[serde(serialize_with = "ser_display")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the configuration, reporting every bad variable together.
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(src);
+        let path = |s: &str| -> Result<PathBuf, String> {
+            if s.is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        };
+        let cfg = Config {
+            listen: r.get(LISTEN, SocketAddr::from(([0, 0, 0, 0], 7155))),
+            admin_listen: r.get(ADMIN_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7195))),
+            trust_domain: r.get(TRUST_DOMAIN, "cluster.local".to_string()),
+            issuer_cert_file: r.parse_with(
+                ISSUER_CERT_FILE,
+                "/var/run/trellis/issuer/tls.crt".into(),
+                path,
+            ),
+            issuer_key_file: r.parse_with(
+                ISSUER_KEY_FILE,
+                "/var/run/trellis/issuer/tls.key".into(),
+                path,
+            ),
+            trust_roots_file: r.parse_with(
+                TRUST_ROOTS_FILE,
+                "/var/run/trellis/roots/roots.pem".into(),
+                path,
+            ),
+            reload_interval: r.duration(RELOAD_INTERVAL, Duration::from_secs(5)),
+            cert_lifetime: r.duration(CERT_LIFETIME, Duration::from_secs(24 * 3600)),
+            clock_skew: r.duration(CLOCK_SKEW, Duration::from_secs(60)),
+            token_verifier: r.get(TOKEN_VERIFIER, VerifierKind::Kubernetes),
+            jwks_file: r.parse_with(JWKS_FILE, None, |s| {
+                Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+            }),
+            token_issuer: r.get(TOKEN_ISSUER, crate::token::DEFAULT_TOKEN_ISSUER.to_string()),
+            audience: r.get(AUDIENCE, crate::token::DEFAULT_AUDIENCE.to_string()),
+            namespace: r.get(NAMESPACE, "trellis-system".to_string()),
+            service_account: r.get(SERVICE_ACCOUNT, "trellis-identity".to_string()),
+            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
+            log: r.parse_with(LOG, "info".to_string(), parse_log_filter),
+            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+        };
+        if let Err(e) = SpiffeId::new(&cfg.trust_domain, "ns", "sa") {
+            r.invalid(TRUST_DOMAIN, &cfg.trust_domain, e.to_string());
+        }
+        if let Err(e) = SpiffeId::new("td", &cfg.namespace, "sa") {
+            r.invalid(NAMESPACE, &cfg.namespace, e.to_string());
+        }
+        if let Err(e) = SpiffeId::new("td", "ns", &cfg.service_account) {
+            r.invalid(SERVICE_ACCOUNT, &cfg.service_account, e.to_string());
+        }
+        if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&cfg.cert_lifetime) {
+            r.invalid(
+                CERT_LIFETIME,
+                format_duration(cfg.cert_lifetime),
+                "must be 10s to 8760h",
+            );
+        }
+        if cfg.clock_skew > MAX_SKEW {
+            r.invalid(
+                CLOCK_SKEW,
+                format_duration(cfg.clock_skew),
+                "must be at most 1h",
+            );
+        }
+        if cfg.reload_interval.is_zero() {
+            r.invalid(RELOAD_INTERVAL, "0", "must be longer than zero");
+        }
+        if cfg.audience.is_empty() {
+            r.invalid(AUDIENCE, "", "must not be empty");
+        }
+        if cfg.token_verifier == VerifierKind::Jwks {
+            if cfg.jwks_file.is_none() {
+                r.invalid(
+                    JWKS_FILE,
+                    "",
+                    format!("is required with {TOKEN_VERIFIER}=jwks"),
+                );
+            }
+            if cfg.token_issuer.is_empty() {
+                r.invalid(
+                    TOKEN_ISSUER,
+                    "",
+                    format!("is required with {TOKEN_VERIFIER}=jwks"),
+                );
+            }
+        }
+        if cfg.listen.port() != 0 && cfg.listen.port() == cfg.admin_listen.port() {
+            r.invalid(
+                ADMIN_LISTEN,
+                cfg.admin_listen.to_string(),
+                format!("uses the same port as {LISTEN}"),
+            );
+        }
+        r.finish()?;
+        Ok(cfg)
+    }
+
+    /// This service's own SPIFFE ID (checked when the config was read).
+    pub fn server_identity(&self) -> Result<SpiffeId, trellis_core::spiffe::SpiffeIdError> {
+        SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    pub fn issuer_files(&self) -> crate::ca::IssuerFiles {
+        crate::ca::IssuerFiles {
+            cert: self.issuer_cert_file.clone(),
+            key: self.issuer_key_file.clone(),
+            roots: self.trust_roots_file.clone(),
+        }
+    }
+
+    pub fn sign_policy(&self) -> crate::sign::SignPolicy {
+        crate::sign::SignPolicy {
+            lifetime: self.cert_lifetime,
+            skew: self.clock_skew,
+        }
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::config::MapSource;
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_source(&MapSource::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:7155");
+        assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:7195");
+        assert_eq!(cfg.trust_domain, "cluster.local");
+        assert_eq!(cfg.cert_lifetime, Duration::from_secs(86_400));
+        assert_eq!(cfg.clock_skew, Duration::from_secs(60));
+        assert_eq!(cfg.token_verifier, VerifierKind::Kubernetes);
+        assert_eq!(cfg.audience, "identity.trellis.dev");
+        assert_eq!(
+            cfg.server_identity().unwrap().to_string(),
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity"
+        );
+        for (name, default, _) in VARIABLES {
+            assert!(name.starts_with("TRELLIS_IDENTITY_"), "{name}");
+            // Each documented default is what an unset variable gives.
+            if !default.is_empty() {
+                let explicit = Config::from_source(&MapSource::new([(*name, *default)]));
+                assert!(explicit.is_ok(), "{name}={default}: {explicit:?}");
+            }
+        }
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["cert_lifetime"], "86400s");
+        assert_eq!(json["token_verifier"], "kubernetes");
+    }
+
+    #[test]
+    fn reports_all_errors_together() {
+        let src = MapSource::new([
+            (LISTEN, "nowhere"),
+            (TRUST_DOMAIN, "Bad Domain"),
+            (CERT_LIFETIME, "24"),
+            (CLOCK_SKEW, "2h"),
+            (TOKEN_VERIFIER, "jwks"),
+            (NAMESPACE, "-x"),
+            (LOG_FORMAT, "xml"),
+        ]);
+        let errs = Config::from_source(&src).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                LISTEN,
+                CERT_LIFETIME,
+                LOG_FORMAT,
+                TRUST_DOMAIN,
+                NAMESPACE,
+                CLOCK_SKEW,
+                JWKS_FILE
+            ],
+            "{errs}"
+        );
+        let text = errs.to_string();
+        assert!(
+            text.contains("TRELLIS_IDENTITY_CERT_LIFETIME=\"24\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn jwks_settings_and_port_clash() {
+        let src = MapSource::new([
+            (TOKEN_VERIFIER, "jwks"),
+            (JWKS_FILE, "/tmp/jwks.json"),
+            (CERT_LIFETIME, "5s"),
+            (CLOCK_SKEW, "10s"),
+            (ADMIN_LISTEN, "0.0.0.0:7155"),
+        ]);
+        let errs = Config::from_source(&src).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [CERT_LIFETIME, ADMIN_LISTEN]);
+        let ok = Config::from_source(&MapSource::new([
+            (TOKEN_VERIFIER, "jwks"),
+            (JWKS_FILE, "/tmp/jwks.json"),
+            (CERT_LIFETIME, "30s"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            ok.jwks_file.as_deref(),
+            Some(std::path::Path::new("/tmp/jwks.json"))
+        );
+        assert_eq!(ok.sign_policy().lifetime, Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,143 @@
+//! The claims of a projected ServiceAccount token, and the pure check of
+//! them against what this service expects (issuer, audience, time, and the
+//! `kubernetes.io` claims agreeing with `sub`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{ServiceAccount, TokenError, LEEWAY_SECS};
+
+/// A projected ServiceAccount token's payload (the parts read here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectedClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audiences>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(
+        rename = "kubernetes.io",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kubernetes: Option<KubernetesClaims>,
+}
+
+/// `aud`: one string or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audiences {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audiences {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(a) => vec![a.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The `kubernetes.io` claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serviceaccount: Option<NamedRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<NamedRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NamedRef>,
+}
+
+/// An object reference inside `kubernetes.io` (`{name, uid}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// What a token must say to be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectations {
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// Checks verified claims at `now` (unix seconds): issuer, audience,
+/// `exp` (required), `nbf` (if present), then that `sub` is
+/// `system:serviceaccount:NS:SA` and the `kubernetes.io` claims name the
+/// same namespace and ServiceAccount.
+pub fn check_claims(
+    claims: &ProjectedClaims,
+    expect: &Expectations,
+    now: i64,
+) -> Result<ServiceAccount, TokenError> {
+    match &claims.iss {
+        Some(iss) if *iss == expect.issuer => {}
+        other => {
+            return Err(TokenError::WrongIssuer {
+                got: other.clone().unwrap_or_default(),
+                want: expect.issuer.clone(),
+            })
+        }
+    }
+    let aud = claims
+        .aud
+        .as_ref()
+        .map(Audiences::to_vec)
+        .unwrap_or_default();
+    if !aud.contains(&expect.audience) {
+        return Err(TokenError::WrongAudience {
+            got: aud,
+            want: expect.audience.clone(),
+        });
+    }
+    let exp = claims
+        .exp
+        .ok_or_else(|| TokenError::Malformed("no exp claim".into()))?;
+    if now > exp.saturating_add(LEEWAY_SECS) {
+        return Err(TokenError::Expired { exp, now });
+    }
+    if let Some(nbf) = claims.nbf {
+        if nbf > now.saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid { nbf, now });
+        }
+    }
+    let sub = claims.sub.as_deref().unwrap_or_default();
+    let sa = ServiceAccount::from_username(sub).ok_or_else(|| {
+        TokenError::ClaimsMismatch(format!("sub {sub:?} is not system:serviceaccount:NS:SA"))
+    })?;
+    let k8s = claims
+        .kubernetes
+        .as_ref()
+        .ok_or_else(|| TokenError::ClaimsMismatch("no kubernetes.io claim".into()))?;
+    if k8s.namespace.as_deref() != Some(sa.namespace.as_str()) {
+        return Err(TokenError::ClaimsMismatch(format!(
+            "kubernetes.io namespace {:?} but sub names {:?}",
+            k8s.namespace.as_deref().unwrap_or_default(),
+            sa.namespace
+        )));
+    }
+    let k8s_sa = k8s.serviceaccount.as_ref().map(|r| r.name.as_str());
+    if k8s_sa != Some(sa.name.as_str()) {
+        return Err(TokenError::ClaimsMismatch(format!(
+            "kubernetes.io serviceaccount {:?} but sub names {:?}",
+            k8s_sa.unwrap_or_default(),
+            sa.name
+        )));
+    }
+    Ok(sa)
+}

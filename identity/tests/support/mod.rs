@@ -1,0 +1,227 @@
+//! Helpers for the component tests: temporary directories, a running
+//! service, HTTP and openssl, bounded polling.
+
+// Test code: a panic is how a test fails; not every test file uses every helper.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_core::config::MapSource;
+use trellis_core::shutdown::Shutdown;
+use trellis_core::spiffe::SpiffeId;
+use trellis_core::tls::TrustRoots;
+use trellis_identity::config::{self as cfg, Config};
+use trellis_identity::token::{DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
+use trellis_identity::{bootstrap, Bundle, LocalIssuer, Server};
+
+pub const DAY: Duration = Duration::from_secs(86_400);
+pub const HOUR: Duration = Duration::from_secs(3600);
+pub const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-identity-it-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        // Atomic, as a kubelet updates a mounted Secret.
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path(name)).unwrap();
+        self.path(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `check` every 20 ms for at most 10 s.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn write_ca(dir: &TempDir, b: &Bundle) {
+    dir.write("issuer.crt", &b.issuer_cert_pem);
+    dir.write("issuer.key", &b.issuer_key_pem);
+    dir.write("roots.pem", &b.roots_pem);
+}
+
+pub fn config_in(dir: &TempDir) -> Config {
+    let p = |n: &str| dir.path(n).to_string_lossy().into_owned();
+    Config::from_source(&MapSource::new([
+        (cfg::LISTEN, "127.0.0.1:0".to_string()),
+        (cfg::ADMIN_LISTEN, "127.0.0.1:0".to_string()),
+        (cfg::ISSUER_CERT_FILE, p("issuer.crt")),
+        (cfg::ISSUER_KEY_FILE, p("issuer.key")),
+        (cfg::TRUST_ROOTS_FILE, p("roots.pem")),
+        (cfg::TOKEN_VERIFIER, "jwks".to_string()),
+        (cfg::JWKS_FILE, p("jwks.json")),
+        (cfg::RELOAD_INTERVAL, "100ms".to_string()),
+    ]))
+    .unwrap()
+}
+
+pub struct Running {
+    pub dir: TempDir,
+    pub bundle: Bundle,
+    pub tokens: LocalIssuer,
+    pub addr: String,
+    pub admin: std::net::SocketAddr,
+    pub server_id: SpiffeId,
+    pub metrics: Arc<trellis_identity::metrics::Metrics>,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<Result<(), trellis_identity::server::ServeError>>,
+}
+
+impl Running {
+    pub fn roots(&self) -> Arc<TrustRoots> {
+        Arc::new(TrustRoots::from_pem(self.bundle.roots_pem.as_bytes()).unwrap())
+    }
+    pub fn token(&self, ns: &str, sa: &str) -> String {
+        self.tokens
+            .sign(ns, sa, "pod-0", DEFAULT_AUDIENCE, HOUR)
+            .unwrap()
+    }
+}
+
+pub async fn start(tag: &str) -> Running {
+    let dir = TempDir::new(tag);
+    let bundle = bootstrap("cluster.local", 10 * DAY, 5 * DAY).unwrap();
+    write_ca(&dir, &bundle);
+    let tokens = LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
+    dir.write("jwks.json", &tokens.jwks());
+    let config = config_in(&dir);
+    let verifier = trellis_identity::verifier_from_config(&config)
+        .await
+        .unwrap();
+    let server = Server::bind(config, verifier).await.unwrap();
+    let addr = server.local_addr().to_string();
+    let admin = server.admin_addr();
+    let server_id = server.server_identity().clone();
+    let metrics = server.metrics();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let r = Running {
+        dir,
+        bundle,
+        tokens,
+        addr,
+        admin,
+        server_id,
+        metrics,
+        shutdown,
+        task,
+    };
+    eventually("/ready", async || {
+        (http_get(r.admin, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    r
+}
+
+/// A GET over HTTP/1.1: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn csr_for(sans: Vec<SanType>) -> (KeyPair, Vec<u8>) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = sans;
+    let der = p.serialize_request(&key).unwrap().der().to_vec();
+    (key, der)
+}
+
+pub fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+pub fn openssl(args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed (scripts/install-deps.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openssl {args:?}: {text}");
+    text
+}
+
+pub fn unix_now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// The value of the sample `name` (with labels, as written) in `text`.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Running {
+    pub async fn metrics_text(&self) -> String {
+        http_get(self.admin, "/metrics").await.1
+    }
+}
