@@ -137,13 +137,24 @@ async fn detect(
     mut a: Accepted,
     counts: &ByteCounts,
 ) -> Result<Detected, ProxyError> {
+    let opaque_port = ctx.config.is_opaque_port(a.orig_dst.get().port());
+    // Inbound with an identity, even an opaque port may receive mesh TLS
+    // from a peer proxy (which always speaks first), so it is looked for;
+    // anything else there is opaque.
+    let look_for_mesh_tls = ctx.direction == Direction::Inbound && ctx.mesh.server.is_some();
     let (protocol, reason, prefix): (Protocol, Reason, BytesMut) =
-        if ctx.config.is_opaque_port(a.orig_dst.get().port()) {
+        if opaque_port && !look_for_mesh_tls {
             (Protocol::Opaque, Reason::OpaquePort, Default::default())
         } else {
-            detect::detect(&mut a.stream, ctx.config.detect_timeout)
+            let (p, r, prefix) = detect::detect(&mut a.stream, ctx.config.detect_timeout)
                 .await
-                .map_err(ProxyError::Client)?
+                .map_err(ProxyError::Client)?;
+            match p {
+                Protocol::Http1 | Protocol::H2 if opaque_port => {
+                    (Protocol::Opaque, Reason::OpaquePort, prefix)
+                }
+                _ => (p, r, prefix),
+            }
         };
     let mut prefix = prefix;
     let mut mesh_alpn = None;

@@ -146,6 +146,58 @@ impl Mesh {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+
+    /// One pod's entry in `status -o json`: `web-0`, or `web` for replica 0.
+    pub fn pod(&self, pod: &str) -> serde_json::Value {
+        let status = self.status();
+        status["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod || (p["workload"] == pod && p["name"] == format!("{pod}-0")))
+            .unwrap_or_else(|| panic!("no pod {pod} in mesh {}: {status:#}", self.name))
+            .clone()
+    }
+
+    /// The pod's IPv4 address.
+    pub fn ip(&self, pod: &str) -> String {
+        self.pod(pod)["ip"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `argv` in the mesh's node namespace (where the bridge, the
+    /// identity service and the "kubelet" live); nothing there is captured.
+    pub fn node_exec(&self, argv: &[&str]) -> Output {
+        let node = self.status()["nodeNetns"].as_str().unwrap().to_string();
+        Command::new("ip")
+            .args(["netns", "exec", &node])
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+
+    /// `trellis mesh policy --name MESH POD ARGS…`: changes the pod's policy
+    /// file (the proxy reloads it); returns the resulting policy.
+    pub fn policy(&self, pod: &str, args: &[&str]) -> serde_json::Value {
+        let mut argv = vec!["mesh", "policy", "--name", &self.name, pod];
+        argv.extend_from_slice(args);
+        let out = trellis(&argv);
+        assert!(
+            out.status.success(),
+            "trellis {} failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Replaces the pod's policy file (the path `status -o json` reports as
+    /// `policyFile`) atomically with `policy`.
+    pub fn write_policy(&self, pod: &str, policy: &serde_json::Value) {
+        let path = PathBuf::from(self.pod(pod)["policyFile"].as_str().unwrap());
+        let tmp = path.with_extension("json.e2e-tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
 }
 
 impl Drop for Mesh {
@@ -166,6 +218,7 @@ pub fn trellis(args: &[&str]) -> Output {
     Command::new(bin("trellis"))
         .args(args)
         .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))
+        .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"))
         .output()
         .unwrap()
 }

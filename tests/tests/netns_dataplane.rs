@@ -204,19 +204,25 @@ fn netns_opaque_tcp_large_transfers_and_slow_clients() {
         elapsed < 3000.0,
         "banner took {elapsed} ms: detection stalled"
     );
-    let timeouts = |m: &Metrics, d: &str| {
+    let detections = |m: &Metrics, d: &str, protocol: &str, reason: &str| {
         m.sum(
             "trellis_protocol_detections_total",
-            &[
-                ("direction", d),
-                ("protocol", "opaque"),
-                ("reason", "timeout"),
-            ],
+            &[("direction", d), ("protocol", protocol), ("reason", reason)],
         )
     };
     let (c1, m1) = (mesh.metrics("client"), mesh.metrics("mail"));
-    assert_eq!(timeouts(&c1, "outbound") - timeouts(&c0, "outbound"), 1.0);
-    assert_eq!(timeouts(&m1, "inbound") - timeouts(&m0, "inbound"), 1.0);
+    // The client's proxy gave up waiting and went opaque; the server's proxy
+    // saw its peer's mutual TLS at once (a peer proxy always speaks first).
+    assert_eq!(
+        detections(&c1, "outbound", "opaque", "timeout")
+            - detections(&c0, "outbound", "opaque", "timeout"),
+        1.0
+    );
+    assert_eq!(
+        detections(&m1, "inbound", "tls", "detected")
+            - detections(&m0, "inbound", "tls", "detected"),
+        1.0
+    );
 
     // 100 MB download and upload, byte-exact.
     const SIZE: usize = 100 * 1024 * 1024;

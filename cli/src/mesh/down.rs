@@ -1,6 +1,7 @@
 //! `mesh down`: removes what the state's intent log says `up` made, in
-//! reverse — processes, network namespaces (taking veths and rules with
-//! them), `/etc/netns` directories, the state directory — and nothing else.
+//! reverse — processes (pods' and the node's), network namespaces (taking
+//! veths and rules with them), `/etc/netns` directories, the state
+//! directory (with the CA, tokens and policy files) — and nothing else.
 
 use std::fs;
 use std::path::Path;
@@ -110,6 +111,7 @@ fn stop_processes(store: &Store, progress: &Progress) -> anyhow::Result<()> {
         .state
         .processes
         .iter()
+        .chain(&store.state.node_processes)
         .filter_map(|p| Some((p.pid?, p.start_time)))
         .filter(|&(pid, start)| sys::is_alive(pid, start))
         .collect();

@@ -38,7 +38,17 @@ pub(crate) fn get(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: trellis-cli\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
+    stream
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut raw)
+        .map_err(|e| match e.kind() {
+            // A read timeout shows as EAGAIN on Linux.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ),
+            _ => e,
+        })?;
     parse_response(&raw)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{addr}{path}: {e}")))
 }

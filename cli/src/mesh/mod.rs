@@ -10,23 +10,37 @@
 //! service virtual IPs (after the capture rules) and an `/etc/hosts` naming
 //! them.
 //!
+//! Identity: every mesh has its own CA and token signer; `trellis-identity`
+//! runs in the node namespace and the proxies get certificates from it
+//! with their pods' ServiceAccount tokens, then speak mutual TLS to every
+//! meshed destination and enforce their pods' inbound policy (see
+//! [`identity`] and [`authz`]).
+//!
 //! Modules, in the order `up` uses them:
-//! - [`spec`]: the mesh file, parsed strictly and validated all at once;
-//! - [`net`] and [`plan`]: pure decisions — names, addresses, files, rules,
-//!   command lines;
+//! - [`spec`]: the mesh file, parsed strictly and validated all at once
+//!   (its `policies:` in [`authz`]);
+//! - [`net`], [`plan`], [`identity`] and [`authz`]: pure decisions — names,
+//!   addresses, files, rules, command lines, the identity service, each
+//!   proxy's destinations and policy;
 //! - [`state`]: the intent log `down` trusts;
 //! - [`up`] (then [`ready`]), [`down`], [`status`]: acting on the system, through [`sys`]
-//!   (commands, `/proc`, sockets inside a namespace) and [`http`];
+//!   (commands, `/proc`, sockets inside a namespace), [`http`] and
+//!   [`files`] (CA, tokens, policy and destinations files);
+//! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
 //! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
 //!   table).
 
+pub(crate) mod authz;
 pub(crate) mod golden;
+pub(crate) mod identity;
 pub(crate) mod interrupt;
 pub(crate) mod plan;
 pub(crate) mod spec;
 pub(crate) mod table;
 
+mod agent;
 mod down;
+mod files;
 mod http;
 mod net;
 mod ready;
@@ -85,6 +99,33 @@ enum MeshCommand {
         /// The command, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Show a meshed pod's inbound policy file, or change it: the proxy
+    /// reloads it, no restart.
+    Policy {
+        /// Which mesh (default: the only one).
+        #[arg(long)]
+        name: Option<String>,
+        /// `web` (replica 0), `web-1`, or `NAMESPACE/web-1`.
+        pod: String,
+        /// New default: all-unauthenticated, all-authenticated, deny or audit.
+        #[arg(long = "default", value_name = "POLICY")]
+        default_policy: Option<String>,
+        /// Per-port default, `PORT=POLICY` (e.g. 8080=deny); repeatable.
+        #[arg(long = "port", value_name = "PORT=POLICY")]
+        ports: Vec<String>,
+        /// Drop the per-port defaults before applying `--port`.
+        #[arg(long)]
+        clear_ports: bool,
+        /// Start from what `up` wrote (the mesh file's policy).
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Keeps pods' tokens fresh (started by `up` in the node namespace).
+    #[command(hide = true)]
+    NodeAgent {
+        #[arg(long)]
+        name: String,
     },
     /// Remove everything `up` made, and nothing else.
     Down {
@@ -145,6 +186,26 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             let err = exec_command(pod, &command).exec();
             Err(err).with_context(|| format!("cannot run `ip netns exec {} …`", pod.netns))
         }
+        MeshCommand::Policy {
+            name,
+            pod,
+            default_policy,
+            ports,
+            clear_ports,
+            reset,
+        } => {
+            let store = Store::open(&resolve(name)?)?;
+            let change = PolicyChange {
+                default_policy,
+                ports,
+                clear_ports,
+                reset,
+            };
+            let policy = change_policy(&store, &pod, &change)?;
+            println!("{}", serde_json::to_string_pretty(&policy)?);
+            Ok(())
+        }
+        MeshCommand::NodeAgent { name } => agent::run(&name),
         MeshCommand::Down { name } => {
             let name = match name {
                 Some(n) => n,
@@ -237,6 +298,68 @@ fn down_by_name(name: &str, progress: &Progress) -> anyhow::Result<()> {
     }
 }
 
+/// What `mesh policy` changes in a pod's policy file.
+struct PolicyChange {
+    default_policy: Option<String>,
+    ports: Vec<String>,
+    clear_ports: bool,
+    reset: bool,
+}
+
+/// Reads the pod's policy file (or the plan's policy, with `reset`),
+/// applies `change`, and writes it back if anything was asked.
+fn change_policy(
+    store: &Store,
+    query: &str,
+    change: &PolicyChange,
+) -> anyhow::Result<authz::ProxyPolicy> {
+    let pod = store
+        .state
+        .plan
+        .find_pod(query)
+        .map_err(anyhow::Error::msg)?;
+    let Some(proxy) = &pod.proxy else {
+        bail!(
+            "pod {} is not meshed: it has no proxy, so no inbound policy",
+            pod.qualified_name()
+        );
+    };
+    let path = &files::pod_files(pod)?.policy;
+    let mut policy = if change.reset {
+        proxy.policy.clone()
+    } else {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a policy file", path.display()))?
+    };
+    if let Some(d) = &change.default_policy {
+        policy.default_policy = spec::InboundPolicy::parse(d).with_context(|| {
+            format!("{d:?} is not one of all-unauthenticated, all-authenticated, deny, audit")
+        })?;
+    }
+    if change.clear_ports {
+        policy.ports.clear();
+    }
+    for p in &change.ports {
+        policy
+            .ports
+            .extend(authz::parse_port_policies(p).map_err(|e| anyhow::anyhow!("--port {e}"))?);
+    }
+    let changed = change.reset
+        || change.clear_ports
+        || change.default_policy.is_some()
+        || !change.ports.is_empty();
+    if changed {
+        files::write_policy(path, &policy)?;
+        eprintln!(
+            "wrote {}; the proxy of {} reloads it",
+            path.display(),
+            pod.qualified_name()
+        );
+    }
+    Ok(policy)
+}
+
 fn exec_command(pod: &PodPlan, command: &[String]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &pod.netns]).args(command);
@@ -314,6 +437,20 @@ impl Mesh {
             bail!("{}/metrics answered {}", proxy.admin, r.status);
         }
         Ok(r.text())
+    }
+
+    pub(crate) fn trust_domain(&self) -> &str {
+        &self.store.state.plan.trust_domain
+    }
+
+    /// The certificate the pod's proxy holds (its admin `/identity`), or
+    /// why there is none.
+    pub(crate) fn certificate(&self, pod: &PodPlan) -> Result<status::Certificate, String> {
+        let proxy = pod.proxy.as_ref().ok_or("not meshed")?;
+        match status::certificate(&self.store.state.plan.node.netns, proxy.admin) {
+            (_, Some(cert)) => Ok(cert),
+            (state, None) => Err(state),
+        }
     }
 
     /// A command that runs `argv` inside the pod (as `mesh exec` would).

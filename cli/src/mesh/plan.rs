@@ -10,8 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::authz::{self, AuthorizationPolicy, Probe, ProxyPolicy};
+use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::net::{self, Ipv4Cidr, PodAddresses};
 use super::spec::{Checked, InboundPolicy, Overrides};
+use super::state;
 
 /// The proxy's user id (SPEC.md); its own traffic is never redirected.
 pub(crate) const PROXY_UID: u32 = 7102;
@@ -39,7 +42,13 @@ pub(crate) struct Plan {
     pub pods: Vec<PodPlan>,
     pub services: Vec<ServicePlan>,
     pub routes: Vec<serde_json::Value>,
-    pub policies: Vec<serde_json::Value>,
+    pub policies: Vec<AuthorizationPolicy>,
+    /// `trellis-identity`, when any pod is meshed.
+    #[serde(default)]
+    pub identity: Option<IdentityPlan>,
+    /// What every proxy's destinations file holds.
+    #[serde(default)]
+    pub destinations: Destinations,
 }
 
 /// The mesh's own "node" namespace, holding the bridge every pod plugs into.
@@ -74,6 +83,13 @@ pub(crate) struct PodPlan {
     pub identity: String,
     pub inbound_policy: InboundPolicy,
     pub ports: Vec<u16>,
+    /// Of `ports`, those whose inbound connections the proxy captures (all
+    /// but `skip-inbound-ports`): where peers speak mutual TLS to it.
+    #[serde(default)]
+    pub captured_ports: Vec<u16>,
+    /// Kubelet-style probes, asked from the node namespace.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub proxy: Option<ProxyPlan>,
@@ -94,6 +110,12 @@ pub(crate) struct ProxyPlan {
     pub env: BTreeMap<String, String>,
     /// Where the admin server answers, seen from the node namespace.
     pub admin: SocketAddr,
+    /// What `up` writes to the policy file at first.
+    #[serde(default)]
+    pub policy: ProxyPolicy,
+    /// The token, policy, destinations and roots files.
+    #[serde(default)]
+    pub files: Option<PodFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,6 +259,15 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
     let gateway = addrs
         .gateway()
         .ok_or_else(|| format!("podCidr {} has no room for a gateway", checked.pod_cidr))?;
+    let files = MeshFiles::new(&state::mesh_dir(&file.name));
+    let identity = file.workloads.iter().any(|w| w.meshed).then(|| {
+        identity::identity_plan(
+            &file.trust_domain,
+            gateway,
+            checked.cert_lifetime,
+            files.clone(),
+        )
+    });
     let node = NodePlan {
         netns: node_netns_name(&file.name),
         bridge: BRIDGE.to_string(),
@@ -277,9 +308,37 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
                 ("TRELLIS_MESH".to_string(), file.name.clone()),
             ]);
             env.extend(w.env.clone());
-            let proxy = w
-                .meshed
-                .then(|| proxy_plan(ip, &w.namespace, &name, overrides));
+            let pod_identity = spiffe_id(&file.trust_domain, &w.namespace, &w.service_account);
+            let proxy = match &identity {
+                Some(id) if w.meshed => {
+                    let mut proxy = proxy_plan(ip, &w.namespace, &name, overrides);
+                    let pod_files = files.pod(&w.namespace, &name);
+                    proxy
+                        .env
+                        .extend(identity::proxy_env(id, &pod_identity, &pod_files));
+                    proxy.files = Some(pod_files);
+                    proxy.policy = authz::compile(
+                        &file.trust_domain,
+                        file.default_inbound_policy,
+                        overrides,
+                        w,
+                        &file.policies,
+                    );
+                    Some(proxy)
+                }
+                _ => None,
+            };
+            let skipped = overrides
+                .skip_inbound_ports
+                .as_deref()
+                .and_then(|p| trellis_core::config::parse_ports(p).ok())
+                .unwrap_or_default();
+            let captured_ports = w
+                .ports
+                .iter()
+                .copied()
+                .filter(|p| !skipped.iter().any(|r| r.contains(*p)))
+                .collect();
             pods.push(PodPlan {
                 workload: w.name.clone(),
                 namespace: w.namespace.clone(),
@@ -291,11 +350,13 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
                 ipv6: addrs.pod_v6(index),
                 meshed: w.meshed,
                 service_account: w.service_account.clone(),
-                identity: spiffe_id(&file.trust_domain, &w.namespace, &w.service_account),
+                identity: pod_identity,
                 inbound_policy: overrides
                     .inbound_policy
                     .unwrap_or(file.default_inbound_policy),
                 ports: w.ports.clone(),
+                captured_ports,
+                probes: w.probes.clone(),
                 command,
                 env,
                 proxy,
@@ -328,6 +389,7 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
         });
     }
 
+    let destinations = identity::destinations(&pods, &services);
     Ok(Plan {
         mesh: file.name.clone(),
         trust_domain: file.trust_domain.clone(),
@@ -339,6 +401,8 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
         services,
         routes: file.routes.clone(),
         policies: file.policies.clone(),
+        identity,
+        destinations,
     })
 }
 
@@ -396,6 +460,8 @@ fn proxy_plan(ip: Ipv4Addr, namespace: &str, name: &str, o: &Overrides) -> Proxy
         init_args,
         env,
         admin: SocketAddr::new(IpAddr::V4(ip), ADMIN_PORT),
+        policy: ProxyPolicy::default(),
+        files: None,
     }
 }
 

@@ -1,9 +1,13 @@
-//! Waiting for a mesh's pods: proxies answering `/ready` (asked from the
-//! node namespace, as a kubelet probe would), then workloads listening on
-//! their ports (read from the pod's own socket table, so capture rules
-//! cannot fake it). One progress line per workload; a process that exits
-//! or a timeout fails with the tail of the relevant log.
+//! Waiting for a mesh: the identity service answering `/ready`, proxies
+//! answering `/ready` (asked from the node namespace, as a kubelet probe
+//! would; a proxy is ready once it holds a certificate), then workloads
+//! listening on their ports (read from the pod's own socket table, so
+//! capture rules cannot fake it) and answering their declared probes (asked
+//! from the node namespace, through the pod's proxy). One progress line per
+//! workload; a process that exits or a timeout fails with the tail of the
+//! relevant log.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -21,9 +25,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A long-running process we started, while `up` still holds it.
 pub(super) struct Started {
-    pub record: usize,
+    /// `namespace/name`, or `node` for the node's processes.
     pub pod: String,
     pub role: Role,
+    pub argv: Vec<String>,
     pub log: PathBuf,
     pub child: Child,
 }
@@ -32,8 +37,60 @@ pub(super) struct Started {
 pub(super) enum Check {
     /// The proxy's `/ready` answers 200.
     Proxy,
-    /// Every port of the workload is listening.
+    /// Every port of the workload is listening, and every probe answers
+    /// 2xx or 3xx.
     Ports,
+}
+
+/// Why a pod's probes fail, or `None` if they all pass (as a kubelet
+/// judges: a status from 200 to 399).
+pub(super) fn probes_failing(node_netns: &str, pod: &PodPlan) -> Option<String> {
+    pod.probes.iter().find_map(|p| {
+        let addr = SocketAddr::new(IpAddr::V4(pod.ip), p.port);
+        match http::get(node_netns, addr, &p.path, PROBE_TIMEOUT) {
+            Ok(r) if (200..400).contains(&r.status) => None,
+            Ok(r) => Some(format!(
+                "probe GET :{}{} answers {}",
+                p.port, p.path, r.status
+            )),
+            Err(e) => Some(format!("probe GET :{}{}: {e}", p.port, p.path)),
+        }
+    })
+}
+
+/// Waits until the identity service's `/ready` answers 200.
+pub(super) fn wait_identity(
+    admin: SocketAddr,
+    node_netns: &str,
+    started: &mut Started,
+    deadline: Instant,
+    interrupt: &Interrupt,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        interrupted(interrupt)?;
+        check_children(std::slice::from_mut(started))?;
+        let why = match http::get(node_netns, admin, "/ready", PROBE_TIMEOUT) {
+            Ok(r) if r.status == 200 => {
+                progress.step(&format!(
+                    "identity service ready on {admin} after {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            Ok(r) => format!("/ready answers {}", r.status),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out waiting for the identity service ({admin}: {why})\nlast lines of {}:\n{}",
+                started.log.display(),
+                indent(&sys::tail(&started.log, 20))
+            );
+        }
+        interrupt.sleep(POLL);
+    }
 }
 
 /// Why a pod is not ready yet, or `None` if it is.
@@ -59,8 +116,11 @@ fn not_ready(node_netns: &str, pod: &PodPlan, check: Check) -> Option<String> {
                         .filter(|p| !listening.contains(p))
                         .map(|p| p.to_string())
                         .collect();
-                    (!missing.is_empty())
-                        .then(|| format!("not listening on port {}", missing.join(", ")))
+                    if missing.is_empty() {
+                        probes_failing(node_netns, pod)
+                    } else {
+                        Some(format!("not listening on port {}", missing.join(", ")))
+                    }
                 }
                 Err(e) => Some(format!("cannot read its sockets: {e}")),
             }
@@ -101,7 +161,7 @@ pub(super) fn wait_ready(
     let mut next_note = start + Duration::from_secs(5);
     loop {
         interrupted(interrupt)?;
-        check_children(store, children)?;
+        check_children(children)?;
         for (i, pod) in pods.iter().enumerate() {
             if !ready[i] {
                 reasons[i] = not_ready(&plan.node.netns, pod, check);
@@ -181,19 +241,18 @@ fn log_of(store: &Store, netns: &str, check: Check) -> Option<PathBuf> {
 }
 
 /// Fails if a process we started has exited, showing its log.
-fn check_children(store: &Store, children: &mut [Started]) -> anyhow::Result<()> {
+fn check_children(children: &mut [Started]) -> anyhow::Result<()> {
     for c in children.iter_mut() {
         if let Ok(Some(status)) = c.child.try_wait() {
-            let argv = store
-                .state
-                .processes
-                .get(c.record)
-                .map(|p| p.argv.join(" "))
-                .unwrap_or_default();
+            let whose = if c.pod == "node" {
+                "the node namespace".to_string()
+            } else {
+                format!("pod {}", c.pod)
+            };
             bail!(
-                "the {} of pod {} exited ({status}): {argv}\nlast lines of {}:\n{}",
+                "the {} of {whose} exited ({status}): {}\nlast lines of {}:\n{}",
                 c.role.as_str(),
-                c.pod,
+                c.argv.join(" "),
                 c.log.display(),
                 indent(&sys::tail(&c.log, 20))
             );

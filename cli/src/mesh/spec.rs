@@ -8,10 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use trellis_core::config::parse_ports;
 
+use super::authz::{self, AuthorizationPolicy, Probe};
 use super::net::Ipv4Cidr;
 use super::plan;
 
@@ -33,6 +35,13 @@ pub(crate) const SKIP_INBOUND_PORTS: &str = "config.trellis.dev/skip-inbound-por
 pub(crate) const SKIP_OUTBOUND_PORTS: &str = "config.trellis.dev/skip-outbound-ports";
 pub(crate) const PROXY_LOG_LEVEL: &str = "config.trellis.dev/proxy-log-level";
 pub(crate) const DEFAULT_INBOUND_POLICY: &str = "config.trellis.dev/default-inbound-policy";
+/// Per-port defaults: `"8080=deny,9090=all-unauthenticated"`.
+pub(crate) const PORT_INBOUND_POLICY: &str = "config.trellis.dev/port-inbound-policy";
+/// How long workload certificates live unless the file says otherwise.
+pub(crate) const DEFAULT_CERT_LIFETIME: &str = "24h";
+/// The bounds `trellis-identity` accepts for certificate lifetimes.
+const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
+const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Accepted for compatibility with pod manifests; the local mesh sets no
 /// resource limits.
 const RESOURCE_ANNOTATIONS: [&str; 4] = [
@@ -52,6 +61,10 @@ pub(crate) struct MeshFile {
     pub trust_domain: String,
     #[serde(default)]
     pub default_inbound_policy: InboundPolicy,
+    /// Lifetime of workload certificates (`trellis-identity`), e.g. `24h`
+    /// or `30s`; 10s to 8760h.
+    #[serde(default = "default_cert_lifetime")]
+    pub cert_lifetime: String,
     #[serde(default = "default_pod_cidr")]
     pub pod_cidr: String,
     #[serde(default = "default_service_cidr")]
@@ -66,9 +79,9 @@ pub(crate) struct MeshFile {
     /// HTTPRoute-shaped; kept as given until the controller consumes them.
     #[serde(default)]
     pub routes: Vec<serde_json::Value>,
-    /// Authorization policies; kept as given until the controller consumes them.
+    /// Authorization policies (`policy.trellis.dev`): see [`authz`].
     #[serde(default)]
-    pub policies: Vec<serde_json::Value>,
+    pub policies: Vec<AuthorizationPolicy>,
 }
 
 /// A Deployment-like set of identical pods.
@@ -93,6 +106,10 @@ pub(crate) struct Workload {
     pub env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "scalar_map")]
     pub annotations: BTreeMap<String, String>,
+    /// Kubelet-style HTTP probes (`GET path` on a port), checked from the
+    /// node namespace; the proxy lets them through under every policy.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
 }
 
 /// A ClusterIP-like service: a virtual IP in front of one workload's pods.
@@ -124,8 +141,8 @@ impl ServicePort {
     }
 }
 
-/// SPEC.md's default inbound policies. Parsed and recorded; enforcement
-/// arrives with the policy work.
+/// SPEC.md's default inbound policies; the proxy enforces them (see
+/// [`authz`] for how a pod's policy file is made).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum InboundPolicy {
@@ -137,7 +154,7 @@ pub(crate) enum InboundPolicy {
 }
 
 impl InboundPolicy {
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
 }
@@ -158,6 +175,9 @@ fn default_mesh_name() -> String {
 }
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.to_string()
+}
+fn default_cert_lifetime() -> String {
+    DEFAULT_CERT_LIFETIME.to_string()
 }
 fn default_pod_cidr() -> String {
     DEFAULT_POD_CIDR.to_string()
@@ -252,6 +272,8 @@ pub(crate) struct Overrides {
     pub skip_outbound_ports: Option<String>,
     pub proxy_log_level: Option<String>,
     pub inbound_policy: Option<InboundPolicy>,
+    /// From `config.trellis.dev/port-inbound-policy`.
+    pub port_inbound_policies: BTreeMap<u16, InboundPolicy>,
 }
 
 /// A mesh file that passed validation, with the values validation parsed.
@@ -262,6 +284,7 @@ pub(crate) struct Checked {
     pub service_cidr: Ipv4Cidr,
     /// One per workload, in file order.
     pub overrides: Vec<Overrides>,
+    pub cert_lifetime: Duration,
 }
 
 pub(crate) fn load(path: &Path) -> Result<Checked, SpecError> {
@@ -307,7 +330,7 @@ pub(crate) fn check_label(s: &str, max: usize) -> Result<(), String> {
     }
 }
 
-fn check_subdomain(s: &str) -> Result<(), String> {
+pub(crate) fn check_subdomain(s: &str) -> Result<(), String> {
     if s.len() > 253 {
         return Err(format!("{s:?} is longer than 253 characters"));
     }
@@ -355,6 +378,20 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
     if let Err(e) = check_trust_domain(&file.trust_domain) {
         errs.push("trustDomain", e);
     }
+    let cert_lifetime = match trellis_core::config::parse_duration(&file.cert_lifetime) {
+        Ok(d) if (MIN_CERT_LIFETIME..=MAX_CERT_LIFETIME).contains(&d) => Some(d),
+        Ok(_) => {
+            errs.push(
+                "certLifetime",
+                format!("{:?} must be 10s to 8760h", file.cert_lifetime),
+            );
+            None
+        }
+        Err(e) => {
+            errs.push("certLifetime", e);
+            None
+        }
+    };
     let pod_cidr = check_cidr(&mut errs, "podCidr", &file.pod_cidr);
     let service_cidr = check_cidr(&mut errs, "serviceCidr", &file.service_cidr);
     if let (Some(p), Some(s)) = (pod_cidr, service_cidr) {
@@ -421,20 +458,24 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         }
     }
 
-    for (field, list) in [("routes", &file.routes), ("policies", &file.policies)] {
-        for (i, v) in list.iter().enumerate() {
-            if !v.is_object() {
-                errs.push(&format!("{field}[{i}]"), "must be a mapping");
-            }
+    for (i, v) in file.routes.iter().enumerate() {
+        if !v.is_object() {
+            errs.push(&format!("routes[{i}]"), "must be a mapping");
         }
     }
+    errs.0.extend(authz::validate(
+        &file.policies,
+        &file.workloads,
+        &file.trust_domain,
+    ));
 
-    match (errs.0.is_empty(), pod_cidr, service_cidr) {
-        (true, Some(pod_cidr), Some(service_cidr)) => Ok(Checked {
+    match (errs.0.is_empty(), pod_cidr, service_cidr, cert_lifetime) {
+        (true, Some(pod_cidr), Some(service_cidr), Some(cert_lifetime)) => Ok(Checked {
             file,
             pod_cidr,
             service_cidr,
             overrides,
+            cert_lifetime,
         }),
         _ => Err(ValidationErrors {
             origin: origin.to_string(),
@@ -499,6 +540,7 @@ fn check_workload(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
             errs.push(&format!("{path}.command[{j}]"), e);
         }
     }
+    errs.0.extend(authz::validate_probes(path, w));
     for key in w.env.keys() {
         if !check_env_name(key) {
             errs.push(
@@ -539,9 +581,13 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Some(policy) => o.inbound_policy = Some(policy),
                 None => errs.push(&p, format!("{value:?} is not one of all-unauthenticated, all-authenticated, deny, audit")),
             },
+            PORT_INBOUND_POLICY => match authz::parse_port_policies(value) {
+                Ok(ports) => o.port_inbound_policies = ports,
+                Err(e) => errs.push(&p, e),
+            },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
             _ => errs.push(&p, format!(
-                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
+                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, port-inbound-policy, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
             )),
         }
     }
@@ -549,7 +595,8 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
         && (o.opaque_ports.is_some()
             || o.skip_inbound_ports.is_some()
             || o.skip_outbound_ports.is_some()
-            || o.proxy_log_level.is_some())
+            || o.proxy_log_level.is_some()
+            || !o.port_inbound_policies.is_empty())
     {
         errs.push(
             &format!("{path}.annotations"),

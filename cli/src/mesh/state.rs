@@ -4,7 +4,10 @@
 //! Each network namespace, `/etc/netns` directory and process is written
 //! down *before* it is created (a process's pid right after), and the file
 //! is replaced atomically each time. So `down` removes exactly what `up`
-//! made, even after `up` died half-way, and nothing else.
+//! made, even after `up` died half-way, and nothing else. Files `up` writes
+//! for the identity service and the proxies (key material, tokens, policy
+//! and destinations files) live inside the state directory, which `down`
+//! removes last.
 
 use std::fs;
 use std::io;
@@ -36,6 +39,10 @@ pub(crate) enum Phase {
 pub(crate) enum Role {
     Proxy,
     Workload,
+    /// `trellis-identity`, in the node namespace.
+    Identity,
+    /// `trellis mesh node-agent`, in the node namespace: refreshes tokens.
+    NodeAgent,
 }
 
 impl Role {
@@ -43,16 +50,19 @@ impl Role {
         match self {
             Self::Proxy => "proxy",
             Self::Workload => "workload",
+            Self::Identity => "identity",
+            Self::NodeAgent => "node-agent",
         }
     }
 }
 
-/// A process started in a pod. `pid` is `None` between the intent and the
-/// spawn; `start_time` (from `/proc/<pid>/stat`) tells a recycled pid apart.
+/// A process started in a pod or the node namespace. `pid` is `None`
+/// between the intent and the spawn; `start_time` (from `/proc/<pid>/stat`)
+/// tells a recycled pid apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProcessRecord {
-    /// The pod's network namespace.
+    /// The pod's (or the node's) network namespace.
     pub netns: String,
     pub role: Role,
     pub pid: Option<u32>,
@@ -73,6 +83,8 @@ pub(crate) struct State {
     /// The `trellis` process that ran `up`.
     pub up_pid: u32,
     pub proxy_bin: Option<PathBuf>,
+    #[serde(default)]
+    pub identity_bin: Option<PathBuf>,
     pub plan: Plan,
     /// True if `up` created `/etc/netns` itself (with a marker in it, so
     /// whichever mesh goes down last removes it).
@@ -81,7 +93,11 @@ pub(crate) struct State {
     pub netns: Vec<String>,
     /// `/etc/netns/<name>` directories.
     pub etc_dirs: Vec<PathBuf>,
+    /// Processes of pods: proxies and workloads.
     pub processes: Vec<ProcessRecord>,
+    /// Processes of the node namespace: the identity service, the node agent.
+    #[serde(default)]
+    pub node_processes: Vec<ProcessRecord>,
 }
 
 impl State {
@@ -97,11 +113,13 @@ impl State {
                 .unwrap_or(0),
             up_pid: std::process::id(),
             proxy_bin,
+            identity_bin: None,
             plan,
             created_etc_netns: false,
             netns: Vec::new(),
             etc_dirs: Vec::new(),
             processes: Vec::new(),
+            node_processes: Vec::new(),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! `mesh status` and `mesh list`: what a mesh is made of and whether each
-//! pod is live and ready, as a table or as JSON.
+//! pod is live and ready, as a table or as JSON — with the identity
+//! service, each proxy's certificate (its admin `/identity`), and the files
+//! each proxy reads.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::authz::ProxyPolicy;
 use super::plan::{PodPlan, ServicePlan};
-use super::state::{Phase, Role, State, Store};
-use super::{http, sys, table};
+use super::state::{Phase, ProcessRecord, Role, State, Store};
+use super::{http, ready, sys, table};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -23,6 +26,10 @@ pub(crate) struct MeshStatus {
     pub pod_cidr: String,
     pub service_cidr: String,
     pub node_netns: String,
+    /// `trellis-identity`, when pods are meshed.
+    pub identity_service: Option<IdentityServiceStatus>,
+    /// The node namespace's processes (identity service, node agent).
+    pub node_processes: Vec<ProcessStatus>,
     /// Every pod ready.
     pub ready: bool,
     pub pods: Vec<PodStatus>,
@@ -40,14 +47,67 @@ pub(crate) struct PodStatus {
     pub ipv6: Option<String>,
     pub meshed: bool,
     pub identity: String,
+    /// The default inbound policy in force: the policy file's, else the plan's.
     pub inbound_policy: String,
     pub admin_url: Option<String>,
     pub processes: Vec<ProcessStatus>,
     /// `None` for unmeshed pods.
     pub proxy_ready: Option<bool>,
+    /// `issued`, `pending` (no certificate yet), or why it is unknown;
+    /// `None` for unmeshed pods.
+    pub identity_state: Option<String>,
+    /// The proxy's current certificate, from its admin `/identity`.
+    pub certificate: Option<Certificate>,
     pub ports: Vec<u16>,
     pub ports_listening: bool,
+    /// Every declared probe answers 2xx/3xx from the node namespace.
+    pub probes_ok: bool,
+    /// The files the proxy reads (`None` for unmeshed pods).
+    pub policy_file: Option<String>,
+    pub destinations_file: Option<String>,
+    pub token_file: Option<String>,
+    pub roots_file: Option<String>,
     pub ready: bool,
+}
+
+/// What a proxy's admin `/identity` answers once it holds a certificate
+/// (other fields it sends are ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Certificate {
+    pub identity: String,
+    #[serde(default)]
+    pub serial: String,
+    /// RFC 3339 (the proxy may send RFC 3339 or unix seconds).
+    #[serde(default, deserialize_with = "rfc3339_or_unix")]
+    pub not_after: String,
+}
+
+/// A time as RFC 3339 text, from RFC 3339 text or unix seconds.
+fn rfc3339_or_unix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Unix(u64),
+        Text(String),
+    }
+    Ok(match Time::deserialize(d)? {
+        Time::Text(s) => s,
+        Time::Unix(secs) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string()
+        }
+    })
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IdentityServiceStatus {
+    pub addr: String,
+    pub admin_url: String,
+    pub server_identity: String,
+    pub ready: bool,
+    pub roots_file: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +133,19 @@ pub(crate) struct ServiceStatus {
 pub(crate) fn collect(store: &Store) -> MeshStatus {
     let s = &store.state;
     let pods: Vec<PodStatus> = s.plan.pods.iter().map(|p| pod_status(s, p)).collect();
+    let node_up = sys::netns_exists(&s.plan.node.netns);
+    let identity_service = s.plan.identity.as_ref().map(|id| IdentityServiceStatus {
+        addr: id.addr.to_string(),
+        admin_url: format!("http://{}", id.admin),
+        server_identity: id.server_identity.clone(),
+        ready: node_up
+            && http::get(&s.plan.node.netns, id.admin, "/ready", PROBE_TIMEOUT)
+                .is_ok_and(|r| r.status == 200),
+        roots_file: id.files.roots.display().to_string(),
+    });
+    let node_processes: Vec<ProcessStatus> = s.node_processes.iter().map(process_status).collect();
+    let node_ok =
+        node_processes.iter().all(|p| p.alive) && identity_service.as_ref().is_none_or(|i| i.ready);
     MeshStatus {
         name: s.mesh.clone(),
         phase: s.phase,
@@ -83,32 +156,72 @@ pub(crate) fn collect(store: &Store) -> MeshStatus {
         pod_cidr: s.plan.pod_cidr.to_string(),
         service_cidr: s.plan.service_cidr.to_string(),
         node_netns: s.plan.node.netns.clone(),
-        ready: s.phase == Phase::Ready && pods.iter().all(|p| p.ready),
+        identity_service,
+        node_processes,
+        ready: s.phase == Phase::Ready && node_ok && pods.iter().all(|p| p.ready),
         pods,
         services: s.plan.services.iter().map(service_status).collect(),
     }
 }
 
+fn process_status(p: &ProcessRecord) -> ProcessStatus {
+    ProcessStatus {
+        role: p.role,
+        pid: p.pid,
+        alive: p.pid.is_some_and(|pid| sys::is_alive(pid, p.start_time)),
+        log: p.log.display().to_string(),
+    }
+}
+
+/// The proxy's certificate: `(state, certificate)`.
+pub(crate) fn certificate(
+    node_netns: &str,
+    admin: std::net::SocketAddr,
+) -> (String, Option<Certificate>) {
+    match http::get(node_netns, admin, "/identity", PROBE_TIMEOUT) {
+        Ok(r) if r.status == 200 => match serde_json::from_slice::<Certificate>(&r.body) {
+            Ok(c) => ("issued".to_string(), Some(c)),
+            Err(e) => (format!("unreadable /identity answer: {e}"), None),
+        },
+        Ok(r) if r.status == 503 => ("pending".to_string(), None),
+        Ok(r) if r.status == 404 => ("unknown (the proxy has no /identity)".to_string(), None),
+        Ok(r) => (format!("/identity answers {}", r.status), None),
+        Err(e) => (format!("unreachable: {e}"), None),
+    }
+}
+
 fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
     let exists = sys::netns_exists(&pod.netns);
+    let node = &state.plan.node.netns;
     let processes: Vec<ProcessStatus> = state
         .processes
         .iter()
         .filter(|p| p.netns == pod.netns)
-        .map(|p| ProcessStatus {
-            role: p.role,
-            pid: p.pid,
-            alive: p.pid.is_some_and(|pid| sys::is_alive(pid, p.start_time)),
-            log: p.log.display().to_string(),
-        })
+        .map(process_status)
         .collect();
     let proxy_ready = pod.proxy.as_ref().map(|proxy| {
         exists
-            && http::get(&state.plan.node.netns, proxy.admin, "/ready", PROBE_TIMEOUT)
-                .is_ok_and(|r| r.status == 200)
+            && http::get(node, proxy.admin, "/ready", PROBE_TIMEOUT).is_ok_and(|r| r.status == 200)
     });
+    let (identity_state, certificate) = match &pod.proxy {
+        Some(proxy) if exists => {
+            let (st, cert) = certificate(node, proxy.admin);
+            (Some(st), cert)
+        }
+        Some(_) => (Some("pod is gone".to_string()), None),
+        None => (None, None),
+    };
+    let files = pod.proxy.as_ref().and_then(|p| p.files.as_ref());
+    let shown = |f: fn(&super::identity::PodFiles) -> &std::path::Path| {
+        files.map(|x| f(x).display().to_string())
+    };
+    let in_force = files
+        .and_then(|f| std::fs::read(&f.policy).ok())
+        .and_then(|b| serde_json::from_slice::<ProxyPolicy>(&b).ok())
+        .map_or(pod.inbound_policy, |p| p.default_policy);
     let ports_listening = exists
         && sys::listening_ports(&pod.netns).is_ok_and(|l| pod.ports.iter().all(|p| l.contains(p)));
+    let probes_ok = pod.probes.is_empty() || (exists && ready::probes_failing(node, pod).is_none());
     let expected = if pod.meshed { 2 } else { 1 };
     let live = processes.iter().filter(|p| p.alive).count();
     PodStatus {
@@ -120,13 +233,24 @@ fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
         ipv6: pod.ipv6.map(|v| v.to_string()),
         meshed: pod.meshed,
         identity: pod.identity.clone(),
-        inbound_policy: pod.inbound_policy.to_string(),
+        inbound_policy: in_force.to_string(),
         admin_url: pod.proxy.as_ref().map(|p| format!("http://{}", p.admin)),
-        ready: exists && live == expected && proxy_ready != Some(false) && ports_listening,
+        ready: exists
+            && live == expected
+            && proxy_ready != Some(false)
+            && ports_listening
+            && probes_ok,
         processes,
         proxy_ready,
+        identity_state,
+        certificate,
         ports: pod.ports.clone(),
         ports_listening,
+        probes_ok,
+        policy_file: shown(|f| &f.policy),
+        destinations_file: shown(|f| &f.destinations),
+        token_file: shown(|f| &f.token),
+        roots_file: shown(|f| &f.roots),
     }
 }
 
@@ -163,6 +287,16 @@ pub(crate) fn render(st: &MeshStatus) -> String {
         st.default_inbound_policy,
         st.node_netns
     );
+    if let Some(id) = &st.identity_service {
+        out.push_str(&format!(
+            "identity service {} ({}) at {}, admin {}; roots {}\n\n",
+            id.server_identity,
+            if id.ready { "ready" } else { "NOT READY" },
+            id.addr,
+            id.admin_url,
+            id.roots_file
+        ));
+    }
     let rows: Vec<Vec<String>> = st
         .pods
         .iter()
@@ -185,8 +319,15 @@ pub(crate) fn render(st: &MeshStatus) -> String {
                 "no (proxy)".to_string()
             } else if !p.ports_listening {
                 "no (ports)".to_string()
+            } else if !p.probes_ok {
+                "no (probes)".to_string()
             } else {
                 "no".to_string()
+            };
+            let cert = match (&p.certificate, &p.identity_state) {
+                (Some(c), _) => format!("until {}", c.not_after),
+                (None, Some(state)) => state.clone(),
+                (None, None) => "-".to_string(),
             };
             vec![
                 format!("{}/{}", p.namespace, p.name),
@@ -194,6 +335,12 @@ pub(crate) fn render(st: &MeshStatus) -> String {
                 p.ip.clone(),
                 yes_no(p.meshed),
                 p.identity.clone(),
+                cert,
+                if p.meshed {
+                    p.inbound_policy.clone()
+                } else {
+                    "-".to_string()
+                },
                 p.admin_url.clone().unwrap_or_else(|| "-".into()),
                 procs,
                 ready,
@@ -207,6 +354,8 @@ pub(crate) fn render(st: &MeshStatus) -> String {
             "ADDRESS",
             "MESHED",
             "IDENTITY",
+            "CERTIFICATE",
+            "POLICY",
             "ADMIN",
             "PROCESSES",
             "READY",
@@ -243,4 +392,24 @@ pub(crate) fn render(st: &MeshStatus) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_proxys_identity_answer() {
+        let unix: Certificate = serde_json::from_str(
+            r#"{"identity":"spiffe://cluster.local/ns/e2e/sa/web","notAfter":1795927204,"notBefore":1795840744,"serial":"5db8","state":"ready","trustRoots":"sha256:d1"}"#,
+        )
+        .unwrap();
+        assert_eq!(unix.not_after, "2026-11-29T04:40:04Z");
+        assert_eq!(unix.serial, "5db8");
+        let text: Certificate = serde_json::from_str(
+            r#"{"identity":"spiffe://x/ns/a/sa/b","serial":"01","notAfter":"2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(text.not_after, "2030-01-01T00:00:00Z");
+    }
 }

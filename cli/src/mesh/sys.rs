@@ -285,6 +285,52 @@ pub(crate) fn iptables_mode() -> Result<&'static str, SysError> {
     })
 }
 
+/// Writes `bytes` to `path` atomically (a temporary file beside it, then a
+/// rename, so a reader — a proxy polling the file — never sees half of it),
+/// with `mode`, and owned by `uid` when given.
+pub(crate) fn write_file_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        // The umask may have narrowed `mode`.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(uid))?;
+        }
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+/// Creates `dir` (and missing parents) and gives it `mode`.
+pub(crate) fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))
+}
+
 /// Is this process root? Namespaces and iptables need it.
 pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -355,6 +401,26 @@ mod tests {
         assert!(tail(&path, 2).contains("is empty"));
         fs::remove_file(&path).unwrap();
         assert!(tail(&path, 2).contains("no log"));
+    }
+
+    #[test]
+    fn writes_files_atomically_with_mode_and_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("trellis-atomic-{}", std::process::id()));
+        create_dir_mode(&dir.join("sub"), 0o755).unwrap();
+        let path = dir.join("sub").join("token");
+        let me = nix::unistd::getuid().as_raw();
+        write_file_atomic(&path, b"one", 0o400, Some(me)).unwrap();
+        write_file_atomic(&path, b"two", 0o400, Some(me)).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+        assert_eq!(meta.uid(), me);
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let left: Vec<_> = fs::read_dir(dir.join("sub")).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+        let err = write_file_atomic(&dir.join("missing").join("x"), b"", 0o644, None).unwrap_err();
+        assert!(err.to_string().contains("missing/x"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -22,15 +22,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+use super::identity::IdentityPlan;
 use super::interrupt::Interrupt;
 use super::plan::{self, Plan, PodPlan};
-use super::ready::{indent, wait_ready, Check, Started};
+use super::ready::{indent, wait_identity, wait_ready, Check, Started};
 use super::spec::Checked;
 use super::state::{self, Phase, ProcessRecord, Role, State, Store};
-use super::{down, sys, Progress};
+use super::{down, files, sys, Progress};
 
 /// Environment variable naming the proxy binary (else: beside `trellis`).
 pub(crate) const PROXY_BIN_ENV: &str = "TRELLIS_PROXY_BIN";
+/// Environment variable naming the identity service's binary (else: beside
+/// `trellis`).
+pub(crate) const IDENTITY_BIN_ENV: &str = "TRELLIS_IDENTITY_BIN";
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
@@ -46,16 +50,30 @@ pub(crate) struct UpOptions {
 pub(crate) struct Binaries {
     pub trellis: PathBuf,
     pub proxy: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
 }
 
 impl Binaries {
-    pub(crate) fn find(need_proxy: bool) -> anyhow::Result<Self> {
+    /// `trellis` itself, and when pods are meshed, `trellis-proxy` and
+    /// `trellis-identity`.
+    pub(crate) fn find(meshed: bool) -> anyhow::Result<Self> {
         let trellis = std::env::current_exe().context("cannot find the trellis binary itself")?;
-        if !need_proxy {
+        if !meshed {
             return Ok(Self {
                 trellis,
                 proxy: None,
+                identity: None,
             });
+        }
+        let identity = match std::env::var_os(IDENTITY_BIN_ENV) {
+            Some(p) => PathBuf::from(p),
+            None => trellis.with_file_name("trellis-identity"),
+        };
+        if !identity.is_file() {
+            bail!(
+                "meshed workloads need trellis-identity, not found at {} (build it with `cargo build --workspace`, or set {IDENTITY_BIN_ENV})",
+                identity.display()
+            );
         }
         let proxy = match std::env::var_os(PROXY_BIN_ENV) {
             Some(p) => PathBuf::from(p),
@@ -77,6 +95,7 @@ impl Binaries {
         Ok(Self {
             trellis,
             proxy: Some(proxy),
+            identity: Some(identity),
         })
     }
 }
@@ -100,7 +119,9 @@ pub(crate) fn up(
         .into());
     }
     let iptables_mode = preflight(&plan, meshed)?;
-    let mut store = Store::create(State::new(plan, opts.source.clone(), bins.proxy.clone()))?;
+    let mut state = State::new(plan, opts.source.clone(), bins.proxy.clone());
+    state.identity_bin = bins.identity.clone();
+    let mut store = Store::create(state)?;
     progress.step(&format!("state in {}", store.dir().display()));
     match make(&mut store, &bins, iptables_mode, opts, interrupt, progress) {
         Ok(()) => {
@@ -170,6 +191,19 @@ fn make(
 ) -> anyhow::Result<()> {
     let plan = store.state.plan.clone();
     make_node(store, &plan, progress)?;
+    // The mesh CA and the identity service first: it starts while the pods
+    // are made.
+    let mut identity = None;
+    if let (Some(id), Some(bin)) = (&plan.identity, &bins.identity) {
+        let signer = files::make_ca(store.dir(), &plan, id)?;
+        progress.step(&format!(
+            "mesh CA (trust domain {}) and token-signing key in {}",
+            plan.trust_domain,
+            store.dir().display()
+        ));
+        let started = start_identity(store, &plan, id, bin)?;
+        identity = Some((id, started, signer));
+    }
     for pod in &plan.pods {
         interrupted(interrupt)?;
         make_pod(store, &plan, pod)?;
@@ -201,8 +235,27 @@ fn make(
 
     let deadline = Instant::now() + opts.timeout;
     let mut children = Vec::new();
-    if let Some(bin) = &bins.proxy {
-        for pod in plan.pods.iter().filter(|p| p.meshed) {
+    if let (Some(bin), Some((id, mut started, signer))) = (&bins.proxy, identity) {
+        wait_identity(
+            id.admin,
+            &plan.node.netns,
+            &mut started,
+            deadline,
+            interrupt,
+            progress,
+        )?;
+        children.push(started);
+        let meshed: Vec<&PodPlan> = plan.pods.iter().filter(|p| p.meshed).collect();
+        for pod in &meshed {
+            files::write_pod_files(&plan, pod, &signer)?;
+        }
+        progress.step(&format!(
+            "tokens, policy and destinations files written for {} meshed pod(s); {} meshed destination(s)",
+            meshed.len(),
+            plan.destinations.destinations.len()
+        ));
+        children.push(start_node_agent(store, &plan, &bins.trellis)?);
+        for pod in meshed {
             interrupted(interrupt)?;
             children.push(start_proxy(store, pod, bin)?);
         }
@@ -402,18 +455,59 @@ fn run_init(
     }
 }
 
+/// Where a process runs: in a pod, or in the node namespace.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Pod(&'a PodPlan),
+    Node(&'a Plan),
+}
+
+impl Place<'_> {
+    fn netns(&self) -> &str {
+        match self {
+            Place::Pod(p) => &p.netns,
+            Place::Node(plan) => &plan.node.netns,
+        }
+    }
+
+    /// `demo/web-0`, or `node`.
+    fn label(&self) -> String {
+        match self {
+            Place::Pod(p) => p.qualified_name(),
+            Place::Node(_) => "node".to_string(),
+        }
+    }
+
+    fn log(&self, store: &Store, role: Role) -> PathBuf {
+        match self {
+            Place::Pod(p) => log_path(store, p, role.as_str()),
+            Place::Node(_) => store.logs_dir().join(format!("node.{}.log", role.as_str())),
+        }
+    }
+}
+
+/// Starts a long-running process, recorded in the state before it exists
+/// (pods' processes and the node's in separate lists).
 fn spawn(
     store: &mut Store,
-    pod: &PodPlan,
+    place: Place<'_>,
     role: Role,
     argv: Vec<String>,
     env: BTreeMap<String, String>,
 ) -> anyhow::Result<Started> {
-    let log = log_path(store, pod, role.as_str());
-    let record = store.state.processes.len();
+    let log = place.log(store, role);
+    let node = matches!(place, Place::Node(_));
+    fn list(s: &mut State, node: bool) -> &mut Vec<ProcessRecord> {
+        if node {
+            &mut s.node_processes
+        } else {
+            &mut s.processes
+        }
+    }
+    let record = list(&mut store.state, node).len();
     store.update(|s| {
-        s.processes.push(ProcessRecord {
-            netns: pod.netns.clone(),
+        list(s, node).push(ProcessRecord {
+            netns: place.netns().to_string(),
             role,
             pid: None,
             start_time: None,
@@ -433,20 +527,58 @@ fn spawn(
         .stderr(err)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {} of pod {}", role.as_str(), pod.qualified_name()))?;
+        .with_context(|| format!("starting the {} of {}", role.as_str(), place.label()))?;
     let pid = child.id();
     let start = sys::start_time(pid);
     store.update(|s| {
-        s.processes[record].pid = Some(pid);
-        s.processes[record].start_time = start;
+        let r = &mut list(s, node)[record];
+        r.pid = Some(pid);
+        r.start_time = start;
     })?;
     Ok(Started {
-        record,
-        pod: pod.qualified_name(),
+        pod: place.label(),
         role,
+        argv,
         log,
         child,
     })
+}
+
+/// `trellis-identity` in the node namespace, as root (it reads the
+/// issuer's key).
+fn start_identity(
+    store: &mut Store,
+    plan: &Plan,
+    id: &IdentityPlan,
+    bin: &Path,
+) -> anyhow::Result<Started> {
+    let argv = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        plan.node.netns.clone(),
+        bin.to_string_lossy().into_owned(),
+    ];
+    let mut env = base_env();
+    env.extend(id.env.clone());
+    spawn(store, Place::Node(plan), Role::Identity, argv, env)
+}
+
+/// `trellis mesh node-agent` in the node namespace: keeps pods' tokens
+/// fresh, as the kubelet does for projected tokens.
+fn start_node_agent(store: &mut Store, plan: &Plan, trellis: &Path) -> anyhow::Result<Started> {
+    let argv = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        plan.node.netns.clone(),
+        trellis.to_string_lossy().into_owned(),
+        "mesh".into(),
+        "node-agent".into(),
+        "--name".into(),
+        plan.mesh.clone(),
+    ];
+    spawn(store, Place::Node(plan), Role::NodeAgent, argv, base_env())
 }
 
 fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {
@@ -469,7 +601,7 @@ fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<S
     let mut env = base_env();
     env.insert("HOME".into(), "/".into());
     env.extend(proxy.env.clone());
-    spawn(store, pod, Role::Proxy, argv.to_vec(), env)
+    spawn(store, Place::Pod(pod), Role::Proxy, argv.to_vec(), env)
 }
 
 fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
@@ -482,5 +614,5 @@ fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
     argv.extend(pod.command.iter().cloned());
     let mut env = base_env();
     env.extend(pod.env.clone());
-    spawn(store, pod, Role::Workload, argv, env)
+    spawn(store, Place::Pod(pod), Role::Workload, argv, env)
 }
