@@ -96,6 +96,7 @@ async fn identity(State(s): State<Arc<AdminState>>) -> Response {
             "serial": info.serial,
             "notBefore": unix(info.not_before),
             "notAfter": unix(info.not_after),
+            "issuer": info.issuer_fingerprint,
             "trustRoots": creds.roots().fingerprint(),
         }))
         .into_response(),

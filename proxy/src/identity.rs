@@ -6,7 +6,11 @@
 //! since the kubelet rotates it) for a certificate from the identity
 //! service. It renews at about 70 % of the certificate's lifetime, with
 //! jitter so a fleet does not renew in step; a failed renewal keeps the
-//! current certificate and retries with exponential backoff.
+//! current certificate and retries with jittered exponential backoff, never
+//! waiting so long that the certificate could expire between two attempts
+//! (the wait is capped at an eighth of the time it has left). Each attempt
+//! is bounded, so an identity service that accepts connections but never
+//! answers cannot stall renewal.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -35,6 +39,8 @@ pub enum IdentityError {
     },
     #[error(transparent)]
     Connect(#[from] trellis_api::client::ConnectError),
+    #[error("no answer from the identity service within {0:?}")]
+    Timeout(Duration),
     #[error("the identity service refused: {0}")]
     Refused(#[from] tonic::Status),
     #[error("the issued certificate is not usable: {0}")]
@@ -44,6 +50,11 @@ pub enum IdentityError {
 /// Shortest and longest wait between failed attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest wait between attempts while the proxy has no usable certificate
+/// (it serves no meshed traffic until it gets one).
+const BACKOFF_MAX_UNCERTIFIED: Duration = Duration::from_secs(10);
+/// How long one attempt (connect, handshake, `Certify`) may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Obtains and renews this proxy's certificate until shutdown.
 pub async fn run(
@@ -68,7 +79,11 @@ pub async fn run(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let wait = match certify(&config, &creds, &key, &csr).await {
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, certify(&config, &creds, &key, &csr));
+        let result = attempt
+            .await
+            .unwrap_or(Err(IdentityError::Timeout(ATTEMPT_TIMEOUT)));
+        let wait = match result {
             Ok(info) => {
                 metrics
                     .identity
@@ -81,7 +96,8 @@ pub async fn run(
                     not_after = unix_secs(info.not_after), "certificate issued"
                 );
                 backoff = BACKOFF_MIN;
-                renew_after(&info, SystemTime::now(), jitter())
+                let now = SystemTime::now();
+                renew_after(&info, now, now, jitter())
             }
             Err(e) => {
                 metrics
@@ -90,10 +106,10 @@ pub async fn run(
                     .get_or_create(&RenewalLabels { result: "error" })
                     .inc();
                 tracing::warn!(
-                    error = %e, retry_in = ?backoff, keeping_current = creds.is_ready(),
+                    error = %e, keeping_current = creds.is_ready(),
                     "certificate request failed"
                 );
-                let wait = backoff;
+                let wait = retry_wait(backoff, creds.info().as_ref(), SystemTime::now(), jitter());
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait
             }
@@ -138,21 +154,41 @@ async fn certify(
     Ok(creds.set(key, chain)?)
 }
 
-/// When to renew: 70 % of the way through the certificate's life, moved by
-/// `jitter` (−1.0 to 1.0) times 10 % of the lifetime; never sooner than
-/// one second from `now`.
-fn renew_after(info: &CertInfo, now: SystemTime, jitter: f64) -> Duration {
-    let life = info
-        .not_after
-        .duration_since(info.not_before)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let at = life * (0.7 + 0.1 * jitter.clamp(-1.0, 1.0));
-    let renew_at = info.not_before + Duration::from_secs_f64(at);
+/// When to renew: 70 % of the way from `received` (when the certificate
+/// arrived) to its expiry, moved by `jitter` (−1.0 to 1.0) times 10 % of
+/// that time; never sooner than one second from `now`. The lifetime is
+/// measured from arrival rather than from `notBefore` because the identity
+/// service back-dates `notBefore` for clock skew: with short certificates
+/// that would otherwise pull renewal far forward.
+fn renew_after(info: &CertInfo, received: SystemTime, now: SystemTime, jitter: f64) -> Duration {
+    let start = received.max(info.not_before);
+    let life = info.not_after.duration_since(start).unwrap_or_default();
+    let renew_at = start + life.mul_f64(0.7 + 0.1 * jitter.clamp(-1.0, 1.0));
     renew_at
         .duration_since(now)
         .unwrap_or_default()
         .max(Duration::from_secs(1))
+}
+
+/// How long to wait after a failed attempt: `backoff` with equal jitter
+/// (half fixed, half random, so a fleet that lost the identity service
+/// together does not come back in step), capped so that a valid
+/// certificate gets several more attempts before it expires, and capped
+/// lower while there is no valid certificate at all.
+fn retry_wait(
+    backoff: Duration,
+    current: Option<&CertInfo>,
+    now: SystemTime,
+    jitter: f64,
+) -> Duration {
+    let spread = 0.75 + 0.25 * jitter.clamp(-1.0, 1.0);
+    let wait = backoff.mul_f64(spread);
+    let cap = match current.and_then(|c| c.not_after.duration_since(now).ok()) {
+        Some(left) if !left.is_zero() => (left / 8).clamp(BACKOFF_MIN, BACKOFF_MAX),
+        _ => BACKOFF_MAX_UNCERTIFIED,
+    };
+    // Both caps are at least BACKOFF_MIN, so the range is never empty.
+    wait.clamp(BACKOFF_MIN, cap)
 }
 
 /// A random number in −1.0..1.0, different in every process.
@@ -178,6 +214,7 @@ mod tests {
             serial: "01".into(),
             not_before: start,
             not_after: start + Duration::from_secs(secs),
+            issuer_fingerprint: String::new(),
         }
     }
 
@@ -185,18 +222,68 @@ mod tests {
     fn renews_at_seventy_percent_within_jitter() {
         let i = info(1000);
         let now = i.not_before;
-        assert_eq!(renew_after(&i, now, 0.0), Duration::from_secs(700));
-        assert_eq!(renew_after(&i, now, 1.0), Duration::from_secs(800));
-        assert_eq!(renew_after(&i, now, -1.0), Duration::from_secs(600));
+        assert_eq!(renew_after(&i, now, now, 0.0), Duration::from_secs(700));
+        assert_eq!(renew_after(&i, now, now, 1.0), Duration::from_secs(800));
+        assert_eq!(renew_after(&i, now, now, -1.0), Duration::from_secs(600));
         // Already past the renewal point: renew promptly.
+        let late = now + Duration::from_secs(900);
+        assert_eq!(renew_after(&i, now, late, 0.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn back_dated_certificates_renew_at_seventy_percent_of_what_is_left() {
+        // 30 s of life from arrival, back-dated by a minute for clock skew:
+        // renewal 21 s after arrival, not 70 % of the 90 s the fields span.
+        let received = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000);
+        let i = CertInfo {
+            serial: "02".into(),
+            not_before: received - Duration::from_secs(60),
+            not_after: received + Duration::from_secs(30),
+            issuer_fingerprint: String::new(),
+        };
         assert_eq!(
-            renew_after(&i, now + Duration::from_secs(900), 0.0),
-            Duration::from_secs(1)
+            renew_after(&i, received, received, 0.0),
+            Duration::from_secs(21)
+        );
+        // Asked again 10 s later (same certificate): 11 s to go.
+        let later = received + Duration::from_secs(10);
+        assert_eq!(
+            renew_after(&i, received, later, 0.0),
+            Duration::from_secs(11)
         );
         for _ in 0..100 {
             let j = jitter();
             assert!((-1.0..=1.0).contains(&j));
         }
+    }
+
+    #[test]
+    fn retry_waits_back_off_but_never_past_the_certificate() {
+        let i = info(30);
+        let s = Duration::from_secs;
+        // A fresh 30 s certificate: the cap is an eighth of what is left.
+        let at = |secs| i.not_before + s(secs);
+        assert_eq!(retry_wait(s(1), Some(&i), at(0), 0.0), s(1) * 3 / 4);
+        assert_eq!(retry_wait(s(60), Some(&i), at(0), 1.0), s(30) / 8);
+        // Late in its life (renewal failed at 70 %): still several tries left.
+        assert_eq!(retry_wait(s(8), Some(&i), at(22), 1.0), s(1));
+        // Almost expired: as fast as BACKOFF_MIN allows.
+        assert_eq!(retry_wait(s(8), Some(&i), at(29), 1.0), BACKOFF_MIN);
+        // Long certificates: the ordinary cap.
+        let day = info(86_400);
+        assert_eq!(
+            retry_wait(s(120), Some(&day), day.not_before, 1.0),
+            BACKOFF_MAX
+        );
+        // No certificate, or an expired one: at most ten seconds.
+        assert_eq!(retry_wait(s(60), None, at(0), 1.0), BACKOFF_MAX_UNCERTIFIED);
+        assert_eq!(
+            retry_wait(s(60), Some(&i), at(31), 1.0),
+            BACKOFF_MAX_UNCERTIFIED
+        );
+        // Jitter spreads the wait between 50 % and 100 % of the backoff.
+        assert_eq!(retry_wait(s(4), None, at(0), -1.0), s(2));
+        assert_eq!(retry_wait(s(4), None, at(0), 1.0), s(4));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,19 @@ impl Mesh {
         let mut args = vec!["mesh", "exec", "--name", &self.name, pod, "--"];
         args.extend_from_slice(argv);
         trellis(&args)
+    }
+
+    /// Starts `argv` inside `pod`'s network namespace in the background,
+    /// its stdout and stderr piped; the caller waits for it (every command
+    /// a test starts this way must be bounded, e.g. `app load --duration`).
+    pub fn spawn(&self, pod: &str, argv: &[&str]) -> Child {
+        let mut args = vec!["mesh", "exec", "--name", &self.name, pod, "--"];
+        args.extend_from_slice(argv);
+        trellis_command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs `argv` in `pod` and returns its stdout; fails the test if it fails.
@@ -215,12 +228,33 @@ impl Drop for Mesh {
 }
 
 pub fn trellis(args: &[&str]) -> Output {
-    Command::new(bin("trellis"))
-        .args(args)
+    trellis_command(args).output().unwrap()
+}
+
+/// `trellis ARGS…`, told where this build's proxy and identity service are.
+fn trellis_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("trellis"));
+    cmd.args(args)
         .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))
-        .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"))
-        .output()
-        .unwrap()
+        .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"));
+    cmd
+}
+
+/// Waits for a command started with [`Mesh::spawn`] and parses the last
+/// line of its stdout as JSON (the `trellis app` clients' summary); fails
+/// the test if it failed or printed none.
+pub fn json_summary(child: Child, what: &str) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    match last.map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(v)) => v,
+        _ => panic!(
+            "{what} printed no JSON summary ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            out.status
+        ),
+    }
 }
 
 /// Prometheus text, with lookups by metric name and label values.
@@ -241,7 +275,9 @@ impl Metrics {
                         .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
             })
             .map(|(_, _, v)| v)
-            .sum()
+            // `+ 0.0`: an empty f64 sum is -0.0, which prints oddly.
+            .sum::<f64>()
+            + 0.0
     }
 }
 

@@ -22,12 +22,21 @@ fn netns_demo_runs_shows_golden_metrics_over_mtls_and_cleans_up() {
             .rev()
             .find(|l| l.starts_with(workload))
             .unwrap_or_else(|| panic!("no row for {workload}:\n{all}"));
-        assert!(row.trim_end().ends_with("true"), "{workload} not over mTLS: {row}");
+        assert!(
+            row.trim_end().ends_with("true"),
+            "{workload} not over mTLS: {row}"
+        );
     }
     assert!(all.contains("mail banner ok"), "{all}");
     assert!(all.contains("everything it made is removed"), "{all}");
-    let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
     let left = String::from_utf8_lossy(&netns.stdout);
-    assert!(!left.contains("trls-demo"), "namespaces left behind: {left}");
+    assert!(
+        !left.contains("trls-demo"),
+        "namespaces left behind: {left}"
+    );
     assert!(!std::path::Path::new("/run/trellis/meshes/demo").exists());
 }

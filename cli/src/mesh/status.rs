@@ -81,6 +81,12 @@ pub(crate) struct Certificate {
     /// RFC 3339 (the proxy may send RFC 3339 or unix seconds).
     #[serde(default, deserialize_with = "rfc3339_or_unix")]
     pub not_after: String,
+    /// Fingerprint of the issuer that signed it (`sha256:…`).
+    #[serde(default)]
+    pub issuer: String,
+    /// Fingerprint of the trust-root bundle the proxy holds now.
+    #[serde(default)]
+    pub trust_roots: String,
 }
 
 /// A time as RFC 3339 text, from RFC 3339 text or unix seconds.

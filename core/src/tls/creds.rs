@@ -9,7 +9,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use sha2::{Digest, Sha256};
 
+use super::roots::hex;
 use super::verify::{verify_chain, Leaf, Usage};
 use super::{provider, TlsError, TrustRoots};
 use crate::spiffe::SpiffeId;
@@ -22,6 +24,10 @@ pub struct CertInfo {
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// `sha256:<hex>` of the certificate that signed it (the first
+    /// intermediate of the chain; empty without one): tells which issuer a
+    /// workload's certificate comes from, e.g. during a CA rotation.
+    pub issuer_fingerprint: String,
 }
 
 /// This workload's SPIFFE ID and its current certificate and key.
@@ -72,6 +78,13 @@ impl Credentials {
         verify_chain(&self.roots, leaf_der, intermediates, now, Usage::Server)?;
         verify_chain(&self.roots, leaf_der, intermediates, now, Usage::Client)?;
 
+        let issuer_fingerprint = intermediates
+            .first()
+            .map(|c| {
+                let hash: [u8; 32] = Sha256::digest(c.as_ref()).into();
+                format!("sha256:{}", hex(&hash))
+            })
+            .unwrap_or_default();
         let signing_key = provider()
             .key_provider
             .load_private_key(key_der)
@@ -93,6 +106,7 @@ impl Credentials {
             serial: leaf.serial,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
+            issuer_fingerprint,
         };
         self.current.store(Some(Arc::new(Current {
             key: Arc::new(key),
