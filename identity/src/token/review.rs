@@ -195,6 +195,101 @@ mod tests {
         }
     }
 
+    type Mock = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<String>>;
+
+    /// A verifier whose API server is a kube-rs mock service: the test
+    /// sees each request and answers it.
+    fn mock_verifier() -> (TokenReviewVerifier, Mock) {
+        let (svc, handle) = tower_test::mock::pair();
+        let client = kube::Client::new(svc, "default");
+        (
+            TokenReviewVerifier::new(client, "identity.trellis.dev"),
+            handle,
+        )
+    }
+
+    /// Takes the next request, checks it is the TokenReview kube-rs must
+    /// send for `token`, and answers `status` with HTTP `code`.
+    async fn answer_review(
+        handle: &mut Mock,
+        token: &str,
+        code: u16,
+        status: Option<TokenReviewStatus>,
+    ) {
+        let (req, send) = handle.next_request().await.expect("a TokenReview request");
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(
+            req.uri().path(),
+            "/apis/authentication.k8s.io/v1/tokenreviews"
+        );
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let review: TokenReview = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review.spec.token.as_deref(), Some(token));
+        assert_eq!(
+            review.spec.audiences,
+            Some(vec!["identity.trellis.dev".to_string()])
+        );
+        let body = if code == 201 {
+            serde_json::to_string(&TokenReview { status, ..review }).unwrap()
+        } else {
+            // What the API server sends on refusal: a Status object.
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "tokenreviews.authentication.k8s.io is forbidden",
+                "reason": "Forbidden", "code": code
+            })
+            .to_string()
+        };
+        send.send_response(http::Response::builder().status(code).body(body).unwrap());
+    }
+
+    #[tokio::test]
+    async fn reviews_through_the_api_server_and_caches_the_answer() {
+        let (verifier, mut api) = mock_verifier();
+        let sa = ServiceAccount {
+            namespace: "demo".into(),
+            name: "web".into(),
+        };
+        let ok = status(
+            Some(true),
+            Some(&["identity.trellis.dev"]),
+            Some("system:serviceaccount:demo:web"),
+        );
+        let (got, ()) = tokio::join!(
+            verifier.verify("token-a"),
+            answer_review(&mut api, "token-a", 201, Some(ok))
+        );
+        assert_eq!(got, Ok(sa.clone()));
+        // The same token again: answered from the cache, no request.
+        assert_eq!(verifier.verify("token-a").await, Ok(sa));
+
+        // Refused by the API server, and the API server refusing us.
+        let no = status(Some(false), None, None);
+        let (got, ()) = tokio::join!(
+            verifier.verify("token-b"),
+            answer_review(&mut api, "token-b", 201, Some(no))
+        );
+        assert_eq!(got.unwrap_err().reason(), "not_authenticated");
+        let (got, ()) = tokio::join!(
+            verifier.verify("token-c"),
+            answer_review(&mut api, "token-c", 403, None)
+        );
+        let err = got.unwrap_err();
+        assert_eq!(err.reason(), "token_review_unavailable");
+        assert!(err.to_string().contains("forbidden"), "{err}");
+        // Refusals are not cached: the next try asks again.
+        let ok = status(
+            Some(true),
+            Some(&["identity.trellis.dev"]),
+            Some("system:serviceaccount:demo:api"),
+        );
+        let (got, ()) = tokio::join!(
+            verifier.verify("token-c"),
+            answer_review(&mut api, "token-c", 201, Some(ok))
+        );
+        assert_eq!(got.unwrap().name, "api");
+    }
+
     #[test]
     fn unverified_exp_reads_only_well_formed_payloads() {
         let payload = URL_SAFE_NO_PAD.encode(br#"{"exp":1234}"#);
