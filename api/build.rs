@@ -2,7 +2,7 @@
 //! compiler, so no system `protoc` is needed) and tonic-prost-build.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/identity.proto"];
+    let protos = ["proto/identity.proto", "proto/discovery.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

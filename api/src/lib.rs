@@ -5,6 +5,10 @@
 //!   [`identity::v1::identity_client::IdentityClient`] and
 //!   [`identity::v1::identity_server::IdentityServer`] are the client and the
 //!   server wrapper; `trellis-identity` implements the server.
+//! - [`discovery::v1`]: the controller's `Discovery` service: streams of
+//!   snapshots resolving a destination (endpoints, identities, routes,
+//!   timeouts, retries) and a pod's inbound policy. `trellis-controller`
+//!   implements the server; the proxy is the client.
 //! - [`client::connect`]: a channel to the identity service over TLS 1.3
 //!   that accepts the server only by its SPIFFE ID (used by the proxy).
 
@@ -15,6 +19,14 @@ pub mod identity {
         // Generated code: its style is prost's and tonic's, not ours.
         #![allow(clippy::all, clippy::pedantic, missing_docs)]
         tonic::include_proto!("trellis.identity.v1");
+    }
+}
+
+pub mod discovery {
+    pub mod v1 {
+        // Generated code: its style is prost's and tonic's, not ours.
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("trellis.discovery.v1");
     }
 }
 
