@@ -50,6 +50,10 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (DESTINATIONS_FILE, "", "JSON list of meshed destinations and their identities (local mesh; the controller takes over in issue 4)"),
     (POLICY_FILE, "", "JSON inbound policy of this pod; reloaded when it changes"),
     (DEFAULT_INBOUND_POLICY, "all-unauthenticated", "inbound policy when no policy file is given: all-unauthenticated, all-authenticated, deny, audit"),
+    (CONTROLLER_ADDR, "", "controller address (host:port): destinations, routes and the inbound policy come from it (the files above stay as fallback); unset: files only"),
+    (POD_NAMESPACE, "", "this pod's namespace (required with a controller)"),
+    (POD_NAME, "", "this pod's name (required with a controller)"),
+    (RESOLVE_TIMEOUT, "1s", "how long the first connection to a destination waits for the controller's answer before it is forwarded as unknown (duration)"),
 ];
 
 pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
@@ -75,6 +79,10 @@ pub const TRUST_ROOTS_FILE: &str = "TRELLIS_PROXY_TRUST_ROOTS_FILE";
 pub const DESTINATIONS_FILE: &str = "TRELLIS_PROXY_DESTINATIONS_FILE";
 pub const POLICY_FILE: &str = "TRELLIS_PROXY_POLICY_FILE";
 pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY";
+pub const CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
+pub const POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
+pub const POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
+pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -107,6 +115,17 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     #[serde(serialize_with = "ser_display")]
     pub default_inbound_policy: DefaultPolicy,
+    /// Present when a controller streams destinations and policy.
+    pub controller: Option<ControllerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerConfig {
+    pub addr: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub resolve_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,6 +170,7 @@ impl Config {
             policy_file: r.get::<String>(POLICY_FILE, String::new()).non_empty_path(),
             default_inbound_policy: r
                 .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
+            controller: None,
         };
         let mut cfg = cfg;
         let addr: String = r.get(IDENTITY_ADDR, String::new());
@@ -187,6 +207,26 @@ impl Config {
                     trust_roots_file,
                 });
             }
+        }
+        let controller: String = r.get(CONTROLLER_ADDR, String::new());
+        let resolve_timeout = r.duration(RESOLVE_TIMEOUT, Duration::from_secs(1));
+        if !controller.is_empty() {
+            let pod_namespace: String = r.get(POD_NAMESPACE, String::new());
+            let pod_name: String = r.get(POD_NAME, String::new());
+            for (name, value) in [(POD_NAMESPACE, &pod_namespace), (POD_NAME, &pod_name)] {
+                if value.is_empty() {
+                    r.invalid(name, "", format!("required when {CONTROLLER_ADDR} is set"));
+                }
+            }
+            if !controller.contains(':') {
+                r.invalid(CONTROLLER_ADDR, controller.clone(), "must be host:port");
+            }
+            cfg.controller = Some(ControllerConfig {
+                addr: controller,
+                pod_namespace,
+                pod_name,
+                resolve_timeout,
+            });
         }
         if cfg.max_header_bytes < MIN_HEADER_BYTES {
             r.invalid(
@@ -355,6 +395,32 @@ mod tests {
         assert!(Config::from_source(&MapSource::default())
             .unwrap()
             .identity
+            .is_none());
+    }
+
+    #[test]
+    fn controller_settings() {
+        let src = MapSource::new([
+            (CONTROLLER_ADDR, "10.77.0.1:7156"),
+            (POD_NAMESPACE, "demo"),
+            (POD_NAME, "web-0"),
+            (RESOLVE_TIMEOUT, "250ms"),
+        ]);
+        let c = Config::from_source(&src).unwrap().controller.unwrap();
+        assert_eq!(c.addr, "10.77.0.1:7156");
+        assert_eq!(
+            (c.pod_namespace.as_str(), c.pod_name.as_str()),
+            ("demo", "web-0")
+        );
+        assert_eq!(c.resolve_timeout, Duration::from_millis(250));
+
+        let missing = MapSource::new([(CONTROLLER_ADDR, "controller")]);
+        let errs = Config::from_source(&missing).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [POD_NAMESPACE, POD_NAME, CONTROLLER_ADDR]);
+        assert!(Config::from_source(&MapSource::default())
+            .unwrap()
+            .controller
             .is_none());
     }
 

@@ -42,6 +42,7 @@ use crate::mesh::{Destination, Mesh, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Direction, Label, Metrics, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
 use crate::policy::ConnFacts;
+use crate::service::{Resolution, ServiceState, Services};
 use crate::upstream::Upstreams;
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::tls::{self, HandshakeFailure, Sniff};
@@ -60,6 +61,9 @@ pub struct ListenerContext {
     pub default_route: Label,
     pub no_peer: Label,
     pub mesh: Arc<Mesh>,
+    /// Destinations, routes and endpoints from the controller, if one is
+    /// configured.
+    pub services: Option<Arc<Services>>,
 }
 
 /// Phase 1 done: who connected, and where they meant to go.
@@ -216,27 +220,31 @@ async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Resul
             let io = ClientIo::new(stream, d.prefix, counts);
             inbound_mesh(ctx, io, orig_dst, alpn, log).await
         }
-        (direction, Protocol::Http1 | Protocol::H2, _) => {
-            let mesh_dst = match direction {
-                Direction::Outbound => ctx.mesh.destination(orig_dst.get()),
-                Direction::Inbound => None,
-            };
-            let peer = mesh_dst
-                .as_ref()
-                .map(|m| m.peer.clone())
-                .unwrap_or_else(|| ctx.no_peer.clone());
-            log.open(peer.clone(), mesh_dst.is_some());
-            let inbound = (direction == Direction::Inbound).then(|| InboundAuthz {
+        (Direction::Inbound, Protocol::Http1 | Protocol::H2, _) => {
+            log.open(ctx.no_peer.clone(), false);
+            let inbound = Some(InboundAuthz {
                 mesh: ctx.mesh.clone(),
                 port,
                 peer: None,
             });
-            let hctx = http_context(ctx, orig_dst, d.protocol, peer, mesh_dst, inbound, false);
+            let hctx = http_context(ctx, orig_dst, d.protocol, Outbound::Plain, inbound, false);
             let io = ClientIo::new(stream, d.prefix, counts);
             serve_http(ctx, io, hctx).await
         }
-        (Direction::Outbound, _, _) => match ctx.mesh.destination(orig_dst.get()) {
-            Some(dst) => {
+        (Direction::Outbound, Protocol::Http1 | Protocol::H2, _) => {
+            let target = outbound_target(ctx, orig_dst).await;
+            match &target {
+                Outbound::Mesh(dst) => log.open(dst.peer.clone(), true),
+                // Per request: the peer and TLS of each request's endpoint
+                // are in the HTTP metrics.
+                Outbound::Service(_) | Outbound::Plain => log.open(ctx.no_peer.clone(), false),
+            }
+            let hctx = http_context(ctx, orig_dst, d.protocol, target, None, false);
+            let io = ClientIo::new(stream, d.prefix, counts);
+            serve_http(ctx, io, hctx).await
+        }
+        (Direction::Outbound, _, _) => match outbound_target(ctx, orig_dst).await {
+            Outbound::Mesh(dst) => {
                 log.open(dst.peer.clone(), true);
                 let mut upstream = ctx
                     .upstreams
@@ -245,7 +253,8 @@ async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Resul
                 let mut client = ClientIo::new(stream, d.prefix, counts);
                 copy(&mut client, &mut upstream).await
             }
-            None => {
+            Outbound::Service(svc) => opaque_to_service(ctx, &svc, stream, d.prefix, log).await,
+            Outbound::Plain => {
                 log.open(ctx.no_peer.clone(), false);
                 // TLS that is not for the mesh passes through untouched.
                 let upstream = ctx.upstreams.connect(orig_dst).await?;
@@ -265,6 +274,107 @@ async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Resul
                 .map_err(ProxyError::Client)
         }
     }
+}
+
+/// Where an outbound connection goes.
+enum Outbound {
+    /// A service the controller resolved: balanced.
+    Service(Arc<ServiceState>),
+    /// One meshed destination: mutual TLS to it.
+    Mesh(Arc<Destination>),
+    /// As it is, to the original destination.
+    Plain,
+}
+
+/// What the original destination is: the controller's answer first (a
+/// service, or a pod whose identity says whether it is meshed); then, for
+/// what the controller does not know or has not answered about, the
+/// destinations file; else plaintext, as addressed, counted.
+async fn outbound_target(ctx: &ListenerContext, orig_dst: OrigDstAddr) -> Outbound {
+    if let (Some(services), Some(cc)) = (&ctx.services, &ctx.config.controller) {
+        match services.resolve(orig_dst, cc.resolve_timeout).await {
+            Some(Resolution::Service(svc)) => return Outbound::Service(svc),
+            Some(Resolution::Endpoint(ep)) => {
+                if let Some(dst) = ep
+                    .identity
+                    .as_ref()
+                    .and_then(|id| ctx.mesh.destination_for(id))
+                {
+                    return Outbound::Mesh(dst);
+                }
+                if ep.identity.is_none() {
+                    return Outbound::Plain;
+                }
+            }
+            Some(Resolution::Unknown) | None => {}
+        }
+    }
+    match ctx.mesh.destination(orig_dst.get()) {
+        Some(dst) => Outbound::Mesh(dst),
+        None => {
+            if ctx.services.is_some() {
+                ctx.metrics.traffic.unknown_destinations.inc();
+            }
+            Outbound::Plain
+        }
+    }
+}
+
+/// Opaque TCP to a service: one endpoint per connection, by the balancer;
+/// a connection that fails is tried once more on another pick.
+async fn opaque_to_service(
+    ctx: &ListenerContext,
+    svc: &ServiceState,
+    stream: TcpStream,
+    prefix: Bytes,
+    log: &mut ConnLog,
+) -> Result<(), ProxyError> {
+    const BACKEND: usize = 0;
+    let mut last_err = None;
+    for _ in 0..2 {
+        let Some(ep) = svc.pick(BACKEND) else {
+            break;
+        };
+        let addr = OrigDstAddr::from(ep.addr);
+        let started = Instant::now();
+        let dest = ep
+            .identity
+            .as_ref()
+            .and_then(|id| ctx.mesh.destination_for(id));
+        match &dest {
+            Some(dst) => match ctx.upstreams.connect_mesh(addr, dst.tcp.clone()).await {
+                Ok(mut upstream) => {
+                    svc.finish(BACKEND, ep.addr, started.elapsed(), true);
+                    log.open(dst.peer.clone(), true);
+                    let mut client = ClientIo::new(stream, prefix, log.counts.clone());
+                    return copy(&mut client, &mut upstream).await;
+                }
+                Err(e) => {
+                    svc.finish(BACKEND, ep.addr, started.elapsed(), false);
+                    ctx.metrics.tls_failure(ctx.direction, &e);
+                    last_err = Some(e);
+                }
+            },
+            None => match ctx.upstreams.connect(addr).await {
+                Ok(upstream) => {
+                    svc.finish(BACKEND, ep.addr, started.elapsed(), true);
+                    log.open(ctx.no_peer.clone(), false);
+                    let counts = log.counts.clone();
+                    return copy_opaque(stream, prefix, upstream, &counts)
+                        .await
+                        .map(drop)
+                        .map_err(ProxyError::Client);
+                }
+                Err(e) => {
+                    svc.finish(BACKEND, ep.addr, started.elapsed(), false);
+                    last_err = Some(e);
+                }
+            },
+        }
+    }
+    Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoints {
+        service: svc.service().to_string(),
+    }))
 }
 
 /// Inbound mutual TLS from another proxy: terminate, learn the peer's
@@ -303,7 +413,8 @@ async fn inbound_mesh(
             port,
             peer: Some(peer),
         });
-        let hctx = http_context(ctx, orig_dst, Protocol::H2, peer_label, None, inbound, true);
+        let hctx = http_context(ctx, orig_dst, Protocol::H2, Outbound::Plain, inbound, true);
+        let hctx = with_peer(hctx, peer_label);
         serve_http(ctx, tls, hctx).await
     } else {
         authorize_connection(ctx, port, Some(&peer))?;
@@ -337,12 +448,16 @@ fn http_context(
     ctx: &ListenerContext,
     orig_dst: OrigDstAddr,
     protocol: Protocol,
-    peer: Label,
-    mesh_dst: Option<Arc<Destination>>,
+    target: Outbound,
     inbound: Option<InboundAuthz>,
     from_mesh: bool,
-) -> Arc<HttpContext> {
-    Arc::new(HttpContext {
+) -> HttpContext {
+    let (mesh_dst, service) = match target {
+        Outbound::Mesh(d) => (Some(d), None),
+        Outbound::Service(s) => (None, Some(s)),
+        Outbound::Plain => (None, None),
+    };
+    HttpContext {
         direction: ctx.direction,
         orig_dst,
         dst_authority: authority(orig_dst),
@@ -351,19 +466,26 @@ fn http_context(
         metrics: ctx.metrics.clone(),
         route: ctx.default_route.clone(),
         tls: mesh_dst.is_some() || from_mesh,
-        peer,
+        peer: mesh_dst
+            .as_ref()
+            .map(|m| m.peer.clone())
+            .unwrap_or_else(|| ctx.no_peer.clone()),
         shutdown: ctx.shutdown.clone(),
         mesh_dst,
         inbound,
         from_mesh,
-    })
+        service,
+        mesh: ctx.mesh.clone(),
+    }
 }
 
-async fn serve_http<I>(
-    ctx: &ListenerContext,
-    io: I,
-    hctx: Arc<HttpContext>,
-) -> Result<(), ProxyError>
+/// The context with the peer's identity as the `peer` label.
+fn with_peer(mut hctx: HttpContext, peer: Label) -> HttpContext {
+    hctx.peer = peer;
+    hctx
+}
+
+async fn serve_http<I>(ctx: &ListenerContext, io: I, hctx: HttpContext) -> Result<(), ProxyError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -371,7 +493,7 @@ where
         header_read_timeout: ctx.config.header_read_timeout,
         max_header_bytes: ctx.config.max_header_bytes,
     };
-    http::serve(io, hctx, limits)
+    http::serve(io, Arc::new(hctx), limits)
         .await
         .map_err(|e| ProxyError::Client(std::io::Error::other(e)))
 }

@@ -42,6 +42,12 @@ pub enum ProxyError {
     },
     #[error("refused by inbound policy: {reason}")]
     Forbidden { reason: &'static str },
+    #[error("{service}: no response within the route's timeout of {timeout:?}")]
+    RequestTimeout { service: String, timeout: Duration },
+    #[error("{service}: no endpoint available")]
+    NoEndpoints { service: String },
+    #[error("{service}: the route's backends all have weight 0 or are unknown")]
+    NoBackend { service: String },
 }
 
 /// What a failure means for the client, the metrics and the log.
@@ -63,6 +69,7 @@ impl ProxyError {
         const UNAVAILABLE: u32 = 14;
         const DEADLINE_EXCEEDED: u32 = 4;
         const PERMISSION_DENIED: u32 = 7;
+        const INTERNAL: u32 = 13;
         let (status, grpc_status, reason, warn) = match self {
             Self::NoOrigDst(_) => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "no_orig_dst", true),
             Self::Loop(_) => (StatusCode::FORBIDDEN, PERMISSION_DENIED, "loop", true),
@@ -81,6 +88,25 @@ impl ProxyError {
             Self::Forbidden { reason } => {
                 (StatusCode::FORBIDDEN, PERMISSION_DENIED, *reason, false)
             }
+            Self::RequestTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                DEADLINE_EXCEEDED,
+                "request_timeout",
+                false,
+            ),
+            Self::NoEndpoints { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                "no_endpoints",
+                true,
+            ),
+            // Gateway API: a request to a rule without a usable backend gets 500.
+            Self::NoBackend { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                INTERNAL,
+                "no_backend",
+                true,
+            ),
         };
         Verdict {
             status,

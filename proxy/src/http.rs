@@ -29,13 +29,18 @@ use tokio::time::Instant;
 use trellis_core::addr::OrigDstAddr;
 use trellis_core::shutdown::Shutdown;
 
+use crate::body::ReqBody;
 use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::mesh::{Destination, Mesh, ORIG_PROTO};
 use crate::metrics::{Classification, Label, Metrics, ResponseLabels, RouteLabels};
 use crate::policy::{ConnFacts, RequestFacts};
+use crate::service::ServiceState;
 use crate::upstream::Upstreams;
+use std::net::SocketAddr;
 use trellis_core::spiffe::SpiffeId;
+
+mod balanced;
 
 /// What every request on one client connection shares.
 pub struct HttpContext {
@@ -57,6 +62,10 @@ pub struct HttpContext {
     pub inbound: Option<InboundAuthz>,
     /// Inbound from another proxy over the mesh (HTTP/2 in mutual TLS).
     pub from_mesh: bool,
+    /// Outbound to a service the controller resolved: every request is
+    /// routed and balanced across its endpoints ([`balanced`]).
+    pub service: Option<Arc<ServiceState>>,
+    pub mesh: Arc<Mesh>,
 }
 
 /// What inbound requests are authorized against.
@@ -186,11 +195,15 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
         }
     }
 
+    if let Some(svc) = &ctx.service {
+        return balanced::forward(&ctx, svc, req, recorder).await;
+    }
     let client_h1 = ctx.protocol != Protocol::H2;
     let result = if wants_tunnel(&req) {
         tunnel::forward(&ctx, req).await
     } else {
         remove_hop_by_hop(req.headers_mut());
+        let mut req = req.map(ReqBody::Stream);
         if let Some(dst) = &ctx.mesh_dst {
             into_mesh_request(&mut req, client_h1, &ctx.dst_authority);
             ctx.upstreams.send_mesh(ctx.orig_dst, dst, req).await
@@ -529,15 +542,24 @@ mod tunnel {
 
     pub(super) async fn forward(
         ctx: &HttpContext,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        forward_to(ctx, ctx.orig_dst, ctx.mesh_dst.as_deref(), req).await
+    }
+
+    /// Tunnels to `addr`, inside mutual TLS when `mesh_dst` is given.
+    pub(super) async fn forward_to(
+        ctx: &HttpContext,
+        addr: OrigDstAddr,
+        mesh_dst: Option<&Destination>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let addr = ctx.orig_dst;
         let upstream_err = |e: hyper::Error| ProxyError::Upstream {
             addr,
             source: Box::new(e),
         };
         // To a meshed destination the tunnel runs inside mutual TLS.
-        let mut sender = match &ctx.mesh_dst {
+        let mut sender = match mesh_dst {
             Some(dst) => {
                 let tls = ctx.upstreams.connect_mesh(addr, dst.tcp.clone()).await?;
                 handshake(&ctx.shutdown, tls).await.map_err(upstream_err)?

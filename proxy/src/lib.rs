@@ -14,9 +14,11 @@
 //! and lets connections finish.
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod conn;
 pub mod detect;
+pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod identity;
@@ -26,6 +28,9 @@ pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
+pub mod routes;
+pub mod service;
+pub mod traffic;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -155,6 +160,32 @@ impl Proxy {
             self.config.pool_idle_timeout,
         ));
         let own_ports = vec![self.outbound_addr().port(), self.inbound_addr().port()];
+        let (policy_tx, mut policy_rx) = tokio::sync::watch::channel(false);
+        let services = self.config.controller.as_ref().and_then(|cc| {
+            let discovery = discovery::Discovery::new(
+                &cc.addr,
+                &cc.pod_namespace,
+                self.metrics.traffic.discovery.clone(),
+                shutdown.clone(),
+            );
+            match discovery {
+                Ok(d) => {
+                    // The controller's policy replaces the file's when it
+                    // arrives; a later change of the file applies again.
+                    let mesh = self.mesh.clone();
+                    d.follow_inbound(cc.pod_name.clone(), move |p| {
+                        mesh.set_policy(p);
+                        policy_tx.send_replace(true);
+                    });
+                    Some(Arc::new(service::Services::new(d)))
+                }
+                Err(e) => {
+                    // The config reader checked the address; this is a bug.
+                    tracing::error!(error = %e, "controller client not started");
+                    None
+                }
+            }
+        });
         let ctx = |direction| {
             Arc::new(ListenerContext {
                 direction,
@@ -167,6 +198,7 @@ impl Proxy {
                 default_route: Label::new("default"),
                 no_peer: Label::new(""),
                 mesh: self.mesh.clone(),
+                services: services.clone(),
             })
         };
         self.watch_files(&shutdown);
@@ -198,6 +230,15 @@ impl Proxy {
                     _ = ready => {}
                     _ = shutdown.signaled() => return,
                 }
+            }
+        }
+        if services.is_some() {
+            // Nor before the controller has said what this pod's inbound
+            // policy is: a default could be weaker than the real one.
+            tracing::info!("waiting for the inbound policy from the controller");
+            tokio::select! {
+                _ = policy_rx.wait_for(|ready| *ready) => {}
+                _ = shutdown.signaled() => return,
             }
         }
         let listen_addrs = self.listen_addrs();

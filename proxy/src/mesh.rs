@@ -55,6 +55,9 @@ pub struct Mesh {
     pub creds: Option<Arc<Credentials>>,
     pub server: Option<Arc<rustls::ServerConfig>>,
     destinations: ArcSwap<HashMap<SocketAddr, Arc<Destination>>>,
+    /// Client configurations per identity, for endpoints the controller
+    /// names (made once, shared by every connection to that identity).
+    by_identity: std::sync::Mutex<HashMap<SpiffeId, Arc<Destination>>>,
     policy: ArcSwap<Policy>,
 }
 
@@ -85,6 +88,7 @@ impl Mesh {
             creds,
             server,
             destinations: ArcSwap::from_pointee(HashMap::new()),
+            by_identity: std::sync::Mutex::new(HashMap::new()),
             policy: ArcSwap::from_pointee(Policy {
                 default_policy,
                 ..Policy::default()
@@ -95,6 +99,26 @@ impl Mesh {
     /// The meshed destination at `addr`, if it is one.
     pub fn destination(&self, addr: SocketAddr) -> Option<Arc<Destination>> {
         self.destinations.load().get(&addr).cloned()
+    }
+
+    /// How to reach a meshed endpoint that must prove `id`. `None` when
+    /// this proxy has no identity (and so cannot speak mutual TLS).
+    pub fn destination_for(&self, id: &SpiffeId) -> Option<Arc<Destination>> {
+        let creds = self.creds.as_ref()?;
+        let mut cache = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = cache.get(id) {
+            return Some(d.clone());
+        }
+        let ids = vec![id.clone()];
+        let d = Arc::new(Destination {
+            peer: Label::new(&id.to_string()),
+            h2: tls::client_config(creds, ids.clone(), &[ALPN_H2]).ok()?,
+            tcp: tls::client_config(creds, ids.clone(), &[ALPN_TCP]).ok()?,
+            identities: ids,
+        });
+        // Bounded by the mesh's identities, which the controller names.
+        cache.insert(id.clone(), d.clone());
+        Some(d)
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -130,8 +130,44 @@ pub struct TlsFailureLabels {
     pub reason: &'static str,
 }
 
+/// Retries of one route, by why.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: Direction,
+    pub service: Label,
+    pub route: Label,
+    pub reason: &'static str,
+}
+
+/// One route of one service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceRouteLabels {
+    pub direction: Direction,
+    pub service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceOnlyLabels {
+    pub service: Label,
+}
+
+/// Retries, budgets, timeouts, failure accrual and discovery.
+#[derive(Default)]
+pub struct TrafficMetrics {
+    pub retries: Family<RetryLabels, Counter>,
+    pub budget_exhausted: Family<ServiceRouteLabels, Counter>,
+    pub timeouts: Family<ServiceRouteLabels, Counter>,
+    pub ejections: Family<ServiceOnlyLabels, Counter>,
+    /// Outbound connections whose destination the controller did not know
+    /// (forwarded as they were).
+    pub unknown_destinations: Counter,
+    pub discovery: std::sync::Arc<crate::discovery::DiscoveryStats>,
+}
+
 /// Every metric the proxy exports, registered once.
 pub struct Metrics {
+    pub traffic: TrafficMetrics,
     pub authz_allowed: Family<AuthzLabels, Counter>,
     pub authz_denied: Family<AuthzLabels, Counter>,
     pub tls_failures: Family<TlsFailureLabels, Counter>,
@@ -224,8 +260,50 @@ impl Metrics {
             "Certificate requests to the identity service, by result",
             identity.renewals.clone(),
         );
+        let traffic = TrafficMetrics::default();
+        registry.register(
+            "trellis_http_retries",
+            "Retries made, by route and reason",
+            traffic.retries.clone(),
+        );
+        registry.register(
+            "trellis_http_retry_budget_exhausted",
+            "Failures passed through because the route's retry budget was spent",
+            traffic.budget_exhausted.clone(),
+        );
+        registry.register(
+            "trellis_http_request_timeouts",
+            "Requests answered 504 (gRPC DEADLINE_EXCEEDED) because a route timeout expired",
+            traffic.timeouts.clone(),
+        );
+        registry.register(
+            "trellis_endpoint_ejections",
+            "Endpoints taken out of balancing by failure accrual",
+            traffic.ejections.clone(),
+        );
+        registry.register(
+            "trellis_discovery_unknown_destinations",
+            "Outbound connections to destinations the controller does not know, forwarded as they were",
+            traffic.unknown_destinations.clone(),
+        );
+        registry.register(
+            "trellis_discovery_updates",
+            "Snapshots received from the controller",
+            traffic.discovery.updates.clone(),
+        );
+        registry.register(
+            "trellis_discovery_refused",
+            "Snapshots from the controller refused as malformed (the previous one kept)",
+            traffic.discovery.refused.clone(),
+        );
+        registry.register(
+            "trellis_discovery_stream_errors",
+            "Controller streams that failed or ended (reopened with backoff)",
+            traffic.discovery.stream_errors.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
+            traffic,
             authz_allowed,
             authz_denied,
             tls_failures,

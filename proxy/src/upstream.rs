@@ -20,14 +20,15 @@ use tokio_rustls::client::TlsStream;
 use trellis_core::addr::OrigDstAddr;
 use trellis_core::tls::HandshakeFailure;
 
+use crate::body::ReqBody;
 use crate::error::ProxyError;
 use crate::mesh::Destination;
 
-type H2Senders = Mutex<HashMap<OrigDstAddr, http2::SendRequest<Incoming>>>;
+type H2Senders = Mutex<HashMap<OrigDstAddr, http2::SendRequest<ReqBody>>>;
 
 pub struct Upstreams {
     connect_timeout: Duration,
-    http1: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, ReqBody>,
     http2: H2Senders,
     /// HTTP/2 inside mutual TLS to meshed destinations.
     mesh: H2Senders,
@@ -73,7 +74,7 @@ impl Upstreams {
     pub async fn send_http1(
         &self,
         addr: OrigDstAddr,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         self.http1.request(req).await.map_err(|e| {
             if e.is_connect() {
@@ -93,7 +94,7 @@ impl Upstreams {
     pub async fn send_http2(
         &self,
         addr: OrigDstAddr,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = self.http2_sender(addr).await?;
         sender
@@ -108,7 +109,7 @@ impl Upstreams {
     async fn http2_sender(
         &self,
         addr: OrigDstAddr,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+    ) -> Result<http2::SendRequest<ReqBody>, ProxyError> {
         if let Some(s) = cached(&self.http2, addr) {
             return Ok(s);
         }
@@ -152,7 +153,7 @@ impl Upstreams {
         &self,
         addr: OrigDstAddr,
         dest: &Destination,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = match cached(&self.mesh, addr) {
             Some(s) => s,
@@ -176,7 +177,7 @@ impl Upstreams {
 async fn h2_handshake<I>(
     addr: OrigDstAddr,
     io: I,
-) -> Result<http2::SendRequest<Incoming>, ProxyError>
+) -> Result<http2::SendRequest<ReqBody>, ProxyError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -196,7 +197,7 @@ where
     Ok(sender)
 }
 
-fn cached(map: &H2Senders, addr: OrigDstAddr) -> Option<http2::SendRequest<Incoming>> {
+fn cached(map: &H2Senders, addr: OrigDstAddr) -> Option<http2::SendRequest<ReqBody>> {
     let mut map = lock(map);
     match map.get(&addr) {
         Some(s) if !s.is_closed() => Some(s.clone()),
@@ -210,7 +211,7 @@ fn cached(map: &H2Senders, addr: OrigDstAddr) -> Option<http2::SendRequest<Incom
 
 fn lock(
     map: &H2Senders,
-) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<Incoming>>> {
+) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<ReqBody>>> {
     // A map of senders stays consistent even if a holder panicked.
     map.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod controller;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,339 @@
+//! Per-request load balancing over a backend's endpoints, with failure
+//! accrual: a state machine over endpoint keys, driven by the caller
+//! ([`Balancer::pick`] → [`Balancer::start`] → [`Balancer::finish`]) and
+//! told the time, so it is tested without sockets or clocks.
+//!
+//! **Choice.** Power of two choices over peak-EWMA latency (Linkerd's
+//! balancer): two distinct endpoints drawn at random among those that may
+//! take a request, the one of lower cost wins, cost being its latency
+//! estimate ([`ewma`]) × (requests in flight + 1). New endpoints start at
+//! [`BalancerConfig::default_rtt`]. A sample from a failed request may raise
+//! the estimate but never lower it, so a backend that fails fast does not
+//! attract traffic for it.
+//!
+//! **Failure accrual.** Each endpoint is in one of the [`Health`] states:
+//!
+//! - `Healthy` until `failure_threshold` consecutive failures (any success
+//!   resets the count), then `Ejected` for a backoff: `ejection_base`
+//!   doubling with each ejection up to `ejection_max`, then jittered down
+//!   by up to half;
+//! - `Ejected` until the backoff ends, then `AwaitingProbe`: it may be
+//!   picked again, for one request;
+//! - `Probing` while that request is in flight: its success readmits the
+//!   endpoint (`Healthy`, backoff reset), its failure ejects it again with
+//!   the next, longer backoff.
+//!
+//! Outcomes of requests started before an ejection (finishing while the
+//! endpoint is `Ejected` or `AwaitingProbe`) update latency and the pending
+//! count but not health; one that finishes while the probe is out is taken
+//! for the probe's (requests carry no ticket, to keep them cheap).
+//!
+//! **Never all at once.** An endpoint is ejected only if some other
+//! endpoint is not ejected; otherwise it stays `Healthy` (its failure count
+//! kept, so the next failure tries again). Endpoints removed by discovery
+//! can still leave only ejected ones; then, and whenever no endpoint may
+//! take a request under the rules above, [`Balancer::pick`] chooses the
+//! least bad: the cheapest `Probing` endpoint, else the `Ejected` one whose
+//! backoff ends first. `pick` answers `None` only when there are no
+//! endpoints.
+//!
+//! A pick scans the endpoints (O(n), no allocation); the caller keeps one
+//! `Balancer` per backend behind a lock held for pick + start and for
+//! finish.
+
+mod ewma;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use ewma::PeakEwma;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalancerConfig {
+    /// Time constant of the latency estimate.
+    pub decay: Duration,
+    /// Latency assumed of an endpoint before its first response.
+    pub default_rtt: Duration,
+    /// Consecutive failures that eject an endpoint.
+    pub failure_threshold: u32,
+    /// Backoff of a first ejection; doubles with each further one.
+    pub ejection_base: Duration,
+    pub ejection_max: Duration,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_threshold: 7,
+            ejection_base: Duration::from_secs(1),
+            ejection_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// An endpoint's state, as failure accrual sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Ejected,
+    /// Backoff over: the next request to it is a probe.
+    AwaitingProbe,
+    /// The probe is in flight.
+    Probing,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Healthy,
+    /// Out until `until`, then awaiting its probe.
+    Ejected {
+        until: Instant,
+    },
+    Probing,
+}
+
+#[derive(Debug)]
+struct Endpoint<K> {
+    key: K,
+    rtt: PeakEwma,
+    pending: u32,
+    /// Consecutive failures.
+    failures: u32,
+    /// Ejections since the endpoint was last readmitted: the backoff's
+    /// exponent.
+    ejections: u32,
+    state: State,
+}
+
+impl<K> Endpoint<K> {
+    fn health(&self, now: Instant) -> Health {
+        match self.state {
+            State::Healthy => Health::Healthy,
+            State::Ejected { until } if now < until => Health::Ejected,
+            State::Ejected { .. } => Health::AwaitingProbe,
+            State::Probing => Health::Probing,
+        }
+    }
+    fn cost(&self, now: Instant, decay: Duration) -> f64 {
+        self.rtt.get(now, decay) * (f64::from(self.pending) + 1.0)
+    }
+}
+
+/// The endpoints of one backend and what the balancer knows of them.
+#[derive(Debug)]
+pub struct Balancer<K> {
+    config: BalancerConfig,
+    endpoints: Vec<Endpoint<K>>,
+    index: HashMap<K, usize>,
+    /// Jitter of ejection backoffs.
+    rng: SmallRng,
+}
+
+impl<K: Clone + Eq + Hash> Balancer<K> {
+    /// A balancer without endpoints; `seed` seeds the ejection jitter.
+    pub fn new(config: BalancerConfig, seed: u64) -> Self {
+        Self {
+            config,
+            endpoints: Vec::new(),
+            index: HashMap::new(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+    pub fn health(&self, key: &K, now: Instant) -> Option<Health> {
+        self.get(key).map(|e| e.health(now))
+    }
+    /// Requests started and not finished.
+    pub fn pending(&self, key: &K) -> Option<u32> {
+        self.get(key).map(|e| e.pending)
+    }
+    /// The cost the balancer compares: latency estimate × (pending + 1).
+    pub fn cost(&self, key: &K, now: Instant) -> Option<f64> {
+        self.get(key).map(|e| e.cost(now, self.config.decay))
+    }
+
+    /// Replaces the endpoint set; endpoints that stay keep their state.
+    pub fn update_endpoints(&mut self, keys: impl IntoIterator<Item = K>) {
+        let mut old: HashMap<K, Endpoint<K>> = self
+            .endpoints
+            .drain(..)
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        self.index.clear();
+        for key in keys {
+            if self.index.contains_key(&key) {
+                continue;
+            }
+            let endpoint = old.remove(&key).unwrap_or_else(|| Endpoint {
+                key: key.clone(),
+                rtt: PeakEwma::new(self.config.default_rtt),
+                pending: 0,
+                failures: 0,
+                ejections: 0,
+                state: State::Healthy,
+            });
+            self.index.insert(key, self.endpoints.len());
+            self.endpoints.push(endpoint);
+        }
+    }
+
+    /// The endpoint for the next request; `None` only without endpoints.
+    /// Call [`start`](Self::start) with it before the next pick.
+    pub fn pick<R: Rng + ?Sized>(&self, now: Instant, rng: &mut R) -> Option<K> {
+        let eligible =
+            |e: &Endpoint<K>| matches!(e.health(now), Health::Healthy | Health::AwaitingProbe);
+        let n = self.endpoints.iter().filter(|e| eligible(e)).count();
+        let nth = |i: usize| self.endpoints.iter().filter(|e| eligible(e)).nth(i);
+        let chosen = match n {
+            0 => self.least_bad(now),
+            1 => nth(0),
+            _ => {
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                match (nth(a), nth(b)) {
+                    (Some(x), Some(y)) => {
+                        let decay = self.config.decay;
+                        Some(if y.cost(now, decay) < x.cost(now, decay) {
+                            y
+                        } else {
+                            x
+                        })
+                    }
+                    (x, y) => x.or(y),
+                }
+            }
+        };
+        chosen.map(|e| e.key.clone())
+    }
+
+    /// When nothing may take a request: the cheapest probing endpoint,
+    /// else the ejected one back soonest.
+    fn least_bad(&self, now: Instant) -> Option<&Endpoint<K>> {
+        let decay = self.config.decay;
+        let probing = self
+            .endpoints
+            .iter()
+            .filter(|e| matches!(e.state, State::Probing))
+            .min_by(|a, b| a.cost(now, decay).total_cmp(&b.cost(now, decay)));
+        probing.or_else(|| {
+            self.endpoints.iter().min_by_key(|e| match e.state {
+                State::Ejected { until } => Some(until),
+                _ => None,
+            })
+        })
+    }
+
+    /// A request to `key` starts. The first request to an endpoint out of
+    /// ejection is its probe.
+    pub fn start(&mut self, key: &K) {
+        let Some(e) = self.get_mut(key) else { return };
+        e.pending = e.pending.saturating_add(1);
+        if let State::Ejected { .. } = e.state {
+            e.state = State::Probing;
+        }
+    }
+
+    /// A request to `key` finished after `latency`. Unknown keys (an
+    /// endpoint removed meanwhile) are ignored.
+    pub fn finish(&mut self, key: &K, now: Instant, latency: Duration, outcome: Outcome) {
+        let Some(&i) = self.index.get(key) else {
+            return;
+        };
+        let decay = self.config.decay;
+        let threshold = self.config.failure_threshold;
+        let Some(e) = self.endpoints.get_mut(i) else {
+            return;
+        };
+        e.pending = e.pending.saturating_sub(1);
+        e.rtt
+            .observe(now, latency, decay, outcome == Outcome::Failure);
+        match (outcome, e.state) {
+            (Outcome::Success, State::Probing) => {
+                e.state = State::Healthy;
+                e.failures = 0;
+                e.ejections = 0;
+            }
+            (Outcome::Success, _) => e.failures = 0,
+            (Outcome::Failure, State::Ejected { .. }) => {}
+            (Outcome::Failure, State::Healthy) => {
+                e.failures = e.failures.saturating_add(1);
+                if e.failures >= threshold {
+                    self.eject(i, now);
+                }
+            }
+            (Outcome::Failure, State::Probing) => {
+                e.failures = e.failures.saturating_add(1);
+                self.eject(i, now);
+            }
+        }
+    }
+
+    /// Ejects endpoint `i` unless that would leave every endpoint ejected.
+    fn eject(&mut self, i: usize, now: Instant) {
+        let others_available = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .any(|(j, e)| j != i && e.health(now) != Health::Ejected);
+        if !others_available {
+            if let Some(e) = self.endpoints.get_mut(i) {
+                e.state = State::Healthy;
+            }
+            return;
+        }
+        let backoff = self.next_backoff(i);
+        let Some(e) = self.endpoints.get_mut(i) else {
+            return;
+        };
+        e.ejections = e.ejections.saturating_add(1);
+        // Only an absurd `ejection_max` overflows an Instant: no ejection then.
+        let until = now.checked_add(backoff).unwrap_or(now);
+        e.state = State::Ejected { until };
+    }
+
+    /// The backoff of endpoint `i`'s next ejection, jittered to between
+    /// half and all of it.
+    fn next_backoff(&mut self, i: usize) -> Duration {
+        let ejections = self.endpoints.get(i).map_or(0, |e| e.ejections);
+        let factor = 1u32.checked_shl(ejections).unwrap_or(u32::MAX);
+        let full = self
+            .config
+            .ejection_base
+            .saturating_mul(factor)
+            .min(self.config.ejection_max);
+        let jitter: f64 = self.rng.random_range(0.5..=1.0);
+        Duration::try_from_secs_f64(full.as_secs_f64() * jitter).map_or(full, |d| d.min(full))
+    }
+
+    fn get(&self, key: &K) -> Option<&Endpoint<K>> {
+        self.index.get(key).and_then(|&i| self.endpoints.get(i))
+    }
+    fn get_mut(&mut self, key: &K) -> Option<&mut Endpoint<K>> {
+        let i = *self.index.get(key)?;
+        self.endpoints.get_mut(i)
+    }
+}
+
+#[cfg(test)]
+mod tests;
