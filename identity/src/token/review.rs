@@ -46,7 +46,7 @@ impl TokenVerifier for TokenReviewVerifier {
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_string()),
+                token: token.to_string(),
                 audiences: Some(vec![self.audience.clone()]),
             },
             ..Default::default()
@@ -224,7 +224,7 @@ mod tests {
         );
         let body = req.into_body().collect_bytes().await.unwrap();
         let review: TokenReview = serde_json::from_slice(&body).unwrap();
-        assert_eq!(review.spec.token.as_deref(), Some(token));
+        assert_eq!(review.spec.token, token);
         assert_eq!(
             review.spec.audiences,
             Some(vec!["identity.trellis.dev".to_string()])

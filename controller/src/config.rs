@@ -1,0 +1,290 @@
+//! The controller's configuration: `TRELLIS_CONTROLLER_*` variables, read
+//! through a [`Source`] with every error reported together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use trellis_core::config::{format_duration, ConfigErrors, Reader, Source};
+use trellis_core::telemetry::{parse_log_filter, LogFormat};
+
+use crate::index::{InboundDefault, Settings};
+
+/// Every variable: (name, default, meaning). `--help` prints this table.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        SOURCE,
+        "kubernetes",
+        "where objects come from: kubernetes (watch the API server) or file (FILE)",
+    ),
+    (
+        FILE,
+        "",
+        "with SOURCE=file: a Kubernetes List (YAML or JSON) or multi-document YAML of Namespaces, Pods, Services, EndpointSlices, HTTPRoutes, GRPCRoutes and AuthorizationPolicies; re-read when it changes",
+    ),
+    (
+        FILE_POLL_INTERVAL,
+        "250ms",
+        "with SOURCE=file: how often the file's hash is checked (duration)",
+    ),
+    (
+        LISTEN,
+        "0.0.0.0:7156",
+        "address of the Discovery gRPC listener (plaintext h2)",
+    ),
+    (
+        ADMIN_LISTEN,
+        "0.0.0.0:7196",
+        "address of the admin server (/metrics, /ready, /live, /config, /routes, /warnings)",
+    ),
+    (
+        TRUST_DOMAIN,
+        "cluster.local",
+        "SPIFFE trust domain of workload identities",
+    ),
+    (
+        CLUSTER_DOMAIN,
+        "cluster.local",
+        "DNS suffix of service authorities (NAME.NS.svc.CLUSTER_DOMAIN:PORT)",
+    ),
+    (
+        DEFAULT_INBOUND_POLICY,
+        "all-unauthenticated",
+        "mesh-wide default inbound policy: all-unauthenticated, all-authenticated, deny or audit",
+    ),
+    (
+        SHUTDOWN_GRACE,
+        "10s",
+        "after SIGTERM, how long open streams may take to end (duration)",
+    ),
+    (LOG, "info", "log filter, tracing-subscriber syntax"),
+    (LOG_FORMAT, "plain", "log format: plain or json"),
+];
+
+pub const SOURCE: &str = "TRELLIS_CONTROLLER_SOURCE";
+pub const FILE: &str = "TRELLIS_CONTROLLER_FILE";
+pub const FILE_POLL_INTERVAL: &str = "TRELLIS_CONTROLLER_FILE_POLL_INTERVAL";
+pub const LISTEN: &str = "TRELLIS_CONTROLLER_LISTEN";
+pub const ADMIN_LISTEN: &str = "TRELLIS_CONTROLLER_ADMIN_LISTEN";
+pub const TRUST_DOMAIN: &str = "TRELLIS_CONTROLLER_TRUST_DOMAIN";
+pub const CLUSTER_DOMAIN: &str = "TRELLIS_CONTROLLER_CLUSTER_DOMAIN";
+pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_CONTROLLER_DEFAULT_INBOUND_POLICY";
+pub const SHUTDOWN_GRACE: &str = "TRELLIS_CONTROLLER_SHUTDOWN_GRACE";
+pub const LOG: &str = "TRELLIS_CONTROLLER_LOG";
+pub const LOG_FORMAT: &str = "TRELLIS_CONTROLLER_LOG_FORMAT";
+
+/// Where the controller's objects come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Kubernetes,
+    File,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kubernetes" => Ok(Self::Kubernetes),
+            "file" => Ok(Self::File),
+            other => Err(format!("unknown source {other:?}: use kubernetes or file")),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kubernetes => "kubernetes",
+            Self::File => "file",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(serialize_with = "ser_display")]
+    pub source: SourceKind,
+    pub file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_duration")]
+    pub file_poll_interval: Duration,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    #[serde(serialize_with = "ser_display")]
+    pub default_inbound_policy: InboundDefault,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    pub log: String,
+    #[serde(serialize_with = "ser_display")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the configuration, reporting every bad variable together.
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(src);
+        let cfg = Config {
+            source: r.get(SOURCE, SourceKind::Kubernetes),
+            file: r.parse_with(
+                FILE,
+                None,
+                |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))),
+            ),
+            file_poll_interval: r.duration(FILE_POLL_INTERVAL, Duration::from_millis(250)),
+            listen: r.get(LISTEN, SocketAddr::from(([0, 0, 0, 0], 7156))),
+            admin_listen: r.get(ADMIN_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7196))),
+            trust_domain: r.parse_with(TRUST_DOMAIN, "cluster.local".into(), check_trust_domain),
+            cluster_domain: r.parse_with(
+                CLUSTER_DOMAIN,
+                "cluster.local".into(),
+                check_cluster_domain,
+            ),
+            default_inbound_policy: r
+                .get(DEFAULT_INBOUND_POLICY, InboundDefault::AllUnauthenticated),
+            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
+            log: r.parse_with(LOG, "info".into(), parse_log_filter),
+            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+        };
+        if cfg.source == SourceKind::File && cfg.file.is_none() {
+            r.invalid(FILE, "", format!("is required with {SOURCE}=file"));
+        }
+        if cfg.file_poll_interval.is_zero() {
+            r.invalid(FILE_POLL_INTERVAL, "0ms", "must be more than zero");
+        }
+        if cfg.listen.port() != 0 && cfg.listen.port() == cfg.admin_listen.port() {
+            r.invalid(
+                ADMIN_LISTEN,
+                cfg.admin_listen.to_string(),
+                format!("uses the same port as {LISTEN}"),
+            );
+        }
+        r.finish()?;
+        Ok(cfg)
+    }
+
+    /// What the index needs to know.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            trust_domain: self.trust_domain.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+            default_inbound: self.default_inbound_policy,
+        }
+    }
+}
+
+/// A SPIFFE trust domain (checked the way `trellis_core::spiffe` does).
+fn check_trust_domain(s: &str) -> Result<String, String> {
+    trellis_core::spiffe::SpiffeId::new(s, "a", "a")
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A DNS suffix: lower-case labels separated by dots.
+fn check_cluster_domain(s: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s.to_string())
+    } else {
+        Err("not a DNS suffix (lower-case labels separated by '.')".into())
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::config::MapSource;
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_source(&MapSource::default()).unwrap();
+        assert_eq!(cfg.source, SourceKind::Kubernetes);
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:7156");
+        assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:7196");
+        assert_eq!(cfg.trust_domain, "cluster.local");
+        assert_eq!(cfg.cluster_domain, "cluster.local");
+        assert_eq!(
+            cfg.default_inbound_policy,
+            InboundDefault::AllUnauthenticated
+        );
+        assert_eq!(cfg.file_poll_interval, Duration::from_millis(250));
+        for (name, default, _) in VARIABLES {
+            assert!(name.starts_with("TRELLIS_CONTROLLER_"), "{name}");
+            if !default.is_empty() {
+                let explicit = Config::from_source(&MapSource::new([(*name, *default)]));
+                assert!(explicit.is_ok(), "{name}={default}: {explicit:?}");
+            }
+        }
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["source"], "kubernetes");
+        assert_eq!(json["default_inbound_policy"], "all-unauthenticated");
+        assert_eq!(json["file_poll_interval"], "250ms");
+    }
+
+    #[test]
+    fn reports_all_errors_together() {
+        let src = MapSource::new([
+            (SOURCE, "file"),
+            (LISTEN, "nowhere"),
+            (TRUST_DOMAIN, "Bad Domain"),
+            (CLUSTER_DOMAIN, "-x."),
+            (DEFAULT_INBOUND_POLICY, "allow"),
+            (FILE_POLL_INTERVAL, "5"),
+            (LOG_FORMAT, "xml"),
+        ]);
+        let errs = Config::from_source(&src).unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                FILE_POLL_INTERVAL,
+                LISTEN,
+                TRUST_DOMAIN,
+                CLUSTER_DOMAIN,
+                DEFAULT_INBOUND_POLICY,
+                LOG_FORMAT,
+                FILE
+            ],
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn file_source_and_port_clash() {
+        let errs = Config::from_source(&MapSource::new([
+            (SOURCE, "file"),
+            (FILE, "/tmp/mesh.yaml"),
+            (ADMIN_LISTEN, "0.0.0.0:7156"),
+        ]))
+        .unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [ADMIN_LISTEN]);
+        let ok = Config::from_source(&MapSource::new([
+            (SOURCE, "file"),
+            (FILE, "/tmp/mesh.yaml"),
+            (DEFAULT_INBOUND_POLICY, "deny"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            ok.file.as_deref(),
+            Some(std::path::Path::new("/tmp/mesh.yaml"))
+        );
+        assert_eq!(ok.settings().default_inbound, InboundDefault::Deny);
+    }
+}

@@ -1,0 +1,576 @@
+//! Gateway API routes with a Service parent (GAMMA), compiled once per
+//! snapshot into what the wire needs: matches as protobuf, backends as
+//! service references, timeouts, and the retry policy of the route's
+//! annotations. What cannot be used is recorded as a [`Problem`] and left
+//! out (a value), never the whole route.
+
+use std::collections::BTreeMap;
+
+use gateway_api::grpcroutes::{
+    GrpcRoute, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType,
+};
+use gateway_api::httproutes::{
+    HttpRoute, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use trellis_api::discovery::v1 as pb;
+
+use super::annotations::{millis, parse_gateway_duration, route_annotations, RouteAnnotations};
+use super::Problem;
+use crate::objects::{Key, Kind};
+
+/// A route, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CompiledRoute {
+    pub kind: Kind,
+    pub key: Key,
+    pub created: Option<Time>,
+    /// Its Service parents (other parents, such as Gateways, are not ours).
+    pub parents: Vec<Parent>,
+    pub rules: Rules,
+}
+
+/// A `parentRef` naming a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parent {
+    pub service: Key,
+    /// Only this service port, when given.
+    pub port: Option<u16>,
+    /// Only the service port of this name, when given.
+    pub section: Option<String>,
+}
+
+impl Parent {
+    /// Whether this parent ref covers `service`'s port `port` (named `name`).
+    pub fn covers(&self, service: &Key, port: u16, name: Option<&str>) -> bool {
+        &self.service == service
+            && self.port.is_none_or(|p| p == port)
+            && self
+                .section
+                .as_deref()
+                .is_none_or(|s| Some(s) == name.filter(|n| !n.is_empty()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Rules {
+    Http(Vec<Rule<pb::HttpMatch>>),
+    Grpc(Vec<Rule<pb::GrpcMatch>>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rule<M> {
+    pub matches: Vec<M>,
+    pub backends: Vec<BackendTarget>,
+    pub timeouts: Option<pb::Timeouts>,
+    pub retry: Option<pb::RetryPolicy>,
+}
+
+/// Where a rule sends traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendTarget {
+    pub target: Target,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A Service port; `None`: the parent's port.
+    Service { service: Key, port: Option<u16> },
+    /// A backendRef the controller cannot resolve (another kind): requests
+    /// sent to it fail, as the Gateway API asks.
+    Invalid(String),
+}
+
+/// Records problems of one route.
+struct Problems<'a> {
+    kind: Kind,
+    key: &'a Key,
+    out: &'a mut Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, field: &'static str, value: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Problem {
+            kind: self.kind,
+            namespace: self.key.namespace.clone(),
+            name: self.key.name.clone(),
+            field,
+            value: value.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The common shape of HTTPRoute and GRPCRoute references.
+struct Ref<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    port: Option<i32>,
+}
+
+fn is_core_group(group: Option<&str>) -> bool {
+    matches!(group, Some("" | "core"))
+}
+
+/// The Service parents of a route. The Gateway API's defaults for a
+/// parentRef are group `gateway.networking.k8s.io` and kind `Gateway`: a
+/// Service parent says `group: ""` (or `core`) and `kind: Service`.
+fn parents<'a>(
+    refs: impl Iterator<Item = (Ref<'a>, Option<&'a str>)>,
+    route_ns: &str,
+    problems: &mut Problems<'_>,
+) -> Vec<Parent> {
+    let mut out = Vec::new();
+    for (r, section) in refs {
+        if !(is_core_group(r.group) && r.kind == Some("Service")) {
+            continue;
+        }
+        let port = match r.port.map(u16::try_from) {
+            None => None,
+            Some(Ok(p)) if p != 0 => Some(p),
+            Some(_) => {
+                problems.push(
+                    "spec.parentRefs.port",
+                    format!("{:?}", r.port),
+                    "not a port (1-65535); this parent is ignored",
+                );
+                continue;
+            }
+        };
+        let parent = Parent {
+            service: Key::new(r.namespace.unwrap_or(route_ns), r.name),
+            port,
+            section: section.map(str::to_string),
+        };
+        if !out.contains(&parent) {
+            out.push(parent);
+        }
+    }
+    out
+}
+
+fn backend(
+    r: Ref<'_>,
+    weight: Option<i32>,
+    route_ns: &str,
+    problems: &mut Problems<'_>,
+) -> BackendTarget {
+    let weight = match weight {
+        None => 1,
+        Some(w) => u32::try_from(w).unwrap_or_else(|_| {
+            problems.push(
+                "spec.rules.backendRefs.weight",
+                w.to_string(),
+                "negative; taken as 0",
+            );
+            0
+        }),
+    };
+    let namespace = r.namespace.unwrap_or(route_ns);
+    let service_kind =
+        (r.group.is_none() || is_core_group(r.group)) && r.kind.is_none_or(|k| k == "Service");
+    if !service_kind {
+        let what = format!(
+            "{}/{}",
+            r.group.unwrap_or_default(),
+            r.kind.unwrap_or_default()
+        );
+        problems.push(
+            "spec.rules.backendRefs",
+            format!("{what} {namespace}/{}", r.name),
+            "only Service backends are supported; requests for this backend fail",
+        );
+        return BackendTarget {
+            target: Target::Invalid(format!("invalid:{what}/{namespace}/{}", r.name)),
+            weight,
+        };
+    }
+    let port = match r.port.map(u16::try_from) {
+        None => None,
+        Some(Ok(p)) if p != 0 => Some(p),
+        Some(_) => {
+            problems.push(
+                "spec.rules.backendRefs.port",
+                format!("{:?}", r.port),
+                "not a port (1-65535); the parent's port is used",
+            );
+            None
+        }
+    };
+    BackendTarget {
+        target: Target::Service {
+            service: Key::new(namespace, r.name),
+            port,
+        },
+        weight,
+    }
+}
+
+/// Filters (header modifiers, redirects, rewrites, mirrors) are not
+/// applied by the proxy: said once per rule, the rule applies without them.
+fn unsupported_filters(count: usize, problems: &mut Problems<'_>) {
+    if count > 0 {
+        problems.push(
+            "spec.rules.filters",
+            count.to_string(),
+            "filters are not supported by Trellis yet; the rule applies without them",
+        );
+    }
+}
+
+fn check_regex(problems: &mut Problems<'_>, field: &'static str, re: &str) {
+    if let Err(e) = regex::Regex::new(re) {
+        problems.push(
+            field,
+            re,
+            format!("not a regular expression ({e}); the proxy leaves this rule out"),
+        );
+    }
+}
+
+fn key_of(namespace: Option<&String>, name: Option<&String>) -> Key {
+    Key::new(
+        namespace.map(String::as_str).unwrap_or_default(),
+        name.map(String::as_str).unwrap_or_default(),
+    )
+}
+
+fn annotations_of(
+    annotations: Option<&BTreeMap<String, String>>,
+    problems: &mut Problems<'_>,
+) -> RouteAnnotations {
+    let empty = BTreeMap::new();
+    let (parsed, errors) = route_annotations(annotations.unwrap_or(&empty));
+    for e in errors {
+        problems.push(
+            e.annotation,
+            e.value,
+            format!("{}; the route applies without this setting", e.message),
+        );
+    }
+    parsed
+}
+
+/// The rule's timeouts: the spec's fields where set (HTTPRoute), else the
+/// route's annotations.
+fn timeouts(
+    spec: Option<&HttpRouteRulesTimeouts>,
+    ann: &RouteAnnotations,
+    problems: &mut Problems<'_>,
+) -> Option<pb::Timeouts> {
+    let mut field = |name: &'static str, v: Option<&String>| {
+        v.and_then(|s| match parse_gateway_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(
+                    name,
+                    s.clone(),
+                    format!("{e}; the annotation or no timeout applies"),
+                );
+                None
+            }
+        })
+    };
+    let request = field(
+        "spec.rules.timeouts.request",
+        spec.and_then(|t| t.request.as_ref()),
+    )
+    .or(ann.request_timeout);
+    let backend = field(
+        "spec.rules.timeouts.backendRequest",
+        spec.and_then(|t| t.backend_request.as_ref()),
+    )
+    .or(ann.backend_request_timeout);
+    let t = pb::Timeouts {
+        request_ms: request.map_or(0, millis),
+        backend_request_ms: backend.map_or(0, millis),
+    };
+    (t != pb::Timeouts::default()).then_some(t)
+}
+
+pub(crate) fn compile_http(route: &HttpRoute, problems: &mut Vec<Problem>) -> CompiledRoute {
+    let key = key_of(
+        route.metadata.namespace.as_ref(),
+        route.metadata.name.as_ref(),
+    );
+    let mut p = Problems {
+        kind: Kind::HttpRoute,
+        key: &key,
+        out: problems,
+    };
+    let ann = annotations_of(route.metadata.annotations.as_ref(), &mut p);
+    let refs = route.spec.parent_refs.iter().flatten().map(|r| {
+        (
+            Ref {
+                group: r.group.as_deref(),
+                kind: r.kind.as_deref(),
+                name: &r.name,
+                namespace: r.namespace.as_deref(),
+                port: r.port,
+            },
+            r.section_name.as_deref(),
+        )
+    });
+    let parents = parents(refs, &key.namespace, &mut p);
+    let mut rules = Vec::new();
+    for rule in route.spec.rules.iter().flatten() {
+        let filters = rule.filters.as_ref().map_or(0, Vec::len)
+            + rule
+                .backend_refs
+                .iter()
+                .flatten()
+                .map(|b| b.filters.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        unsupported_filters(filters, &mut p);
+        let matches = rule
+            .matches
+            .iter()
+            .flatten()
+            .map(|m| http_match(m, &mut p))
+            .collect();
+        let backends = rule
+            .backend_refs
+            .iter()
+            .flatten()
+            .map(|b| {
+                let r = Ref {
+                    group: b.group.as_deref(),
+                    kind: b.kind.as_deref(),
+                    name: &b.name,
+                    namespace: b.namespace.as_deref(),
+                    port: b.port,
+                };
+                backend(r, b.weight, &key.namespace, &mut p)
+            })
+            .collect();
+        rules.push(Rule {
+            matches,
+            backends,
+            timeouts: timeouts(rule.timeouts.as_ref(), &ann, &mut p),
+            retry: ann.retry.clone(),
+        });
+    }
+    if rules.is_empty() {
+        // The Gateway API's default: one rule matching every request.
+        rules.push(Rule {
+            matches: Vec::new(),
+            backends: Vec::new(),
+            timeouts: timeouts(None, &ann, &mut p),
+            retry: ann.retry.clone(),
+        });
+    }
+    CompiledRoute {
+        kind: Kind::HttpRoute,
+        created: route.metadata.creation_timestamp.clone(),
+        parents,
+        rules: Rules::Http(rules),
+        key,
+    }
+}
+
+fn http_match(m: &HttpRouteRulesMatches, p: &mut Problems<'_>) -> pb::HttpMatch {
+    use pb::path_match::Kind as PathKind;
+    let path = m.path.as_ref().map(|path| {
+        let value = path.value.clone().unwrap_or_else(|| "/".into());
+        let kind = match path.r#type {
+            Some(HttpRouteRulesMatchesPathType::Exact) => PathKind::Exact(value),
+            Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
+                check_regex(p, "spec.rules.matches.path", &value);
+                PathKind::Regex(value)
+            }
+            Some(HttpRouteRulesMatchesPathType::PathPrefix) | None => PathKind::Prefix(value),
+        };
+        if let PathKind::Exact(v) | PathKind::Prefix(v) = &kind {
+            if !v.starts_with('/') {
+                p.push(
+                    "spec.rules.matches.path",
+                    v.clone(),
+                    "must start with '/'; the proxy leaves this rule out",
+                );
+            }
+        }
+        pb::PathMatch { kind: Some(kind) }
+    });
+    let method = m.method.as_ref().map_or("", |m| match m {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    });
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .map(|h| {
+            let regex = h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
+            header(p, &h.name, &h.value, regex)
+        })
+        .collect();
+    let query = m
+        .query_params
+        .iter()
+        .flatten()
+        .map(|q| {
+            use pb::query_match::Value;
+            let value = if q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+            {
+                check_regex(p, "spec.rules.matches.queryParams", &q.value);
+                Value::Regex(q.value.clone())
+            } else {
+                Value::Exact(q.value.clone())
+            };
+            pb::QueryMatch {
+                name: q.name.clone(),
+                value: Some(value),
+            }
+        })
+        .collect();
+    pb::HttpMatch {
+        path,
+        method: method.to_string(),
+        headers,
+        query,
+    }
+}
+
+fn header(p: &mut Problems<'_>, name: &str, value: &str, regex: bool) -> pb::HeaderMatch {
+    use pb::header_match::Value;
+    let value = if regex {
+        check_regex(p, "spec.rules.matches.headers", value);
+        Value::Regex(value.to_string())
+    } else {
+        Value::Exact(value.to_string())
+    };
+    pb::HeaderMatch {
+        name: name.to_ascii_lowercase(),
+        value: Some(value),
+    }
+}
+
+pub(crate) fn compile_grpc(route: &GrpcRoute, problems: &mut Vec<Problem>) -> CompiledRoute {
+    let key = key_of(
+        route.metadata.namespace.as_ref(),
+        route.metadata.name.as_ref(),
+    );
+    let mut p = Problems {
+        kind: Kind::GrpcRoute,
+        key: &key,
+        out: problems,
+    };
+    let ann = annotations_of(route.metadata.annotations.as_ref(), &mut p);
+    let refs = route.spec.parent_refs.iter().flatten().map(|r| {
+        (
+            Ref {
+                group: r.group.as_deref(),
+                kind: r.kind.as_deref(),
+                name: &r.name,
+                namespace: r.namespace.as_deref(),
+                port: r.port,
+            },
+            r.section_name.as_deref(),
+        )
+    });
+    let parents = parents(refs, &key.namespace, &mut p);
+    let mut rules = Vec::new();
+    for rule in route.spec.rules.iter().flatten() {
+        let filters = rule.filters.as_ref().map_or(0, Vec::len)
+            + rule
+                .backend_refs
+                .iter()
+                .flatten()
+                .map(|b| b.filters.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        unsupported_filters(filters, &mut p);
+        let matches = rule
+            .matches
+            .iter()
+            .flatten()
+            .map(|m| grpc_match(m, &mut p))
+            .collect();
+        let backends = rule
+            .backend_refs
+            .iter()
+            .flatten()
+            .map(|b| {
+                let r = Ref {
+                    group: b.group.as_deref(),
+                    kind: b.kind.as_deref(),
+                    name: &b.name,
+                    namespace: b.namespace.as_deref(),
+                    port: b.port,
+                };
+                backend(r, b.weight, &key.namespace, &mut p)
+            })
+            .collect();
+        rules.push(Rule {
+            matches,
+            backends,
+            timeouts: timeouts(None, &ann, &mut p),
+            retry: ann.retry.clone(),
+        });
+    }
+    if rules.is_empty() {
+        rules.push(Rule {
+            matches: Vec::new(),
+            backends: Vec::new(),
+            timeouts: timeouts(None, &ann, &mut p),
+            retry: ann.retry.clone(),
+        });
+    }
+    CompiledRoute {
+        kind: Kind::GrpcRoute,
+        created: route.metadata.creation_timestamp.clone(),
+        parents,
+        rules: Rules::Grpc(rules),
+        key,
+    }
+}
+
+fn grpc_match(m: &GrpcRouteRulesMatches, p: &mut Problems<'_>) -> pb::GrpcMatch {
+    let (service, method, regex) = match &m.method {
+        None => (String::new(), String::new(), false),
+        Some(method) => {
+            let regex = method.r#type == Some(GrpcRouteRulesMatchesMethodType::RegularExpression);
+            let service = method.service.clone().unwrap_or_default();
+            let name = method.method.clone().unwrap_or_default();
+            if regex {
+                for v in [&service, &name].into_iter().filter(|v| !v.is_empty()) {
+                    check_regex(p, "spec.rules.matches.method", v);
+                }
+            }
+            (service, name, regex)
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .map(|h| {
+            let regex = h.r#type == Some(GrpcRouteRulesMatchesHeadersType::RegularExpression);
+            header(p, &h.name, &h.value, regex)
+        })
+        .collect();
+    pb::GrpcMatch {
+        service,
+        method,
+        regex,
+        headers,
+    }
+}
+
+/// The order routes take precedence in: oldest first, then by namespace
+/// and name (the Gateway API's tie-breakers).
+pub(crate) fn precedence(a: &CompiledRoute, b: &CompiledRoute) -> std::cmp::Ordering {
+    (&a.created, &a.key, a.kind).cmp(&(&b.created, &b.key, b.kind))
+}

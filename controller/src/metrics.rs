@@ -1,0 +1,237 @@
+//! The controller's metrics. Label values come from fixed sets (RPC names,
+//! kinds, the annotation vocabulary), never from callers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use trellis_core::telemetry::ProcessCollector;
+
+use crate::index::{Problem, Snapshot};
+use crate::objects::Kind;
+
+/// The two streaming RPCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    Resolve,
+    Inbound,
+}
+
+impl Rpc {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rpc::Resolve => "resolve",
+            Rpc::Inbound => "inbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AnnotationLabels {
+    kind: &'static str,
+    annotation: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    streams_open: Family<RpcLabels, Gauge>,
+    streams: Family<RpcLabels, Counter>,
+    updates: Family<RpcLabels, Counter>,
+    source_errors: Family<SourceLabels, Counter>,
+    objects: Family<KindLabels, Gauge>,
+    annotation_errors: Family<AnnotationLabels, Counter>,
+    warnings: Gauge,
+    snapshots: Counter,
+    file_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let streams_open = Family::<RpcLabels, Gauge>::default();
+        registry.register(
+            "trellis_controller_streams_open",
+            "Discovery streams open now, by RPC",
+            streams_open.clone(),
+        );
+        let streams = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_streams",
+            "Discovery streams opened, by RPC",
+            streams.clone(),
+        );
+        let updates = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_updates",
+            "Snapshots sent on discovery streams (the first of each stream included), by RPC",
+            updates.clone(),
+        );
+        let source_errors = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_source_errors",
+            "Failures of the source (a failed watch, an unreadable or refused file), by source and resource",
+            source_errors.clone(),
+        );
+        let objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "trellis_controller_objects",
+            "Objects in the store, by kind",
+            objects.clone(),
+        );
+        let annotation_errors = Family::<AnnotationLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_annotation_errors",
+            "Bad annotation or field values seen (each distinct one once), by kind and annotation; the object applies without them",
+            annotation_errors.clone(),
+        );
+        let warnings = Gauge::default();
+        registry.register(
+            "trellis_controller_warnings",
+            "Bad annotation or field values in the current state (listed at /warnings)",
+            warnings.clone(),
+        );
+        let snapshots = Counter::default();
+        registry.register(
+            "trellis_controller_snapshots",
+            "Snapshots of the store published to the streams",
+            snapshots.clone(),
+        );
+        let file_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_file_reloads",
+            "Changed objects files read, by whether they were taken or refused",
+            file_reloads.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry,
+            streams_open,
+            streams,
+            updates,
+            source_errors,
+            objects,
+            annotation_errors,
+            warnings,
+            snapshots,
+            file_reloads,
+        }
+    }
+
+    /// A stream opened; it counts as open until the guard is dropped.
+    pub fn stream_opened(&self, rpc: Rpc) -> OpenStream {
+        let labels = RpcLabels { rpc: rpc.as_str() };
+        self.streams.get_or_create(&labels).inc();
+        let gauge = self.streams_open.get_or_create(&labels).clone();
+        gauge.inc();
+        OpenStream(gauge)
+    }
+
+    pub fn update_sent(&self, rpc: Rpc) {
+        self.updates
+            .get_or_create(&RpcLabels { rpc: rpc.as_str() })
+            .inc();
+    }
+
+    pub fn updates_sent(&self, rpc: Rpc) -> u64 {
+        self.updates
+            .get_or_create(&RpcLabels { rpc: rpc.as_str() })
+            .get()
+    }
+
+    pub fn source_error(&self, source: &'static str, resource: &'static str) {
+        self.source_errors
+            .get_or_create(&SourceLabels { source, resource })
+            .inc();
+    }
+
+    pub fn source_errors(&self, source: &'static str, resource: &'static str) -> u64 {
+        self.source_errors
+            .get_or_create(&SourceLabels { source, resource })
+            .get()
+    }
+
+    pub fn file_reload(&self, taken: bool) {
+        let result = if taken { "taken" } else { "refused" };
+        self.file_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A snapshot was published: object counts and current warnings.
+    pub fn published(&self, snap: &Snapshot) {
+        self.snapshots.inc();
+        for kind in Kind::ALL {
+            let n = i64::try_from(snap.objects().count(kind)).unwrap_or(i64::MAX);
+            self.objects
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(n);
+        }
+        self.warnings
+            .set(i64::try_from(snap.problems().len()).unwrap_or(i64::MAX));
+    }
+
+    /// A problem not in the previous snapshot.
+    pub fn annotation_error(&self, p: &Problem) {
+        self.annotation_errors
+            .get_or_create(&AnnotationLabels {
+                kind: p.kind.as_str(),
+                annotation: p.field,
+            })
+            .inc();
+    }
+
+    pub fn annotation_errors(&self, kind: Kind, annotation: &'static str) -> u64 {
+        self.annotation_errors
+            .get_or_create(&AnnotationLabels {
+                kind: kind.as_str(),
+                annotation,
+            })
+            .get()
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Decrements the open-streams gauge when the stream ends.
+pub struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

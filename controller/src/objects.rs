@@ -1,0 +1,255 @@
+//! The Kubernetes objects the controller reads, kept by kind in one typed
+//! collection ([`Objects`]), and the trait ([`Watched`]) that both sources
+//! use to turn a typed object into an [`Object`].
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+
+use crate::crd::AuthorizationPolicy;
+
+/// The kinds of object the controller reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    EndpointSlice,
+    HttpRoute,
+    GrpcRoute,
+    AuthorizationPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::AuthorizationPolicy,
+    ];
+
+    /// The `kind` of the resource, as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+
+    /// The `apiVersion` the controller reads it at.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::HttpRoute | Kind::GrpcRoute => "gateway.networking.k8s.io/v1",
+            Kind::AuthorizationPolicy => "policy.trellis.dev/v1alpha1",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        self != Kind::Namespace
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object's namespace (empty for a Namespace) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// One object of any of the kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    HttpRoute(Arc<HttpRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        fn key<K: ResourceExt>(o: &K) -> Key {
+            Key {
+                namespace: o.namespace().unwrap_or_default(),
+                name: o.name_any(),
+            }
+        }
+        match self {
+            Object::Namespace(o) => Key::new("", &o.name_any()),
+            Object::Pod(o) => key(o.as_ref()),
+            Object::Service(o) => key(o.as_ref()),
+            Object::EndpointSlice(o) => key(o.as_ref()),
+            Object::HttpRoute(o) => key(o.as_ref()),
+            Object::GrpcRoute(o) => key(o.as_ref()),
+            Object::AuthorizationPolicy(o) => key(o.as_ref()),
+        }
+    }
+}
+
+/// A kind the sources read: typed, and convertible into an [`Object`].
+pub trait Watched:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    const KIND: Kind;
+    /// The object, trimmed of what the controller never reads
+    /// (`managedFields`), for the store.
+    fn into_object(self) -> Object;
+}
+
+fn trim<K: kube::Resource>(mut o: K) -> K {
+    o.meta_mut().managed_fields = None;
+    o
+}
+
+macro_rules! watched {
+    ($ty:ty, $kind:ident) => {
+        impl Watched for $ty {
+            const KIND: Kind = Kind::$kind;
+            fn into_object(self) -> Object {
+                Object::$kind(Arc::new(trim(self)))
+            }
+        }
+    };
+}
+
+watched!(Namespace, Namespace);
+watched!(Pod, Pod);
+watched!(Service, Service);
+watched!(EndpointSlice, EndpointSlice);
+watched!(HttpRoute, HttpRoute);
+watched!(GrpcRoute, GrpcRoute);
+watched!(AuthorizationPolicy, AuthorizationPolicy);
+
+/// Every object the controller knows, by kind, each map keyed and ordered
+/// by namespace and name. Values are shared: cloning is cheap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    pub namespaces: BTreeMap<Key, Arc<Namespace>>,
+    pub pods: BTreeMap<Key, Arc<Pod>>,
+    pub services: BTreeMap<Key, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
+    pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
+    pub grpc_routes: BTreeMap<Key, Arc<GrpcRoute>>,
+    pub authorization_policies: BTreeMap<Key, Arc<AuthorizationPolicy>>,
+}
+
+impl Objects {
+    /// Adds `o`, replacing any object of its kind with its key.
+    pub fn insert(&mut self, o: Object) {
+        let key = o.key();
+        match o {
+            Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
+            Object::Pod(o) => drop(self.pods.insert(key, o)),
+            Object::Service(o) => drop(self.services.insert(key, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
+            Object::AuthorizationPolicy(o) => drop(self.authorization_policies.insert(key, o)),
+        }
+    }
+
+    /// Removes the object of `kind` with `key`; whether there was one.
+    pub fn remove(&mut self, kind: Kind, key: &Key) -> bool {
+        match kind {
+            Kind::Namespace => self.namespaces.remove(key).is_some(),
+            Kind::Pod => self.pods.remove(key).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::HttpRoute => self.http_routes.remove(key).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
+            Kind::AuthorizationPolicy => self.authorization_policies.remove(key).is_some(),
+        }
+    }
+
+    /// Removes every object of `kind`.
+    pub fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Pod => self.pods.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::HttpRoute => self.http_routes.clear(),
+            Kind::GrpcRoute => self.grpc_routes.clear(),
+            Kind::AuthorizationPolicy => self.authorization_policies.clear(),
+        }
+    }
+
+    /// How many objects of `kind` there are.
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Namespace => self.namespaces.len(),
+            Kind::Pod => self.pods.len(),
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.endpoint_slices.len(),
+            Kind::HttpRoute => self.http_routes.len(),
+            Kind::GrpcRoute => self.grpc_routes.len(),
+            Kind::AuthorizationPolicy => self.authorization_policies.len(),
+        }
+    }
+
+    /// Builds a collection from objects (later ones replace earlier ones
+    /// of the same kind and key).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut out = Self::default();
+        for o in objects {
+            out.insert(o);
+        }
+        out
+    }
+}
