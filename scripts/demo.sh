@@ -15,7 +15,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/trellis/target}"
 
 echo "==> installing what the local mesh needs (scripts/install-deps.sh)"
 bash scripts/install-deps.sh
-echo "==> building trellis and trellis-proxy (release; cache: $CARGO_TARGET_DIR)"
-cargo build --release --locked -p trellis-cli -p trellis-proxy
+echo "==> building trellis, trellis-proxy, trellis-identity and trellis-controller (release; cache: $CARGO_TARGET_DIR)"
+cargo build --release --locked -p trellis-cli -p trellis-proxy -p trellis-identity -p trellis-controller
 echo "==> starting the demo"
 exec "$CARGO_TARGET_DIR/release/trellis" demo "$@"

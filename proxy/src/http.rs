@@ -470,6 +470,9 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         recorder: Option<Recorder>,
+        // A frame already read from `inner` (to see a gRPC status before
+        // deciding on a retry), handed out first.
+        peeked: Option<Frame<Bytes>>,
     }
 
     impl PinnedDrop for RecordBody {
@@ -477,7 +480,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(r) = this.recorder.take() {
                 // hyper need not poll a body that is already at its end.
-                let complete = this.inner.is_end_stream();
+                let complete = this.peeked.is_none() && this.inner.is_end_stream();
                 r.finish(complete);
             }
         }
@@ -486,9 +489,14 @@ pin_project_lite::pin_project! {
 
 impl RecordBody {
     fn new(inner: Incoming, recorder: Recorder) -> Self {
+        Self::with_peeked(inner, recorder, None)
+    }
+
+    fn with_peeked(inner: Incoming, recorder: Recorder, peeked: Option<Frame<Bytes>>) -> Self {
         Self {
             inner,
             recorder: Some(recorder),
+            peeked,
         }
     }
 }
@@ -502,7 +510,10 @@ impl Body for RecordBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
-        let res = this.inner.poll_frame(cx);
+        let res = match this.peeked.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => this.inner.poll_frame(cx),
+        };
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(trailers), Some(r)) = (frame.trailers_ref(), this.recorder.as_mut()) {
@@ -527,11 +538,14 @@ impl Body for RecordBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.peeked.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.peeked {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 

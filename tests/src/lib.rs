@@ -236,7 +236,8 @@ fn trellis_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("trellis"));
     cmd.args(args)
         .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))
-        .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"));
+        .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"))
+        .env("TRELLIS_CONTROLLER_BIN", bin("trellis-controller"));
     cmd
 }
 

@@ -31,6 +31,7 @@
 //!   table).
 
 pub(crate) mod authz;
+pub(crate) mod controller;
 pub(crate) mod golden;
 pub(crate) mod identity;
 pub(crate) mod interrupt;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::authz::{self, AuthorizationPolicy, Probe, ProxyPolicy};
+use super::controller::{self, ControllerPlan};
 use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::net::{self, Ipv4Cidr, PodAddresses};
 use super::spec::{Checked, InboundPolicy, Overrides};
@@ -21,6 +22,8 @@ pub(crate) const PROXY_UID: u32 = 7102;
 pub(crate) const OUTBOUND_PORT: u16 = 7140;
 pub(crate) const INBOUND_PORT: u16 = 7143;
 pub(crate) const ADMIN_PORT: u16 = 7191;
+/// The controller's objects file, in the mesh's state directory.
+pub(crate) const CLUSTER_FILE: &str = "cluster.yaml";
 /// The cluster DNS domain service names live under.
 pub(crate) const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The bridge in the node namespace (namespaced, so the name never clashes).
@@ -49,6 +52,9 @@ pub(crate) struct Plan {
     /// What every proxy's destinations file holds.
     #[serde(default)]
     pub destinations: Destinations,
+    /// `trellis-controller`, when any pod is meshed.
+    #[serde(default)]
+    pub controller: Option<ControllerPlan>,
 }
 
 /// The mesh's own "node" namespace, holding the bridge every pod plugs into.
@@ -268,6 +274,14 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
             files.clone(),
         )
     });
+    let controller = identity.as_ref().map(|_| {
+        controller::controller_plan(
+            gateway,
+            &file.trust_domain,
+            &file.default_inbound_policy.to_string(),
+            state::mesh_dir(&file.name).join(CLUSTER_FILE),
+        )
+    });
     let node = NodePlan {
         netns: node_netns_name(&file.name),
         bridge: BRIDGE.to_string(),
@@ -316,6 +330,11 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
                     proxy
                         .env
                         .extend(identity::proxy_env(id, &pod_identity, &pod_files));
+                    if let Some(c) = &controller {
+                        proxy
+                            .env
+                            .extend(controller::proxy_env(c, &w.namespace, &name));
+                    }
                     proxy.files = Some(pod_files);
                     proxy.policy = authz::compile(
                         &file.trust_domain,
@@ -403,6 +422,7 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
         policies: file.policies.clone(),
         identity,
         destinations,
+        controller,
     })
 }
 

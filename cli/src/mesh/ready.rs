@@ -60,6 +60,7 @@ pub(super) fn probes_failing(node_netns: &str, pod: &PodPlan) -> Option<String> 
 
 /// Waits until the identity service's `/ready` answers 200.
 pub(super) fn wait_identity(
+    what: &str,
     admin: SocketAddr,
     node_netns: &str,
     started: &mut Started,
@@ -74,7 +75,7 @@ pub(super) fn wait_identity(
         let why = match http::get(node_netns, admin, "/ready", PROBE_TIMEOUT) {
             Ok(r) if r.status == 200 => {
                 progress.step(&format!(
-                    "identity service ready on {admin} after {:.1}s",
+                    "{what} ready on {admin} after {:.1}s",
                     start.elapsed().as_secs_f64()
                 ));
                 return Ok(());
@@ -84,7 +85,7 @@ pub(super) fn wait_identity(
         };
         if Instant::now() >= deadline {
             bail!(
-                "timed out waiting for the identity service ({admin}: {why})\nlast lines of {}:\n{}",
+                "timed out waiting for the {what} ({admin}: {why})\nlast lines of {}:\n{}",
                 started.log.display(),
                 indent(&sys::tail(&started.log, 20))
             );

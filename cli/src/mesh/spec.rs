@@ -458,9 +458,36 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         }
     }
 
+    let service_names: std::collections::BTreeSet<(String, String)> = file
+        .services
+        .iter()
+        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .collect();
+    let mut route_names = std::collections::BTreeSet::new();
     for (i, v) in file.routes.iter().enumerate() {
-        if !v.is_object() {
-            errs.push(&format!("routes[{i}]"), "must be a mapping");
+        let path = format!("routes[{i}]");
+        for (field, msg) in super::controller::check_route(&path, v, &service_names) {
+            errs.push(&field, msg);
+        }
+        let key = (
+            v.get("namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("default")
+                .to_string(),
+            v.get("kind")
+                .and_then(|n| n.as_str())
+                .unwrap_or("HTTPRoute")
+                .to_string(),
+            v.get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        );
+        if !route_names.insert(key.clone()) {
+            errs.push(
+                &format!("{path}.name"),
+                format!("{} {}/{} is listed twice", key.1, key.0, key.2),
+            );
         }
     }
     errs.0.extend(authz::validate(

@@ -43,6 +43,8 @@ pub(crate) enum Role {
     Identity,
     /// `trellis mesh node-agent`, in the node namespace: refreshes tokens.
     NodeAgent,
+    /// `trellis-controller`, in the node namespace.
+    Controller,
 }
 
 impl Role {
@@ -52,6 +54,7 @@ impl Role {
             Self::Workload => "workload",
             Self::Identity => "identity",
             Self::NodeAgent => "node-agent",
+            Self::Controller => "controller",
         }
     }
 }

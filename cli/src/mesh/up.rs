@@ -35,6 +35,9 @@ pub(crate) const PROXY_BIN_ENV: &str = "TRELLIS_PROXY_BIN";
 /// Environment variable naming the identity service's binary (else: beside
 /// `trellis`).
 pub(crate) const IDENTITY_BIN_ENV: &str = "TRELLIS_IDENTITY_BIN";
+/// Environment variable naming the controller's binary (else: beside
+/// `trellis`).
+pub(crate) const CONTROLLER_BIN_ENV: &str = "TRELLIS_CONTROLLER_BIN";
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,7 @@ pub(crate) struct Binaries {
     pub trellis: PathBuf,
     pub proxy: Option<PathBuf>,
     pub identity: Option<PathBuf>,
+    pub controller: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -63,6 +67,7 @@ impl Binaries {
                 trellis,
                 proxy: None,
                 identity: None,
+                controller: None,
             });
         }
         let identity = match std::env::var_os(IDENTITY_BIN_ENV) {
@@ -73,6 +78,16 @@ impl Binaries {
             bail!(
                 "meshed workloads need trellis-identity, not found at {} (build it with `cargo build --workspace`, or set {IDENTITY_BIN_ENV})",
                 identity.display()
+            );
+        }
+        let controller = match std::env::var_os(CONTROLLER_BIN_ENV) {
+            Some(p) => PathBuf::from(p),
+            None => trellis.with_file_name("trellis-controller"),
+        };
+        if !controller.is_file() {
+            bail!(
+                "meshed workloads need trellis-controller, not found at {} (build it with `cargo build --workspace`, or set {CONTROLLER_BIN_ENV})",
+                controller.display()
             );
         }
         let proxy = match std::env::var_os(PROXY_BIN_ENV) {
@@ -96,6 +111,7 @@ impl Binaries {
             trellis,
             proxy: Some(proxy),
             identity: Some(identity),
+            controller: Some(controller),
         })
     }
 }
@@ -237,6 +253,7 @@ fn make(
     let mut children = Vec::new();
     if let (Some(bin), Some((id, mut started, signer))) = (&bins.proxy, identity) {
         wait_identity(
+            "identity service",
             id.admin,
             &plan.node.netns,
             &mut started,
@@ -255,6 +272,20 @@ fn make(
             plan.destinations.destinations.len()
         ));
         children.push(start_node_agent(store, &plan, &bins.trellis)?);
+        if let (Some(c), Some(bin)) = (&plan.controller, &bins.controller) {
+            write_cluster_file(&plan)?;
+            let mut started = start_controller(store, &plan, c, bin)?;
+            wait_identity(
+                "controller",
+                c.admin,
+                &plan.node.netns,
+                &mut started,
+                deadline,
+                interrupt,
+                progress,
+            )?;
+            children.push(started);
+        }
         for pod in meshed {
             interrupted(interrupt)?;
             children.push(start_proxy(store, pod, bin)?);
@@ -562,6 +593,43 @@ fn start_identity(
     let mut env = base_env();
     env.extend(id.env.clone());
     spawn(store, Place::Node(plan), Role::Identity, argv, env)
+}
+
+/// Writes the controller's objects file (atomically: it is watched).
+pub(crate) fn write_cluster_file(plan: &Plan) -> anyhow::Result<()> {
+    let Some(c) = &plan.controller else {
+        return Ok(());
+    };
+    let objects = super::controller::cluster_objects(
+        &plan.pods,
+        &plan.services,
+        &plan.routes,
+        &plan.policies,
+    );
+    let tmp = c.file.with_extension("yaml.tmp");
+    let bytes = serde_json::to_vec_pretty(&objects)?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &c.file).with_context(|| format!("writing {}", c.file.display()))?;
+    Ok(())
+}
+
+/// `trellis-controller` in the node namespace, reading the objects file.
+fn start_controller(
+    store: &mut Store,
+    plan: &Plan,
+    c: &super::controller::ControllerPlan,
+    bin: &Path,
+) -> anyhow::Result<Started> {
+    let argv = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        plan.node.netns.clone(),
+        bin.to_string_lossy().into_owned(),
+    ];
+    let mut env = base_env();
+    env.extend(c.env.clone());
+    spawn(store, Place::Node(plan), Role::Controller, argv, env)
 }
 
 /// `trellis mesh node-agent` in the node namespace: keeps pods' tokens

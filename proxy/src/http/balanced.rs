@@ -15,6 +15,7 @@
 //! every try and every backoff: when it expires, the client gets 504
 //! (gRPC `DEADLINE_EXCEEDED`).
 
+use http_body_util::BodyExt as _;
 use rand::Rng as _;
 
 use super::*;
@@ -119,7 +120,36 @@ pub(super) async fn forward(
         let limit = retry::try_timeout(plan.retry.as_ref(), plan.timeouts, remaining);
         let req = template.build(body.take().unwrap_or_else(ReqBody::empty));
         let started = Instant::now();
-        let sent = send(ctx, ep.addr, dest.as_deref(), req, client_h1);
+        // A gRPC status may come in trailers after initial metadata; when
+        // the route retries gRPC codes and the request can be replayed,
+        // read the response's first frame to see it before deciding.
+        let peek = recorder.grpc
+            && plan
+                .retry
+                .as_ref()
+                .is_some_and(|p| !p.grpc_codes.is_empty());
+        let sent = async {
+            let rsp = send(ctx, ep.addr, dest.as_deref(), req, client_h1).await?;
+            // Only a request already sent whole can be retried: checked
+            // now that the response has come.
+            let replayable = replay.as_ref().is_some_and(|r| r.complete());
+            if !peek || !replayable || retry::grpc_status(rsp.headers()).is_some() {
+                return Ok((rsp, None));
+            }
+            let (parts, mut body) = rsp.into_parts();
+            let first = match body.frame().await {
+                None => None,
+                Some(Ok(frame)) => Some(frame),
+                Some(Err(e)) => {
+                    let addr = OrigDstAddr::from(ep.addr);
+                    return Err(ProxyError::Upstream {
+                        addr,
+                        source: Box::new(e),
+                    });
+                }
+            };
+            Ok((Response::from_parts(parts, body), first))
+        };
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
             None => Some(sent.await),
@@ -128,9 +158,14 @@ pub(super) async fn forward(
             None => TryOutcome::PerTryTimeout,
             Some(Err(e)) if never_sent(e) => TryOutcome::ConnectError,
             Some(Err(_)) => TryOutcome::Reset,
-            Some(Ok(rsp)) => TryOutcome::Response {
+            Some(Ok((rsp, first))) => TryOutcome::Response {
                 status: rsp.status(),
-                grpc_status: retry::grpc_status(rsp.headers()),
+                grpc_status: retry::grpc_status(rsp.headers()).or_else(|| {
+                    first
+                        .as_ref()
+                        .and_then(Frame::trailers_ref)
+                        .and_then(retry::grpc_status)
+                }),
             },
         };
         let healthy = match outcome {
@@ -193,7 +228,9 @@ pub(super) async fn forward(
                         .get_or_create(&route_labels)
                         .inc();
                 }
-                RetryDecision::NoRetry(_) => {}
+                RetryDecision::NoRetry(why) => {
+                    tracing::debug!(service = %plan.service, route = %plan.route, ?outcome, why = why.as_str(), "not retried");
+                }
             }
         }
         return match result {
@@ -203,9 +240,35 @@ pub(super) async fn forward(
                     recorder.labels.peer = d.peer.clone();
                     recorder.labels.tls = true;
                 }
-                finish(ctx, result, recorder, client_h1, dest.as_deref(), fail)
+                finish_peeked(ctx, result, recorder, client_h1, fail)
             }
         };
+    }
+}
+
+/// [`finish`] for a try whose first response frame may have been read.
+fn finish_peeked(
+    ctx: &HttpContext,
+    result: Result<(Response<Incoming>, Option<Frame<Bytes>>), ProxyError>,
+    mut recorder: Recorder,
+    client_h1: bool,
+    fail: impl FnOnce(ProxyError, Recorder) -> Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    match result {
+        Ok((rsp, None)) => finish(ctx, Ok(rsp), recorder, client_h1, None, fail),
+        Ok((mut rsp, Some(first))) => {
+            remove_hop_by_hop(rsp.headers_mut());
+            *rsp.version_mut() = if client_h1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_2
+            };
+            recorder.status = rsp.status();
+            recorder.grpc_status = grpc_status(rsp.headers());
+            let mut first = Some(first);
+            rsp.map(|body| Either::Left(RecordBody::with_peeked(body, recorder, first.take())))
+        }
+        Err(e) => finish(ctx, Err(e), recorder, client_h1, None, fail),
     }
 }
 

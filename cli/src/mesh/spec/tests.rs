@@ -30,7 +30,7 @@ services:
     selector: web
     ports: [{port: 80, targetPort: 8080, name: http}]
 routes:
-  - {name: web-route, parent: web}
+  - {name: web-route, namespace: demo, parent: {service: web}, rules: [{}]}
 policies: []
 "#;
 
@@ -72,7 +72,7 @@ fn good_file_with_defaults() {
     assert_eq!(c.overrides[1], Overrides::default());
     assert_eq!(f.services[0].ports[0].target(), 8080);
     assert_eq!(f.routes.len(), 1);
-    assert_eq!(f.routes[0]["parent"], "web");
+    assert_eq!(f.routes[0]["parent"]["service"], "web");
 }
 
 #[test]
