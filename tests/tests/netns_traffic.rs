@@ -7,10 +7,8 @@
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use serde_json::Value;
-use trellis_e2e::{bin, eventually, json_summary, require_root, require_tool, Mesh, Metrics};
+use trellis_e2e::{bin, json_summary, require_root, require_tool, Mesh, Metrics};
 
 /// `flaky`: three replicas, the third failing 30 % of requests; `broken`:
 /// three replicas, the third failing every request; `down`: two replicas
@@ -127,23 +125,6 @@ routes:
       retry.trellis.dev/grpc-codes: "unavailable"
     rules:
       - matches: [{method: {service: trellis.test.Echo}}]
-"#;
-
-const SCALE_MESH: &str = r#"
-name: {mesh}
-workloads:
-  - name: client
-    namespace: tr
-    serviceAccount: client
-    command: [sleep, infinity]
-  - name: web
-    namespace: tr
-    serviceAccount: web
-    replicas: {replicas}
-    ports: [8080]
-    command: ["{trellis}", app, http, --listen, "0.0.0.0:8080", --name, "{name}"]
-services:
-  - {name: web, namespace: tr, selector: web, ports: [{port: 80, targetPort: 8080}]}
 "#;
 
 fn up(prefix: &str, yaml: &str) -> Mesh {
@@ -372,72 +353,4 @@ fn netns_traffic_split_per_route_metrics_grpc_retries_and_controller_loss() {
         .success());
     let s = load(&mesh, "http://web.tr.svc.cluster.local/split", 200, 1_000);
     assert_eq!(ok(&s), 1_000, "traffic failed without the controller: {s}");
-}
-
-#[test]
-fn netns_traffic_scaling_3_to_1_to_3_under_500_rps_fails_no_request() {
-    let yaml = |n: u32| SCALE_MESH.replace("{replicas}", &n.to_string());
-    let mesh = up("ts", &yaml(3));
-    let file = mesh.dir.join("scaled.yaml");
-    let trellis = bin("trellis");
-    let load = mesh.spawn(
-        "client",
-        &[
-            trellis.to_str().unwrap(),
-            "app",
-            "load",
-            "--url",
-            "http://web.tr.svc.cluster.local/",
-            "--rps",
-            "500",
-            "--duration",
-            "40s",
-            "--concurrency",
-            "16",
-        ],
-    );
-    // The file as `up` used it (mesh name filled in), with 3 replicas.
-    let base = std::fs::read_to_string(mesh.dir.join("mesh.yaml")).unwrap();
-    let apply = |n: u32| {
-        std::fs::write(
-            &file,
-            base.replace("replicas: 3", &format!("replicas: {n}")),
-        )
-        .unwrap();
-        let out = trellis_e2e::trellis(&["mesh", "apply", "-f", file.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "apply {n} replicas: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ready = eventually(Duration::from_secs(30), || {
-            mesh.status()["pods"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["workload"] == "web")
-                .count()
-                == n as usize
-        });
-        assert!(ready, "not {n} web pods after apply");
-    };
-    // Scale while the load runs: after about 4 s of it, and again after
-    // about 10 s more (read off the client proxy's request count).
-    let sent = || {
-        mesh.metrics("client")
-            .sum("trellis_http_requests_total", &[("direction", "outbound")])
-    };
-    let reached = |n: f64| eventually(Duration::from_secs(30), || sent() >= n);
-    assert!(reached(2_000.0), "the load did not start");
-    apply(1);
-    let now = sent();
-    assert!(
-        reached(now + 5_000.0),
-        "the load stalled after scaling down"
-    );
-    apply(3);
-    let s = json_summary(load, "trellis app load");
-    eprintln!("scaling under load: {s}");
-    assert_eq!(failed(&s), 0, "requests failed while scaling: {s}");
-    assert!(ok(&s) >= 19_000, "{s}");
 }
