@@ -1,7 +1,8 @@
 //! `trellis demo`: the mesh of `examples/demo.yaml` (built in), traffic
 //! through it, and a live table of golden metrics.
 //!
-//! 1. `mesh up` in-process (root; real proxies, real capture rules);
+//! 1. `mesh up` in-process (root; real proxies, real capture rules, the
+//!    real identity service and controller in the node namespace);
 //! 2. bounded rounds of `trellis app load` (HTTP/1.1 and HTTP/2) and
 //!    `trellis app banner-client` (opaque TCP) inside the `client` pod;
 //! 3. every `--interval`, each proxy's `/metrics`, summed per workload on the

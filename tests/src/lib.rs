@@ -203,6 +203,49 @@ impl Mesh {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `trellis mesh apply -f FILE` with `yaml` (`{mesh}` and `{repo}`
+    /// replaced as in [`Mesh::up`]), written beside the mesh's first file.
+    pub fn apply(&self, yaml: &str) -> Output {
+        let file = self.dir.join("applied.yaml");
+        let yaml = yaml
+            .replace("{mesh}", &self.name)
+            .replace("{repo}", repo().to_str().unwrap());
+        std::fs::write(&file, yaml).unwrap();
+        trellis(&["mesh", "apply", "-f", file.to_str().unwrap()])
+    }
+
+    /// The controller's objects file (`cluster.yaml` in the mesh's state
+    /// directory: a Kubernetes `List`, written as JSON, which is YAML).
+    pub fn cluster_file(&self) -> serde_json::Value {
+        let dir = self.status()["stateDir"].as_str().unwrap().to_string();
+        let path = Path::new(&dir).join("cluster.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+    }
+
+    /// The addresses the cluster file's EndpointSlices list for service
+    /// `namespace/name`, sorted.
+    pub fn cluster_endpoints(&self, namespace: &str, name: &str) -> Vec<String> {
+        let list = self.cluster_file();
+        let mut out: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| {
+                o["kind"] == "EndpointSlice"
+                    && o["metadata"]["namespace"] == namespace
+                    && o["metadata"]["labels"]["kubernetes.io/service-name"] == name
+            })
+            .flat_map(|o| o["endpoints"].as_array().cloned().unwrap_or_default())
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Replaces the pod's policy file (the path `status -o json` reports as
     /// `policyFile`) atomically with `policy`.
     pub fn write_policy(&self, pod: &str, policy: &serde_json::Value) {

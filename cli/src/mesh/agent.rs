@@ -6,7 +6,8 @@
 //!
 //! `up` starts it in the node namespace and records it; `down` stops it
 //! (SIGTERM's default action). It also exits by itself once the mesh's
-//! state directory is gone.
+//! state directory is gone. It rereads the state's plan each round, so
+//! pods `apply` adds are refreshed too.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) fn run(mesh: &str) -> anyhow::Result<()> {
     let store = Store::open(mesh)?;
-    let plan = store.state.plan;
+    let mut plan = store.state.plan;
     let id = plan
         .identity
         .as_ref()
@@ -44,6 +45,10 @@ pub(crate) fn run(mesh: &str) -> anyhow::Result<()> {
             continue;
         }
         next = Instant::now() + REFRESH_EVERY;
+        match Store::open(mesh) {
+            Ok(s) => plan = s.state.plan,
+            Err(e) => eprintln!("rereading the mesh's state (keeping the last plan): {e}"),
+        }
         let mut failed = 0;
         for pod in plan.pods.iter().filter(|p| p.meshed) {
             let written = files::pod_files(pod).and_then(|f| files::write_token(pod, f, &signer));

@@ -1,5 +1,8 @@
 //! The local mesh: `trellis mesh up -f FILE | status | exec | down | list`.
 //!
+//! `trellis mesh apply -f FILE` brings a running mesh to a changed file
+//! (replicas, services, routes, policies): see [`apply`] and [`diff`].
+//!
 //! A mesh is one Linux host (root) pretending to be a cluster. Each workload
 //! replica is a network namespace (`trls-<mesh>-<ns>-<replica>`) with a veth
 //! into a bridge that lives in the mesh's own node namespace
@@ -19,11 +22,13 @@
 //! Modules, in the order `up` uses them:
 //! - [`spec`]: the mesh file, parsed strictly and validated all at once
 //!   (its `policies:` in [`authz`]);
-//! - [`net`], [`plan`], [`identity`] and [`authz`]: pure decisions — names,
+//! - [`net`], [`plan`], [`identity`], [`authz`], [`controller`] and
+//!   [`cluster`] (the controller's objects file): pure decisions — names,
 //!   addresses, files, rules, command lines, the identity service, each
 //!   proxy's destinations and policy;
 //! - [`state`]: the intent log `down` trusts;
-//! - [`up`] (then [`ready`]), [`down`], [`status`]: acting on the system, through [`sys`]
+//! - [`diff`]: what `apply` changes, decided (pure);
+//! - [`up`] (then [`ready`]), [`apply`], [`down`], [`status`]: acting on the system, through [`sys`]
 //!   (commands, `/proc`, sockets inside a namespace), [`http`] and
 //!   [`files`] (CA, tokens, policy and destinations files);
 //! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
@@ -31,6 +36,7 @@
 //!   table).
 
 pub(crate) mod authz;
+pub(crate) mod cluster;
 pub(crate) mod controller;
 pub(crate) mod golden;
 pub(crate) mod identity;
@@ -40,6 +46,8 @@ pub(crate) mod spec;
 pub(crate) mod table;
 
 mod agent;
+mod apply;
+mod diff;
 mod down;
 mod files;
 mod http;
@@ -79,6 +87,16 @@ enum MeshCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// How long to wait for proxies and workloads to become ready.
+        #[arg(long, default_value = "30s", value_parser = trellis_core::config::parse_duration)]
+        timeout: Duration,
+    },
+    /// Bring a running mesh to a changed file (replicas, services, routes,
+    /// policies), as `kubectl apply` would; the file's `name` says which.
+    Apply {
+        /// The changed mesh file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// How long to wait for new proxies and workloads to become ready.
         #[arg(long, default_value = "30s", value_parser = trellis_core::config::parse_duration)]
         timeout: Duration,
     },
@@ -157,6 +175,19 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             let name = mesh.name().to_string();
             println!("{}", status::render(&status::collect(&mesh.store)));
             println!("mesh {name} is up. Next: `trellis mesh status`, `trellis mesh exec POD -- CMD`, `trellis mesh down`");
+            Ok(())
+        }
+        MeshCommand::Apply { file, timeout } => {
+            let checked = spec::load(&file)?;
+            let interrupt = Interrupt::install()?;
+            let opts = apply::ApplyOptions {
+                timeout,
+                source: file.display().to_string(),
+            };
+            let progress = Progress::new(&checked.file.name);
+            let store = apply::apply(&checked, &opts, &interrupt, &progress)?;
+            println!("{}", status::render(&status::collect(&store)));
+            println!("mesh {} is at {}.", store.state.mesh, file.display());
             Ok(())
         }
         MeshCommand::Status { name, output } => {

@@ -2,8 +2,11 @@
 //!
 //! Pure: no sockets, no system calls. The first host address of the pod CIDR
 //! is the bridge's (the pods' gateway); pods follow in file order. Service
-//! virtual IPs are taken from the service CIDR the same way.
+//! virtual IPs are taken from the service CIDR the same way. Once a mesh
+//! runs, `apply` keeps every address it gave ([`Slots`]): pods and services
+//! that stay keep theirs, new ones get the lowest address nobody had.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -187,6 +190,22 @@ impl PodAddresses {
         }
         Some(v6_host(u64::try_from(index).ok()? + 2))
     }
+
+    /// The index [`Self::pod`] gave `ip`, if it is a pod address.
+    pub(crate) fn index_of(self, ip: Ipv4Addr) -> Option<usize> {
+        host_number(self.cidr, ip)?
+            .checked_sub(2)
+            .and_then(|n| usize::try_from(n).ok())
+    }
+}
+
+/// Which host number `ip` is in `cidr` (the inverse of [`Ipv4Cidr::host`]).
+fn host_number(cidr: Ipv4Cidr, ip: Ipv4Addr) -> Option<u64> {
+    if !cidr.contains(ip) {
+        return None;
+    }
+    let n = u64::from(u32::from(ip)) - u64::from(u32::from(cidr.network));
+    (1..=cidr.host_capacity()).contains(&n).then_some(n)
 }
 
 fn v6_host(n: u64) -> Ipv6Addr {
@@ -196,6 +215,57 @@ fn v6_host(n: u64) -> Ipv6Addr {
 /// The `index`th service's virtual IP (0-based, in file order).
 pub(crate) fn service_vip(cidr: Ipv4Cidr, index: usize) -> Option<Ipv4Addr> {
     cidr.host(u64::try_from(index).ok()? + 1)
+}
+
+/// The index [`service_vip`] gave `vip`.
+pub(crate) fn service_vip_index(cidr: Ipv4Cidr, vip: Ipv4Addr) -> Option<usize> {
+    host_number(cidr, vip)?
+        .checked_sub(1)
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// The bridge's MAC address: fixed, locally administered and unicast, from
+/// a hash of `name`. A Linux bridge whose address was never set takes the
+/// lowest of its ports', so it would change as pods come and go, and every
+/// pod would lose its gateway until its neighbour entry expired.
+pub(crate) fn bridge_mac(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let mut mac = String::from("02");
+    for b in &digest[..5] {
+        mac.push_str(&format!(":{b:02x}"));
+    }
+    mac
+}
+
+/// Address indexes handed out by name: a name that had one keeps it; a
+/// new name gets the lowest index no name had before (what it had may
+/// still be in use while `apply` works) and none took since. With nothing
+/// before, names get 0, 1, 2… in the order asked: file order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slots {
+    kept: BTreeMap<String, usize>,
+    taken: BTreeSet<usize>,
+}
+
+impl Slots {
+    /// `before`: every name that had an index, and that index.
+    pub(crate) fn new(before: impl IntoIterator<Item = (String, usize)>) -> Self {
+        let kept: BTreeMap<String, usize> = before.into_iter().collect();
+        let taken = kept.values().copied().collect();
+        Self { kept, taken }
+    }
+
+    /// The index of `name`.
+    pub(crate) fn slot(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.kept.get(name) {
+            return i;
+        }
+        let i = (0..).find(|i| !self.taken.contains(i)).unwrap_or_default();
+        self.taken.insert(i);
+        self.kept.insert(name.to_string(), i);
+        i
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +356,51 @@ mod tests {
         assert_eq!(service_vip(net, 0), Some(Ipv4Addr::new(10, 96, 0, 1)));
         assert_eq!(service_vip(net, 9), Some(Ipv4Addr::new(10, 96, 0, 10)));
         assert_eq!(service_vip(c("10.96.0.0/30"), 2), None);
+    }
+
+    #[test]
+    fn indexes_invert_addresses() {
+        let pods = PodAddresses::new(c("10.77.0.0/16"), false);
+        for i in [0, 1, 253, 254, 1000] {
+            assert_eq!(pods.index_of(pods.pod(i).unwrap()), Some(i));
+        }
+        assert_eq!(pods.index_of(Ipv4Addr::new(10, 77, 0, 1)), None, "gateway");
+        assert_eq!(pods.index_of(Ipv4Addr::new(10, 78, 0, 2)), None, "outside");
+        let net = c("10.96.0.0/16");
+        assert_eq!(
+            service_vip_index(net, service_vip(net, 7).unwrap()),
+            Some(7)
+        );
+        assert_eq!(service_vip_index(net, Ipv4Addr::new(10, 96, 0, 0)), None);
+    }
+
+    #[test]
+    fn bridge_macs_are_stable_local_unicast() {
+        let mac = bridge_mac("trls-m-node");
+        assert_eq!(mac, bridge_mac("trls-m-node"));
+        assert_ne!(mac, bridge_mac("trls-n-node"));
+        assert!(mac.starts_with("02:"), "{mac}");
+        assert_eq!(mac.len(), 17, "{mac}");
+    }
+
+    #[test]
+    fn slots_keep_old_names_and_never_reuse_their_indexes() {
+        // Fresh: file order.
+        let mut s = Slots::new([]);
+        assert_eq!(
+            [s.slot("a"), s.slot("b"), s.slot("a"), s.slot("c")],
+            [0, 1, 0, 2]
+        );
+        // `b` (1) is gone, `a` and `c` stay, `d` and `e` are new: `d` must
+        // not take 1 while `b` may still run.
+        let mut s = Slots::new([("a".into(), 0), ("b".into(), 1), ("c".into(), 2)]);
+        assert_eq!(
+            [s.slot("d"), s.slot("c"), s.slot("e"), s.slot("a")],
+            [3, 2, 4, 0]
+        );
+        // Holes left by earlier applies are filled first.
+        let mut s = Slots::new([("a".into(), 0), ("c".into(), 2)]);
+        assert_eq!([s.slot("x"), s.slot("y")], [1, 3]);
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub(crate) struct PodPlan {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub proxy: Option<ProxyPlan>,
+    /// The workload's annotations (the Pod's, in the controller's file).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl PodPlan {
@@ -130,6 +133,9 @@ pub(crate) struct ServicePlan {
     pub name: String,
     pub namespace: String,
     pub vip: Ipv4Addr,
+    /// The workload it selects (label `app`), in its namespace.
+    #[serde(default)]
+    pub selector: String,
     pub ports: Vec<ServicePortPlan>,
     /// Pod addresses of the selected workload's replicas.
     pub endpoints: Vec<Ipv4Addr>,
@@ -148,6 +154,8 @@ pub(crate) struct ServicePortPlan {
     pub name: Option<String>,
     pub port: u16,
     pub target_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 /// `web-0`.
@@ -260,8 +268,30 @@ pub(crate) fn expand(template: &str, vars: &TemplateVars) -> Result<String, Stri
 /// Turns a checked file into a plan. `trellis_bin` is what `{trellis}`
 /// expands to.
 pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String> {
+    build_next(checked, trellis_bin, None)
+}
+
+/// [`build`] for a mesh that runs `previous` (`apply`): pods and services
+/// that stay keep their addresses; new ones get addresses none of
+/// `previous` had (see [`net::Slots`]).
+pub(crate) fn build_next(
+    checked: &Checked,
+    trellis_bin: &str,
+    previous: Option<&Plan>,
+) -> Result<Plan, String> {
     let file = &checked.file;
     let addrs = PodAddresses::new(checked.pod_cidr, file.ipv6);
+    let mut pod_slots = net::Slots::new(
+        previous
+            .iter()
+            .flat_map(|p| &p.pods)
+            .filter_map(|p| Some((p.netns.clone(), addrs.index_of(p.ip)?))),
+    );
+    let mut vip_slots =
+        net::Slots::new(previous.iter().flat_map(|p| &p.services).filter_map(|s| {
+            let index = net::service_vip_index(checked.service_cidr, s.vip)?;
+            Some((format!("{}/{}", s.namespace, s.name), index))
+        }));
     let gateway = addrs
         .gateway()
         .ok_or_else(|| format!("podCidr {} has no room for a gateway", checked.pod_cidr))?;
@@ -295,12 +325,12 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
     for (wi, w) in file.workloads.iter().enumerate() {
         let overrides = checked.overrides.get(wi).unwrap_or(&no_overrides);
         for replica in 0..w.replicas {
-            let index = pods.len();
+            let name = replica_name(&w.name, replica);
+            let netns = netns_name(&file.name, &w.namespace, &name);
+            let index = pod_slots.slot(&netns);
             let ip = addrs
                 .pod(index)
                 .ok_or_else(|| format!("podCidr {} is full", checked.pod_cidr))?;
-            let name = replica_name(&w.name, replica);
-            let netns = netns_name(&file.name, &w.namespace, &name);
             let vars = TemplateVars {
                 trellis: trellis_bin.to_string(),
                 name: name.clone(),
@@ -379,18 +409,21 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
                 command,
                 env,
                 proxy,
+                annotations: w.annotations.clone(),
             });
         }
     }
 
     let mut services = Vec::new();
-    for (i, s) in file.services.iter().enumerate() {
-        let vip = net::service_vip(checked.service_cidr, i)
+    for s in &file.services {
+        let index = vip_slots.slot(&format!("{}/{}", s.namespace, s.name));
+        let vip = net::service_vip(checked.service_cidr, index)
             .ok_or_else(|| format!("serviceCidr {} is full", checked.service_cidr))?;
         services.push(ServicePlan {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
             vip,
+            selector: s.selector.clone(),
             ports: s
                 .ports
                 .iter()
@@ -398,6 +431,7 @@ pub(crate) fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String
                     name: p.name.clone(),
                     port: p.port,
                     target_port: p.target(),
+                    app_protocol: p.app_protocol.clone(),
                 })
                 .collect(),
             endpoints: pods

@@ -133,6 +133,10 @@ pub(crate) struct ServicePort {
     /// Defaults to `port`.
     #[serde(default)]
     pub target_port: Option<u16>,
+    /// The Service port's `appProtocol` (`http`, `h2c`, `grpc`, `tcp`…):
+    /// the controller's protocol hint to proxies.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 impl ServicePort {
@@ -700,6 +704,19 @@ fn check_service(errs: &mut Errors, path: &str, s: &Service, workloads: &[Worklo
         if let Some(name) = &p.name {
             if let Err(e) = check_label(name, 15) {
                 errs.push(&format!("{pp}.name"), e);
+            }
+        }
+        if let Some(proto) = &p.app_protocol {
+            let ok = !proto.is_empty()
+                && proto.len() <= 63
+                && proto
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/' | b'_'));
+            if !ok {
+                errs.push(
+                    &format!("{pp}.appProtocol"),
+                    format!("{proto:?} is not an appProtocol such as http, h2c, grpc or tcp"),
+                );
             }
         }
         if p.target() == 0 {

@@ -32,6 +32,10 @@ pub(crate) enum Phase {
     Ready,
     /// `down` is removing things (or died while doing so).
     Deleting,
+    /// `apply` is changing the mesh (or died while doing so: the next
+    /// `apply` finishes removing what it left half-made, `down` removes
+    /// everything).
+    Applying,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +92,10 @@ pub(crate) struct State {
     pub proxy_bin: Option<PathBuf>,
     #[serde(default)]
     pub identity_bin: Option<PathBuf>,
+    /// The `trellis` that `{trellis}` in commands stands for (`apply`
+    /// expands new pods' commands with the same one).
+    #[serde(default)]
+    pub trellis_bin: Option<PathBuf>,
     pub plan: Plan,
     /// True if `up` created `/etc/netns` itself (with a marker in it, so
     /// whichever mesh goes down last removes it).
@@ -117,6 +125,7 @@ impl State {
             up_pid: std::process::id(),
             proxy_bin,
             identity_bin: None,
+            trellis_bin: None,
             plan,
             created_etc_netns: false,
             netns: Vec::new(),

@@ -28,6 +28,8 @@ pub(crate) struct MeshStatus {
     pub node_netns: String,
     /// `trellis-identity`, when pods are meshed.
     pub identity_service: Option<IdentityServiceStatus>,
+    /// `trellis-controller`, when pods are meshed.
+    pub controller: Option<ControllerStatus>,
     /// The node namespace's processes (identity service, node agent).
     pub node_processes: Vec<ProcessStatus>,
     /// Every pod ready.
@@ -118,6 +120,18 @@ pub(crate) struct IdentityServiceStatus {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
+pub(crate) struct ControllerStatus {
+    /// gRPC, what proxies dial.
+    pub addr: String,
+    pub admin_url: String,
+    /// Its `/ready` answers 200 (its first sync of the file is done).
+    pub ready: bool,
+    /// The Kubernetes objects it reads (`cluster.yaml`).
+    pub file: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ProcessStatus {
     pub role: Role,
     pub pid: Option<u32>,
@@ -149,9 +163,18 @@ pub(crate) fn collect(store: &Store) -> MeshStatus {
                 .is_ok_and(|r| r.status == 200),
         roots_file: id.files.roots.display().to_string(),
     });
+    let controller = s.plan.controller.as_ref().map(|c| ControllerStatus {
+        addr: c.addr.to_string(),
+        admin_url: format!("http://{}", c.admin),
+        ready: node_up
+            && http::get(&s.plan.node.netns, c.admin, "/ready", PROBE_TIMEOUT)
+                .is_ok_and(|r| r.status == 200),
+        file: c.file.display().to_string(),
+    });
     let node_processes: Vec<ProcessStatus> = s.node_processes.iter().map(process_status).collect();
-    let node_ok =
-        node_processes.iter().all(|p| p.alive) && identity_service.as_ref().is_none_or(|i| i.ready);
+    let node_ok = node_processes.iter().all(|p| p.alive)
+        && identity_service.as_ref().is_none_or(|i| i.ready)
+        && controller.as_ref().is_none_or(|c| c.ready);
     MeshStatus {
         name: s.mesh.clone(),
         phase: s.phase,
@@ -163,6 +186,7 @@ pub(crate) fn collect(store: &Store) -> MeshStatus {
         service_cidr: s.plan.service_cidr.to_string(),
         node_netns: s.plan.node.netns.clone(),
         identity_service,
+        controller,
         node_processes,
         ready: s.phase == Phase::Ready && node_ok && pods.iter().all(|p| p.ready),
         pods,
@@ -287,6 +311,7 @@ pub(crate) fn render(st: &MeshStatus) -> String {
             Phase::Ready => "ready",
             Phase::Creating => "creating, or `up` died: run `trellis mesh down`",
             Phase::Deleting => "deleting, or `down` died: run `trellis mesh down` again",
+            Phase::Applying => "applying a change, or `apply` died: run `trellis mesh apply` again",
         },
         st.source,
         st.trust_domain,
@@ -301,6 +326,15 @@ pub(crate) fn render(st: &MeshStatus) -> String {
             id.addr,
             id.admin_url,
             id.roots_file
+        ));
+    }
+    if let Some(c) = &st.controller {
+        out.push_str(&format!(
+            "controller ({}) at {}, admin {}; objects {}\n\n",
+            if c.ready { "ready" } else { "NOT READY" },
+            c.addr,
+            c.admin_url,
+            c.file
         ));
     }
     let rows: Vec<Vec<String>> = st

@@ -137,6 +137,7 @@ pub(crate) fn up(
     let iptables_mode = preflight(&plan, meshed)?;
     let mut state = State::new(plan, opts.source.clone(), bins.proxy.clone());
     state.identity_bin = bins.identity.clone();
+    state.trellis_bin = Some(bins.trellis.clone());
     let mut store = Store::create(state)?;
     progress.step(&format!("state in {}", store.dir().display()));
     match make(&mut store, &bins, iptables_mode, opts, interrupt, progress) {
@@ -322,6 +323,8 @@ fn make_node(store: &mut Store, plan: &Plan, progress: &Progress) -> anyhow::Res
     let n = node.netns.as_str();
     sys::ip(&["-n", n, "link", "set", "lo", "up"])?;
     sys::ip(&["-n", n, "link", "add", &node.bridge, "type", "bridge"])?;
+    let mac = super::net::bridge_mac(&node.netns);
+    sys::ip(&["-n", n, "link", "set", &node.bridge, "address", &mac])?;
     let gw = format!("{}/{}", node.gateway, node.prefix_len);
     sys::ip(&["-n", n, "addr", "add", &gw, "dev", &node.bridge])?;
     if let Some(v6) = node.gateway_v6 {
@@ -347,7 +350,7 @@ fn make_node(store: &mut Store, plan: &Plan, progress: &Progress) -> anyhow::Res
     Ok(())
 }
 
-fn make_pod(store: &mut Store, plan: &Plan, pod: &PodPlan) -> anyhow::Result<()> {
+pub(super) fn make_pod(store: &mut Store, plan: &Plan, pod: &PodPlan) -> anyhow::Result<()> {
     let etc = Path::new(sys::ETC_NETNS_DIR).join(&pod.netns);
     store.update(|s| s.etc_dirs.push(etc.clone()))?;
     fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
@@ -416,7 +419,7 @@ fn make_pod(store: &mut Store, plan: &Plan, pod: &PodPlan) -> anyhow::Result<()>
 }
 
 /// `PATH`, `HOME` and locale from our environment; nothing else leaks in.
-fn base_env() -> BTreeMap<String, String> {
+pub(super) fn base_env() -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert(
         "PATH".to_string(),
@@ -439,7 +442,7 @@ fn log_path(store: &Store, pod: &PodPlan, role: &str) -> PathBuf {
 }
 
 /// `trellis-proxy init …` in the pod, as an init container: must succeed.
-fn run_init(
+pub(super) fn run_init(
     store: &Store,
     pod: &PodPlan,
     bin: &Path,
@@ -600,12 +603,8 @@ pub(crate) fn write_cluster_file(plan: &Plan) -> anyhow::Result<()> {
     let Some(c) = &plan.controller else {
         return Ok(());
     };
-    let objects = super::controller::cluster_objects(
-        &plan.pods,
-        &plan.services,
-        &plan.routes,
-        &plan.policies,
-    );
+    let objects =
+        super::cluster::cluster_objects(&plan.pods, &plan.services, &plan.routes, &plan.policies);
     let tmp = c.file.with_extension("yaml.tmp");
     let bytes = serde_json::to_vec_pretty(&objects)?;
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -649,7 +648,7 @@ fn start_node_agent(store: &mut Store, plan: &Plan, trellis: &Path) -> anyhow::R
     spawn(store, Place::Node(plan), Role::NodeAgent, argv, base_env())
 }
 
-fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {
+pub(super) fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {
     let Some(proxy) = &pod.proxy else {
         bail!("pod {} is not meshed", pod.qualified_name());
     };
@@ -672,7 +671,7 @@ fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<S
     spawn(store, Place::Pod(pod), Role::Proxy, argv.to_vec(), env)
 }
 
-fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
+pub(super) fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
     let mut argv = vec![
         "ip".to_string(),
         "netns".into(),

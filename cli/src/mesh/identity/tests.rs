@@ -81,10 +81,12 @@ fn a_service_lists_every_identity_behind_it() {
         name: "web".into(),
         namespace: "demo".into(),
         vip: Ipv4Addr::new(10, 96, 0, 9),
+        selector: "web".into(),
         ports: vec![plan::ServicePortPlan {
             name: None,
             port: 80,
             target_port: 8080,
+            app_protocol: None,
         }],
         endpoints: vec![pods[0].ip, other.ip],
     }];

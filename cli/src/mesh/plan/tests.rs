@@ -174,7 +174,8 @@ fn endpoints_follow_selectors() {
         ServicePortPlan {
             name: None,
             port: 8080,
-            target_port: 8080
+            target_port: 8080,
+            app_protocol: None,
         }
     );
 }

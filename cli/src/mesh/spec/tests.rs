@@ -303,3 +303,21 @@ fn templates_expand_and_escape() {
         .unwrap_err()
         .contains("unmatched"));
 }
+
+#[test]
+fn service_ports_take_an_app_protocol() {
+    let yaml = |proto: &str| {
+        format!("workloads:\n  - {{name: web, ports: [80], command: [x]}}\nservices:\n  - {{name: web, selector: web, ports: [{{port: 80, appProtocol: {proto}}}]}}\n")
+    };
+    let c = parse(&yaml("grpc"), "t").unwrap();
+    assert_eq!(
+        c.file.services[0].ports[0].app_protocol.as_deref(),
+        Some("grpc")
+    );
+    assert!(parse(&yaml("kubernetes.io/h2c"), "t").is_ok());
+    let errs = errors(&yaml("\"not one\""));
+    assert!(
+        has(&errs, "services[0] (default/web).ports[0].appProtocol"),
+        "{errs:?}"
+    );
+}
