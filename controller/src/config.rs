@@ -9,7 +9,7 @@ use serde::Serialize;
 use trellis_core::config::{format_duration, ConfigErrors, Reader, Source};
 use trellis_core::telemetry::{parse_log_filter, LogFormat};
 
-use crate::index::{InboundDefault, Settings};
+use crate::index::{DefaultPolicy, Settings};
 
 /// Every variable: (name, default, meaning). `--help` prints this table.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
@@ -113,7 +113,7 @@ pub struct Config {
     pub trust_domain: String,
     pub cluster_domain: String,
     #[serde(serialize_with = "ser_display")]
-    pub default_inbound_policy: InboundDefault,
+    pub default_inbound_policy: DefaultPolicy,
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     pub log: String,
@@ -142,7 +142,7 @@ impl Config {
                 check_cluster_domain,
             ),
             default_inbound_policy: r
-                .get(DEFAULT_INBOUND_POLICY, InboundDefault::AllUnauthenticated),
+                .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
             shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
             log: r.parse_with(LOG, "info".into(), parse_log_filter),
             log_format: r.get(LOG_FORMAT, LogFormat::Plain),
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(cfg.cluster_domain, "cluster.local");
         assert_eq!(
             cfg.default_inbound_policy,
-            InboundDefault::AllUnauthenticated
+            DefaultPolicy::AllUnauthenticated
         );
         assert_eq!(cfg.file_poll_interval, Duration::from_millis(250));
         for (name, default, _) in VARIABLES {
@@ -285,6 +285,6 @@ mod tests {
             ok.file.as_deref(),
             Some(std::path::Path::new("/tmp/mesh.yaml"))
         );
-        assert_eq!(ok.settings().default_inbound, InboundDefault::Deny);
+        assert_eq!(ok.settings().default_inbound, DefaultPolicy::Deny);
     }
 }

@@ -137,14 +137,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::InboundDefault;
+    use crate::index::DefaultPolicy;
     use k8s_openapi::api::core::v1::Namespace;
 
     fn settings() -> Settings {
         Settings {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
-            default_inbound: InboundDefault::AllUnauthenticated,
+            default_inbound: DefaultPolicy::AllUnauthenticated,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod policy;
 pub mod shutdown;
 pub mod spiffe;
 pub mod telemetry;

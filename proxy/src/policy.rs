@@ -20,47 +20,12 @@
 //! policy.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use trellis_core::config::PortRange;
 use trellis_core::spiffe::SpiffeId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DefaultPolicy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    Deny,
-    Audit,
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
-            "all-authenticated" => Ok(Self::AllAuthenticated),
-            "deny" => Ok(Self::Deny),
-            "audit" => Ok(Self::Audit),
-            other => Err(format!(
-                "unknown inbound policy {other:?}: use all-unauthenticated, all-authenticated, deny or audit"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for DefaultPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        })
-    }
-}
+pub use trellis_core::policy::DefaultPolicy;
 
 /// The inbound policy of one pod, as the local mesh (and later the
 /// controller) hands it to the proxy.

@@ -32,7 +32,7 @@ use std::time::Duration;
 use trellis_api::discovery::v1 as pb;
 use trellis_core::config::{parse_ports, PortRange};
 
-use super::inbound::InboundDefault;
+use super::inbound::DefaultPolicy;
 
 pub const RETRY_PREFIX: &str = "retry.trellis.dev/";
 pub const TIMEOUT_PREFIX: &str = "timeout.trellis.dev/";
@@ -370,7 +370,7 @@ pub fn parse_opaque_ports(s: &str) -> Result<Vec<PortRange>, String> {
 }
 
 /// `config.trellis.dev/port-inbound-policy`: `8080=deny,9090=audit`.
-pub fn parse_port_policies(s: &str) -> Result<BTreeMap<u16, InboundDefault>, String> {
+pub fn parse_port_policies(s: &str) -> Result<BTreeMap<u16, DefaultPolicy>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (port, policy) = part
@@ -380,7 +380,7 @@ pub fn parse_port_policies(s: &str) -> Result<BTreeMap<u16, InboundDefault>, Str
             Ok(0) | Err(_) => return Err(format!("{:?} is not a port (1-65535)", port.trim())),
             Ok(p) => p,
         };
-        let policy: InboundDefault = policy.trim().parse()?;
+        let policy: DefaultPolicy = policy.trim().parse()?;
         if out.insert(port, policy).is_some() {
             return Err(format!("port {port} is given twice"));
         }

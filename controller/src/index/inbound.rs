@@ -3,8 +3,6 @@
 //! probes of its containers, and the authorization policies selecting it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -17,40 +15,7 @@ use super::{annotation, Problem, Snapshot, PROXY_CONTAINER};
 use crate::crd::AuthorizationPolicy;
 use crate::objects::{Key, Kind};
 
-/// The default inbound policy (SPEC "Inbound policy").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboundDefault {
-    AllUnauthenticated,
-    AllAuthenticated,
-    Deny,
-    Audit,
-}
-
-impl FromStr for InboundDefault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all-unauthenticated" => Ok(Self::AllUnauthenticated),
-            "all-authenticated" => Ok(Self::AllAuthenticated),
-            "deny" => Ok(Self::Deny),
-            "audit" => Ok(Self::Audit),
-            other => Err(format!(
-                "unknown inbound policy {other:?}: use all-unauthenticated, all-authenticated, deny or audit"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for InboundDefault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        })
-    }
-}
+pub use trellis_core::policy::DefaultPolicy;
 
 /// The inbound policy of pod `namespace/name`; `None` while the pod is not
 /// known (the proxy then keeps waiting: no default stands in for a policy
@@ -58,7 +23,7 @@ impl fmt::Display for InboundDefault {
 pub fn inbound(snap: &Snapshot, namespace: &str, name: &str) -> Option<pb::InboundPolicy> {
     let pod = snap.objects.pods.get(&Key::new(namespace, name))?;
     let ns = snap.objects.namespaces.get(&Key::new("", namespace));
-    let parse = |v: Option<&str>| v.and_then(|v| v.trim().parse::<InboundDefault>().ok());
+    let parse = |v: Option<&str>| v.and_then(|v| v.trim().parse::<DefaultPolicy>().ok());
     let default = parse(annotation(pod.as_ref(), DEFAULT_INBOUND_POLICY))
         .or_else(|| parse(ns.and_then(|n| annotation(n.as_ref(), DEFAULT_INBOUND_POLICY))))
         .unwrap_or(snap.settings.default_inbound);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-pub use inbound::{inbound, InboundDefault};
+pub use inbound::{inbound, DefaultPolicy};
 pub use resolve::resolve;
 use routes::{CompiledRoute, Rules};
 
@@ -46,7 +46,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Settings {
     pub trust_domain: String,
     pub cluster_domain: String,
-    pub default_inbound: InboundDefault,
+    pub default_inbound: DefaultPolicy,
 }
 
 /// Something wrong with an object that the controller worked around: the
@@ -297,7 +297,7 @@ fn check_inbound_annotations(
 ) {
     let Some(ann) = ann else { return };
     if let Some(v) = ann.get(DEFAULT_INBOUND_POLICY) {
-        if let Err(e) = v.trim().parse::<InboundDefault>() {
+        if let Err(e) = v.trim().parse::<DefaultPolicy>() {
             let next = if kind == Kind::Pod {
                 "the namespace's or the mesh-wide default applies"
             } else {

@@ -18,7 +18,7 @@ fn settings() -> Arc<Settings> {
     Arc::new(Settings {
         trust_domain: TD.into(),
         cluster_domain: "cluster.local".into(),
-        default_inbound: InboundDefault::AllUnauthenticated,
+        default_inbound: DefaultPolicy::AllUnauthenticated,
     })
 }
 
@@ -868,8 +868,8 @@ fn status_and_code_parsers() {
     assert_eq!(
         parse_port_policies("8080=deny, 9090=all-unauthenticated").unwrap(),
         [
-            (8080, InboundDefault::Deny),
-            (9090, InboundDefault::AllUnauthenticated)
+            (8080, DefaultPolicy::Deny),
+            (9090, DefaultPolicy::AllUnauthenticated)
         ]
         .into()
     );
@@ -1048,7 +1048,7 @@ status: {{phase: Running, podIP: 10.0.5.5}}
     // The mesh-wide default is the controller's setting.
     let objects = parse(&format!("{}---\n{}", ns(""), pod(""))).unwrap();
     let deny = Arc::new(Settings {
-        default_inbound: InboundDefault::Deny,
+        default_inbound: DefaultPolicy::Deny,
         ..(*settings()).clone()
     });
     let snap = Snapshot::new(objects, deny, 1, true);

@@ -87,7 +87,7 @@ pub(super) async fn forward(
         let started = Instant::now();
         let result = tunnel::forward_to(ctx, addr, dest.as_deref(), req).await;
         svc.finish(backend, ep.addr, started.elapsed(), result.is_ok());
-        return finish(ctx, result, recorder, client_h1, dest.as_deref(), fail);
+        return finish(ctx, result, recorder, client_h1, fail);
     }
 
     remove_hop_by_hop(req.headers_mut());
@@ -255,7 +255,7 @@ fn finish_peeked(
     fail: impl FnOnce(ProxyError, Recorder) -> Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     match result {
-        Ok((rsp, None)) => finish(ctx, Ok(rsp), recorder, client_h1, None, fail),
+        Ok((rsp, None)) => finish(ctx, Ok(rsp), recorder, client_h1, fail),
         Ok((mut rsp, Some(first))) => {
             remove_hop_by_hop(rsp.headers_mut());
             *rsp.version_mut() = if client_h1 {
@@ -268,7 +268,7 @@ fn finish_peeked(
             let mut first = Some(first);
             rsp.map(|body| Either::Left(RecordBody::with_peeked(body, recorder, first.take())))
         }
-        Err(e) => finish(ctx, Err(e), recorder, client_h1, None, fail),
+        Err(e) => finish(ctx, Err(e), recorder, client_h1, fail),
     }
 }
 
@@ -340,7 +340,6 @@ fn finish(
     result: Result<Response<Incoming>, ProxyError>,
     mut recorder: Recorder,
     client_h1: bool,
-    _dest: Option<&Destination>,
     fail: impl FnOnce(ProxyError, Recorder) -> Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     match result {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::index::{InboundDefault, Settings, Snapshot};
+use crate::index::{DefaultPolicy, Settings, Snapshot};
 use crate::objects::Key;
 use crate::testutil::{eventually, TempDir};
 
@@ -88,7 +88,7 @@ fn settings() -> Settings {
     Settings {
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
-        default_inbound: InboundDefault::AllUnauthenticated,
+        default_inbound: DefaultPolicy::AllUnauthenticated,
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use trellis_api::discovery::v1 as pb;
 
 use super::*;
-use crate::index::{resolve, InboundDefault, Settings, Snapshot};
+use crate::index::{resolve, DefaultPolicy, Settings, Snapshot};
 
 type Handle = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<String>>;
 type Responder = tower_test::mock::SendResponse<http::Response<String>>;
@@ -155,7 +155,7 @@ fn settings() -> Settings {
     Settings {
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
-        default_inbound: InboundDefault::AllUnauthenticated,
+        default_inbound: DefaultPolicy::AllUnauthenticated,
     }
 }
 
