@@ -1,6 +1,7 @@
 //! `trellis`, the command line.
 //!
 //! - `trellis mesh up|status|exec|down` — the local mesh ([`mesh`]).
+//! - `trellis inject -f FILE` — a manifest with the sidecar injected ([`inject`]).
 //! - `trellis demo` — a built-in local mesh with traffic and a live table ([`demo`]).
 //! - `trellis app …` — the small programs the demo and the tests run inside
 //!   pods: HTTP echo servers, a server-speaks-first TCP service, a load
@@ -8,6 +9,7 @@
 
 mod app;
 mod demo;
+mod inject;
 mod mesh;
 
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ enum Command {
     Mesh(mesh::MeshArgs),
     /// Start a built-in local mesh, send traffic through it, show golden metrics.
     Demo(demo::DemoArgs),
+    /// Print a manifest with the Trellis proxy injected into every pod template.
+    Inject(inject::InjectArgs),
     /// Small programs that run inside pods of the local mesh (demo and tests).
     #[command(subcommand)]
     App(app::AppCommand),
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mesh(args) => mesh::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Inject(args) => inject::run(args),
         Command::App(cmd) => app::run(cmd),
     };
     match result {

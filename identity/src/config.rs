@@ -30,12 +30,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         ISSUER_CERT_FILE,
         "/var/run/trellis/issuer/tls.crt",
-        "issuer (intermediate) certificate, PEM; further intermediates may follow it",
+        "issuer certificate, PEM: an intermediate (others may follow), or a root also in the roots",
     ),
     (
         ISSUER_KEY_FILE,
         "/var/run/trellis/issuer/tls.key",
-        "issuer key, PKCS#8 PEM",
+        "issuer key, PEM: PKCS#8, SEC1 (P-256, P-384) or PKCS#1 (RSA), unencrypted",
     ),
     (
         TRUST_ROOTS_FILE,

@@ -376,3 +376,64 @@ async fn refuses_to_start_with_an_unusable_issuer() {
     let e = Server::bind(config, verifier).await.err().unwrap();
     assert!(e.to_string().contains("issuer key cannot be used"), "{e}");
 }
+
+/// The chart's fallback CA (Sprig `genCAWithKey … (genPrivateKey "ecdsa")`,
+/// see data/sprig-ca/gen.go): one self-signed certificate as both
+/// `roots.pem` and `issuer.crt`, and a SEC1 "EC PRIVATE KEY".
+#[tokio::test]
+async fn a_sprig_made_ca_serves_and_issues_certificates_that_verify() {
+    let crt = include_str!("data/sprig-ca/ecdsa-p256/ca.crt");
+    let r = start_with(
+        "sprig",
+        Bundle {
+            roots_pem: crt.into(),
+            issuer_cert_pem: crt.into(),
+            issuer_key_pem: include_str!("data/sprig-ca/ecdsa-p256/ca.key").into(),
+        },
+    )
+    .await;
+    // The serving certificate (issued by the root itself) verifies.
+    let mut client = connect(&r.addr, &r.roots(), &r.server_id).await.unwrap();
+    let (key, csr) = csr_for(vec![]);
+    let resp = client
+        .certify(CertifyRequest {
+            csr_der: csr,
+            token: r.token("demo", "web"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.identity, WEB);
+    let root = CertificateDer::from_pem_slice(crt.as_bytes()).unwrap();
+    assert_eq!(resp.intermediates_der, [root.to_vec()]);
+
+    // The mesh's credential check takes the leaf with the root after it,
+    // as sent, and alone.
+    let leaf = CertificateDer::from(resp.leaf_der.clone());
+    let creds = Credentials::new(WEB.parse().unwrap(), r.roots());
+    for chain in [vec![leaf.clone(), root], vec![leaf]] {
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        creds.set(key_der, chain).unwrap();
+    }
+
+    // And so does openssl, with and without the chain.
+    let dir = &r.dir;
+    dir.write("leaf.pem", &pem(&resp.leaf_der));
+    let ok = openssl(&["verify", "-CAfile", "roots.pem", "leaf.pem"], &dir.0);
+    assert!(ok.contains("leaf.pem: OK"), "{ok}");
+    let ok = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "roots.pem",
+            "-untrusted",
+            "issuer.crt",
+            "leaf.pem",
+        ],
+        &dir.0,
+    );
+    assert!(ok.contains("leaf.pem: OK"), "{ok}");
+    assert_eq!(r.metrics.issued_total(), 1);
+    r.shutdown.begin();
+    r.task.await.unwrap().unwrap();
+}

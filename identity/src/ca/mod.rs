@@ -1,7 +1,12 @@
-//! The CA's signing material: the issuer (an intermediate certificate and
-//! its key) and the trust-root bundle, read from PEM files as mounted from a
-//! Secret and a ConfigMap.
+//! The CA's signing material: the issuer (a CA certificate and its key)
+//! and the trust-root bundle, read from PEM files as mounted from a Secret
+//! and a ConfigMap.
 //!
+//! - The issuer is usually an intermediate under a root kept offline, but
+//!   it may be a root itself: a self-signed CA that is also in the trust
+//!   roots, as the chart's Sprig `genCAWithKey` fallback makes. Leaves are
+//!   then sent with that root as their chain, which verifies the same.
+//! - The key may be PKCS#8, SEC1 or PKCS#1 PEM (see `key.rs`).
 //! - [`Issuer::from_pem`] validates before anything is used: the issuer is a
 //!   CA, is within its validity window, matches its key, and a probe leaf it
 //!   signs verifies against the roots exactly as a client would verify it.
@@ -13,6 +18,7 @@
 //!   local mesh and as a chart's fallback.
 
 mod bootstrap;
+mod key;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -64,7 +70,7 @@ pub enum CaError {
     Expired { not_after: i64, now: i64 },
     #[error("issuer certificate is not valid before {not_before} (unix seconds; now {now})")]
     NotYetValid { not_before: i64, now: i64 },
-    #[error("issuer key cannot be used: {0} (a PKCS#8 \"PRIVATE KEY\" PEM is expected)")]
+    #[error("issuer key cannot be used: {0} (accepted: {accepted})", accepted = key::ACCEPTED)]
     BadKey(String),
     #[error("issuer key does not belong to the issuer certificate")]
     KeyMismatch,
@@ -100,8 +106,9 @@ impl std::fmt::Debug for Issuer {
 
 impl Issuer {
     /// Reads and validates an issuer: `cert_pem` holds the issuer
-    /// certificate first, optionally followed by further intermediates;
-    /// `key_pem` its PKCS#8 key; `roots_pem` the trust roots.
+    /// certificate first, optionally followed by further intermediates (or
+    /// just the root, when the issuer is one); `key_pem` its key (PKCS#8,
+    /// SEC1 or PKCS#1); `roots_pem` the trust roots.
     pub fn from_pem(
         cert_pem: &[u8],
         key_pem: &[u8],
@@ -148,9 +155,7 @@ impl Issuer {
                 now: now_s,
             });
         }
-        let key_text =
-            std::str::from_utf8(key_pem).map_err(|_| CaError::BadKey("not text".into()))?;
-        let key = KeyPair::from_pem(key_text).map_err(|e| CaError::BadKey(e.to_string()))?;
+        let key = key::key_pair_from_pem(key_pem).map_err(CaError::BadKey)?;
         if key.public_key_raw() != x509.public_key().subject_public_key.data.as_ref() {
             return Err(CaError::KeyMismatch);
         }
@@ -205,7 +210,7 @@ impl Issuer {
     }
 
     /// The issuer certificate and any further intermediates, as sent after
-    /// a leaf.
+    /// a leaf (the issuer certificate is the root when the issuer is one).
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }

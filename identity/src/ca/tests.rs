@@ -228,3 +228,162 @@ fn load_refuses_a_bad_issuer_with_the_reason() {
     let e = CaStore::load(missing, SystemTime::now()).err().unwrap();
     assert!(e.to_string().contains("nope.crt"), "{e}");
 }
+
+// CAs made as the chart's Sprig fallback makes them (Go crypto/x509; see
+// tests/data/sprig-ca/gen.go): one self-signed certificate that is both the
+// trust root and the issuer, and its key in the form Sprig writes it.
+
+/// (certificate, key) PEM of a fixture in tests/data/sprig-ca/.
+macro_rules! sprig {
+    ($dir:literal) => {
+        (
+            include_str!(concat!("../../tests/data/sprig-ca/", $dir, "/ca.crt")),
+            include_str!(concat!("../../tests/data/sprig-ca/", $dir, "/ca.key")),
+        )
+    };
+}
+
+/// The fixture as a bundle: the one certificate is the roots and the issuer.
+fn sprig_bundle((crt, key): (&str, &str)) -> Bundle {
+    Bundle {
+        roots_pem: crt.into(),
+        issuer_cert_pem: crt.into(),
+        issuer_key_pem: key.into(),
+    }
+}
+
+/// Signs a leaf for a fresh CSR key and checks it verifies against the
+/// roots sent alone and sent with the chain, through this crate's check
+/// and through the mesh's own credential check.
+fn signs_leaves_that_verify(issuer: &Issuer) {
+    let now = SystemTime::now();
+    let (key, _) = csr();
+    let id = id("demo", "web");
+    let leaf = sign::sign_leaf(issuer, &key, &id, &SignPolicy::default(), now).unwrap();
+    assert_eq!(leaf.chain, issuer.chain());
+    verify_chain(&leaf.leaf_der, &[], issuer.roots(), now).unwrap();
+    verify_chain(&leaf.leaf_der, &leaf.chain, issuer.roots(), now).unwrap();
+    let roots = trellis_core::tls::TrustRoots::from_pem(pem_of(issuer.roots()).as_bytes()).unwrap();
+    let creds = trellis_core::tls::Credentials::new(id, std::sync::Arc::new(roots));
+    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    for chain in [vec![], leaf.chain.clone()] {
+        let mut full = vec![leaf.leaf_der.clone()];
+        full.extend(chain);
+        creds.set(key_der.clone_key(), full).unwrap();
+    }
+}
+
+fn pem_of(certs: &[CertificateDer<'_>]) -> String {
+    certs
+        .iter()
+        .map(|c| {
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sprig_ecdsa_ca_with_its_sec1_key_is_root_and_issuer() {
+    let pair = sprig!("ecdsa-p256");
+    assert!(pair.1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    let issuer = from_bundle(&sprig_bundle(pair), SystemTime::now()).unwrap();
+    assert_eq!(issuer.chain(), issuer.roots());
+    assert_eq!(issuer.chain().len(), 1);
+    assert!(
+        issuer.subject().contains("Trellis root (cluster.local)"),
+        "{}",
+        issuer.subject()
+    );
+    assert!(issuer.signer().key().algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256);
+    signs_leaves_that_verify(&issuer);
+
+    // As `openssl ecparam -genkey` writes it: the curve's parameters first.
+    let with_params = format!(
+        "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+        pair.1
+    );
+    let b = Bundle {
+        issuer_key_pem: with_params,
+        ..sprig_bundle(pair)
+    };
+    from_bundle(&b, SystemTime::now()).unwrap();
+
+    // Beside other roots (a rotation): still fine.
+    let (other, _) = ca();
+    let b = Bundle {
+        roots_pem: format!("{}{}", other.roots_pem, pair.0),
+        ..sprig_bundle(pair)
+    };
+    signs_leaves_that_verify(&from_bundle(&b, SystemTime::now()).unwrap());
+}
+
+#[test]
+fn sprig_cas_of_the_other_key_types() {
+    // P-384 (SEC1) and Ed25519 (PKCS#8) sign; RSA (PKCS#1, 4096 bits, as
+    // genPrivateKey "rsa" makes it) too, once wrapped in PKCS#8.
+    for (pair, alg) in [
+        (sprig!("ecdsa-p384"), &rcgen::PKCS_ECDSA_P384_SHA384),
+        (sprig!("ed25519"), &rcgen::PKCS_ED25519),
+        (sprig!("rsa"), &rcgen::PKCS_RSA_SHA256),
+    ] {
+        let issuer = from_bundle(&sprig_bundle(pair), SystemTime::now())
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert!(issuer.signer().key().algorithm() == alg, "{alg:?}");
+        signs_leaves_that_verify(&issuer);
+    }
+    assert!(sprig!("rsa")
+        .1
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+}
+
+#[test]
+fn sprig_ca_with_a_key_that_is_not_its_own_is_refused() {
+    let p256 = sprig!("ecdsa-p256");
+    let (ours, _) = ca();
+    for key in [
+        sprig!("ecdsa-p384").1,
+        sprig!("rsa").1,
+        sprig!("ed25519").1,
+        ours.issuer_key_pem.as_str(),
+    ] {
+        let b = Bundle {
+            issuer_key_pem: key.into(),
+            ..sprig_bundle(p256)
+        };
+        let e = from_bundle(&b, SystemTime::now()).unwrap_err();
+        assert!(matches!(e, CaError::KeyMismatch), "{e}");
+    }
+    let b = Bundle {
+        issuer_key_pem: p256.1.into(),
+        ..sprig_bundle(sprig!("rsa"))
+    };
+    assert!(matches!(
+        from_bundle(&b, SystemTime::now()),
+        Err(CaError::KeyMismatch)
+    ));
+    // A key in a form that does not work says which forms do.
+    let b = Bundle {
+        issuer_key_pem: "-----BEGIN DSA PRIVATE KEY-----\nAAAA\n-----END DSA PRIVATE KEY-----\n"
+            .into(),
+        ..sprig_bundle(p256)
+    };
+    let e = from_bundle(&b, SystemTime::now()).unwrap_err().to_string();
+    assert!(
+        e.contains("\"DSA PRIVATE KEY\"") && e.contains("SEC1 \"EC PRIVATE KEY\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_self_signed_issuer_missing_from_the_roots_does_not_chain() {
+    let (ours, _) = ca();
+    let b = Bundle {
+        roots_pem: ours.roots_pem,
+        ..sprig_bundle(sprig!("ecdsa-p256"))
+    };
+    let e = from_bundle(&b, SystemTime::now()).unwrap_err();
+    assert!(matches!(e, CaError::DoesNotChain { roots: 1, .. }), "{e}");
+}

@@ -114,9 +114,14 @@ impl Running {
     }
 }
 
+/// The service with a fresh CA (root and issuer) of its own.
 pub async fn start(tag: &str) -> Running {
+    start_with(tag, bootstrap("cluster.local", 10 * DAY, 5 * DAY).unwrap()).await
+}
+
+/// The service with the CA files `bundle`.
+pub async fn start_with(tag: &str, bundle: Bundle) -> Running {
     let dir = TempDir::new(tag);
-    let bundle = bootstrap("cluster.local", 10 * DAY, 5 * DAY).unwrap();
     write_ca(&dir, &bundle);
     let tokens = LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
     dir.write("jwks.json", &tokens.jwks());

@@ -1,0 +1,320 @@
+//! The injected pod: the pod with the `trellis-init` and `trellis-proxy`
+//! containers, their volumes and the injection annotations.
+//!
+//! Native sidecar (default): `initContainers` become
+//! `[trellis-init, trellis-proxy (restartPolicy: Always), <the pod's own>]`,
+//! so the pod's init containers already run inside the mesh, and its
+//! containers start once the proxy's startup probe (`/ready`: certificate
+//! and policy in hand) passes. Plain container: `trellis-init` runs after
+//! the pod's own init containers (which then run outside the mesh: there
+//! is no proxy yet to send their traffic to), and `trellis-proxy` is the
+//! first container.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::decide::Settings;
+use super::{
+    INIT_CONTAINER, INJECTED_ANNOTATION, PROXY_CONTAINER, PROXY_UID, PROXY_VERSION_ANNOTATION,
+};
+use crate::config::InjectorConfig;
+
+/// The audience of the projected token the identity service verifies.
+pub const TOKEN_AUDIENCE: &str = "identity.trellis.dev";
+pub const TOKEN_VOLUME: &str = "trellis-identity-token";
+pub const ROOTS_VOLUME: &str = "trellis-trust-roots";
+pub const INIT_RUN_VOLUME: &str = "trellis-init-run";
+pub const TOKEN_DIR: &str = "/var/run/trellis/identity";
+pub const TOKEN_PATH: &str = "token";
+pub const ROOTS_DIR: &str = "/var/run/trellis/roots";
+pub const ROOTS_KEY: &str = "roots.pem";
+const ADMIN_PORT: i32 = 7191;
+/// The uid a non-root `trellis-init` runs as.
+const INIT_NONROOT_UID: i64 = 65534;
+
+pub(super) fn injected_pod(pod: &Pod, s: &Settings, cfg: &InjectorConfig) -> Pod {
+    let mut out = pod.clone();
+    let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(INJECTED_ANNOTATION.into(), "true".into());
+    annotations.insert(PROXY_VERSION_ANNOTATION.into(), cfg.proxy.version.clone());
+
+    let spec = out.spec.get_or_insert_with(Default::default);
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(volumes(cfg));
+    let init = init_container(s, cfg);
+    let proxy = proxy_container(s, cfg);
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    if s.native_sidecar {
+        inits.splice(0..0, [init, proxy]);
+    } else {
+        inits.push(init);
+        spec.containers.insert(0, proxy);
+    }
+    out
+}
+
+fn volumes(cfg: &InjectorConfig) -> [Volume; 3] {
+    [
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o444),
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(cfg.proxy.token_expiration_seconds),
+                        path: TOKEN_PATH.into(),
+                    }),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: ROOTS_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cfg.proxy.trust_roots_config_map.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        // iptables takes its lock under /run; the root filesystem is
+        // read-only.
+        Volume {
+            name: INIT_RUN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
+    let mut args = vec![
+        "init".to_string(),
+        "--proxy-uid".into(),
+        PROXY_UID.to_string(),
+        "--iptables-mode".into(),
+        cfg.init.iptables_mode.clone(),
+    ];
+    for (flag, list) in [
+        ("--skip-inbound-ports", &s.skip_inbound_ports),
+        ("--skip-outbound-ports", &s.skip_outbound_ports),
+    ] {
+        if !list.is_empty() {
+            args.push(flag.into());
+            args.push(list.clone());
+        }
+    }
+    let (uid, non_root) = if cfg.init.run_as_root {
+        (0, false)
+    } else {
+        (INIT_NONROOT_UID, true)
+    };
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.init_image().to_string()),
+        image_pull_policy: Some(cfg.proxy.image_pull_policy.clone()),
+        command: Some(vec!["trellis-proxy".into()]),
+        args: Some(args),
+        resources: Some(resources(
+            &[("cpu", "10m"), ("memory", "10Mi")],
+            &[("memory", "50Mi")],
+        )),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(uid),
+            run_as_non_root: Some(non_root),
+            // A non-root init gets NET_ADMIN and NET_RAW from its iptables
+            // binaries' file capabilities, which no_new_privs would void.
+            allow_privilege_escalation: Some(!cfg.init.run_as_root),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: INIT_RUN_VOLUME.into(),
+            mount_path: "/run".into(),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let from = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(field(path)),
+        ..Default::default()
+    };
+    let value = |name: &str, v: String| EnvVar {
+        name: name.into(),
+        value: Some(v),
+        ..Default::default()
+    };
+    // Kubernetes expands $(VAR) from variables defined earlier in the list.
+    let mut env = vec![
+        from("TRELLIS_PROXY_POD_NAMESPACE", "metadata.namespace"),
+        from("TRELLIS_PROXY_POD_NAME", "metadata.name"),
+        from("TRELLIS_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        value(
+            "TRELLIS_PROXY_WORKLOAD",
+            "$(TRELLIS_PROXY_POD_NAMESPACE)/$(TRELLIS_PROXY_POD_NAME)".into(),
+        ),
+        value("TRELLIS_PROXY_LOG", s.log_level.clone()),
+        value("TRELLIS_PROXY_OUTBOUND_LISTEN", "127.0.0.1:7140".into()),
+        value("TRELLIS_PROXY_INBOUND_LISTEN", "0.0.0.0:7143".into()),
+        value(
+            "TRELLIS_PROXY_ADMIN_LISTEN",
+            format!("0.0.0.0:{ADMIN_PORT}"),
+        ),
+        value(
+            "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY",
+            s.default_inbound_policy.to_string(),
+        ),
+        value(
+            "TRELLIS_PROXY_IDENTITY_ADDR",
+            cfg.proxy.identity_addr.clone(),
+        ),
+        value("TRELLIS_PROXY_IDENTITY_SERVER_ID", cfg.identity_server_id()),
+        value(
+            "TRELLIS_PROXY_IDENTITY",
+            format!(
+                "spiffe://{}/ns/$(TRELLIS_PROXY_POD_NAMESPACE)/sa/$(TRELLIS_POD_SERVICE_ACCOUNT)",
+                cfg.trust_domain
+            ),
+        ),
+        value(
+            "TRELLIS_PROXY_IDENTITY_TOKEN_FILE",
+            format!("{TOKEN_DIR}/{TOKEN_PATH}"),
+        ),
+        value(
+            "TRELLIS_PROXY_TRUST_ROOTS_FILE",
+            format!("{ROOTS_DIR}/{ROOTS_KEY}"),
+        ),
+        value(
+            "TRELLIS_PROXY_CONTROLLER_ADDR",
+            cfg.proxy.controller_addr.clone(),
+        ),
+    ];
+    if !s.opaque_ports.is_empty() {
+        env.push(value("TRELLIS_PROXY_OPAQUE_PORTS", s.opaque_ports.clone()));
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(ADMIN_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let r = &s.resources;
+    let requests: Vec<(&str, &str)> = [("cpu", &r.cpu_request), ("memory", &r.memory_request)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_str()))
+        .collect();
+    let limits: Vec<(&str, &str)> = [("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_str()))
+        .collect();
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(cfg.proxy.image.clone()),
+        image_pull_policy: Some(cfg.proxy.image_pull_policy.clone()),
+        command: Some(vec!["trellis-proxy".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("trellis-admin".into()),
+            container_port: ADMIN_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // The app starts once the proxy has its certificate and policy.
+        startup_probe: s.native_sidecar.then(|| probe("/ready", 1, 120)),
+        readiness_probe: Some(probe("/ready", 5, 3)),
+        liveness_probe: Some(probe("/live", 10, 3)),
+        resources: Some(resources(&requests, &limits)),
+        restart_policy: s.native_sidecar.then(|| "Always".to_string()),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(PROXY_UID),
+            run_as_group: Some(PROXY_UID),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: ROOTS_VOLUME.into(),
+                mount_path: ROOTS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+    let map = |pairs: &[(&str, &str)]| {
+        (!pairs.is_empty()).then(|| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: map(requests),
+        limits: map(limits),
+        ..Default::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,477 @@
+//! Golden files under `testdata/inject/<case>/`: `input.yaml` (a Namespace
+//! and a Pod, or any manifest), optional `config.yaml`, and what the
+//! injector must produce: `expected.json` (the patch, or the reason a pod
+//! is left alone) and `injected.yaml` (the pod with the patch applied,
+//! which `scripts/check-chart.sh` validates against the Kubernetes schema),
+//! or `expected.yaml` for manifests run through `trellis inject`'s logic.
+//!
+//! `TRELLIS_BLESS=1 cargo test -p trellis-injector golden` rewrites them;
+//! review the diff. The other tests check properties of the same outputs,
+//! so a blessed golden file is never the only judge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::manifest::inject_manifest;
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/inject");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("input.yaml").exists())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 18,
+        "golden cases missing under {}",
+        root.display()
+    );
+    dirs
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn config(dir: &Path) -> InjectorConfig {
+    match std::fs::read_to_string(dir.join("config.yaml")) {
+        Ok(text) => InjectorConfig::from_yaml(&text).unwrap(),
+        Err(_) => InjectorConfig::default(),
+    }
+}
+
+/// A case with one Pod (and maybe its Namespace) goes to [`inject`] as the
+/// webhook would call it; anything else goes through the manifest logic.
+struct PodCase {
+    pod_json: Value,
+    pod: Pod,
+    ns: NamespaceInfo,
+}
+
+fn pod_case(dir: &Path) -> Option<PodCase> {
+    let docs = docs(&std::fs::read_to_string(dir.join("input.yaml")).unwrap());
+    let (nss, rest): (Vec<_>, Vec<_>) = docs.into_iter().partition(|d| d["kind"] == "Namespace");
+    if rest.len() != 1 || rest[0]["kind"] != "Pod" {
+        return None;
+    }
+    let pod_json = rest[0].clone();
+    let pod: Pod = serde_json::from_value(pod_json.clone()).unwrap();
+    let strings = |v: &Value| -> BTreeMap<String, String> {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    };
+    let ns = match nss.first() {
+        Some(n) => NamespaceInfo {
+            name: n["metadata"]["name"].as_str().unwrap().into(),
+            labels: strings(&n["metadata"]["labels"]),
+            annotations: strings(&n["metadata"]["annotations"]),
+        },
+        None => NamespaceInfo {
+            name: pod.metadata.namespace.clone().unwrap_or("default".into()),
+            ..Default::default()
+        },
+    };
+    Some(PodCase { pod_json, pod, ns })
+}
+
+fn bless() -> bool {
+    std::env::var_os("TRELLIS_BLESS").is_some()
+}
+
+fn check_golden(path: &Path, actual: &str) {
+    if bless() {
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with TRELLIS_BLESS=1", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the injector's output:\n--- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+fn applied(pod_json: &Value, patch: &json_patch::Patch) -> Value {
+    let mut doc = pod_json.clone();
+    json_patch::patch(&mut doc, patch).unwrap();
+    doc
+}
+
+#[test]
+fn golden() {
+    for dir in cases() {
+        let cfg = config(&dir);
+        match pod_case(&dir) {
+            Some(case) => {
+                let outcome = inject(&case.pod, &case.ns, &cfg);
+                let expected = match &outcome {
+                    Outcome::Injected { patch, .. } => {
+                        let pod = applied(&case.pod_json, patch);
+                        check_golden(
+                            &dir.join("injected.yaml"),
+                            &serde_yaml_ng::to_string(&pod).unwrap(),
+                        );
+                        json!({"outcome": "injected", "patch": patch})
+                    }
+                    Outcome::Skipped(r) => {
+                        json!({"outcome": "skipped", "reason": r.label(), "message": r.to_string()})
+                    }
+                };
+                check_golden(
+                    &dir.join("expected.json"),
+                    &(serde_json::to_string_pretty(&expected).unwrap() + "\n"),
+                );
+            }
+            None => {
+                let input = std::fs::read_to_string(dir.join("input.yaml")).unwrap();
+                let out = inject_manifest(&input, &cfg, "default").unwrap();
+                let results: Vec<String> = out.results.iter().map(|r| r.to_string()).collect();
+                let text = format!("# {}\n{}", results.join("\n# "), out.yaml);
+                check_golden(&dir.join("expected.yaml"), &text);
+            }
+        }
+    }
+}
+
+fn injected_case(name: &str) -> (PodCase, Pod, json_patch::Patch) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/inject")
+        .join(name);
+    let case = pod_case(&dir).unwrap();
+    match inject(&case.pod, &case.ns, &config(&dir)) {
+        Outcome::Injected { patch, pod } => (case, *pod, patch),
+        Outcome::Skipped(r) => panic!("{name}: skipped: {r}"),
+    }
+}
+
+fn skipped(name: &str) -> SkipReason {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/inject")
+        .join(name);
+    let case = pod_case(&dir).unwrap();
+    match inject(&case.pod, &case.ns, &config(&dir)) {
+        Outcome::Skipped(r) => r,
+        Outcome::Injected { .. } => panic!("{name} was injected"),
+    }
+}
+
+fn names(list: &Option<Vec<Container>>) -> Vec<&str> {
+    list.iter().flatten().map(|c| c.name.as_str()).collect()
+}
+
+fn env(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn the_patch_gives_exactly_the_injected_pod() {
+    for dir in cases() {
+        let Some(case) = pod_case(&dir) else { continue };
+        if let Outcome::Injected { patch, pod } = inject(&case.pod, &case.ns, &config(&dir)) {
+            let mut expected = serde_json::to_value(&*pod).unwrap();
+            let mut actual: Pod = serde_json::from_value(applied(&case.pod_json, &patch)).unwrap();
+            // Compare as the API server would store both.
+            actual.metadata.namespace = pod.metadata.namespace.clone();
+            expected["metadata"]["namespace"] = json!(pod.metadata.namespace);
+            assert_eq!(
+                serde_json::to_value(&actual).unwrap(),
+                expected,
+                "{}",
+                dir.display()
+            );
+            for op in &patch.0 {
+                assert!(matches!(op, json_patch::PatchOperation::Add(_)), "{op:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn native_sidecar_runs_first_and_keeps_the_pods_own_order() {
+    let (case, pod, _) = injected_case("init-containers");
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        names(&spec.init_containers),
+        ["trellis-init", "trellis-proxy", "migrate"]
+    );
+    assert_eq!(names(&Some(spec.containers.clone())), ["api"]);
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert!(proxy.startup_probe.is_some(), "the app waits for the proxy");
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            "scratch",
+            "trellis-identity-token",
+            "trellis-trust-roots",
+            "trellis-init-run"
+        ]
+    );
+    let annotations = pod.metadata.annotations.unwrap();
+    assert_eq!(annotations["team"], "payments");
+    assert_eq!(annotations[INJECTED_ANNOTATION], "true");
+    assert_eq!(
+        annotations[PROXY_VERSION_ANNOTATION],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(case.pod.metadata.annotations.unwrap().len(), 1);
+}
+
+#[test]
+fn legacy_sidecar_is_a_container_and_init_runs_last() {
+    let (_, pod, _) = injected_case("legacy-sidecar");
+    let spec = pod.spec.unwrap();
+    assert_eq!(names(&spec.init_containers), ["migrate", "trellis-init"]);
+    assert_eq!(
+        names(&Some(spec.containers.clone())),
+        ["trellis-proxy", "api"]
+    );
+    let proxy = &spec.containers[0];
+    assert_eq!(proxy.restart_policy, None);
+    assert_eq!(proxy.startup_probe, None);
+    assert_eq!(
+        proxy.image.as_deref(),
+        Some("registry.example.com/mesh/trellis-proxy:0.1.0")
+    );
+}
+
+#[test]
+fn containers_are_locked_down() {
+    let (_, pod, _) = injected_case("plain-pod");
+    let inits = pod.spec.unwrap().init_containers.unwrap();
+    let (init, proxy) = (&inits[0], &inits[1]);
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(PROXY_UID));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(sc.capabilities.as_ref().unwrap().add, None);
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let isc = init.security_context.as_ref().unwrap();
+    let caps = isc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+    );
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(isc.privileged, Some(false));
+    assert_eq!(isc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        init.args.as_ref().unwrap()[..3],
+        ["init", "--proxy-uid", "7102"]
+    );
+}
+
+#[test]
+fn the_proxy_gets_its_identity_addresses_and_token() {
+    let (_, pod, _) = injected_case("plain-pod");
+    let spec = pod.spec.unwrap();
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    let env = env(proxy);
+    assert_eq!(
+        env["TRELLIS_PROXY_IDENTITY"],
+        "spiffe://cluster.local/ns/$(TRELLIS_PROXY_POD_NAMESPACE)/sa/$(TRELLIS_POD_SERVICE_ACCOUNT)"
+    );
+    assert_eq!(
+        env["TRELLIS_PROXY_IDENTITY_SERVER_ID"],
+        "spiffe://cluster.local/ns/trellis/sa/trellis-identity"
+    );
+    assert_eq!(
+        env["TRELLIS_PROXY_CONTROLLER_ADDR"],
+        "trellis-controller.trellis.svc.cluster.local:7156"
+    );
+    // $(VAR) only expands variables defined earlier in the list.
+    let order: Vec<&str> = proxy
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    let at = |n: &str| order.iter().position(|o| *o == n).unwrap();
+    assert!(at("TRELLIS_PROXY_POD_NAMESPACE") < at("TRELLIS_PROXY_IDENTITY"));
+    assert!(at("TRELLIS_POD_SERVICE_ACCOUNT") < at("TRELLIS_PROXY_IDENTITY"));
+    let token = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "trellis-identity-token");
+    let projection = token.unwrap().projected.unwrap().sources.unwrap().remove(0);
+    let sat = projection.service_account_token.unwrap();
+    assert_eq!(sat.audience.as_deref(), Some("identity.trellis.dev"));
+    assert_eq!(
+        format!("/var/run/trellis/identity/{}", sat.path),
+        env["TRELLIS_PROXY_IDENTITY_TOKEN_FILE"]
+    );
+}
+
+#[test]
+fn the_pods_overrides_win_over_its_namespaces() {
+    let (_, pod, _) = injected_case("namespace-overrides");
+    let spec = pod.spec.unwrap();
+    let inits = spec.init_containers.unwrap();
+    let args = inits[0].args.clone().unwrap();
+    let arg = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(arg("--skip-inbound-ports"), "9100,9200-9210");
+    assert_eq!(arg("--skip-outbound-ports"), "5432");
+    let env = env(&inits[1]);
+    assert_eq!(env["TRELLIS_PROXY_LOG"], "warn,trellis_proxy=info");
+    assert_eq!(env["TRELLIS_PROXY_OPAQUE_PORTS"], "6379");
+    assert_eq!(
+        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
+        "all-authenticated"
+    );
+    let res = inits[1].resources.clone().unwrap();
+    assert_eq!(res.requests.unwrap()["cpu"].0, "50m");
+    assert_eq!(res.limits.unwrap()["memory"].0, "64Mi");
+}
+
+#[test]
+fn every_bad_override_is_named() {
+    let SkipReason::Invalid(why) = skipped("bad-overrides") else {
+        panic!("not invalid")
+    };
+    for needle in [
+        "config.trellis.dev/skip-inbound-port ",
+        "config.trellis.dev/opaque-ports",
+        "config.trellis.dev/proxy-memory-limit",
+        "config.trellis.dev/default-inbound-policy",
+    ] {
+        assert!(why.contains(needle), "{needle} not in {why}");
+    }
+    assert!(SkipReason::Invalid(why).is_warning());
+}
+
+#[test]
+fn pods_left_alone_say_why() {
+    for (case, reason) in [
+        ("host-network", SkipReason::HostNetwork),
+        ("already-injected", SkipReason::AlreadyInjected),
+        ("other-mesh", SkipReason::OtherMesh("istio-proxy".into())),
+        ("opted-out", SkipReason::OptedOut),
+        ("not-enabled", SkipReason::NotEnabled),
+        ("control-plane", SkipReason::ControlPlane),
+        ("excluded-namespace", SkipReason::ExcludedNamespace),
+    ] {
+        assert_eq!(skipped(case), reason, "{case}");
+    }
+    assert!(matches!(skipped("proxy-port-clash"), SkipReason::Invalid(w) if w.contains("7143")));
+    let _ = injected_case("pod-opts-in");
+}
+
+#[test]
+fn injecting_twice_changes_nothing() {
+    for dir in cases() {
+        let Some(case) = pod_case(&dir) else { continue };
+        let cfg = config(&dir);
+        if let Outcome::Injected { pod, .. } = inject(&case.pod, &case.ns, &cfg) {
+            assert_eq!(
+                inject(&pod, &case.ns, &cfg),
+                Outcome::Skipped(SkipReason::AlreadyInjected)
+            );
+            // And the decision is a function of its inputs.
+            assert_eq!(
+                inject(&case.pod, &case.ns, &cfg),
+                inject(&case.pod, &case.ns, &cfg)
+            );
+        }
+    }
+}
+
+#[test]
+fn manifests_inject_every_workload_kind_and_keep_the_rest() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/inject/all-kinds");
+    let input = std::fs::read_to_string(dir.join("input.yaml")).unwrap();
+    let out = inject_manifest(&input, &InjectorConfig::default(), "default").unwrap();
+    let summary: Vec<(String, Option<&str>)> = out
+        .results
+        .iter()
+        .map(|r| (r.object.clone(), r.skipped.as_ref().map(SkipReason::label)))
+        .collect();
+    let expect = |o: &str, s: Option<&'static str>| (o.to_string(), s);
+    assert_eq!(
+        summary,
+        [
+            expect("pod/debug", None),
+            expect("deployment/web", None),
+            expect("statefulset/db", None),
+            expect("daemonset/agent", None),
+            expect("daemonset/node-agent", Some("host_network")),
+            expect("job/migrate", None),
+            expect("cronjob/cleanup", Some("opted_out")),
+            expect("replicaset/legacy-rs", None),
+        ]
+    );
+    let docs = docs(&out.yaml);
+    assert_eq!(docs.len(), 10, "every document is kept");
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert_eq!(docs[8]["kind"], "Service");
+    // The namespace's override reached the statefulset's proxy.
+    let sts_inits = &docs[3]["spec"]["template"]["spec"]["initContainers"];
+    let opaque = sts_inits[1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "TRELLIS_PROXY_OPAQUE_PORTS")
+        .unwrap();
+    assert_eq!(opaque["value"], "5432");
+    // Fields outside the pod template are untouched.
+    assert_eq!(
+        docs[3]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+}
+
+#[test]
+fn bad_manifests_are_refused_with_the_document_named() {
+    let cfg = InjectorConfig::default();
+    assert_eq!(
+        inject_manifest("", &cfg, "default"),
+        Err(crate::manifest::ManifestError::Empty)
+    );
+    let err =
+        inject_manifest("kind: Pod\napiVersion: v1\nspec: [1\n", &cfg, "default").unwrap_err();
+    assert!(err.to_string().starts_with("document 1"), "{err}");
+    let err = inject_manifest(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n",
+        &cfg,
+        "default",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("document 2 (deployment/d)"),
+        "{err}"
+    );
+    let err = inject_manifest(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: 3}\n",
+        &cfg,
+        "default",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not a valid pod template"),
+        "{err}"
+    );
+}

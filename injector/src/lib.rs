@@ -1,0 +1,11 @@
+//! Trellis injection: the pure decision and patch ([`inject`]), shared by
+//! the admission webhook ([`webhook`]) and `trellis inject` ([`manifest`]).
+
+pub mod config;
+pub mod inject;
+pub mod manifest;
+mod quantity;
+pub mod webhook;
+
+pub use config::InjectorConfig;
+pub use inject::{inject, NamespaceInfo, Outcome, SkipReason};

@@ -1,0 +1,399 @@
+//! The webhook over real HTTPS: sample AdmissionReviews (`tests/data/`) in,
+//! reviews out; TLS 1.3 only; certificate reload from a Secret-like
+//! volume; metrics and readiness on the admin port.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use base64::Engine as _;
+use serde_json::Value;
+use support::*;
+use trellis_injector::webhook::config as cfg;
+
+const POD_UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
+
+fn with_namespace(review: &str, namespace: &str) -> String {
+    let mut v: Value = serde_json::from_str(review).unwrap();
+    v["request"]["namespace"] = namespace.into();
+    v.to_string()
+}
+
+fn assert_refused(resp: &Value, uid: &str, needle: &str) {
+    assert_eq!(resp["apiVersion"], "admission.k8s.io/v1", "{resp}");
+    assert_eq!(resp["kind"], "AdmissionReview", "{resp}");
+    let r = &resp["response"];
+    assert_eq!(r["uid"], uid, "{resp}");
+    assert_eq!(r["allowed"], false, "{resp}");
+    assert_eq!(r["status"]["code"], 400, "{resp}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    assert!(r.get("patch").is_none(), "{resp}");
+}
+
+fn assert_admitted_unchanged(resp: &Value, uid: &str) {
+    assert_eq!(resp["apiVersion"], "admission.k8s.io/v1", "{resp}");
+    let r = &resp["response"];
+    assert_eq!(r["uid"], uid, "{resp}");
+    assert_eq!(r["allowed"], true, "{resp}");
+    assert!(r.get("patch").is_none(), "{resp}");
+    assert!(r.get("patchType").is_none(), "{resp}");
+}
+
+/// Whether `v`, anywhere inside, is an object with `"name": name`.
+fn names(v: &Value, name: &str) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.get("name") == Some(&Value::from(name)) || m.values().any(|v| names(v, name))
+        }
+        Value::Array(a) => a.iter().any(|v| names(v, name)),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn injects_a_pod_created_in_an_enabled_namespace() {
+    let r = start(&[]).await;
+    let resp = review(&r, sample("pod-create.json")).await;
+    assert_eq!(resp["apiVersion"], "admission.k8s.io/v1", "{resp}");
+    assert_eq!(resp["kind"], "AdmissionReview", "{resp}");
+    let answer = &resp["response"];
+    assert_eq!(answer["uid"], POD_UID, "{resp}");
+    assert_eq!(answer["allowed"], true, "{resp}");
+    assert_eq!(answer["patchType"], "JSONPatch", "{resp}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(
+            answer["patch"]
+                .as_str()
+                .expect("the patch is a base64 string"),
+        )
+        .unwrap();
+    let patch: Value = serde_json::from_slice(&patch).unwrap();
+    let ops = patch.as_array().expect("a JSON Patch is an array");
+    assert!(
+        ops.iter()
+            .all(|op| op["op"].is_string() && op["path"].is_string()),
+        "{patch:#}"
+    );
+    assert_eq!(r.metrics.reviews("injected", "injected"), 1);
+    // Depends on the pure injection logic: the patch adds the sidecar and
+    // the init container.
+    assert!(
+        names(&patch, "trellis-proxy"),
+        "the patch adds no trellis-proxy container: {patch:#}"
+    );
+    assert!(
+        names(&patch, "trellis-init"),
+        "the patch adds no trellis-init container: {patch:#}"
+    );
+}
+
+#[tokio::test]
+async fn admits_a_pod_in_a_namespace_without_the_annotation_unchanged() {
+    let r = start(&[]).await;
+    let resp = review(&r, with_namespace(&sample("pod-create.json"), "plain")).await;
+    assert_admitted_unchanged(&resp, POD_UID);
+    assert!(resp["response"].get("warnings").is_none(), "{resp}");
+    assert_eq!(r.metrics.reviews("skipped", "not_enabled"), 1);
+}
+
+#[tokio::test]
+async fn warns_when_a_pod_asked_for_the_proxy_and_cannot_have_it() {
+    let r = start(&[]).await;
+    let resp = review(
+        &r,
+        with_namespace(&sample("pod-create-invalid-override.json"), "plain"),
+    )
+    .await;
+    assert_admitted_unchanged(&resp, "d00dfeed-aaaa-4bbb-8ccc-dddddddddddd");
+    let warning = resp["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("config.trellis.dev/proxy-cpu-request"),
+        "{warning}"
+    );
+    assert_eq!(r.metrics.reviews("skipped", "invalid"), 1);
+}
+
+#[tokio::test]
+async fn a_namespace_missing_from_the_cache_is_decided_without_its_annotations() {
+    let r = start(&[]).await;
+    // `fresh` is not cached: after the 100 ms wait the pod is decided on
+    // its own annotations, and it asks for the proxy itself.
+    let mut v: Value = serde_json::from_str(&sample("pod-create.json")).unwrap();
+    v["request"]["namespace"] = "fresh".into();
+    v["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"trellis.dev/inject": "enabled"});
+    let resp = review(&r, v.to_string()).await;
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+    assert_eq!(resp["response"]["patchType"], "JSONPatch", "{resp}");
+    assert_eq!(r.metrics.namespace_misses(), 1);
+
+    // Without the pod's annotation, the namespace's (unknown) is missed.
+    let resp = review(&r, with_namespace(&sample("pod-create.json"), "fresh")).await;
+    assert_admitted_unchanged(&resp, POD_UID);
+    assert_eq!(r.metrics.namespace_misses(), 2);
+    assert_eq!(r.metrics.reviews("skipped", "not_enabled"), 1);
+
+    // Once it is cached, its annotation counts.
+    r.namespaces
+        .insert(namespace("fresh", &[("trellis.dev/inject", "enabled")]));
+    let resp = review(&r, with_namespace(&sample("pod-create.json"), "fresh")).await;
+    assert_eq!(resp["response"]["patchType"], "JSONPatch", "{resp}");
+    assert_eq!(r.metrics.namespace_misses(), 2);
+}
+
+#[tokio::test]
+async fn refuses_malformed_json_with_a_review() {
+    let r = start(&[]).await;
+    let resp = review(&r, "{\"apiVersion\": admission.k8s.io/v1}").await;
+    assert_refused(&resp, "", "not a valid AdmissionReview");
+
+    // Broken after the uid: the uid is still answered.
+    let broken = sample("pod-create.json").replacen("\"kind\": {", "\"kind\": {{", 1);
+    let resp = review(&r, broken).await;
+    assert_refused(&resp, POD_UID, "not a valid AdmissionReview");
+    assert_eq!(r.metrics.reviews("error", "malformed"), 2);
+}
+
+#[tokio::test]
+async fn refuses_a_truncated_review() {
+    let r = start(&[]).await;
+    let full = sample("pod-create.json");
+    let resp = review(&r, &full.as_bytes()[..full.len() / 2]).await;
+    assert_refused(&resp, POD_UID, "ends early");
+    assert_eq!(r.metrics.reviews("error", "truncated"), 1);
+}
+
+#[tokio::test]
+async fn refuses_a_body_that_breaks_off() {
+    let r = start(&[]).await;
+    let full = sample("pod-create.json");
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        full.len()
+    );
+    let answer = raw_exchange(&r, &head, &full.as_bytes()[..1000]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let resp: Value = serde_json::from_str(json).unwrap();
+    assert_refused(&resp, POD_UID, "broke off");
+    assert_eq!(r.metrics.reviews("error", "truncated"), 1);
+}
+
+#[tokio::test]
+async fn serves_http2() {
+    let r = start(&[]).await;
+    let resp = review_h2(&r, sample("pod-create.json").into()).await;
+    assert_eq!(resp["response"]["uid"], POD_UID, "{resp}");
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+}
+
+#[tokio::test]
+async fn refuses_an_oversized_review() {
+    let r = start(&[(cfg::MAX_REVIEW_BYTES, "16384")]).await;
+    // As the API server writes it: the uid first, the object after it.
+    let big = sample("pod-create.json").replacen(
+        "\"labels\": {",
+        &format!(
+            "\"annotations\": {{\"example.com/blob\": \"{}\"}}, \"labels\": {{",
+            "x".repeat(40_000)
+        ),
+        1,
+    );
+    assert!(big.len() > 40_000);
+    let resp = review(&r, big).await;
+    assert_refused(
+        &resp,
+        POD_UID,
+        "larger than the injector's limit of 16384 bytes",
+    );
+    assert_eq!(r.metrics.reviews("error", "oversized"), 1);
+
+    // The next review is served as usual.
+    let resp = review(&r, sample("pod-create.json")).await;
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+}
+
+#[tokio::test]
+async fn admits_other_kinds_and_operations_unchanged_with_a_warning() {
+    let r = start(&[]).await;
+    let resp = review(&r, sample("deployment-create.json")).await;
+    assert_admitted_unchanged(&resp, "e5a1b2c3-d4e5-4f60-8a7b-9c0d1e2f3a4b");
+    let warning = resp["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("only injects pods on CREATE"), "{warning}");
+    assert!(warning.contains("apps/v1 Deployment"), "{warning}");
+
+    let resp = review(&r, sample("pod-update.json")).await;
+    assert_admitted_unchanged(&resp, "b1c2d3e4-0000-4a5b-8c7d-0e1f2a3b4c5d");
+    let warning = resp["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("only injects pods on CREATE"), "{warning}");
+    assert!(warning.contains("UPDATE"), "{warning}");
+
+    assert_eq!(r.metrics.reviews("error", "wrong_kind"), 1);
+    assert_eq!(r.metrics.reviews("error", "wrong_operation"), 1);
+}
+
+#[tokio::test]
+async fn refuses_a_v1beta1_review() {
+    let r = start(&[]).await;
+    let resp = review(&r, sample("pod-create-v1beta1.json")).await;
+    assert_refused(
+        &resp,
+        "c0ffee00-1111-4222-8333-444455556666",
+        "admission.k8s.io/v1beta1",
+    );
+    assert_eq!(r.metrics.reviews("error", "wrong_version"), 1);
+}
+
+#[tokio::test]
+async fn answers_only_post_to_the_inject_path() {
+    let r = start(&[]).await;
+    let (status, _) = request(&r, "GET", "/inject", Vec::new()).await;
+    assert_eq!(status, 405);
+    let (status, _) = request(&r, "POST", "/mutate", sample("pod-create.json").into()).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn refuses_tls12_clients() {
+    let r = start(&[]).await;
+    let tls12 = client_config(&r.pki.ca, &[&rustls::version::TLS12]);
+    let refused = handshake(r.addr, tls12).await;
+    assert!(refused.is_err(), "a TLS 1.2-only client was accepted");
+    eventually("the failed handshake to be counted", async || {
+        (r.metrics.tls_handshake_failures() == 1).then_some(())
+    })
+    .await;
+
+    // Both offered: 1.3 is spoken.
+    let both = client_config(
+        &r.pki.ca,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    );
+    let (_, tls) = handshake(r.addr, both).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+#[tokio::test]
+async fn reloads_the_certificate_when_the_secret_changes() {
+    let r = start(&[]).await;
+    assert_eq!(presented(&r).await, r.pair.leaf);
+
+    // The kubelet swaps `..data`: new handshakes present the new pair.
+    let second = r.pki.serving_pair();
+    r.secret.update(&second.cert_pem, &second.key_pem);
+    eventually("the new certificate to be presented", async || {
+        (presented(&r).await == second.leaf).then_some(())
+    })
+    .await;
+    assert_eq!(r.metrics.tls_reloads("success"), 1);
+
+    // A pair that does not match is refused; the second pair stays.
+    let third = r.pki.serving_pair();
+    r.secret.update(&third.cert_pem, &second.key_pem);
+    eventually("the bad pair to be refused", async || {
+        (r.metrics.tls_reloads("failure") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(presented(&r).await, second.leaf);
+    let resp = review(&r, sample("pod-create.json")).await;
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+
+    // Not PEM at all: refused too.
+    r.secret.update("junk", "junk");
+    eventually("the junk to be refused", async || {
+        (r.metrics.tls_reloads("failure") == 2).then_some(())
+    })
+    .await;
+    assert_eq!(presented(&r).await, second.leaf);
+    assert_eq!(r.metrics.tls_reloads("success"), 1);
+}
+
+#[tokio::test]
+async fn counts_reviews_by_outcome_on_the_admin_port() {
+    let r = start(&[]).await;
+    review(&r, sample("pod-create.json")).await;
+    review(&r, with_namespace(&sample("pod-create.json"), "plain")).await;
+    review(&r, with_namespace(&sample("pod-create.json"), "plain")).await;
+    review(&r, "nonsense").await;
+
+    let (status, text) = admin_get(&r, "/metrics").await;
+    assert_eq!(status, 200);
+    let reviews = |outcome: &str, reason: &str| {
+        metric(
+            &text,
+            &format!("trellis_injector_reviews_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(reviews("injected", "injected"), 1.0, "{text}");
+    assert_eq!(reviews("skipped", "not_enabled"), 2.0, "{text}");
+    assert_eq!(reviews("error", "malformed"), 1.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "trellis_injector_review_duration_seconds_count{outcome=\"skipped\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "trellis_injector_review_duration_seconds_bucket{le=\"0.0005\",outcome=\"skipped\"}"
+        ) || text.contains(
+            "trellis_injector_review_duration_seconds_bucket{outcome=\"skipped\",le=\"0.0005\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_injector_tls_reloads_total{result=\"failure\"} 0"),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "trellis_injector_tls_cert_expiry_timestamp_seconds") > 4.0e9,
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+}
+
+#[tokio::test]
+async fn ready_once_the_namespace_cache_has_synced() {
+    let r = start(&[]).await;
+    let (status, _) = admin_get(&r, "/ready").await;
+    assert_eq!(status, 200);
+    r.namespaces.set_synced(false);
+    let (status, text) = admin_get(&r, "/ready").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("namespace cache"), "{text}");
+    r.namespaces.set_synced(true);
+    let (status, _) = admin_get(&r, "/ready").await;
+    assert_eq!(status, 200);
+
+    let (status, text) = admin_get(&r, "/live").await;
+    assert_eq!((status.as_u16(), text.as_str()), (200, "live\n"));
+    let (status, text) = admin_get(&r, "/config").await;
+    assert_eq!(status, 200);
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["server"]["max_review_bytes"], 3_145_728, "{config}");
+    assert_eq!(
+        config["injector"]["trustDomain"], "cluster.local",
+        "{config}"
+    );
+}
+
+#[tokio::test]
+async fn stops_on_shutdown() {
+    let r = start(&[]).await;
+    review(&r, sample("pod-create.json")).await;
+    r.shutdown.begin();
+    let left = r.shutdown.drained(std::time::Duration::from_secs(5)).await;
+    assert_eq!(left, 0);
+    tokio::time::timeout(std::time::Duration::from_secs(5), r.task)
+        .await
+        .expect("the webhook did not stop")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(r.addr).await.is_err());
+}
