@@ -4,7 +4,8 @@
 #
 #   sudo scripts/test.sh
 #
-# It installs what the tests need (scripts/install-deps.sh), builds the
+# It installs what the tests need (scripts/install-deps.sh, and helm and
+# kubernetes-validate via scripts/install-chart-tools.sh), builds the
 # workspace, checks formatting and lints, then runs `cargo test` over the
 # whole workspace. Builds are cached outside the checkout, in
 # $CARGO_TARGET_DIR (default /var/cache/trellis/target).
@@ -25,12 +26,31 @@ mkdir -p "$CARGO_TARGET_DIR"
 step "installing test dependencies (scripts/install-deps.sh)"
 bash scripts/install-deps.sh
 
+step "installing the chart tools: helm, kubernetes-validate (scripts/install-chart-tools.sh)"
+bash scripts/install-chart-tools.sh
+
 step "building the workspace (cache: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 
 step "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "checking the Helm chart and what the injector writes against the Kubernetes schema"
+# Every injected pod of the injector's golden cases, and what `trellis
+# inject` prints for each manifest case (every workload kind), validated in
+# strict mode beside the chart's own manifests.
+injected_dir="$(mktemp -d)"
+trap 'rm -rf "$injected_dir"' EXIT
+for case in injector/testdata/inject/*/; do
+  name="$(basename "$case")"
+  if [ -f "$case/injected.yaml" ]; then
+    cp "$case/injected.yaml" "$injected_dir/pod-$name.yaml"
+  elif [ -f "$case/expected.yaml" ]; then
+    "$CARGO_TARGET_DIR/debug/trellis" inject -f "$case/input.yaml" >"$injected_dir/manifest-$name.yaml"
+  fi
+done
+bash scripts/check-chart.sh --validate-dir "$injected_dir"
 
 step "running every test (unit, component, end-to-end in network namespaces)"
 # Network-namespace tests start real processes; two at a time keeps a

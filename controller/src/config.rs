@@ -54,6 +54,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "mesh-wide default inbound policy: all-unauthenticated, all-authenticated, deny or audit",
     ),
     (
+        NAMESPACE,
+        "trellis",
+        "the control plane's own namespace (the chart sets it from the pod's metadata.namespace): where the trust roots source is, never given a copy",
+    ),
+    (
+        TRUST_ROOTS_CONFIGMAP,
+        "trellis-trust-roots",
+        "name of the trust roots ConfigMap (key roots.pem) in NAMESPACE, and of its copies",
+    ),
+    (
+        DISTRIBUTE_TRUST_ROOTS,
+        "true",
+        "with SOURCE=kubernetes: copy the trust roots ConfigMap into every namespace that may hold injected pods and keep the copies current (true or false)",
+    ),
+    (
         SHUTDOWN_GRACE,
         "10s",
         "after SIGTERM, how long open streams may take to end (duration)",
@@ -70,6 +85,9 @@ pub const ADMIN_LISTEN: &str = "TRELLIS_CONTROLLER_ADMIN_LISTEN";
 pub const TRUST_DOMAIN: &str = "TRELLIS_CONTROLLER_TRUST_DOMAIN";
 pub const CLUSTER_DOMAIN: &str = "TRELLIS_CONTROLLER_CLUSTER_DOMAIN";
 pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_CONTROLLER_DEFAULT_INBOUND_POLICY";
+pub const NAMESPACE: &str = "TRELLIS_CONTROLLER_NAMESPACE";
+pub const TRUST_ROOTS_CONFIGMAP: &str = "TRELLIS_CONTROLLER_TRUST_ROOTS_CONFIGMAP";
+pub const DISTRIBUTE_TRUST_ROOTS: &str = "TRELLIS_CONTROLLER_DISTRIBUTE_TRUST_ROOTS";
 pub const SHUTDOWN_GRACE: &str = "TRELLIS_CONTROLLER_SHUTDOWN_GRACE";
 pub const LOG: &str = "TRELLIS_CONTROLLER_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_CONTROLLER_LOG_FORMAT";
@@ -114,6 +132,9 @@ pub struct Config {
     pub cluster_domain: String,
     #[serde(serialize_with = "ser_display")]
     pub default_inbound_policy: DefaultPolicy,
+    pub namespace: String,
+    pub trust_roots_configmap: String,
+    pub distribute_trust_roots: bool,
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     pub log: String,
@@ -143,6 +164,13 @@ impl Config {
             ),
             default_inbound_policy: r
                 .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
+            namespace: r.parse_with(NAMESPACE, "trellis".into(), check_namespace),
+            trust_roots_configmap: r.parse_with(
+                TRUST_ROOTS_CONFIGMAP,
+                "trellis-trust-roots".into(),
+                check_object_name,
+            ),
+            distribute_trust_roots: r.get(DISTRIBUTE_TRUST_ROOTS, true),
             shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
             log: r.parse_with(LOG, "info".into(), parse_log_filter),
             log_format: r.get(LOG_FORMAT, LogFormat::Plain),
@@ -172,6 +200,39 @@ impl Config {
             default_inbound: self.default_inbound_policy,
         }
     }
+
+    /// The trust roots distributor's settings (used with the Kubernetes
+    /// source when `distribute_trust_roots`).
+    pub fn trust_roots(&self) -> crate::roots::Settings {
+        crate::roots::Settings::new(&self.namespace, &self.trust_roots_configmap)
+    }
+}
+
+/// A namespace name: a DNS label (RFC 1123), at most 63 characters.
+fn check_namespace(s: &str) -> Result<String, String> {
+    if s.len() <= 63 && dns_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err("not a namespace name (lower-case letters, digits and '-', at most 63)".into())
+    }
+}
+
+/// A ConfigMap name: a DNS subdomain (RFC 1123), at most 253 characters.
+fn check_object_name(s: &str) -> Result<String, String> {
+    if s.len() <= 253 && s.split('.').all(dns_label) {
+        Ok(s.to_string())
+    } else {
+        Err("not a ConfigMap name (lower-case DNS labels separated by '.', at most 253)".into())
+    }
+}
+
+fn dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 /// A SPIFFE trust domain (checked the way `trellis_core::spiffe` does).
@@ -183,15 +244,7 @@ fn check_trust_domain(s: &str) -> Result<String, String> {
 
 /// A DNS suffix: lower-case labels separated by dots.
 fn check_cluster_domain(s: &str) -> Result<String, String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) {
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label) {
         Ok(s.to_string())
     } else {
         Err("not a DNS suffix (lower-case labels separated by '.')".into())
@@ -261,6 +314,38 @@ mod tests {
                 LOG_FORMAT,
                 FILE
             ],
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn trust_roots() {
+        let cfg = Config::from_source(&MapSource::default()).unwrap();
+        assert_eq!(cfg.namespace, "trellis");
+        assert_eq!(cfg.trust_roots_configmap, "trellis-trust-roots");
+        assert!(cfg.distribute_trust_roots);
+        let settings = cfg.trust_roots();
+        assert_eq!(settings.names.source(), "trellis/trellis-trust-roots");
+
+        let cfg = Config::from_source(&MapSource::new([
+            (NAMESPACE, "mesh-system"),
+            (TRUST_ROOTS_CONFIGMAP, "mesh.roots"),
+            (DISTRIBUTE_TRUST_ROOTS, "false"),
+        ]))
+        .unwrap();
+        assert!(!cfg.distribute_trust_roots);
+        assert_eq!(cfg.trust_roots().names.source(), "mesh-system/mesh.roots");
+
+        let errs = Config::from_source(&MapSource::new([
+            (NAMESPACE, "Trellis"),
+            (TRUST_ROOTS_CONFIGMAP, "roots/pem"),
+            (DISTRIBUTE_TRUST_ROOTS, "yes"),
+        ]))
+        .unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [NAMESPACE, TRUST_ROOTS_CONFIGMAP, DISTRIBUTE_TRUST_ROOTS],
             "{errs}"
         );
     }

@@ -21,6 +21,9 @@
 //!   `InboundPolicy`, and the warnings (bad annotation values) found;
 //! - the gRPC service (`service.rs`), the admin server (`admin.rs`:
 //!   `/metrics`, `/ready`, `/live`, `/config`, `/routes`, `/warnings`);
+//! - [`roots`]: the trust roots distributor (Kubernetes source only): a
+//!   copy of the trust roots ConfigMap in every namespace that may hold
+//!   injected pods, kept current;
 //! - [`crd`]: the `policy.trellis.dev/v1alpha1` `AuthorizationPolicy`
 //!   resource and its CRD ([`crd::crd_yaml`], `trellis-controller crd`);
 //! - [`config`], [`metrics`], [`cli`].
@@ -39,6 +42,7 @@ pub mod crd;
 pub mod index;
 pub mod metrics;
 pub mod objects;
+pub mod roots;
 pub mod source;
 pub mod store;
 
@@ -110,10 +114,23 @@ pub async fn source_from_config(config: &Config) -> Result<AnySource, StartError
     }
 }
 
-/// Binds, starts the configured source and serves until `shutdown`.
+/// Binds, starts the configured source (and, with the Kubernetes source,
+/// the trust roots distributor) and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let source = source_from_config(&config).await?;
+    let roots = config.distribute_trust_roots.then(|| config.trust_roots());
     let controller = Controller::bind(config).await?;
+    match (&source, roots) {
+        (AnySource::Kubernetes(k), Some(settings)) => {
+            let distributor =
+                roots::Distributor::new(k.client().clone(), settings, controller.metrics());
+            shutdown.spawn(distributor.run(shutdown.clone()));
+        }
+        (AnySource::Kubernetes(_), None) => {
+            tracing::info!("trust roots distribution disabled");
+        }
+        (AnySource::File(_), _) => {}
+    }
     controller.run(source, shutdown).await?;
     Ok(())
 }

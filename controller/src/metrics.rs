@@ -50,6 +50,11 @@ struct AnnotationLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -65,6 +70,9 @@ pub struct Metrics {
     warnings: Gauge,
     snapshots: Counter,
     file_reloads: Family<ResultLabels, Counter>,
+    trust_roots_copies: Gauge,
+    trust_roots_foreign: Gauge,
+    trust_roots_sync_errors: Family<OperationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +138,24 @@ impl Metrics {
             "Changed objects files read, by whether they were taken or refused",
             file_reloads.clone(),
         );
+        let trust_roots_copies = Gauge::default();
+        registry.register(
+            "trellis_controller_trust_roots_copies",
+            "Copies of the trust roots ConfigMap the controller manages, as its watch shows them",
+            trust_roots_copies.clone(),
+        );
+        let trust_roots_foreign = Gauge::default();
+        registry.register(
+            "trellis_controller_trust_roots_foreign_configmaps",
+            "Namespaces that need a trust roots copy but hold a ConfigMap of that name the controller does not manage (left alone)",
+            trust_roots_foreign.clone(),
+        );
+        let trust_roots_sync_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_trust_roots_sync_errors",
+            "Failures of the trust roots distributor, by operation (create, update, delete, watch, source: the source ConfigMap went missing or unusable)",
+            trust_roots_sync_errors.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -142,6 +168,9 @@ impl Metrics {
             warnings,
             snapshots,
             file_reloads,
+            trust_roots_copies,
+            trust_roots_foreign,
+            trust_roots_sync_errors,
         }
     }
 
@@ -183,6 +212,35 @@ impl Metrics {
         self.file_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// What the trust roots distributor's last plan saw.
+    pub fn trust_roots_observed(&self, copies: usize, foreign: usize) {
+        self.trust_roots_copies
+            .set(i64::try_from(copies).unwrap_or(i64::MAX));
+        self.trust_roots_foreign
+            .set(i64::try_from(foreign).unwrap_or(i64::MAX));
+    }
+
+    /// `operation`: `create`, `update`, `delete`, `watch` or `source`.
+    pub fn trust_roots_sync_error(&self, operation: &'static str) {
+        self.trust_roots_sync_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    pub fn trust_roots_sync_errors(&self, operation: &'static str) -> u64 {
+        self.trust_roots_sync_errors
+            .get_or_create(&OperationLabels { operation })
+            .get()
+    }
+
+    /// (copies, foreign) as last observed.
+    pub fn trust_roots_gauges(&self) -> (i64, i64) {
+        (
+            self.trust_roots_copies.get(),
+            self.trust_roots_foreign.get(),
+        )
     }
 
     /// A snapshot was published: object counts and current warnings.

@@ -81,7 +81,10 @@ pub(crate) fn selects(
     Ok(by_label && by_expression)
 }
 
-/// The HTTP probes of the pod's containers (and native sidecars), other
+/// The path of a kubelet gRPC probe's request.
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// The HTTP and gRPC probes of the pod's containers (and native sidecars), other
 /// than the proxy's own: kubelet requests to them are always let in.
 fn probes(pod: &Pod) -> Vec<pb::Probe> {
     let Some(spec) = &pod.spec else {
@@ -99,6 +102,18 @@ fn probes(pod: &Pod) -> Vec<pb::Probe> {
             continue;
         }
         let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+        // A gRPC probe is the kubelet calling the standard health service
+        // over HTTP/2 on that port.
+        for grpc in probes
+            .iter()
+            .copied()
+            .flatten()
+            .filter_map(|p| p.grpc.as_ref())
+        {
+            if let Some(port) = u16::try_from(grpc.port).ok().filter(|p| *p != 0) {
+                out.insert((port, GRPC_HEALTH_CHECK.to_string()));
+            }
+        }
         for get in probes
             .into_iter()
             .flatten()

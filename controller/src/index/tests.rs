@@ -1134,3 +1134,31 @@ spec: {clusterIP: 10.96.3.3, ports: [{port: 80}]}
     let r = resolve(&snap, addr("10.96.3.3:80"), "");
     assert_eq!(r.protocol, pb::ProtocolHint::ProtocolUnknown as i32);
 }
+
+#[test]
+fn grpc_probes_let_the_kubelets_health_check_in() {
+    let snap = snapshot(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rpc-0, namespace: demo, labels: {app: rpc}}
+spec:
+  containers:
+  - name: rpc
+    image: example.com/rpc:1
+    ports: [{containerPort: 9090}]
+    startupProbe: {grpc: {port: 9090}}
+    livenessProbe: {grpc: {port: 9090, service: liveness}}
+    readinessProbe: {tcpSocket: {port: 9090}}
+status: {podIP: 10.1.0.99, phase: Running}
+"#,
+    );
+    let p = inbound(&snap, "demo", "rpc-0").unwrap();
+    assert_eq!(
+        p.probes,
+        [pb::Probe {
+            port: 9090,
+            path: "/grpc.health.v1.Health/Check".into()
+        }]
+    );
+}

@@ -42,6 +42,11 @@ impl KubernetesSource {
         Self { client }
     }
 
+    /// The client the watches use (shared with the trust roots distributor).
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
     /// A client from the pod's service account (or the kubeconfig).
     pub async fn from_environment() -> Result<Self, kube::Error> {
         Ok(Self::new(kube::Client::try_default().await?))

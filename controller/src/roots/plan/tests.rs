@@ -1,0 +1,354 @@
+//! Table tests of the distributor's decision.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+
+use super::*;
+
+const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const NEW_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n";
+
+fn names() -> Names {
+    Names {
+        control_plane_namespace: "trellis".into(),
+        configmap: "trellis-trust-roots".into(),
+    }
+}
+
+/// A namespace: `name`, optionally `name:label-value` for the webhook
+/// label, or `name!` for a terminating one.
+fn ns(spec: &str) -> ObjectMeta {
+    let (name, terminating) = match spec.strip_suffix('!') {
+        Some(n) => (n, true),
+        None => (spec, false),
+    };
+    let (name, webhooks) = match name.split_once(':') {
+        Some((n, v)) => (n, Some(v)),
+        None => (name, None),
+    };
+    serde_json::from_value(json!({
+        "name": name,
+        "labels": webhooks.map(|v| json!({WEBHOOK_LABEL: v})).unwrap_or(json!({})),
+        "deletionTimestamp": terminating.then_some("2025-01-01T00:00:00Z"),
+    }))
+    .unwrap()
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    /// Carries the managed-by label and the source annotation.
+    Ours,
+    /// Carries the label, no annotation (an older controller's copy).
+    OursUnannotated,
+    /// Carries the label, and a deletionTimestamp.
+    OursDeleting,
+    /// No label (Helm's, a user's).
+    Foreign,
+}
+
+fn cm(namespace: &str, owner: Owner, pem: &str) -> ConfigMap {
+    let mut labels = json!({});
+    let mut annotations = json!({});
+    let mut deleting = None;
+    match owner {
+        Owner::Ours => {
+            labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
+            annotations = json!({SOURCE_ANNOTATION: "trellis/trellis-trust-roots"});
+        }
+        Owner::OursUnannotated => labels = json!({MANAGED_BY_LABEL: MANAGED_BY}),
+        Owner::OursDeleting => {
+            labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
+            annotations = json!({SOURCE_ANNOTATION: "trellis/trellis-trust-roots"});
+            deleting = Some("2025-01-01T00:00:00Z");
+        }
+        Owner::Foreign => labels = json!({MANAGED_BY_LABEL: "Helm"}),
+    }
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": "trellis-trust-roots", "namespace": namespace,
+            "uid": format!("uid-{namespace}"), "resourceVersion": "7",
+            "labels": labels, "annotations": annotations,
+            "deletionTimestamp": deleting,
+        },
+        "data": {ROOTS_KEY: pem},
+    }))
+    .unwrap()
+}
+
+/// The source, as the chart makes it (labelled managed-by Helm).
+fn source(pem: &str) -> ConfigMap {
+    cm("trellis", Owner::Foreign, pem)
+}
+
+fn summary(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .map(|a| format!("{} {}", a.op(), a.namespace()))
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    namespaces: &'static [&'static str],
+    configmaps: Vec<ConfigMap>,
+    actions: &'static [&'static str],
+    foreign: &'static [&'static str],
+    copies: usize,
+}
+
+#[test]
+fn plans() {
+    use Owner::*;
+    let cases = [
+        Case {
+            name: "a new namespace gets a copy",
+            namespaces: &["trellis", "demo"],
+            configmaps: vec![source(PEM)],
+            actions: &["create demo"],
+            foreign: &[],
+            copies: 0,
+        },
+        Case {
+            name: "kube-system, the control plane, disabled and terminating namespaces get none",
+            namespaces: &[
+                "trellis",
+                "kube-system",
+                "off:disabled",
+                "gone!",
+                "demo",
+                "on:enabled",
+            ],
+            configmaps: vec![source(PEM)],
+            actions: &["create demo", "create on"],
+            foreign: &[],
+            copies: 0,
+        },
+        Case {
+            name: "a current copy is left as it is",
+            namespaces: &["trellis", "demo"],
+            configmaps: vec![source(PEM), cm("demo", Ours, PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "the source changed: every copy is updated",
+            namespaces: &["trellis", "a", "b"],
+            configmaps: vec![source(NEW_PEM), cm("a", Ours, PEM), cm("b", Ours, PEM)],
+            actions: &["update a", "update b"],
+            foreign: &[],
+            copies: 2,
+        },
+        Case {
+            name: "a copy without the source annotation is updated",
+            namespaces: &["trellis", "demo"],
+            configmaps: vec![source(PEM), cm("demo", OursUnannotated, PEM)],
+            actions: &["update demo"],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "copies in namespaces that became excluded are deleted",
+            namespaces: &["trellis", "off:disabled", "kube-system", "demo"],
+            configmaps: vec![
+                source(PEM),
+                cm("off", Ours, PEM),
+                cm("kube-system", Ours, PEM),
+                cm("demo", Ours, PEM),
+            ],
+            actions: &["delete kube-system", "delete off"],
+            foreign: &[],
+            copies: 3,
+        },
+        Case {
+            name: "a terminating namespace's copy is left to the namespace's deletion",
+            namespaces: &["trellis", "gone!"],
+            configmaps: vec![source(NEW_PEM), cm("gone", Ours, PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "a foreign ConfigMap is left alone and reported (only where a copy belongs)",
+            namespaces: &["trellis", "demo", "off:disabled"],
+            configmaps: vec![
+                source(NEW_PEM),
+                cm("demo", Foreign, PEM),
+                cm("off", Foreign, PEM),
+            ],
+            actions: &[],
+            foreign: &["demo"],
+            copies: 0,
+        },
+        Case {
+            name: "source missing: no copies made or changed, none deleted for it",
+            namespaces: &["trellis", "demo", "web", "off:disabled"],
+            configmaps: vec![cm("web", Ours, PEM), cm("off", Ours, PEM)],
+            actions: &["delete off"],
+            foreign: &[],
+            copies: 2,
+        },
+        Case {
+            name: "source without a certificate: as missing",
+            namespaces: &["trellis", "demo", "web"],
+            configmaps: vec![source("nothing here"), cm("web", Ours, PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "a source that carries our label is still the source, never deleted",
+            namespaces: &["trellis", "demo"],
+            configmaps: vec![cm("trellis", Ours, PEM)],
+            actions: &["create demo"],
+            foreign: &[],
+            copies: 0,
+        },
+        Case {
+            name: "a copy being deleted is recreated only once it is gone",
+            namespaces: &["trellis", "demo"],
+            configmaps: vec![source(NEW_PEM), cm("demo", OursDeleting, PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "a copy in a namespace the watch does not know yet is left alone",
+            namespaces: &["trellis"],
+            configmaps: vec![source(NEW_PEM), cm("unknown", Ours, PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 1,
+        },
+        Case {
+            name: "nothing before the namespaces are known",
+            namespaces: &[],
+            configmaps: vec![source(PEM)],
+            actions: &[],
+            foreign: &[],
+            copies: 0,
+        },
+    ];
+    for case in cases {
+        let namespaces: Vec<ObjectMeta> = case.namespaces.iter().map(|s| ns(s)).collect();
+        let world = World {
+            namespaces: namespaces.iter().collect(),
+            configmaps: case.configmaps.iter().collect(),
+        };
+        let p = plan(&names(), &world);
+        assert_eq!(summary(&p), case.actions, "{}: actions", case.name);
+        assert_eq!(p.foreign, case.foreign, "{}: foreign", case.name);
+        assert_eq!(p.copies, case.copies, "{}: copies", case.name);
+    }
+}
+
+#[test]
+fn source_states() {
+    let n = names();
+    let state = |cms: Vec<ConfigMap>| {
+        let namespaces = [ns("trellis")];
+        let world = World {
+            namespaces: namespaces.iter().collect(),
+            configmaps: cms.iter().collect(),
+        };
+        plan(&n, &world).source
+    };
+    assert_eq!(state(vec![]), SourceState::Missing);
+    assert_eq!(
+        state(vec![cm("demo", Owner::Foreign, PEM)]),
+        SourceState::Missing,
+        "only the control plane's namespace holds the source"
+    );
+    assert!(matches!(state(vec![source(PEM)]), SourceState::Ready(_)));
+    let mut no_key = source(PEM);
+    no_key.data = Some(BTreeMap::from([("ca.crt".into(), PEM.into())]));
+    assert_eq!(
+        state(vec![no_key]),
+        SourceState::Invalid("has no roots.pem key".into())
+    );
+    assert_eq!(
+        state(vec![source("")]),
+        SourceState::Invalid("roots.pem holds no PEM certificate".into())
+    );
+    let mut other_name = source(PEM);
+    other_name.metadata.name = Some("other".into());
+    assert_eq!(state(vec![other_name]), SourceState::Missing);
+}
+
+#[test]
+fn the_copy_carries_the_label_the_annotation_and_every_key() {
+    let mut src = source(PEM);
+    src.data
+        .as_mut()
+        .unwrap()
+        .insert("extra.pem".into(), NEW_PEM.into());
+    src.binary_data = Some(BTreeMap::from([("der".into(), ByteString(vec![1, 2]))]));
+    let SourceState::Ready(roots) = source_state(Some(&src)) else {
+        panic!("usable source")
+    };
+    let copy = serde_json::to_value(desired(&names(), "demo", &roots)).unwrap();
+    assert_eq!(
+        copy,
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "trellis-trust-roots", "namespace": "demo",
+                "labels": {"app.kubernetes.io/managed-by": "trellis-controller"},
+                "annotations": {"trellis.dev/trust-roots-source": "trellis/trellis-trust-roots"},
+            },
+            "data": {"roots.pem": PEM, "extra.pem": NEW_PEM},
+            "binaryData": {"der": "AQI="},
+        })
+    );
+}
+
+#[test]
+fn the_update_is_guarded_and_removes_keys_the_source_dropped() {
+    let mut copy = cm("demo", Owner::Ours, PEM);
+    copy.data
+        .as_mut()
+        .unwrap()
+        .insert("old.pem".into(), PEM.into());
+    let roots = Roots {
+        data: BTreeMap::from([(ROOTS_KEY.into(), NEW_PEM.into())]),
+        binary_data: BTreeMap::new(),
+    };
+    let patch = update_patch(&names(), &copy, &roots).unwrap();
+    assert_eq!(
+        patch,
+        json!({
+            "metadata": {
+                "resourceVersion": "7",
+                "labels": {"app.kubernetes.io/managed-by": "trellis-controller"},
+                "annotations": {"trellis.dev/trust-roots-source": "trellis/trellis-trust-roots"},
+            },
+            "data": {"roots.pem": NEW_PEM, "old.pem": null},
+        })
+    );
+    // In sync: nothing to write.
+    let current = cm("demo", Owner::Ours, NEW_PEM);
+    assert_eq!(update_patch(&names(), &current, &roots), None);
+    // No resourceVersion to guard the write with: not written.
+    let mut unversioned = cm("demo", Owner::Ours, PEM);
+    unversioned.metadata.resource_version = None;
+    assert_eq!(update_patch(&names(), &unversioned, &roots), None);
+}
+
+#[test]
+fn exclusions() {
+    let n = names();
+    assert_eq!(exclusion(&ns("trellis"), &n), Some(Exclusion::ControlPlane));
+    assert_eq!(
+        exclusion(&ns("kube-system"), &n),
+        Some(Exclusion::KubeSystem)
+    );
+    assert_eq!(
+        exclusion(&ns("x:disabled"), &n),
+        Some(Exclusion::WebhooksDisabled)
+    );
+    assert_eq!(exclusion(&ns("x!"), &n), Some(Exclusion::Terminating));
+    assert_eq!(exclusion(&ns("x:enabled"), &n), None);
+    assert_eq!(exclusion(&ns("kube-public"), &n), None);
+}
