@@ -46,6 +46,7 @@ services:
 
 const WAIT: Duration = Duration::from_secs(30);
 const CALLS: usize = 50;
+const LOG_OVERRIDE: &str = "info,trellis_proxy::identity=debug";
 
 /// The environment of one of the mesh's own proxies: where its identity
 /// service and controller are.
@@ -85,6 +86,8 @@ fn inj_pod(mesh: &Mesh) -> Value {
     let obj = pod.as_object_mut().unwrap();
     obj.remove("status");
     pod["metadata"]["annotations"]["trellis.dev/inject"] = "enabled".into();
+    // An override, to see it reach the running proxy.
+    pod["metadata"]["annotations"]["config.trellis.dev/proxy-log-level"] = LOG_OVERRIDE.into();
     pod
 }
 
@@ -137,8 +140,20 @@ fn quote(s: &str) -> String {
     format!("'{s}'")
 }
 
+/// The default: `trellis-proxy` as a native sidecar.
 #[test]
 fn netns_injected_pod_spec_runs_and_speaks_mtls() {
+    injected_pod_speaks_mtls(true);
+}
+
+/// `proxy.nativeSidecar: false`, for clusters before 1.29: the proxy is a
+/// plain container and the kubelet gates on its readiness probe.
+#[test]
+fn netns_injected_legacy_sidecar_pod_spec_runs_and_speaks_mtls() {
+    injected_pod_speaks_mtls(false);
+}
+
+fn injected_pod_speaks_mtls(native_sidecar: bool) {
     require_root("network namespaces and iptables");
     for tool in ["curl", "unshare", "setpriv", "mount"] {
         require_tool(tool);
@@ -171,6 +186,7 @@ fn netns_injected_pod_spec_runs_and_speaks_mtls() {
             "identityAddr": menv["TRELLIS_PROXY_IDENTITY_ADDR"],
             "identityServerId": server_id,
             "controllerAddr": menv["TRELLIS_PROXY_CONTROLLER_ADDR"],
+            "nativeSidecar": native_sidecar,
         },
     });
     std::fs::write(work.join("config.yaml"), config.to_string()).unwrap();
@@ -190,11 +206,15 @@ fn netns_injected_pod_spec_runs_and_speaks_mtls() {
     let injected: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     let spec = &injected["spec"];
     let init = container(&spec["initContainers"], "trellis-init");
-    let proxy = container(&spec["initContainers"], "trellis-proxy");
-    assert_eq!(
-        proxy["restartPolicy"], "Always",
-        "a native sidecar by default"
-    );
+    let proxy = if native_sidecar {
+        let proxy = container(&spec["initContainers"], "trellis-proxy");
+        assert_eq!(proxy["restartPolicy"], "Always", "a native sidecar");
+        proxy
+    } else {
+        let proxy = container(&spec["containers"], "trellis-proxy");
+        assert!(proxy.get("restartPolicy").is_none(), "a plain container");
+        proxy
+    };
     let resolve_bin = |cmd: &[String]| -> Vec<String> {
         assert_eq!(cmd[0], "trellis-proxy", "the image's binary");
         let mut argv = vec![bin("trellis-proxy").display().to_string()];
@@ -326,7 +346,13 @@ fn netns_injected_pod_spec_runs_and_speaks_mtls() {
     };
 
     // 5. The startup probe, as the kubelet would run it.
-    let probe = &proxy["startupProbe"]["httpGet"];
+    // The kubelet gates the pod's containers on the native sidecar's
+    // startup probe, and a plain container's traffic on its readiness.
+    let probe = if native_sidecar {
+        &proxy["startupProbe"]["httpGet"]
+    } else {
+        &proxy["readinessProbe"]["httpGet"]
+    };
     let url = format!(
         "http://127.0.0.1:{}{}",
         probe["port"].as_u64().unwrap(),
