@@ -21,6 +21,8 @@ fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/trellis/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A test run builds once; incremental state would only fill the cache's disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$CARGO_TARGET_DIR"
 
 step "installing test dependencies (scripts/install-deps.sh)"

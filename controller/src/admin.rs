@@ -1,17 +1,17 @@
 //! The admin server (port 7196): `/metrics` (OpenMetrics), `/ready` (the
 //! source's first complete state is in and gRPC serves), `/live`,
-//! `/config`, `/routes` (every route, the services it attaches to, its
-//! warnings) and `/warnings` (every bad value the controller worked
-//! around).
+//! `/config` (from [`trellis_core::admin`]), and the controller's own
+//! `/routes` (every route, the services it attaches to, its warnings) and
+//! `/warnings` (every bad value the controller worked around).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use trellis_core::admin;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -25,56 +25,38 @@ pub(crate) struct AdminState {
     pub serving: Arc<AtomicBool>,
 }
 
-pub(crate) fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/ready", get(ready))
-        .route("/live", get(|| async { "live\n" }))
-        .route("/config", get(config))
-        .route("/routes", get(routes))
-        .route("/warnings", get(warnings))
-        .with_state(state)
+pub(crate) fn router(state: AdminState) -> Router {
+    let AdminState {
+        metrics,
+        config,
+        store,
+        serving,
+    } = state;
+    let ready_store = store.clone();
+    admin::Router::new(move || metrics.encode())
+        .ready(move || ready(&ready_store, &serving))
+        .config(config)
+        .into_router()
+        .merge(
+            Router::new()
+                .route("/routes", get(routes))
+                .route("/warnings", get(warnings))
+                .with_state(store),
+        )
 }
 
-async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    match s.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics encoding failed\n",
-        )
-            .into_response(),
-    }
-}
-
-async fn ready(State(s): State<Arc<AdminState>>) -> Response {
-    let synced = s.store.current().synced;
-    if synced && s.serving.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else if !synced {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the source has not delivered a complete state yet\n",
-        )
-            .into_response()
+fn ready(store: &Store, serving: &AtomicBool) -> Result<(), &'static str> {
+    if !store.current().synced {
+        Err("not ready: the source has not delivered a complete state yet")
+    } else if !serving.load(Ordering::Acquire) {
+        Err("not ready: not serving")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: not serving\n").into_response()
+        Ok(())
     }
 }
 
-async fn config(State(s): State<Arc<AdminState>>) -> Response {
-    axum::Json(s.config.as_ref()).into_response()
-}
-
-async fn routes(State(s): State<Arc<AdminState>>) -> Response {
-    let snap = s.store.current();
+async fn routes(State(store): State<Arc<Store>>) -> Response {
+    let snap = store.current();
     axum::Json(serde_json::json!({
         "version": snap.version,
         "routes": snap.route_summaries(),
@@ -82,8 +64,8 @@ async fn routes(State(s): State<Arc<AdminState>>) -> Response {
     .into_response()
 }
 
-async fn warnings(State(s): State<Arc<AdminState>>) -> Response {
-    let snap = s.store.current();
+async fn warnings(State(store): State<Arc<Store>>) -> Response {
+    let snap = store.current();
     axum::Json(serde_json::json!({
         "version": snap.version,
         "warnings": snap.problems(),

@@ -3,6 +3,7 @@
 //! AuthorizationPolicy CustomResourceDefinition.
 
 use clap::{Parser, Subcommand};
+use trellis_core::config::env_help;
 
 use crate::config::VARIABLES;
 
@@ -11,7 +12,7 @@ use crate::config::VARIABLES;
     name = "trellis-controller",
     version,
     about = "The Trellis controller: discovery, routes and inbound policy, streamed to proxies",
-    after_help = env_help()
+    after_help = env_help("ENVIRONMENT (when serving; name, default, meaning):", VARIABLES)
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -22,14 +23,6 @@ pub struct Cli {
 pub enum Command {
     /// Print the policy.trellis.dev AuthorizationPolicy CRD (YAML).
     Crd,
-}
-
-fn env_help() -> String {
-    let mut s = String::from("ENVIRONMENT (when serving; name, default, meaning):\n");
-    for (name, default, what) in VARIABLES {
-        s.push_str(&format!("  {name:<42} {default:<20} {what}\n"));
-    }
-    s
 }
 
 /// Runs a subcommand; the error is for the terminal.

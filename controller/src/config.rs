@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use trellis_core::config::{format_duration, ConfigErrors, Reader, Source};
-use trellis_core::telemetry::{parse_log_filter, LogFormat};
+use trellis_core::config::{
+    serialize_display, serialize_duration, ConfigErrors, Reader, Source, Variable,
+};
+use trellis_core::service::Settings as ServiceSettings;
 
 use crate::index::{DefaultPolicy, Settings};
 
 /// Every variable: (name, default, meaning). `--help` prints this table.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
+pub const VARIABLES: &[Variable] = &[
     (
         SOURCE,
         "kubernetes",
@@ -77,6 +79,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (LOG_FORMAT, "plain", "log format: plain or json"),
 ];
 
+/// The prefix of every variable.
+const PREFIX: &str = "TRELLIS_CONTROLLER_";
 pub const SOURCE: &str = "TRELLIS_CONTROLLER_SOURCE";
 pub const FILE: &str = "TRELLIS_CONTROLLER_FILE";
 pub const FILE_POLL_INTERVAL: &str = "TRELLIS_CONTROLLER_FILE_POLL_INTERVAL";
@@ -121,25 +125,23 @@ impl std::fmt::Display for SourceKind {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub source: SourceKind,
     pub file: Option<PathBuf>,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub file_poll_interval: Duration,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub trust_domain: String,
     pub cluster_domain: String,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub default_inbound_policy: DefaultPolicy,
     pub namespace: String,
     pub trust_roots_configmap: String,
     pub distribute_trust_roots: bool,
-    #[serde(serialize_with = "ser_duration")]
-    pub shutdown_grace: Duration,
-    pub log: String,
-    #[serde(serialize_with = "ser_display")]
-    pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE`, `LOG`, `LOG_FORMAT`.
+    #[serde(flatten)]
+    pub service: ServiceSettings,
 }
 
 impl Config {
@@ -171,9 +173,7 @@ impl Config {
                 check_object_name,
             ),
             distribute_trust_roots: r.get(DISTRIBUTE_TRUST_ROOTS, true),
-            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
-            log: r.parse_with(LOG, "info".into(), parse_log_filter),
-            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+            service: ServiceSettings::read(&mut r, PREFIX, Duration::from_secs(10)),
         };
         if cfg.source == SourceKind::File && cfg.file.is_none() {
             r.invalid(FILE, "", format!("is required with {SOURCE}=file"));
@@ -251,14 +251,6 @@ fn check_cluster_domain(s: &str) -> Result<String, String> {
     }
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_duration(*d))
-}
-
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,7 +294,7 @@ mod tests {
             (LOG_FORMAT, "xml"),
         ]);
         let errs = Config::from_source(&src).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(
             keys,
             [
@@ -342,7 +334,7 @@ mod tests {
             (DISTRIBUTE_TRUST_ROOTS, "yes"),
         ]))
         .unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(
             keys,
             [NAMESPACE, TRUST_ROOTS_CONFIGMAP, DISTRIBUTE_TRUST_ROOTS],
@@ -358,7 +350,7 @@ mod tests {
             (ADMIN_LISTEN, "0.0.0.0:7156"),
         ]))
         .unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(keys, [ADMIN_LISTEN]);
         let ok = Config::from_source(&MapSource::new([
             (SOURCE, "file"),

@@ -49,11 +49,7 @@ pub mod store;
 mod admin;
 mod service;
 
-#[cfg(test)]
-pub(crate) mod testutil;
-
 use std::collections::BTreeSet;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,6 +59,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use trellis_api::discovery::v1::discovery_server::DiscoveryServer;
+use trellis_core::service::{bind, BindError};
 use trellis_core::shutdown::Shutdown;
 
 pub use config::Config;
@@ -73,8 +70,8 @@ use store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("Kubernetes client: {0}")]
     Kubernetes(#[from] kube::Error),
     #[error("{0}")]
@@ -146,13 +143,6 @@ pub struct Controller {
     admin_addr: SocketAddr,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
-    let l = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local = l.local_addr().map_err(bind_error)?;
-    Ok((l, local))
-}
-
 impl Controller {
     /// Binds both listeners (a bind error fails start-up).
     pub async fn bind(config: Config) -> Result<Self, StartError> {
@@ -190,22 +180,13 @@ impl Controller {
     /// Runs `source` into the store and serves until `shutdown` begins.
     pub async fn run<S: Source>(self, source: S, shutdown: Shutdown) -> Result<(), ServeError> {
         let serving = Arc::new(AtomicBool::new(false));
-        let admin_state = Arc::new(admin::AdminState {
+        let admin = admin::router(admin::AdminState {
             metrics: self.metrics.clone(),
             config: self.config.clone(),
             store: self.store.clone(),
             serving: serving.clone(),
         });
-        let admin_shutdown = shutdown.clone();
-        let admin = self.admin;
-        shutdown.spawn(async move {
-            let served = axum::serve(admin, admin::router(admin_state))
-                .with_graceful_shutdown(async move { admin_shutdown.signaled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        trellis_core::admin::serve(self.admin, admin, &shutdown);
         shutdown.spawn(publish(
             self.store.clone(),
             self.metrics.clone(),

@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use trellis_core::telemetry::ProcessCollector;
+use trellis_core::telemetry;
 
 use crate::index::{Problem, Snapshot};
 use crate::objects::Kind;
@@ -83,7 +83,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = telemetry::registry();
         let streams_open = Family::<RpcLabels, Gauge>::default();
         registry.register(
             "trellis_controller_streams_open",
@@ -156,7 +156,6 @@ impl Metrics {
             "Failures of the trust roots distributor, by operation (create, update, delete, watch, source: the source ConfigMap went missing or unusable)",
             trust_roots_sync_errors.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             streams_open,
@@ -279,9 +278,7 @@ impl Metrics {
 
     /// OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(4096);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        telemetry::encode(&self.registry)
     }
 }
 

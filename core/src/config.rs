@@ -63,6 +63,13 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+impl ConfigErrors {
+    /// The variables refused, in the order they were read.
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.key.as_str()).collect()
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "invalid configuration ({} error(s)):", self.0.len())?;
@@ -175,6 +182,49 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Serializes a duration as [`format_duration`] writes it (`300ms`, `10s`),
+/// for `#[serde(serialize_with = "serialize_duration")]` on a config field.
+pub fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// Serializes a value by its `Display` (an enum such as
+/// [`LogFormat`](crate::telemetry::LogFormat) as the word that selects it).
+pub fn serialize_display<S: serde::Serializer, T: fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// One documented variable: (name, default, meaning with unit). Each
+/// binary's config module lists every variable it reads in a `VARIABLES`
+/// table of these.
+pub type Variable = (&'static str, &'static str, &'static str);
+
+/// A default longer than this (a URL) pushes only its own line's meaning to
+/// the right, not every line's.
+const HELP_DEFAULT_WIDTH: usize = 34;
+
+/// The `--help` listing of `variables`: `heading`, then one line per
+/// variable, in aligned columns of name, default and meaning.
+pub fn env_help(heading: &str, variables: &[Variable]) -> String {
+    let name_width = variables.iter().map(|v| v.0.len()).max().unwrap_or(0);
+    let default_width = variables
+        .iter()
+        .map(|v| v.1.len())
+        .filter(|&n| n <= HELP_DEFAULT_WIDTH)
+        .max()
+        .unwrap_or(0);
+    let mut s = format!("{heading}\n");
+    for (name, default, what) in variables {
+        s.push_str(&format!(
+            "  {name:<name_width$} {default:<default_width$} {what}\n"
+        ));
+    }
+    s
+}
+
 /// Parses a port list such as `25,443,4000-4010`.
 pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
     let mut out = Vec::new();
@@ -260,6 +310,50 @@ mod tests {
     }
 
     #[test]
+    fn env_help_aligns_columns() {
+        let help = env_help(
+            "ENVIRONMENT:",
+            &[
+                ("T_LISTEN", "0.0.0.0:1", "where to listen"),
+                ("T_A_LONGER_NAME", "", "no default"),
+                (
+                    "T_URL",
+                    "https://a-very-long-default.example.com/path",
+                    "long",
+                ),
+            ],
+        );
+        assert_eq!(
+            help,
+            "ENVIRONMENT:\n\
+             \x20 T_LISTEN        0.0.0.0:1 where to listen\n\
+             \x20 T_A_LONGER_NAME           no default\n\
+             \x20 T_URL           https://a-very-long-default.example.com/path long\n"
+        );
+    }
+
+    #[test]
+    fn serializers() {
+        #[derive(serde::Serialize)]
+        struct S {
+            #[serde(serialize_with = "serialize_duration")]
+            d: Duration,
+            #[serde(serialize_with = "serialize_display")]
+            p: PortRange,
+        }
+        let mut out = Vec::new();
+        let s = S {
+            d: Duration::from_millis(250),
+            p: PortRange { first: 1, last: 3 },
+        };
+        serde::Serialize::serialize(&s, &mut serde_json::Serializer::new(&mut out)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"d":"250ms","p":"1-3"}"#
+        );
+    }
+
+    #[test]
     fn reader_collects_every_error() {
         let src = MapSource::new([("A", "x"), ("B", "5"), ("C", "1y")]);
         let mut r = Reader::new(&src);
@@ -269,8 +363,6 @@ mod tests {
         let d: u32 = r.get("D", 7);
         assert_eq!((a, b, c, d), (1, 5, Duration::from_secs(1), 7));
         let errs = r.finish().unwrap_err();
-        assert_eq!(errs.0.len(), 2);
-        assert_eq!(errs.0[0].key, "A");
-        assert_eq!(errs.0[1].key, "C");
+        assert_eq!(errs.keys(), ["A", "C"]);
     }
 }

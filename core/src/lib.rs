@@ -1,17 +1,28 @@
 //! Shared pieces of Trellis that every binary uses.
 //!
 //! - [`addr`]: newtypes for addresses that mean something specific.
+//! - [`admin`]: the admin endpoints (`/metrics`, `/ready`, `/live`,
+//!   `/config`) and their server.
 //! - [`config`]: reading typed configuration from a source (the environment,
-//!   or a map in tests), collecting every error before reporting.
+//!   or a map in tests), collecting every error before reporting; the
+//!   `--help` listing of the variables.
+//! - [`service`]: what a control-plane binary does around its own work:
+//!   command line, logging, runtime, signals, drain, exit code.
 //! - [`shutdown`]: the one drain mechanism for listeners and tasks.
 //! - [`spiffe`]: workload identity names (SPIFFE IDs).
-//! - [`telemetry`]: tracing setup and process metrics.
+//! - [`telemetry`]: tracing setup, process metrics, the metrics registry.
 //! - [`tls`]: mutual TLS between sidecars, authenticated by SPIFFE identity.
+//! - `test_support` (feature `test-support`, for dev-dependencies):
+//!   temporary directories, bounded polling, a plain HTTP GET.
 
 pub mod addr;
+pub mod admin;
 pub mod config;
 pub mod policy;
+pub mod service;
 pub mod shutdown;
 pub mod spiffe;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod tls;

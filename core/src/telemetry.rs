@@ -1,12 +1,15 @@
-//! Logging setup and process metrics.
+//! Logging setup, process metrics, and the registry helpers every
+//! binary's `Metrics` uses: [`registry`] to start one, [`encode`] for
+//! `/metrics`.
 
-use std::fmt;
+use std::collections::HashSet;
+use std::fmt::{self, Write as _};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Unit;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,58 @@ pub fn init_logging(filter: &str, format: LogFormat) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// A metrics registry with the process metrics ([`ProcessCollector`])
+/// already in it; a binary's `Metrics` registers its own next to them.
+pub fn registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessCollector));
+    registry
+}
+
+/// OpenMetrics text of every metric in `registry`.
+pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Rewrites OpenMetrics text (what the registry encodes) as the Prometheus
+/// text format 0.0.4, for scrapers and tools (`promtool`, `curl`) that do
+/// not ask for OpenMetrics: counters' `HELP`/`TYPE` lines name the sample
+/// (`…_total`), and `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    let _ = writeln!(out, "{prefix}{name}_total {tail}");
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// `process_*` metrics of the running process, read from `/proc/self`.
@@ -129,17 +184,14 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
 
     #[test]
     fn process_metrics_are_encoded() {
-        let mut reg = Registry::default();
-        reg.register_collector(Box::new(ProcessCollector));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let out = encode(&registry()).unwrap();
         assert!(out.contains("process_cpu_seconds_total "), "{out}");
         assert!(out.contains("process_resident_memory_bytes "), "{out}");
         assert!(out.contains("process_open_fds "), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
         let rss: f64 = out
             .lines()
             .find(|l| l.starts_with("process_resident_memory_bytes "))
@@ -147,5 +199,17 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert!(rss > 0.0);
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 1\n\
+                  # HELP b_seconds Latency.\n# TYPE b_seconds histogram\n# UNIT b_seconds seconds\n\
+                  b_seconds_count 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 1\n\
+             # HELP b_seconds Latency.\n# TYPE b_seconds histogram\nb_seconds_count 2\n"
+        );
     }
 }

@@ -5,13 +5,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use trellis_core::config::parse_duration;
+use trellis_core::config::{env_help, parse_duration};
 
 use crate::config::VARIABLES;
 use crate::token::{LocalIssuer, DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
 
 #[derive(Parser)]
-#[command(name = "trellis-identity", version, about = "The Trellis mesh CA", after_help = env_help())]
+#[command(
+    name = "trellis-identity",
+    version,
+    about = "The Trellis mesh CA",
+    after_help = env_help("ENVIRONMENT (when serving; name, default, meaning):", VARIABLES)
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -58,14 +63,6 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         lifetime: Duration,
     },
-}
-
-fn env_help() -> String {
-    let mut s = String::from("ENVIRONMENT (when serving; name, default, meaning):\n");
-    for (name, default, what) in VARIABLES {
-        s.push_str(&format!("  {name:<38} {default:<34} {what}\n"));
-    }
-    s
 }
 
 /// Runs a subcommand; the error is for the terminal.

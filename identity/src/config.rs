@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use trellis_core::config::{format_duration, ConfigErrors, Reader, Source};
+use trellis_core::config::{
+    format_duration, serialize_display, serialize_duration, ConfigErrors, Reader, Source, Variable,
+};
+use trellis_core::service::Settings as ServiceSettings;
 use trellis_core::spiffe::SpiffeId;
-use trellis_core::telemetry::{parse_log_filter, LogFormat};
 
 /// Every variable: (name, default, meaning). `--help` prints this table.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
+pub const VARIABLES: &[Variable] = &[
     (
         LISTEN,
         "0.0.0.0:7155",
@@ -96,6 +98,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (LOG_FORMAT, "plain", "log format: plain or json"),
 ];
 
+/// The prefix of every variable.
+const PREFIX: &str = "TRELLIS_IDENTITY_";
 pub const LISTEN: &str = "TRELLIS_IDENTITY_LISTEN";
 pub const ADMIN_LISTEN: &str = "TRELLIS_IDENTITY_ADMIN_LISTEN";
 pub const TRUST_DOMAIN: &str = "TRELLIS_IDENTITY_TRUST_DOMAIN";
@@ -158,24 +162,22 @@ pub struct Config {
     pub issuer_cert_file: PathBuf,
     pub issuer_key_file: PathBuf,
     pub trust_roots_file: PathBuf,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub reload_interval: Duration,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub cert_lifetime: Duration,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub clock_skew: Duration,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub token_verifier: VerifierKind,
     pub jwks_file: Option<PathBuf>,
     pub token_issuer: String,
     pub audience: String,
     pub namespace: String,
     pub service_account: String,
-    #[serde(serialize_with = "ser_duration")]
-    pub shutdown_grace: Duration,
-    pub log: String,
-    #[serde(serialize_with = "ser_display")]
-    pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE`, `LOG`, `LOG_FORMAT`.
+    #[serde(flatten)]
+    pub service: ServiceSettings,
 }
 
 impl Config {
@@ -219,9 +221,7 @@ impl Config {
             audience: r.get(AUDIENCE, crate::token::DEFAULT_AUDIENCE.to_string()),
             namespace: r.get(NAMESPACE, "trellis-system".to_string()),
             service_account: r.get(SERVICE_ACCOUNT, "trellis-identity".to_string()),
-            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
-            log: r.parse_with(LOG, "info".to_string(), parse_log_filter),
-            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+            service: ServiceSettings::read(&mut r, PREFIX, Duration::from_secs(10)),
         };
         if let Err(e) = SpiffeId::new(&cfg.trust_domain, "ns", "sa") {
             r.invalid(TRUST_DOMAIN, &cfg.trust_domain, e.to_string());
@@ -300,14 +300,6 @@ impl Config {
     }
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_duration(*d))
-}
-
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +344,7 @@ mod tests {
             (LOG_FORMAT, "xml"),
         ]);
         let errs = Config::from_source(&src).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(
             keys,
             [
@@ -383,7 +375,7 @@ mod tests {
             (ADMIN_LISTEN, "0.0.0.0:7155"),
         ]);
         let errs = Config::from_source(&src).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(keys, [CERT_LIFETIME, ADMIN_LISTEN]);
         let ok = Config::from_source(&MapSource::new([
             (TOKEN_VERIFIER, "jwks"),

@@ -37,13 +37,32 @@ pub(crate) mod testutil;
 
 pub use ca::{bootstrap, Bundle};
 pub use config::Config;
-pub use server::{Server, StartError};
+pub use server::{ServeError, Server, StartError};
 pub use token::{LocalIssuer, TokenVerifier};
 /// The verifying client, from `trellis-api` (proxies use it from there).
 pub use trellis_api::client::{self, connect};
 
 use config::VerifierKind;
 use token::{AnyVerifier, JwksVerifier, TokenReviewVerifier};
+use trellis_core::shutdown::Shutdown;
+
+/// Either failure of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Makes the configured token verifier, loads the CA, binds, and serves
+/// until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let verifier = verifier_from_config(&config).await?;
+    let server = Server::bind(config, verifier).await?;
+    server.run(shutdown).await?;
+    Ok(())
+}
 
 /// The token verifier the configuration asks for: a JWKS file, or
 /// TokenReview through the in-cluster (or kubeconfig) API client.

@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use trellis_core::telemetry::ProcessCollector;
+use trellis_core::telemetry;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefusalLabels {
@@ -37,7 +37,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = telemetry::registry();
         let issued = Counter::default();
         registry.register(
             "trellis_identity_certificates_issued",
@@ -76,7 +76,6 @@ impl Metrics {
             "Incoming connections whose TLS handshake failed or timed out",
             handshake_failures.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             issued,
@@ -128,8 +127,6 @@ impl Metrics {
 
     /// OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(4096);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        telemetry::encode(&self.registry)
     }
 }

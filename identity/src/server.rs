@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
+use trellis_core::service::{bind, BindError};
 use trellis_core::shutdown::Shutdown;
 use trellis_core::spiffe::{SpiffeId, SpiffeIdError};
 
@@ -47,8 +48,8 @@ pub enum StartError {
     Identity(#[from] SpiffeIdError),
     #[error("refusing to start: {0}")]
     Tls(#[from] TlsError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("token verifier: {0}")]
     Verifier(String),
 }
@@ -69,13 +70,6 @@ pub struct Server<V> {
     grpc_addr: SocketAddr,
     admin: TcpListener,
     admin_addr: SocketAddr,
-}
-
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
-    let l = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local = l.local_addr().map_err(bind_error)?;
-    Ok((l, local))
 }
 
 impl<V: TokenVerifier> Server<V> {
@@ -140,22 +134,13 @@ impl<V: TokenVerifier> Server<V> {
     /// Serves until `shutdown` begins, then lets in-flight requests finish.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServeError> {
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_state = Arc::new(crate::admin::AdminState {
+        let admin = crate::admin::router(crate::admin::AdminState {
             metrics: self.metrics.clone(),
             config: self.config.clone(),
             serving: self.serving.clone(),
             ready: ready.clone(),
         });
-        let admin_shutdown = shutdown.clone();
-        let admin = self.admin;
-        shutdown.spawn(async move {
-            let served = axum::serve(admin, crate::admin::router(admin_state))
-                .with_graceful_shutdown(async move { admin_shutdown.signaled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        trellis_core::admin::serve(self.admin, admin, &shutdown);
         shutdown.spawn(maintain(
             self.ca.clone(),
             self.verifier.clone(),

@@ -1,51 +1,15 @@
-//! Fixtures for unit tests: temporary directories, CSRs, a CA.
+//! Fixtures for unit tests: CSRs, a CA (temporary directories come from
+//! `trellis_core::test_support`).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType, SignatureAlgorithm,
 };
 use trellis_core::spiffe::SpiffeId;
+pub(crate) use trellis_core::test_support::TempDir;
 
 use crate::ca::{bootstrap, Bundle, Issuer};
-
-/// A directory removed when dropped.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "trellis-identity-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub(crate) fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub(crate) fn id(ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new("cluster.local", ns, sa).unwrap()

@@ -79,10 +79,10 @@ async fn issues_a_certificate_that_chains_and_names_the_token_identity() {
             "chain.pem",
             "leaf.pem",
         ],
-        &dir.0,
+        dir.path(),
     );
     assert!(ok.contains("leaf.pem: OK"), "{ok}");
-    let text = openssl(&["x509", "-in", "leaf.pem", "-noout", "-text"], &dir.0);
+    let text = openssl(&["x509", "-in", "leaf.pem", "-noout", "-text"], dir.path());
     assert!(text.contains(&format!("URI:{WEB}")), "{text}");
     assert!(
         text.contains("CA:FALSE") && text.contains("TLS Web Client Authentication"),
@@ -98,7 +98,7 @@ async fn issues_a_certificate_that_chains_and_names_the_token_identity() {
             "issuer.crt",
             "leaf.pem",
         ],
-        &dir.0,
+        dir.path(),
     );
     assert!(ok.contains("OK"), "{ok}");
 
@@ -336,7 +336,7 @@ async fn a_new_issuer_is_taken_and_the_serving_certificate_follows_it() {
 
 #[tokio::test]
 async fn refuses_to_start_with_an_unusable_issuer() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("identity-it-refuse");
     let tokens = LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
     dir.write("jwks.json", &tokens.jwks());
     let a = bootstrap("cluster.local", DAY, DAY).unwrap();
@@ -419,7 +419,7 @@ async fn a_sprig_made_ca_serves_and_issues_certificates_that_verify() {
     // And so does openssl, with and without the chain.
     let dir = &r.dir;
     dir.write("leaf.pem", &pem(&resp.leaf_der));
-    let ok = openssl(&["verify", "-CAfile", "roots.pem", "leaf.pem"], &dir.0);
+    let ok = openssl(&["verify", "-CAfile", "roots.pem", "leaf.pem"], dir.path());
     assert!(ok.contains("leaf.pem: OK"), "{ok}");
     let ok = openssl(
         &[
@@ -430,7 +430,7 @@ async fn a_sprig_made_ca_serves_and_issues_certificates_that_verify() {
             "issuer.crt",
             "leaf.pem",
         ],
-        &dir.0,
+        dir.path(),
     );
     assert!(ok.contains("leaf.pem: OK"), "{ok}");
     assert_eq!(r.metrics.issued_total(), 1);

@@ -373,7 +373,7 @@ async fn ready_once_the_namespace_cache_has_synced() {
     assert_eq!(status, 200);
 
     let (status, text) = admin_get(&r, "/live").await;
-    assert_eq!((status.as_u16(), text.as_str()), (200, "live\n"));
+    assert_eq!((status, text.as_str()), (200, "live\n"));
     let (status, text) = admin_get(&r, "/config").await;
     assert_eq!(status, 200);
     let config: Value = serde_json::from_str(&text).unwrap();

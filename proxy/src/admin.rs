@@ -1,13 +1,15 @@
-//! The admin server (port 7191): `/metrics`, `/ready`, `/live`, `/config`.
+//! The admin server (port 7191): `/metrics`, `/ready`, `/live`, `/config`
+//! (from [`trellis_core::admin`]), and the proxy's own `/identity`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use trellis_core::admin;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -21,54 +23,28 @@ pub struct AdminState {
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/ready", get(ready))
-        .route("/live", get(|| async { "live\n" }))
-        .route("/config", get(config))
-        .route("/identity", get(identity))
-        .with_state(state)
-}
-
-/// OpenMetrics for scrapers that ask for it (Prometheus does), the
-/// Prometheus text format for everyone else.
-async fn metrics(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    match s.metrics.encode() {
-        Ok(text) if openmetrics => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
+    let metrics = state.metrics.clone();
+    let ready = state.clone();
+    admin::Router::new(move || metrics.encode())
+        // OpenMetrics for scrapers that ask for it (Prometheus does), the
+        // Prometheus text format for everyone else.
+        .prometheus_text_fallback()
+        .ready(move || {
+            if ready.ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("not ready")
+            }
+        })
+        // Nothing in the proxy's config is secret yet; when credentials
+        // arrive they are skipped in serialization.
+        .config(state.config.clone())
+        .into_router()
+        .merge(
+            Router::new()
+                .route("/identity", get(identity))
+                .with_state(state),
         )
-            .into_response(),
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            crate::metrics::to_prometheus_text(&text),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics encoding failed\n",
-        )
-            .into_response(),
-    }
-}
-
-async fn ready(State(s): State<Arc<AdminState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
 }
 
 /// This proxy's identity and current certificate; 503 until it has one,
@@ -107,10 +83,4 @@ fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-async fn config(State(s): State<Arc<AdminState>>) -> Response {
-    // Nothing in the proxy's config is secret yet; when credentials arrive
-    // they are skipped in serialization.
-    axum::Json(s.config.as_ref()).into_response()
 }

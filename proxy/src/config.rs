@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use trellis_core::config::{format_duration, parse_ports, ConfigErrors, PortRange, Reader, Source};
+use trellis_core::config::{
+    parse_ports, serialize_display, serialize_duration, ConfigErrors, PortRange, Reader, Source,
+    Variable,
+};
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::telemetry::{parse_log_filter, LogFormat};
 
@@ -26,7 +29,7 @@ impl NonEmptyPath for String {
 
 /// Every variable the proxy reads: name, default, meaning (with unit).
 /// README and `trellis-proxy --help` print this table.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
+pub const VARIABLES: &[Variable] = &[
     (OUTBOUND_LISTEN, "127.0.0.1:7140", "address of the outbound listener (connections redirected from the pod)"),
     (INBOUND_LISTEN, "0.0.0.0:7143", "address of the inbound listener (connections redirected to the pod)"),
     (ADMIN_LISTEN, "0.0.0.0:7191", "address of the admin server (/metrics, /ready, /live, /config)"),
@@ -89,31 +92,31 @@ pub struct Config {
     pub outbound_listen: SocketAddr,
     pub inbound_listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub ipv6: Ipv6Mode,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub detect_timeout: Duration,
     #[serde(serialize_with = "ser_ports")]
     pub opaque_ports: Vec<PortRange>,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub connect_timeout: Duration,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub pool_idle_timeout: Duration,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub shutdown_grace: Duration,
     pub worker_threads: usize,
     pub log: String,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub log_format: LogFormat,
     pub workload: String,
     /// Present when the proxy has an identity (and so speaks mTLS).
     pub identity: Option<IdentityConfig>,
     pub destinations_file: Option<PathBuf>,
     pub policy_file: Option<PathBuf>,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub default_inbound_policy: DefaultPolicy,
     /// Present when a controller streams destinations and policy.
     pub controller: Option<ControllerConfig>,
@@ -124,16 +127,16 @@ pub struct ControllerConfig {
     pub addr: String,
     pub pod_namespace: String,
     pub pod_name: String,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub resolve_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentityConfig {
     pub addr: String,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub server_id: SpiffeId,
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "serialize_display")]
     pub id: SpiffeId,
     /// The token's path; its content is a secret and never shown.
     pub token_file: PathBuf,
@@ -301,17 +304,9 @@ impl std::fmt::Display for Ipv6Mode {
     }
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_duration(*d))
-}
-
 fn ser_ports<S: serde::Serializer>(p: &[PortRange], s: S) -> Result<S::Ok, S::Error> {
     let joined: Vec<String> = p.iter().map(ToString::to_string).collect();
     s.serialize_str(&joined.join(","))
-}
-
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 #[cfg(test)]
@@ -342,7 +337,7 @@ mod tests {
             (LOG_FORMAT, "xml"),
         ]);
         let errs = Config::from_source(&src).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(
             keys,
             [
@@ -390,7 +385,7 @@ mod tests {
             (IDENTITY_SERVER_ID, "nope"),
         ]);
         let errs = Config::from_source(&missing).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(keys, [IDENTITY_SERVER_ID, IDENTITY]);
         assert!(Config::from_source(&MapSource::default())
             .unwrap()
@@ -416,7 +411,7 @@ mod tests {
 
         let missing = MapSource::new([(CONTROLLER_ADDR, "controller")]);
         let errs = Config::from_source(&missing).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(keys, [POD_NAMESPACE, POD_NAME, CONTROLLER_ADDR]);
         assert!(Config::from_source(&MapSource::default())
             .unwrap()

@@ -4,14 +4,12 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use trellis_core::config::EnvSource;
+use trellis_core::config::{env_help, EnvSource};
+use trellis_core::service::{self, EXIT_CONFIG};
 use trellis_core::shutdown::{self, Shutdown};
 use trellis_proxy::config::{Config, VARIABLES};
 use trellis_proxy::orig_dst::SoOriginalDst;
 use trellis_proxy::Proxy;
-
-/// Exit code for bad configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args();
@@ -30,10 +28,7 @@ fn main() -> ExitCode {
     }
     let config = match Config::from_source(&EnvSource) {
         Ok(c) => c,
-        Err(errors) => {
-            eprint!("trellis-proxy: {errors}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(errors) => return service::config_error("trellis-proxy", &errors),
     };
     trellis_core::telemetry::init_logging(&config.log, config.log_format);
     // One worker (the sidecar default) runs on the main thread with no
@@ -118,9 +113,9 @@ fn help() -> ExitCode {
     );
     println!("USAGE:\n  trellis-proxy            run the proxy (configured by environment)");
     println!("  trellis-proxy init ...   install the pod's capture rules (see `trellis-proxy init --help`)\n");
-    println!("ENVIRONMENT (name, default, meaning):");
-    for (name, default, what) in VARIABLES {
-        println!("  {name:<36} {default:<16} {what}");
-    }
+    print!(
+        "{}",
+        env_help("ENVIRONMENT (name, default, meaning):", VARIABLES)
+    );
     ExitCode::SUCCESS
 }

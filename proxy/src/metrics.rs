@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use trellis_core::telemetry::ProcessCollector;
+use trellis_core::telemetry;
 
 use crate::detect::{Protocol, Reason};
 
@@ -190,7 +190,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = telemetry::registry();
         let http_requests = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "trellis_http_requests",
@@ -301,7 +301,6 @@ impl Metrics {
             "Controller streams that failed or ended (reopened with backoff)",
             traffic.discovery.stream_errors.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
         Self {
             traffic,
             authz_allowed,
@@ -358,11 +357,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition of every metric.
+    /// OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(16 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        telemetry::encode(&self.registry)
     }
 }
 
@@ -376,43 +373,6 @@ pub struct RenewalLabels {
 pub struct IdentityMetrics {
     pub expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub renewals: Family<RenewalLabels, Counter>,
-}
-
-/// Rewrites OpenMetrics text (what the registry encodes) as the Prometheus
-/// text format 0.0.4, for scrapers and tools (`promtool`, `curl`) that do
-/// not ask for OpenMetrics: counters' `HELP`/`TYPE` lines name the sample
-/// (`…_total`), and `# UNIT` and `# EOF` lines go.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    let _ = writeln!(out, "{prefix}{name}_total {tail}");
-                } else {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
 }
 
 /// Most distinct `service` label values kept; later ones are counted as
@@ -496,18 +456,6 @@ pub fn normalize_authority(authority: &str, default_port: u16) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prometheus_text_names_counters_by_their_samples() {
-        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 1\n\
-                  # HELP b_seconds Latency.\n# TYPE b_seconds histogram\n# UNIT b_seconds seconds\n\
-                  b_seconds_count 2\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(om),
-            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 1\n\
-             # HELP b_seconds Latency.\n# TYPE b_seconds histogram\nb_seconds_count 2\n"
-        );
-    }
 
     #[test]
     fn authorities() {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::plan::{self, Action, Names, World, MANAGED_BY_LABEL, SOURCE_ANNOTATION};
 use super::*;
-use crate::testutil::eventually;
+use trellis_core::test_support::eventually;
 
 type Handle = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<String>>;
 type Responder = tower_test::mock::SendResponse<http::Response<String>>;
@@ -527,7 +527,7 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
 
     // Created where missing, updated where stale, deleted where excluded;
     // the foreign one, the source and excluded namespaces untouched.
-    eventually("the first sync", || {
+    eventually("the first sync", async || {
         (fake.pem("demo").as_deref() == Some(PEM)
             && fake.pem("web").as_deref() == Some(PEM)
             && fake.configmap("off").is_none()
@@ -546,7 +546,7 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
 
     // The roots rotate: every copy follows.
     fake.put_configmap("trellis", helm(), NEW_PEM);
-    eventually("the rotation", || {
+    eventually("the rotation", async || {
         (fake.pem("demo").as_deref() == Some(NEW_PEM)
             && fake.pem("web").as_deref() == Some(NEW_PEM))
         .then_some(())
@@ -557,9 +557,9 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
     // retried with backoff, made.
     fake.fail_next("POST", 500);
     fake.add_namespace("late", json!({}), false);
-    eventually("the retried create", || fake.pem("late").map(drop)).await;
+    eventually("the retried create", async || fake.pem("late").map(drop)).await;
     assert_eq!(metrics.trust_roots_sync_errors("create"), 1);
-    eventually("three copies", || {
+    eventually("three copies", async || {
         (metrics.trust_roots_gauges() == (3, 1)).then_some(())
     })
     .await;
@@ -574,20 +574,20 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
 
     // The foreign ConfigMap goes away: a copy takes its place.
     fake.remove_configmap("other");
-    eventually("a copy where the foreign one was", || {
+    eventually("a copy where the foreign one was", async || {
         fake.configmap("other")
             .filter(|c| c["metadata"]["labels"] == ours())
             .map(drop)
     })
     .await;
-    eventually("no foreign left", || {
+    eventually("no foreign left", async || {
         (metrics.trust_roots_gauges().1 == 0).then_some(())
     })
     .await;
 
     // The source vanishes: an error, and the copies stay.
     fake.remove_configmap("trellis");
-    eventually("the source error", || {
+    eventually("the source error", async || {
         (metrics.trust_roots_sync_errors("source") == 1).then_some(())
     })
     .await;
@@ -596,7 +596,7 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
     // shows a pass ran after both changes.
     fake.add_namespace("after", json!({}), false);
     fake.add_namespace("late", disabled, false);
-    eventually("late's copy deleted", || {
+    eventually("late's copy deleted", async || {
         fake.configmap("late").is_none().then_some(())
     })
     .await;
@@ -614,7 +614,7 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
 
     // Back: the new namespace gets its copy.
     fake.put_configmap("trellis", helm(), NEW_PEM);
-    eventually("after's copy", || fake.pem("after").map(drop)).await;
+    eventually("after's copy", async || fake.pem("after").map(drop)).await;
     assert!(
         fake.writes()
             .iter()

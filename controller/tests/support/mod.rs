@@ -1,76 +1,21 @@
-//! Helpers of the controller's component tests: temporary directories,
-//! the controller started in-process with the file source, and a tiny
-//! HTTP client for the admin server.
+//! Helpers of the controller's component tests: the controller started
+//! in-process with the file source; temporary directories, bounded polling
+//! and a tiny HTTP client for the admin server (from
+//! `trellis_core::test_support`).
 
 #![allow(dead_code)] // each test file uses a part
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use trellis_api::discovery::v1::discovery_client::DiscoveryClient;
 use trellis_controller::config::Config;
 use trellis_controller::{Controller, Snapshot};
 use trellis_core::config::MapSource;
 use trellis_core::shutdown::Shutdown;
-
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "trellis-controller-it-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Replaces `name` atomically (write, then rename).
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `check` every 10 ms for at most 5 s.
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use trellis_core::test_support::{eventually, http_get, TempDir};
 
 /// The controller running in-process with the file source.
 pub struct Running {
@@ -89,7 +34,7 @@ pub const FILE: &str = "objects.yaml";
 /// `objects.yaml` in a fresh directory (written first when `objects` is
 /// given), at the default poll interval.
 pub async fn start(tag: &str, objects: Option<&str>, extra: &[(&str, &str)]) -> Running {
-    let dir = TempDir::new(tag);
+    let dir = TempDir::new(&format!("controller-it-{tag}"));
     if let Some(text) = objects {
         dir.write(FILE, text);
     }
@@ -138,26 +83,4 @@ impl Running {
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
     }
-}
-
-/// A minimal HTTP/1.1 GET: (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }

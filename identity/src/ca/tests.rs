@@ -130,7 +130,7 @@ fn wrong_key_and_non_ca_issuers_are_refused() {
 
 #[test]
 fn write_bundle_sets_modes_and_refuses_to_overwrite() {
-    let dir = TempDir::new("bundle");
+    let dir = TempDir::new("identity-bundle");
     let (b, _) = ca();
     write_bundle(dir.path(), &b, false).unwrap();
     let mode = |n: &str| {
@@ -163,7 +163,7 @@ fn files_in(dir: &TempDir, b: &Bundle) -> IssuerFiles {
 
 #[test]
 fn reload_takes_new_files_and_keeps_the_old_on_bad_ones() {
-    let dir = TempDir::new("reload");
+    let dir = TempDir::new("identity-reload");
     let (first, _) = ca();
     let store = CaStore::load(files_in(&dir, &first), SystemTime::now()).unwrap();
     let mut changes = store.subscribe();
@@ -214,7 +214,7 @@ fn reload_takes_new_files_and_keeps_the_old_on_bad_ones() {
 
 #[test]
 fn load_refuses_a_bad_issuer_with_the_reason() {
-    let dir = TempDir::new("load");
+    let dir = TempDir::new("identity-load");
     let past = SystemTime::now() - 10 * DAY;
     let expired = bootstrap_at("cluster.local", past, 3650 * DAY, DAY).unwrap();
     let e = CaStore::load(files_in(&dir, &expired), SystemTime::now())

@@ -33,7 +33,7 @@ fn wrong_curves_and_algorithms_are_refused() {
         assert_eq!(e.reason(), "csr_unsupported_key", "{e}");
     }
     // RSA: rcgen with ring cannot make RSA keys, openssl can.
-    let dir = TempDir::new("rsa-csr");
+    let dir = TempDir::new("identity-rsa-csr");
     let out = dir.path().join("rsa.csr");
     let o = openssl(&[
         "req",

@@ -33,7 +33,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = TempDir::new("service");
+    let dir = TempDir::new("identity-service");
     let (b, _) = ca();
     let files = IssuerFiles {
         cert: dir.write("issuer.crt", &b.issuer_cert_pem),

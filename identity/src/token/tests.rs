@@ -156,7 +156,7 @@ fn other_algorithms_and_garbage_are_refused() {
 
 #[test]
 fn rs256_tokens_verify_against_an_rsa_jwk() {
-    let dir = TempDir::new("rsa");
+    let dir = TempDir::new("identity-rsa");
     let key = dir.path().join("rsa.pem");
     let o = openssl(&[
         "genpkey",
@@ -197,16 +197,16 @@ fn rs256_tokens_verify_against_an_rsa_jwk() {
 
 #[test]
 fn jwks_file_reloads_and_bad_files_keep_the_old_keys() {
-    let dir = TempDir::new("jwks");
+    let dir = TempDir::new("identity-jwks");
     let (first, _) = setup();
-    let path = dir.write("jwks.json", first.jwks());
+    let path = dir.write("jwks.json", &first.jwks());
     let v = JwksVerifier::from_file(&path, ISS, AUD).unwrap();
     let old_token = first.sign("demo", "web", "web-0", AUD, HOUR).unwrap();
     assert_eq!(v.verify_at(&old_token, now()), Ok(web()));
     assert!(!v.reload().unwrap());
 
     let second = LocalIssuer::generate(ISS).unwrap();
-    dir.write("jwks.json", second.jwks());
+    dir.write("jwks.json", &second.jwks());
     assert!(v.reload().unwrap());
     let new_token = second.sign("demo", "web", "web-0", AUD, HOUR).unwrap();
     assert_eq!(v.verify_at(&new_token, now()), Ok(web()));
@@ -241,7 +241,7 @@ fn local_issuer_round_trips_through_its_pem() {
     let v = JwksVerifier::from_jwks(&li.jwks(), ISS, AUD).unwrap();
     let t = again.sign("demo", "web", "web-0", AUD, HOUR).unwrap();
     assert_eq!(v.verify_at(&t, now()), Ok(web()));
-    let dir = TempDir::new("token-key");
+    let dir = TempDir::new("identity-token-key");
     write_token_key(dir.path(), ISS, false).unwrap();
     assert!(
         write_token_key(dir.path(), ISS, false).is_err(),

@@ -1,19 +1,19 @@
-//! Helpers for the component tests: temporary directories, a running
-//! service, HTTP and openssl, bounded polling.
+//! Helpers for the component tests: a running service, CSRs, openssl;
+//! temporary directories, HTTP and bounded polling (from
+//! `trellis_core::test_support`).
 
 // Test code: a panic is how a test fails; not every test file uses every helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, KeyPair, SanType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_core::config::MapSource;
 use trellis_core::shutdown::Shutdown;
 use trellis_core::spiffe::SpiffeId;
+pub use trellis_core::test_support::{eventually, http_get, TempDir};
 use trellis_core::tls::TrustRoots;
 use trellis_identity::config::{self as cfg, Config};
 use trellis_identity::token::{DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
@@ -23,53 +23,6 @@ pub const DAY: Duration = Duration::from_secs(86_400);
 pub const HOUR: Duration = Duration::from_secs(3600);
 pub const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "trellis-identity-it-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        // Atomic, as a kubelet updates a mounted Secret.
-        let tmp = self.path(&format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.path(name)).unwrap();
-        self.path(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `check` every 20 ms for at most 10 s.
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub fn write_ca(dir: &TempDir, b: &Bundle) {
     dir.write("issuer.crt", &b.issuer_cert_pem);
     dir.write("issuer.key", &b.issuer_key_pem);
@@ -77,7 +30,7 @@ pub fn write_ca(dir: &TempDir, b: &Bundle) {
 }
 
 pub fn config_in(dir: &TempDir) -> Config {
-    let p = |n: &str| dir.path(n).to_string_lossy().into_owned();
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
     Config::from_source(&MapSource::new([
         (cfg::LISTEN, "127.0.0.1:0".to_string()),
         (cfg::ADMIN_LISTEN, "127.0.0.1:0".to_string()),
@@ -121,7 +74,7 @@ pub async fn start(tag: &str) -> Running {
 
 /// The service with the CA files `bundle`.
 pub async fn start_with(tag: &str, bundle: Bundle) -> Running {
-    let dir = TempDir::new(tag);
+    let dir = TempDir::new(&format!("identity-it-{tag}"));
     write_ca(&dir, &bundle);
     let tokens = LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
     dir.write("jwks.json", &tokens.jwks());
@@ -152,23 +105,6 @@ pub async fn start_with(tag: &str, bundle: Bundle) -> Running {
     })
     .await;
     r
-}
-
-/// A GET over HTTP/1.1: (status, body).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 pub fn csr_for(sans: Vec<SanType>) -> (KeyPair, Vec<u8>) {

@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use trellis_core::config::{format_duration, ConfigError, ConfigErrors, Reader, Source};
-use trellis_core::telemetry::{parse_log_filter, LogFormat};
+use trellis_core::config::{
+    format_duration, serialize_duration, ConfigError, ConfigErrors, Reader, Source, Variable,
+};
+use trellis_core::service::Settings as ServiceSettings;
 
 use crate::InjectorConfig;
 
 /// Every variable: (name, default, meaning). `--help` prints this table.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
+pub const VARIABLES: &[Variable] = &[
     (
         LISTEN,
         "0.0.0.0:7157",
@@ -63,6 +65,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (LOG_FORMAT, "plain", "log format: plain or json"),
 ];
 
+/// The prefix of every variable.
+const PREFIX: &str = "TRELLIS_INJECTOR_";
 pub const LISTEN: &str = "TRELLIS_INJECTOR_LISTEN";
 pub const ADMIN_LISTEN: &str = "TRELLIS_INJECTOR_ADMIN_LISTEN";
 pub const TLS_CERT_FILE: &str = "TRELLIS_INJECTOR_TLS_CERT_FILE";
@@ -90,16 +94,14 @@ pub struct Config {
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
     pub config_file: PathBuf,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub reload_interval: Duration,
     pub max_review_bytes: usize,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub namespace_wait: Duration,
-    #[serde(serialize_with = "ser_duration")]
-    pub shutdown_grace: Duration,
-    pub log: String,
-    #[serde(serialize_with = "ser_display")]
-    pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE`, `LOG`, `LOG_FORMAT`.
+    #[serde(flatten)]
+    pub service: ServiceSettings,
 }
 
 impl Config {
@@ -149,9 +151,7 @@ impl Config {
             reload_interval: r.duration(RELOAD_INTERVAL, Duration::from_secs(5)),
             max_review_bytes: r.parse_with(MAX_REVIEW_BYTES, 3 * 1024 * 1024, parse_review_bytes),
             namespace_wait: r.duration(NAMESPACE_WAIT, Duration::from_secs(1)),
-            shutdown_grace: r.duration(SHUTDOWN_GRACE, Duration::from_secs(10)),
-            log: r.parse_with(LOG, "info".into(), parse_log_filter),
-            log_format: r.get(LOG_FORMAT, LogFormat::Plain),
+            service: ServiceSettings::read(r, PREFIX, Duration::from_secs(10)),
         };
         if cfg.reload_interval.is_zero() {
             r.invalid(RELOAD_INTERVAL, "0ms", "must be more than zero");
@@ -199,20 +199,14 @@ pub fn read_injector_config(path: &Path) -> Result<InjectorConfig, ConfigError> 
     InjectorConfig::from_yaml(&text).map_err(error)
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_duration(*d))
-}
-
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
     use super::*;
     use trellis_core::config::MapSource;
+    use trellis_core::telemetry::LogFormat;
+    use trellis_core::test_support::TempDir;
 
     #[test]
     fn defaults() {
@@ -228,8 +222,8 @@ mod tests {
         assert_eq!(cfg.reload_interval, Duration::from_secs(5));
         assert_eq!(cfg.max_review_bytes, 3_145_728);
         assert_eq!(cfg.namespace_wait, Duration::from_secs(1));
-        assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(cfg.log_format, LogFormat::Plain);
+        assert_eq!(cfg.service.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(cfg.service.log_format, LogFormat::Plain);
         for (name, default, _) in VARIABLES {
             assert!(name.starts_with("TRELLIS_INJECTOR_"), "{name}");
             let explicit = Config::from_source(&MapSource::new([(*name, *default)]));
@@ -251,7 +245,7 @@ mod tests {
             (LOG_FORMAT, "xml"),
         ]);
         let errs = Config::from_source(&src).unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(
             keys,
             [
@@ -272,13 +266,9 @@ mod tests {
 
     #[test]
     fn load_reads_the_settings_file_and_reports_its_errors_with_the_rest() {
-        let dir =
-            std::env::temp_dir().join(format!("trellis-injector-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.yaml");
-        std::fs::write(&good, "controlPlaneNamespace: mesh\n").unwrap();
-        let bad = dir.join("bad.yaml");
-        std::fs::write(&bad, "proxy:\n  imagee: x\n").unwrap();
+        let dir = TempDir::new("injector-config");
+        let good = dir.write("good.yaml", "controlPlaneNamespace: mesh\n");
+        let bad = dir.write("bad.yaml", "proxy:\n  imagee: x\n");
         let path = |p: &Path| p.to_string_lossy().into_owned();
 
         let (cfg, injector) = Config::load(&MapSource::new([(CONFIG_FILE, path(&good))])).unwrap();
@@ -290,7 +280,7 @@ mod tests {
             (LOG_FORMAT, "xml".into()),
         ]))
         .unwrap_err();
-        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        let keys = errs.keys();
         assert_eq!(keys, [LOG_FORMAT, CONFIG_FILE], "{errs}");
         assert!(errs.0[1].reason.contains("imagee"), "{errs}");
 
@@ -298,6 +288,5 @@ mod tests {
         let errs = Config::load(&MapSource::new([(CONFIG_FILE, path(&missing))])).unwrap_err();
         assert_eq!(errs.0.len(), 1);
         assert!(errs.0[0].reason.contains("cannot read"), "{errs}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

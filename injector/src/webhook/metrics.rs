@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use trellis_core::telemetry::ProcessCollector;
+use trellis_core::telemetry;
 
 use super::review::Verdict;
 
@@ -57,7 +57,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = telemetry::registry();
         let reviews = Family::<ReviewLabels, Counter>::default();
         registry.register(
             "trellis_injector_reviews",
@@ -108,7 +108,6 @@ impl Metrics {
             "Failures of the Namespace watch (retried with backoff, the cache kept meanwhile)",
             namespace_watch_errors.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             reviews,
@@ -179,8 +178,6 @@ impl Metrics {
 
     /// OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(4096);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        telemetry::encode(&self.registry)
     }
 }

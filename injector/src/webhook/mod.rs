@@ -29,13 +29,13 @@ pub mod tls;
 mod admin;
 mod server;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use trellis_core::service::{bind, BindError};
 use trellis_core::shutdown::Shutdown;
 
 pub use config::Config;
@@ -48,8 +48,8 @@ use crate::InjectorConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("serving certificate: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("Kubernetes client: {0}")]
@@ -82,13 +82,6 @@ pub struct Webhook {
     addr: SocketAddr,
     admin: TcpListener,
     admin_addr: SocketAddr,
-}
-
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
-    let l = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local = l.local_addr().map_err(bind_error)?;
-    Ok((l, local))
 }
 
 impl Webhook {
@@ -135,23 +128,14 @@ impl Webhook {
     /// by `shutdown`).
     pub async fn run(self, namespaces: Arc<dyn Namespaces>, shutdown: Shutdown) {
         let serving = Arc::new(AtomicBool::new(false));
-        let admin_state = Arc::new(admin::AdminState {
+        let admin = admin::router(admin::AdminState {
             metrics: self.metrics.clone(),
             config: self.config.clone(),
             injector: self.injector.clone(),
             namespaces: namespaces.clone(),
             serving: serving.clone(),
         });
-        let admin_shutdown = shutdown.clone();
-        let admin = self.admin;
-        shutdown.spawn(async move {
-            let served = axum::serve(admin, admin::router(admin_state))
-                .with_graceful_shutdown(async move { admin_shutdown.signaled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "admin server failed");
-            }
-        });
+        trellis_core::admin::serve(self.admin, admin, &shutdown);
         let reload_stop = shutdown.clone();
         shutdown.spawn(tls::watch(
             self.cert.clone(),

@@ -22,39 +22,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use trellis_core::config::MapSource;
 use trellis_core::shutdown::Shutdown;
+pub use trellis_core::test_support::{eventually, http_get, TempDir};
 use trellis_injector::webhook::config::{self as cfg, Config};
 use trellis_injector::webhook::{Metrics, StaticNamespaces, Webhook};
 use trellis_injector::NamespaceInfo;
 
 /// The name the API server would use: `<service>.<namespace>.svc`.
 pub const SERVER_NAME: &str = "trellis-injector.trellis.svc";
-
-/// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "trellis-injector-it-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A CA that signs serving certificates for [`SERVER_NAME`].
 pub struct Pki {
@@ -118,37 +92,37 @@ pub struct SecretVolume {
 impl SecretVolume {
     pub fn new(pair: &Pair) -> Self {
         let v = Self {
-            dir: TempDir::new("secret"),
+            dir: TempDir::new("injector-it-secret"),
             version: AtomicU32::new(0),
         };
         v.update(&pair.cert_pem, &pair.key_pem);
-        std::os::unix::fs::symlink("..data/tls.crt", v.dir.path("tls.crt")).unwrap();
-        std::os::unix::fs::symlink("..data/tls.key", v.dir.path("tls.key")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.crt", v.dir.join("tls.crt")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.key", v.dir.join("tls.key")).unwrap();
         v
     }
 
     pub fn cert_path(&self) -> PathBuf {
-        self.dir.path("tls.crt")
+        self.dir.join("tls.crt")
     }
 
     pub fn key_path(&self) -> PathBuf {
-        self.dir.path("tls.key")
+        self.dir.join("tls.key")
     }
 
     /// Writes a new version and swaps `..data` to it, then removes the old.
     pub fn update(&self, cert_pem: &str, key_pem: &str) {
         let n = self.version.fetch_add(1, Ordering::Relaxed);
         let name = format!("..2024_01_01_00_00_{n:02}.{}", 1000 + n);
-        let data = self.dir.path(&name);
+        let data = self.dir.join(&name);
         std::fs::create_dir(&data).unwrap();
         std::fs::write(data.join("tls.crt"), cert_pem).unwrap();
         std::fs::write(data.join("tls.key"), key_pem).unwrap();
-        let old = std::fs::read_link(self.dir.path("..data")).ok();
-        let tmp = self.dir.path("..data_tmp");
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        let tmp = self.dir.join("..data_tmp");
         std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.path("..data")).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
         if let Some(old) = old {
-            std::fs::remove_dir_all(self.dir.0.join(old)).unwrap();
+            std::fs::remove_dir_all(self.dir.path().join(old)).unwrap();
         }
     }
 }
@@ -185,9 +159,9 @@ pub async fn start(env: &[(&str, &str)]) -> Running {
     let pki = Pki::new();
     let pair = pki.serving_pair();
     let secret = SecretVolume::new(&pair);
-    let config_dir = TempDir::new("config");
+    let config_dir = TempDir::new("injector-it-config");
     std::fs::write(
-        config_dir.path("config.yaml"),
+        config_dir.join("config.yaml"),
         "trustDomain: cluster.local\n",
     )
     .unwrap();
@@ -199,7 +173,7 @@ pub async fn start(env: &[(&str, &str)]) -> Running {
         (cfg::TLS_KEY_FILE.into(), path(&secret.key_path())),
         (
             cfg::CONFIG_FILE.into(),
-            path(&config_dir.path("config.yaml")),
+            path(&config_dir.join("config.yaml")),
         ),
         (cfg::RELOAD_INTERVAL.into(), "50ms".into()),
         (cfg::NAMESPACE_WAIT.into(), "100ms".into()),
@@ -347,37 +321,9 @@ pub async fn review(r: &Running, body: impl Into<Vec<u8>>) -> serde_json::Value 
     serde_json::from_slice(&body).unwrap()
 }
 
-/// GET on the admin port (plain HTTP/1.1).
-pub async fn admin_get(r: &Running, path: &str) -> (http::StatusCode, String) {
-    let tcp = TcpStream::connect(r.admin).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(path)
-        .header(http::header::HOST, "localhost")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
-
-/// Polls `check` every 20 ms for at most 10 s.
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// GET on the admin port (plain HTTP/1.1): (status, body).
+pub async fn admin_get(r: &Running, path: &str) -> (u16, String) {
+    http_get(r.admin, path).await
 }
 
 /// A sample review from `tests/data`.

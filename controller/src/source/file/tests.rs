@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::index::{DefaultPolicy, Settings, Snapshot};
 use crate::objects::Key;
-use crate::testutil::{eventually, TempDir};
+use trellis_core::test_support::{eventually, TempDir};
 
 const LIST_YAML: &str = r#"
 apiVersion: v1
@@ -118,7 +118,7 @@ fn ns_file(names: &[&str]) -> String {
 
 #[tokio::test]
 async fn loads_follows_changes_and_keeps_the_last_good_state() {
-    let dir = TempDir::new("file-source");
+    let dir = TempDir::new("controller-file-source");
     let path = dir.path().join("objects.yaml");
     let store = Store::new(settings());
     let metrics = Arc::new(Metrics::new());
@@ -127,7 +127,7 @@ async fn loads_follows_changes_and_keeps_the_last_good_state() {
     let task = tokio::spawn(source.run(store.clone(), metrics.clone(), shutdown.clone()));
 
     // No file yet: counted once, not synced.
-    eventually("the missing file to be counted", || {
+    eventually("the missing file to be counted", async || {
         (metrics.source_errors("file", "read") == 1).then_some(())
     })
     .await;
@@ -143,7 +143,7 @@ async fn loads_follows_changes_and_keeps_the_last_good_state() {
 
     // A bad file: refused, counted, and the last good state kept.
     dir.write("objects.yaml", "apiVersion: v1\nkind: Nonsense\n");
-    eventually("the bad file to be counted", || {
+    eventually("the bad file to be counted", async || {
         (metrics.source_errors("file", "parse") == 1).then_some(())
     })
     .await;
@@ -155,7 +155,7 @@ async fn loads_follows_changes_and_keeps_the_last_good_state() {
 
     // Gone: counted once more (a new failure), the state kept.
     std::fs::remove_file(&path).unwrap();
-    eventually("the missing file to be counted again", || {
+    eventually("the missing file to be counted again", async || {
         (metrics.source_errors("file", "read") == 2).then_some(())
     })
     .await;

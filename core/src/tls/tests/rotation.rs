@@ -1,12 +1,13 @@
 //! Certificate renewal and trust-root rotation, with connections open.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::fixtures::*;
 use crate::shutdown::Shutdown;
+use crate::test_support::TempDir;
 use crate::tls::roots::Watch;
 use crate::tls::*;
 
@@ -98,28 +99,6 @@ async fn root_rotation_adds_then_removes_a_root_without_touching_open_connection
     ping(&mut s_old, &mut c_old).await;
 }
 
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("trellis-tls-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Publishes `pem` as Kubernetes does a ConfigMap update: a new versioned
 /// directory, then an atomic swap of the `..data` symlink.
 fn publish(dir: &Path, version: &str, pem: &str) {
@@ -136,10 +115,10 @@ fn fingerprint_of(pem: &str) -> String {
 #[tokio::test]
 async fn watch_roots_follows_configmap_swaps_and_rewrites() {
     let (old, new) = (Ca::new("old"), Ca::new("new"));
-    let dir = TempDir::new("watch");
-    publish(&dir.0, "v1", &old.root_pem);
-    std::os::unix::fs::symlink("..data/ca.pem", dir.0.join("ca.pem")).unwrap();
-    let path = dir.0.join("ca.pem");
+    let dir = TempDir::new("tls-watch");
+    publish(dir.path(), "v1", &old.root_pem);
+    std::os::unix::fs::symlink("..data/ca.pem", dir.join("ca.pem")).unwrap();
+    let path = dir.join("ca.pem");
 
     let roots = Arc::new(TrustRoots::load(&path).unwrap());
     assert_eq!(roots.fingerprint(), fingerprint_of(&old.root_pem));
@@ -156,7 +135,7 @@ async fn watch_roots_follows_configmap_swaps_and_rewrites() {
     ));
 
     let both = format!("{}{}", old.root_pem, new.root_pem);
-    publish(&dir.0, "v2", &both);
+    publish(dir.path(), "v2", &both);
     let want = fingerprint_of(&both);
     eventually("the ConfigMap swap", || roots.fingerprint() == want).await;
 

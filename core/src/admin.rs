@@ -1,0 +1,163 @@
+//! The admin endpoints every binary serves on its admin port (plain HTTP):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | 200, OpenMetrics text; 500 `metrics encoding failed` |
+//! | `/ready` | 200 `ready`; 503 with the reason the check gives |
+//! | `/live` | 200 `live` |
+//! | `/config` | 200, the config as JSON |
+//!
+//! [`Router`] builds them; a binary merges its own endpoints (the
+//! controller's `/routes`, the proxy's `/identity`) into the axum router
+//! it returns, and [`serve`] runs it as a task of the [`Shutdown`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+use crate::telemetry::to_prometheus_text;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+type Encode = Arc<dyn Fn() -> Result<String, fmt::Error> + Send + Sync>;
+type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+/// Builds the admin endpoints: `Router::new(encode).ready(check).config(config)`,
+/// then [`Router::into_router`].
+pub struct Router {
+    encode: Encode,
+    prometheus_text: bool,
+    ready: Check,
+    config: axum::Router,
+}
+
+impl Router {
+    /// `/metrics` answers with what `encode` returns (OpenMetrics text),
+    /// `/live` with `live`, and `/ready` with `ready` until [`Router::ready`]
+    /// gives a check.
+    pub fn new(encode: impl Fn() -> Result<String, fmt::Error> + Send + Sync + 'static) -> Self {
+        Self {
+            encode: Arc::new(encode),
+            prometheus_text: false,
+            ready: Arc::new(|| Ok(())),
+            config: axum::Router::new(),
+        }
+    }
+
+    /// `/metrics` in OpenMetrics only to scrapers whose `Accept` asks for it
+    /// (Prometheus does); everyone else gets the Prometheus text format 0.0.4.
+    pub fn prometheus_text_fallback(mut self) -> Self {
+        self.prometheus_text = true;
+        self
+    }
+
+    /// `/ready` runs `check`: `Ok` is 200 `ready`, `Err(line)` is 503 with
+    /// `line` (e.g. `not ready: not serving`) as the body.
+    pub fn ready(
+        mut self,
+        check: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.ready = Arc::new(check);
+        self
+    }
+
+    /// `/config` answers with `config` as JSON. Only what may be shown:
+    /// a secret must be skipped in its serialization.
+    pub fn config<T: Serialize + Send + Sync + 'static>(mut self, config: Arc<T>) -> Self {
+        self.config = axum::Router::new().route(
+            "/config",
+            get(move || {
+                let config = config.clone();
+                async move { axum::Json(config.as_ref()).into_response() }
+            }),
+        );
+        self
+    }
+
+    /// The axum router; a binary may merge more routes into it.
+    pub fn into_router(self) -> axum::Router {
+        let Self {
+            encode,
+            prometheus_text,
+            ready,
+            config,
+        } = self;
+        axum::Router::new()
+            .route(
+                "/metrics",
+                get(move |headers: HeaderMap| {
+                    let encode = encode.clone();
+                    async move { metrics(&encode, prometheus_text, &headers) }
+                }),
+            )
+            .route(
+                "/ready",
+                get(move || {
+                    let ready = ready.clone();
+                    async move { readiness(ready()) }
+                }),
+            )
+            .route("/live", get(|| async { "live\n" }))
+            .merge(config)
+    }
+}
+
+fn metrics(encode: &Encode, prometheus_text: bool, headers: &HeaderMap) -> Response {
+    let text = match encode() {
+        Ok(text) => text,
+        Err(_) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            )
+                .into_response()
+        }
+    };
+    let openmetrics = !prometheus_text
+        || headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&text),
+        )
+            .into_response()
+    }
+}
+
+fn readiness(check: Result<(), &'static str>) -> Response {
+    match check {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("{line}\n")).into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until shutdown begins, as a task the
+/// shutdown waits for. A failure is logged: the service goes on without
+/// its admin port.
+pub fn serve(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.signaled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;
