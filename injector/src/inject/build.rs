@@ -32,6 +32,9 @@ pub const TOKEN_AUDIENCE: &str = "identity.trellis.dev";
 pub const TOKEN_VOLUME: &str = "trellis-identity-token";
 pub const ROOTS_VOLUME: &str = "trellis-trust-roots";
 pub const INIT_RUN_VOLUME: &str = "trellis-init-run";
+/// Every volume injection adds: a pod with one of these names already
+/// cannot be injected.
+pub const VOLUMES: [&str; 3] = [TOKEN_VOLUME, ROOTS_VOLUME, INIT_RUN_VOLUME];
 pub const TOKEN_DIR: &str = "/var/run/trellis/identity";
 pub const TOKEN_PATH: &str = "token";
 pub const ROOTS_DIR: &str = "/var/run/trellis/roots";

@@ -81,6 +81,11 @@ pub(super) fn decide(
     if spec.host_network == Some(true) {
         return Err(SkipReason::HostNetwork);
     }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Err(SkipReason::Invalid(
+            "a Windows pod: the proxy and its capture rules are Linux-only".into(),
+        ));
+    }
     let names = spec
         .containers
         .iter()
@@ -113,6 +118,17 @@ pub(super) fn decide(
                 )));
             }
         }
+    }
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| super::build::VOLUMES.contains(&v.name.as_str()))
+    {
+        return Err(SkipReason::Invalid(format!(
+            "the pod already has a volume named {:?}, which the proxy needs",
+            v.name
+        )));
     }
     settings(pod_annotations, &ns.annotations, cfg).map_err(SkipReason::Invalid)
 }

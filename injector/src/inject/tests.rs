@@ -378,6 +378,9 @@ fn pods_left_alone_say_why() {
         assert_eq!(skipped(case), reason, "{case}");
     }
     assert!(matches!(skipped("proxy-port-clash"), SkipReason::Invalid(w) if w.contains("7143")));
+    assert!(
+        matches!(skipped("volume-name-clash"), SkipReason::Invalid(w) if w.contains("trellis-trust-roots"))
+    );
     let _ = injected_case("pod-opts-in");
 }
 
@@ -474,4 +477,24 @@ fn bad_manifests_are_refused_with_the_document_named() {
         err.to_string().contains("not a valid pod template"),
         "{err}"
     );
+}
+
+#[test]
+fn windows_pods_are_left_alone_with_a_warning() {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "w", "annotations": {"trellis.dev/inject": "enabled"}},
+        "spec": {"os": {"name": "windows"}, "containers": [{"name": "app", "image": "x"}]},
+    }))
+    .unwrap();
+    let ns = NamespaceInfo {
+        name: "shop".into(),
+        ..Default::default()
+    };
+    match inject(&pod, &ns, &InjectorConfig::default()) {
+        Outcome::Skipped(r @ SkipReason::Invalid(_)) => {
+            assert!(r.is_warning());
+            assert!(r.to_string().contains("Linux-only"), "{r}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
