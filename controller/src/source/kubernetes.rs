@@ -10,8 +10,13 @@
 //! kind has been listed. A failing watch is logged, counted
 //! (`trellis_controller_source_errors_total{source="kubernetes"}`) and
 //! retried with kube-rs's default backoff, the last state kept meanwhile.
-//! The Gateway API and `policy.trellis.dev` CRDs must be installed: until
-//! they are, their watches fail and the controller is not ready.
+//! The `policy.trellis.dev` CRD (the chart installs it) must be served:
+//! until it is, its watch fails and the controller is not ready. The
+//! Gateway API is optional: while the API server does not serve HTTPRoute
+//! or GRPCRoute (404: the CRDs are not installed), that kind counts as
+//! listed and empty — no routes, which is what a cluster without them
+//! means — so proxies are not held back; the watch keeps retrying and
+//! picks the routes up once the CRDs are installed.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -108,6 +113,7 @@ async fn reflect<K: Watched>(
     let events = watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(events);
     let mut listing = Vec::new();
+    let mut not_served = false;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => listing.clear(),
@@ -123,12 +129,34 @@ async fn reflect<K: Watched>(
             }
             Ok(Event::Apply(o)) => store.apply(o.into_object()),
             Ok(Event::Delete(o)) => store.delete(K::KIND, &o.into_object().key()),
+            Err(e) if optional(K::KIND) && is_not_served(&e) => {
+                if !not_served {
+                    not_served = true;
+                    tracing::warn!(
+                        resource = K::KIND.as_str(),
+                        "the API server does not serve this kind (are the Gateway API CRDs installed?): no routes of it until it does"
+                    );
+                    metrics.source_error("kubernetes", K::KIND.as_str());
+                    store.replace_kind(K::KIND, Vec::new());
+                    listed.done(K::KIND, store);
+                }
+            }
             Err(e) => {
                 tracing::warn!(resource = K::KIND.as_str(), error = %e, "watch failed; retrying with backoff, keeping the last state");
                 metrics.source_error("kubernetes", K::KIND.as_str());
             }
         }
     }
+}
+
+/// Kinds a cluster may well not have: the Gateway API's routes.
+fn optional(kind: Kind) -> bool {
+    matches!(kind, Kind::HttpRoute | Kind::GrpcRoute)
+}
+
+/// A LIST refused with 404: the API server does not serve the resource.
+fn is_not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
 
 #[cfg(test)]

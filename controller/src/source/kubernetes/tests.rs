@@ -36,11 +36,13 @@ enum Command {
 }
 
 /// Serves LISTs from `lists` (a path's first LIST may fail with
-/// `fail_first`'s status code), and WATCHes with pushed events.
+/// `fail_first`'s status code; a path in `not_served` always gets 404),
+/// and WATCHes with pushed events.
 async fn api_server(
     mut handle: Handle,
     lists: HashMap<&'static str, Vec<Value>>,
     mut fail_first: HashMap<&'static str, u16>,
+    not_served: &'static [&'static str],
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut watches: HashMap<String, Responder> = HashMap::new();
@@ -57,7 +59,10 @@ async fn api_server(
                         Some(events) => answer_watch(send, &events),
                         None => drop(watches.insert(path, send)),
                     }
-                } else if let Some(code) = fail_first.remove(path.as_str()) {
+                } else if let Some(code) = fail_first
+                    .remove(path.as_str())
+                    .or_else(|| not_served.contains(&path.as_str()).then_some(404))
+                {
                     let status = json!({
                         "kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "message": "the server could not find the requested resource",
@@ -202,7 +207,7 @@ async fn watch_events_reach_the_store_and_the_index() {
     // be synced (ready) until its watch works.
     let fail_first = HashMap::from([(POLICIES, 404)]);
     let (commands, rx) = mpsc::unbounded_channel();
-    let server = tokio::spawn(api_server(handle, lists, fail_first, rx));
+    let server = tokio::spawn(api_server(handle, lists, fail_first, &[], rx));
 
     let store = Store::new(settings());
     let metrics = Arc::new(Metrics::new());
@@ -303,5 +308,46 @@ async fn watch_events_reach_the_store_and_the_index() {
         .await
         .unwrap()
         .unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_gateway_api_is_synced_with_no_routes() {
+    let (svc, handle) = tower_test::mock::pair();
+    let client = kube::Client::new(svc, "default");
+    let lists = HashMap::from([
+        (NAMESPACES, vec![namespace("demo")]),
+        (PODS, vec![pod("web-0", "10.0.0.10")]),
+        (SERVICES, vec![service()]),
+    ]);
+    let (_commands, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(api_server(
+        handle,
+        lists,
+        HashMap::new(),
+        &[HTTP_ROUTES, GRPC_ROUTES],
+        rx,
+    ));
+    let store = Store::new(settings());
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = Shutdown::new();
+    let source = tokio::spawn(KubernetesSource::new(client).run(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let snap = until(&store, "synced without the Gateway API", |s| s.synced).await;
+    let r = web(&snap);
+    assert_eq!(r.kind, pb::resolution::Kind::Service as i32);
+    assert!(r.http_routes.is_empty() && r.grpc_routes.is_empty());
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        assert_eq!(
+            metrics.source_errors("kubernetes", kind),
+            1,
+            "{kind}: counted once"
+        );
+    }
+    shutdown.begin();
+    source.await.unwrap();
     server.abort();
 }
