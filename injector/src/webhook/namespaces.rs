@@ -239,4 +239,60 @@ mod tests {
         cache.set_synced(true);
         assert!(cache.synced());
     }
+
+    /// The real cache against kube-rs's mock API server: a metadata-only
+    /// LIST fills it (and marks it synced), a WATCH event adds to it.
+    #[tokio::test]
+    async fn the_cluster_cache_follows_list_and_watch() {
+        type Req = http::Request<kube::client::Body>;
+        let (svc, mut handle) = tower_test::mock::pair::<Req, http::Response<String>>();
+        let client = kube::Client::new(svc, "default");
+        let shutdown = Shutdown::new();
+        let cache = ClusterNamespaces::start(client, Arc::new(Metrics::new()), &shutdown);
+        assert!(!cache.synced());
+
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), "/api/v1/namespaces");
+        assert!(!req.uri().query().unwrap_or_default().contains("watch=true"));
+        let accept = req.headers()[http::header::ACCEPT].to_str().unwrap();
+        assert!(accept.contains("as=PartialObjectMetadataList"), "{accept}");
+        let meta = |name: &str, key: &str, value: &str| {
+            serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "resourceVersion": "1", "annotations": {key: value}},
+            })
+        };
+        let list = serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [meta("shop", "trellis.dev/inject", "enabled")],
+        });
+        send.send_response(http::Response::new(list.to_string()));
+
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(req.uri().query().unwrap_or_default().contains("watch=true"));
+        let added = serde_json::json!({
+            "type": "ADDED",
+            "object": meta("late", "config.trellis.dev/proxy-log-level", "debug"),
+        });
+        send.send_response(http::Response::new(format!("{added}\n")));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while cache.get("late").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch event never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cache.synced());
+        let shop = cache.get("shop").unwrap();
+        assert_eq!(shop.annotations["trellis.dev/inject"], "enabled");
+        assert_eq!(
+            cache.get("late").unwrap().annotations["config.trellis.dev/proxy-log-level"],
+            "debug"
+        );
+        assert_eq!(cache.get("absent"), None);
+        shutdown.begin();
+    }
 }
