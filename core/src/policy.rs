@@ -8,9 +8,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// What a pod's port lets in when no authorization selects it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DefaultPolicy {
+    /// SPEC.md's mesh-wide default.
+    #[default]
     AllUnauthenticated,
     AllAuthenticated,
     Deny,

@@ -242,15 +242,7 @@ fn surge(
     let rules = plan::service_rules(&surge.services);
     for pod in &change.add {
         interrupted(interrupt)?;
-        if let (Some(proxy), Some(bin)) = (&pod.proxy, proxy_bin) {
-            up::run_init(store, pod, bin, &proxy.init_args, iptables_mode)?;
-        }
-        sys::run(
-            "ip",
-            &["netns", "exec", &pod.netns, "iptables-restore", "--noflush"],
-            Some(&rules),
-        )
-        .with_context(|| format!("installing service rules in {}", pod.netns))?;
+        up::install_pod_rules(store, pod, proxy_bin, iptables_mode, &rules)?;
     }
     progress.step(&format!(
         "capture rules and service rules installed in {} new pod(s)",

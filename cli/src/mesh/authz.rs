@@ -389,7 +389,7 @@ pub(crate) fn parse_port_policies(s: &str) -> Result<BTreeMap<u16, InboundPolicy
             Ok(0) | Err(_) => return Err(format!("{:?} is not a port (1-65535)", port.trim())),
             Ok(p) => p,
         };
-        let policy = InboundPolicy::parse(policy.trim()).ok_or_else(|| {
+        let policy = policy.trim().parse::<InboundPolicy>().ok().ok_or_else(|| {
             format!(
                 "{:?} is not one of all-unauthenticated, all-authenticated, deny, audit",
                 policy.trim()

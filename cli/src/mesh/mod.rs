@@ -365,7 +365,7 @@ fn change_policy(
             .with_context(|| format!("{} is not a policy file", path.display()))?
     };
     if let Some(d) = &change.default_policy {
-        policy.default_policy = spec::InboundPolicy::parse(d).with_context(|| {
+        policy.default_policy = d.parse::<spec::InboundPolicy>().ok().with_context(|| {
             format!("{d:?} is not one of all-unauthenticated, all-authenticated, deny, audit")
         })?;
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use trellis_core::config::parse_ports;
 
 use super::authz::{self, AuthorizationPolicy, Probe};
@@ -147,32 +147,9 @@ impl ServicePort {
 
 /// SPEC.md's default inbound policies; the proxy enforces them (see
 /// [`authz`] for how a pod's policy file is made).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum InboundPolicy {
-    #[default]
-    AllUnauthenticated,
-    AllAuthenticated,
-    Deny,
-    Audit,
-}
-
-impl InboundPolicy {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
-    }
-}
-
-impl fmt::Display for InboundPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        })
-    }
-}
+/// The inbound policies of SPEC.md: the one type the proxy and the
+/// controller use.
+pub(crate) use trellis_core::policy::DefaultPolicy as InboundPolicy;
 
 fn default_mesh_name() -> String {
     DEFAULT_MESH_NAME.to_string()
@@ -608,7 +585,7 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Ok(_) => errs.push(&p, "must not be empty"),
                 Err(e) => errs.push(&p, format!("{value:?} is not a log filter: {e}")),
             },
-            DEFAULT_INBOUND_POLICY => match InboundPolicy::parse(value) {
+            DEFAULT_INBOUND_POLICY => match value.parse::<InboundPolicy>().ok() {
                 Some(policy) => o.inbound_policy = Some(policy),
                 None => errs.push(&p, format!("{value:?} is not one of all-unauthenticated, all-authenticated, deny, audit")),
             },

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::identity::IdentityPlan;
 use super::interrupt::Interrupt;
 use super::plan::{self, Plan, PodPlan};
 use super::ready::{indent, wait_identity, wait_ready, Check, Started};
@@ -218,7 +217,7 @@ fn make(
             plan.trust_domain,
             store.dir().display()
         ));
-        let started = start_identity(store, &plan, id, bin)?;
+        let started = start_on_node(store, &plan, Role::Identity, bin, &[], &id.env)?;
         identity = Some((id, started, signer));
     }
     for pod in &plan.pods {
@@ -235,15 +234,7 @@ fn make(
     let rules = plan::service_rules(&plan.services);
     for pod in &plan.pods {
         interrupted(interrupt)?;
-        if let (Some(proxy), Some(bin)) = (&pod.proxy, &bins.proxy) {
-            run_init(store, pod, bin, &proxy.init_args, iptables_mode)?;
-        }
-        sys::run(
-            "ip",
-            &["netns", "exec", &pod.netns, "iptables-restore", "--noflush"],
-            Some(&rules),
-        )
-        .with_context(|| format!("installing service rules in {}", pod.netns))?;
+        install_pod_rules(store, pod, bins.proxy.as_deref(), iptables_mode, &rules)?;
     }
     progress.step(&format!(
         "capture rules (trellis-proxy init) and {} service VIP(s) installed",
@@ -272,10 +263,17 @@ fn make(
             meshed.len(),
             plan.destinations.destinations.len()
         ));
-        children.push(start_node_agent(store, &plan, &bins.trellis)?);
+        children.push(start_on_node(
+            store,
+            &plan,
+            Role::NodeAgent,
+            &bins.trellis,
+            &["mesh", "node-agent", "--name", &plan.mesh],
+            &BTreeMap::new(),
+        )?);
         if let (Some(c), Some(bin)) = (&plan.controller, &bins.controller) {
             write_cluster_file(&plan)?;
-            let mut started = start_controller(store, &plan, c, bin)?;
+            let mut started = start_on_node(store, &plan, Role::Controller, bin, &[], &c.env)?;
             wait_identity(
                 "controller",
                 c.admin,
@@ -441,6 +439,27 @@ fn log_path(store: &Store, pod: &PodPlan, role: &str) -> PathBuf {
         .join(format!("{}.{}.{role}.log", pod.namespace, pod.name))
 }
 
+/// A new pod's rules: its capture rules (`trellis-proxy init`, when it is
+/// meshed and a proxy binary is at hand), then the service VIP rules.
+pub(super) fn install_pod_rules(
+    store: &Store,
+    pod: &PodPlan,
+    proxy_bin: Option<&Path>,
+    iptables_mode: &str,
+    service_rules: &str,
+) -> anyhow::Result<()> {
+    if let (Some(proxy), Some(bin)) = (&pod.proxy, proxy_bin) {
+        run_init(store, pod, bin, &proxy.init_args, iptables_mode)?;
+    }
+    sys::run(
+        "ip",
+        &["netns", "exec", &pod.netns, "iptables-restore", "--noflush"],
+        Some(service_rules),
+    )
+    .with_context(|| format!("installing service rules in {}", pod.netns))?;
+    Ok(())
+}
+
 /// `trellis-proxy init …` in the pod, as an init container: must succeed.
 pub(super) fn run_init(
     store: &Store,
@@ -578,24 +597,29 @@ fn spawn(
     })
 }
 
-/// `trellis-identity` in the node namespace, as root (it reads the
-/// issuer's key).
-fn start_identity(
+/// A program in the node namespace, as root, with `args` and `env` on top
+/// of the base environment: `trellis-identity` (it reads the issuer's
+/// key), `trellis-controller` (it reads the objects file), and the node
+/// agent.
+fn start_on_node(
     store: &mut Store,
     plan: &Plan,
-    id: &IdentityPlan,
+    role: Role,
     bin: &Path,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
 ) -> anyhow::Result<Started> {
-    let argv = vec![
+    let mut argv = vec![
         "ip".to_string(),
         "netns".into(),
         "exec".into(),
         plan.node.netns.clone(),
         bin.to_string_lossy().into_owned(),
     ];
-    let mut env = base_env();
-    env.extend(id.env.clone());
-    spawn(store, Place::Node(plan), Role::Identity, argv, env)
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut all = base_env();
+    all.extend(env.clone());
+    spawn(store, Place::Node(plan), role, argv, all)
 }
 
 /// Writes the controller's objects file (atomically: it is watched).
@@ -610,42 +634,6 @@ pub(crate) fn write_cluster_file(plan: &Plan) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &c.file).with_context(|| format!("writing {}", c.file.display()))?;
     Ok(())
-}
-
-/// `trellis-controller` in the node namespace, reading the objects file.
-fn start_controller(
-    store: &mut Store,
-    plan: &Plan,
-    c: &super::controller::ControllerPlan,
-    bin: &Path,
-) -> anyhow::Result<Started> {
-    let argv = vec![
-        "ip".to_string(),
-        "netns".into(),
-        "exec".into(),
-        plan.node.netns.clone(),
-        bin.to_string_lossy().into_owned(),
-    ];
-    let mut env = base_env();
-    env.extend(c.env.clone());
-    spawn(store, Place::Node(plan), Role::Controller, argv, env)
-}
-
-/// `trellis mesh node-agent` in the node namespace: keeps pods' tokens
-/// fresh, as the kubelet does for projected tokens.
-fn start_node_agent(store: &mut Store, plan: &Plan, trellis: &Path) -> anyhow::Result<Started> {
-    let argv = vec![
-        "ip".to_string(),
-        "netns".into(),
-        "exec".into(),
-        plan.node.netns.clone(),
-        trellis.to_string_lossy().into_owned(),
-        "mesh".into(),
-        "node-agent".into(),
-        "--name".into(),
-        plan.mesh.clone(),
-    ];
-    spawn(store, Place::Node(plan), Role::NodeAgent, argv, base_env())
 }
 
 pub(super) fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {

@@ -15,7 +15,7 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use trellis_api::discovery::v1 as pb;
 
 use super::annotations::{millis, parse_gateway_duration, route_annotations, RouteAnnotations};
@@ -294,65 +294,74 @@ fn timeouts(
     (t != pb::Timeouts::default()).then_some(t)
 }
 
-pub(crate) fn compile_http(route: &HttpRoute, problems: &mut Vec<Problem>) -> CompiledRoute {
-    let key = key_of(
-        route.metadata.namespace.as_ref(),
-        route.metadata.name.as_ref(),
-    );
-    let mut p = Problems {
-        kind: Kind::HttpRoute,
-        key: &key,
-        out: problems,
+/// A `parentRef` or `backendRef` of either route kind: the Gateway API's
+/// generated types differ per kind but share these fields.
+macro_rules! gateway_ref {
+    ($r:expr) => {
+        Ref {
+            group: $r.group.as_deref(),
+            kind: $r.kind.as_deref(),
+            name: &$r.name,
+            namespace: $r.namespace.as_deref(),
+            port: $r.port,
+        }
     };
-    let ann = annotations_of(route.metadata.annotations.as_ref(), &mut p);
-    let refs = route.spec.parent_refs.iter().flatten().map(|r| {
-        (
-            Ref {
-                group: r.group.as_deref(),
-                kind: r.kind.as_deref(),
-                name: &r.name,
-                namespace: r.namespace.as_deref(),
-                port: r.port,
-            },
-            r.section_name.as_deref(),
-        )
-    });
-    let parents = parents(refs, &key.namespace, &mut p);
-    let mut rules = Vec::new();
-    for rule in route.spec.rules.iter().flatten() {
-        let filters = rule.filters.as_ref().map_or(0, Vec::len)
-            + rule
+}
+
+/// The filters of a rule and of its backends, of either route kind.
+macro_rules! filter_count {
+    ($rule:expr) => {
+        $rule.filters.as_ref().map_or(0, Vec::len)
+            + $rule
                 .backend_refs
                 .iter()
                 .flatten()
                 .map(|b| b.filters.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
-        unsupported_filters(filters, &mut p);
-        let matches = rule
-            .matches
-            .iter()
-            .flatten()
-            .map(|m| http_match(m, &mut p))
-            .collect();
-        let backends = rule
-            .backend_refs
-            .iter()
-            .flatten()
-            .map(|b| {
-                let r = Ref {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                };
-                backend(r, b.weight, &key.namespace, &mut p)
-            })
+                .sum::<usize>()
+    };
+}
+
+/// One rule, as read from either route kind.
+struct RuleParts<'a, M> {
+    matches: Vec<M>,
+    backends: Vec<(Ref<'a>, Option<i32>)>,
+    /// The spec's timeouts (HTTPRoute only).
+    timeouts: Option<&'a HttpRouteRulesTimeouts>,
+}
+
+/// What HTTPRoute and GRPCRoute compile alike: key, annotations, parents,
+/// backends, timeouts, retries, and the Gateway API's default rule when
+/// there is none. `rule` reads one rule's kind-specific parts (its filters
+/// checked, its matches converted), in the order problems are reported.
+fn compile<'a, R, M>(
+    kind: Kind,
+    meta: &'a ObjectMeta,
+    parent_refs: impl Iterator<Item = (Ref<'a>, Option<&'a str>)>,
+    spec_rules: &'a [R],
+    rule: impl Fn(&'a R, &mut Problems<'_>) -> RuleParts<'a, M>,
+    wrap: fn(Vec<Rule<M>>) -> Rules,
+    problems: &mut Vec<Problem>,
+) -> CompiledRoute {
+    let key = key_of(meta.namespace.as_ref(), meta.name.as_ref());
+    let mut p = Problems {
+        kind,
+        key: &key,
+        out: problems,
+    };
+    let ann = annotations_of(meta.annotations.as_ref(), &mut p);
+    let parents = parents(parent_refs, &key.namespace, &mut p);
+    let mut rules = Vec::new();
+    for r in spec_rules {
+        let parts = rule(r, &mut p);
+        let backends = parts
+            .backends
+            .into_iter()
+            .map(|(r, weight)| backend(r, weight, &key.namespace, &mut p))
             .collect();
         rules.push(Rule {
-            matches,
+            matches: parts.matches,
             backends,
-            timeouts: timeouts(rule.timeouts.as_ref(), &ann, &mut p),
+            timeouts: timeouts(parts.timeouts, &ann, &mut p),
             retry: ann.retry.clone(),
         });
     }
@@ -366,12 +375,42 @@ pub(crate) fn compile_http(route: &HttpRoute, problems: &mut Vec<Problem>) -> Co
         });
     }
     CompiledRoute {
-        kind: Kind::HttpRoute,
-        created: route.metadata.creation_timestamp.clone(),
+        kind,
+        created: meta.creation_timestamp.clone(),
         parents,
-        rules: Rules::Http(rules),
+        rules: wrap(rules),
         key,
     }
+}
+
+pub(crate) fn compile_http(route: &HttpRoute, problems: &mut Vec<Problem>) -> CompiledRoute {
+    let parent_refs = route.spec.parent_refs.iter().flatten();
+    compile(
+        Kind::HttpRoute,
+        &route.metadata,
+        parent_refs.map(|r| (gateway_ref!(r), r.section_name.as_deref())),
+        route.spec.rules.as_deref().unwrap_or_default(),
+        |rule, p| {
+            unsupported_filters(filter_count!(rule), p);
+            RuleParts {
+                matches: rule
+                    .matches
+                    .iter()
+                    .flatten()
+                    .map(|m| http_match(m, p))
+                    .collect(),
+                backends: rule
+                    .backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| (gateway_ref!(b), b.weight))
+                    .collect(),
+                timeouts: rule.timeouts.as_ref(),
+            }
+        },
+        Rules::Http,
+        problems,
+    )
 }
 
 fn http_match(m: &HttpRouteRulesMatches, p: &mut Problems<'_>) -> pb::HttpMatch {
@@ -459,82 +498,33 @@ fn header(p: &mut Problems<'_>, name: &str, value: &str, regex: bool) -> pb::Hea
 }
 
 pub(crate) fn compile_grpc(route: &GrpcRoute, problems: &mut Vec<Problem>) -> CompiledRoute {
-    let key = key_of(
-        route.metadata.namespace.as_ref(),
-        route.metadata.name.as_ref(),
-    );
-    let mut p = Problems {
-        kind: Kind::GrpcRoute,
-        key: &key,
-        out: problems,
-    };
-    let ann = annotations_of(route.metadata.annotations.as_ref(), &mut p);
-    let refs = route.spec.parent_refs.iter().flatten().map(|r| {
-        (
-            Ref {
-                group: r.group.as_deref(),
-                kind: r.kind.as_deref(),
-                name: &r.name,
-                namespace: r.namespace.as_deref(),
-                port: r.port,
-            },
-            r.section_name.as_deref(),
-        )
-    });
-    let parents = parents(refs, &key.namespace, &mut p);
-    let mut rules = Vec::new();
-    for rule in route.spec.rules.iter().flatten() {
-        let filters = rule.filters.as_ref().map_or(0, Vec::len)
-            + rule
-                .backend_refs
-                .iter()
-                .flatten()
-                .map(|b| b.filters.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
-        unsupported_filters(filters, &mut p);
-        let matches = rule
-            .matches
-            .iter()
-            .flatten()
-            .map(|m| grpc_match(m, &mut p))
-            .collect();
-        let backends = rule
-            .backend_refs
-            .iter()
-            .flatten()
-            .map(|b| {
-                let r = Ref {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                };
-                backend(r, b.weight, &key.namespace, &mut p)
-            })
-            .collect();
-        rules.push(Rule {
-            matches,
-            backends,
-            timeouts: timeouts(None, &ann, &mut p),
-            retry: ann.retry.clone(),
-        });
-    }
-    if rules.is_empty() {
-        rules.push(Rule {
-            matches: Vec::new(),
-            backends: Vec::new(),
-            timeouts: timeouts(None, &ann, &mut p),
-            retry: ann.retry.clone(),
-        });
-    }
-    CompiledRoute {
-        kind: Kind::GrpcRoute,
-        created: route.metadata.creation_timestamp.clone(),
-        parents,
-        rules: Rules::Grpc(rules),
-        key,
-    }
+    let parent_refs = route.spec.parent_refs.iter().flatten();
+    compile(
+        Kind::GrpcRoute,
+        &route.metadata,
+        parent_refs.map(|r| (gateway_ref!(r), r.section_name.as_deref())),
+        route.spec.rules.as_deref().unwrap_or_default(),
+        |rule, p| {
+            unsupported_filters(filter_count!(rule), p);
+            RuleParts {
+                matches: rule
+                    .matches
+                    .iter()
+                    .flatten()
+                    .map(|m| grpc_match(m, p))
+                    .collect(),
+                backends: rule
+                    .backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| (gateway_ref!(b), b.weight))
+                    .collect(),
+                timeouts: None,
+            }
+        },
+        Rules::Grpc,
+        problems,
+    )
 }
 
 fn grpc_match(m: &GrpcRouteRulesMatches, p: &mut Problems<'_>) -> pb::GrpcMatch {

@@ -246,6 +246,22 @@ pub(super) async fn forward(
     }
 }
 
+/// What every upstream response gets before it goes to the client: no
+/// hop-by-hop headers (an upgrade's are its own), the client's HTTP
+/// version, and its status (and gRPC status) recorded.
+fn prepare_response(rsp: &mut Response<Incoming>, client_h1: bool, recorder: &mut Recorder) {
+    if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(rsp.headers_mut());
+    }
+    *rsp.version_mut() = if client_h1 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_2
+    };
+    recorder.status = rsp.status();
+    recorder.grpc_status = grpc_status(rsp.headers());
+}
+
 /// [`finish`] for a try whose first response frame may have been read.
 fn finish_peeked(
     ctx: &HttpContext,
@@ -257,14 +273,7 @@ fn finish_peeked(
     match result {
         Ok((rsp, None)) => finish(ctx, Ok(rsp), recorder, client_h1, fail),
         Ok((mut rsp, Some(first))) => {
-            remove_hop_by_hop(rsp.headers_mut());
-            *rsp.version_mut() = if client_h1 {
-                http::Version::HTTP_11
-            } else {
-                http::Version::HTTP_2
-            };
-            recorder.status = rsp.status();
-            recorder.grpc_status = grpc_status(rsp.headers());
+            prepare_response(&mut rsp, client_h1, &mut recorder);
             let mut first = Some(first);
             rsp.map(|body| Either::Left(RecordBody::with_peeked(body, recorder, first.take())))
         }
@@ -344,16 +353,7 @@ fn finish(
 ) -> Response<ProxyBody> {
     match result {
         Ok(mut rsp) => {
-            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                remove_hop_by_hop(rsp.headers_mut());
-            }
-            *rsp.version_mut() = if client_h1 {
-                http::Version::HTTP_11
-            } else {
-                http::Version::HTTP_2
-            };
-            recorder.status = rsp.status();
-            recorder.grpc_status = grpc_status(rsp.headers());
+            prepare_response(&mut rsp, client_h1, &mut recorder);
             rsp.map(|body| Either::Left(RecordBody::new(body, recorder)))
         }
         Err(e) => {
