@@ -56,6 +56,7 @@ pub const VARIABLES: &[Variable] = &[
     (CONTROLLER_ADDR, "", "controller address (host:port): destinations, routes and the inbound policy come from it (the files above stay as fallback); unset: files only"),
     (POD_NAMESPACE, "", "this pod's namespace (required with a controller)"),
     (POD_NAME, "", "this pod's name (required with a controller)"),
+    (BALANCER_DECAY, "10s", "time constant of the balancer's peak-EWMA latency estimate: how long a slow answer is remembered (duration)"),
     (RESOLVE_TIMEOUT, "1s", "how long the first connection to a destination waits for the controller's answer before it is forwarded as unknown (duration)"),
 ];
 
@@ -86,6 +87,7 @@ pub const CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
 pub const POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
 pub const POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
 pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
+pub const BALANCER_DECAY: &str = "TRELLIS_PROXY_BALANCER_DECAY";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -129,6 +131,8 @@ pub struct ControllerConfig {
     pub pod_name: String,
     #[serde(serialize_with = "serialize_duration")]
     pub resolve_timeout: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub balancer_decay: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -213,6 +217,10 @@ impl Config {
         }
         let controller: String = r.get(CONTROLLER_ADDR, String::new());
         let resolve_timeout = r.duration(RESOLVE_TIMEOUT, Duration::from_secs(1));
+        let balancer_decay = r.duration(BALANCER_DECAY, Duration::from_secs(10));
+        if balancer_decay.is_zero() {
+            r.invalid(BALANCER_DECAY, "0", "must be longer than zero");
+        }
         if !controller.is_empty() {
             let pod_namespace: String = r.get(POD_NAMESPACE, String::new());
             let pod_name: String = r.get(POD_NAME, String::new());
@@ -229,6 +237,7 @@ impl Config {
                 pod_namespace,
                 pod_name,
                 resolve_timeout,
+                balancer_decay,
             });
         }
         if cfg.max_header_bytes < MIN_HEADER_BYTES {

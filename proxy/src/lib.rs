@@ -177,7 +177,11 @@ impl Proxy {
                         mesh.set_policy(p);
                         policy_tx.send_replace(true);
                     });
-                    Some(Arc::new(service::Services::new(d)))
+                    let balancer = traffic::balance::BalancerConfig {
+                        decay: cc.balancer_decay,
+                        ..Default::default()
+                    };
+                    Some(Arc::new(service::Services::new(d, balancer)))
                 }
                 Err(e) => {
                     // The config reader checked the address; this is a bug.

@@ -35,14 +35,16 @@ pub struct Services {
     discovery: Arc<Discovery>,
     states: Mutex<HashMap<OrigDstAddr, Arc<ServiceState>>>,
     default_route: Label,
+    balancer: BalancerConfig,
 }
 
 impl Services {
-    pub fn new(discovery: Arc<Discovery>) -> Self {
+    pub fn new(discovery: Arc<Discovery>, balancer: BalancerConfig) -> Self {
         Self {
             discovery,
             states: Mutex::new(HashMap::new()),
             default_route: Label::new("default"),
+            balancer,
         }
     }
 
@@ -70,6 +72,7 @@ impl Services {
             self.discovery.watch(target),
             first.clone(),
             self.default_route.clone(),
+            self.balancer,
         ));
         states.insert(target, s.clone());
         s
@@ -101,6 +104,7 @@ struct Inner {
     by_authority: HashMap<String, usize>,
     budgets: HashMap<RouteName, Arc<SharedBudget>>,
     route_labels: HashMap<RouteName, Label>,
+    balancer: BalancerConfig,
     rng: SmallRng,
 }
 
@@ -134,6 +138,7 @@ impl ServiceState {
         rx: watch::Receiver<Option<Arc<Resolved>>>,
         first: Arc<Resolved>,
         default_route: Label,
+        balancer: BalancerConfig,
     ) -> Self {
         let mut inner = Inner {
             resolved: Arc::new(Resolved::unknown(OrigDstAddr::from(SocketAddr::from((
@@ -146,6 +151,7 @@ impl ServiceState {
             by_authority: HashMap::new(),
             budgets: HashMap::new(),
             route_labels: HashMap::new(),
+            balancer,
             rng: SmallRng::from_os_rng(),
         };
         inner.apply(first);
@@ -285,7 +291,7 @@ impl Inner {
         for b in &resolved.backends {
             let mut state = old.remove(&b.authority).unwrap_or_else(|| BackendState {
                 endpoints: HashMap::new(),
-                balancer: Balancer::new(BalancerConfig::default(), self.rng.random()),
+                balancer: Balancer::new(self.balancer, self.rng.random()),
             });
             state.endpoints = b.endpoints.iter().map(|e| (e.addr, e.clone())).collect();
             state

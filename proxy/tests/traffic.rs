@@ -174,6 +174,104 @@ async fn requests_are_balanced_per_request_and_prefer_the_faster_endpoints() {
     assert_eq!(sample(&m, &line), Some(320.0), "{m}");
 }
 
+/// Asserts that each of `names` got its even share of `bodies`, ±10 %.
+fn assert_even(bodies: &HashMap<String, u32>, names: &[&str], what: &str) {
+    let total: u32 = bodies.values().sum();
+    let share = total / names.len() as u32;
+    for name in names {
+        let got = bodies.get(*name).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(share) * 10 <= share,
+            "{what}: {name} got {got} of {total} (even share {share}): {bodies:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn equal_endpoints_share_evenly_on_new_and_kept_alive_connections_and_after_scaling() {
+    let ctl = FakeController::start().await;
+    ctl.inbound(open_policy());
+    let (a, _) = named_upstream("a", 0).await;
+    let (b, _) = named_upstream("b", 0).await;
+    let (c, _) = named_upstream("c", 0).await;
+    ctl.resolve(VIP, service(WEB, &[(a, "a"), (b, "b"), (c, "c")]));
+    let proxy = proxy_with(&ctl, VIP).await;
+
+    // One kept-alive connection, one request at a time.
+    let (bodies, statuses) = send(&proxy, 600, "/").await;
+    assert_eq!(statuses.get(&200), Some(&600));
+    assert_even(&bodies, &["a", "b", "c"], "one kept-alive connection");
+
+    // A new connection for every request.
+    let fresh = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let mut bodies: HashMap<String, u32> = HashMap::new();
+    for _ in 0..600 {
+        let (status, _, body) = get(&fresh, proxy.outbound, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        *bodies
+            .entry(String::from_utf8_lossy(&body).into_owned())
+            .or_default() += 1;
+    }
+    assert_even(&bodies, &["a", "b", "c"], "a new connection each");
+
+    // Scaled 1 → 3: once the proxy has the new endpoints, they get their
+    // share straight away (no warm-up guess holds them back).
+    let ctl2 = FakeController::start().await;
+    ctl2.inbound(open_policy());
+    ctl2.resolve(VIP, service(WEB, &[(a, "a")]));
+    let proxy = proxy_with(&ctl2, VIP).await;
+    assert_eq!(send(&proxy, 300, "/").await.0.get("a"), Some(&300));
+    ctl2.resolve(VIP, service(WEB, &[(a, "a"), (b, "b"), (c, "c")]));
+    let scaled = eventually(Duration::from_secs(5), || async {
+        send(&proxy, 1, "/").await.0.keys().any(|k| k != "a")
+    })
+    .await;
+    assert!(scaled, "the new endpoints were never used");
+    let (bodies, _) = send(&proxy, 600, "/").await;
+    assert_even(&bodies, &["a", "b", "c"], "after scaling 1 → 3");
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gets_less_and_is_tried_again_once_its_estimate_decays() {
+    let ctl = FakeController::start().await;
+    ctl.inbound(open_policy());
+    let (a, _) = named_upstream("a", 0).await;
+    let (b, _) = named_upstream("b", 0).await;
+    let (slow, slow_served) = delayed_upstream("slow", 0, Duration::from_millis(40)).await;
+    ctl.resolve(VIP, service(WEB, &[(a, "a"), (b, "b"), (slow, "slow")]));
+    // A decay of 2 s (the default is 10 s) keeps the test short.
+    let addr = ctl.addr.to_string();
+    let proxy = start_proxy(
+        VIP.parse().unwrap(),
+        &[
+            ("TRELLIS_PROXY_CONTROLLER_ADDR", &addr),
+            ("TRELLIS_PROXY_POD_NAMESPACE", "test"),
+            ("TRELLIS_PROXY_POD_NAME", "client-0"),
+            ("TRELLIS_PROXY_RESOLVE_TIMEOUT", "2s"),
+            ("TRELLIS_PROXY_BALANCER_DECAY", "2s"),
+        ],
+    )
+    .await;
+    let (bodies, _) = send(&proxy, 300, "/").await;
+    let to_slow = bodies.get("slow").copied().unwrap_or(0);
+    // Two answers make its first estimate; then it loses every comparison
+    // until that decays (40 ms × e^(−t/2 s) down to the others' level
+    // takes several seconds, longer than this burst).
+    assert!(to_slow <= 6, "the slow endpoint got {to_slow} of 300: {bodies:?}");
+    // It is tried again as its estimate decays: within about 8 s here;
+    // one request every 100 ms, bounded at 30 s.
+    let before = slow_served.load(Ordering::Relaxed);
+    let tried = eventually(Duration::from_secs(30), || async {
+        send(&proxy, 1, "/").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        slow_served.load(Ordering::Relaxed) > before
+    })
+    .await;
+    assert!(tried, "the slow endpoint was never tried again");
+}
+
 #[tokio::test]
 async fn a_retry_route_hides_a_flaky_endpoint_and_counts_its_retries() {
     let ctl = FakeController::start().await;

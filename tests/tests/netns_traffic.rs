@@ -354,3 +354,149 @@ fn netns_traffic_split_per_route_metrics_grpc_retries_and_controller_loss() {
     let s = load(&mesh, "http://web.tr.svc.cluster.local/split", 200, 1_000);
     assert_eq!(ok(&s), 1_000, "traffic failed without the controller: {s}");
 }
+
+/// `web`: `{replicas}` equal replicas of a plain HTTP server.
+const BALANCE_MESH: &str = r#"
+name: {mesh}
+workloads:
+  - name: client
+    namespace: tb
+    serviceAccount: client
+    command: [sleep, infinity]
+  - name: web
+    namespace: tb
+    serviceAccount: web
+    replicas: {replicas}
+    ports: [8080]
+    command: ["{trellis}", app, http, --listen, "0.0.0.0:8080", --name, "{name}"]
+services:
+  - {name: web, namespace: tb, selector: web, ports: [{port: 80, targetPort: 8080}]}
+"#;
+
+const WEB_URL: &str = "http://web.tb.svc.cluster.local/";
+
+/// Requests each replica's proxy has taken in, so far.
+fn inbound_counts(mesh: &Mesh, pods: &[&str]) -> Vec<f64> {
+    pods.iter()
+        .map(|p| {
+            mesh.metrics(p)
+                .sum("trellis_http_requests_total", &[("direction", "inbound")])
+        })
+        .collect()
+}
+
+/// What each replica took in since `before`, checked to be an even share
+/// of `n` within ±10 %: the test counts where every request went, not
+/// only that it succeeded.
+fn assert_even_split(mesh: &Mesh, pods: &[&str], before: &[f64], n: f64, what: &str) {
+    let after = inbound_counts(mesh, pods);
+    let got: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    eprintln!("{what}: {pods:?} got {got:?} of {n}");
+    assert_eq!(got.iter().sum::<f64>(), n, "{what}: requests lost: {got:?}");
+    let share = n / pods.len() as f64;
+    for (pod, g) in pods.iter().zip(&got) {
+        assert!(
+            (g - share).abs() <= share * 0.1,
+            "{what}: {pod} got {g} of {n} (even share {share}): {got:?}"
+        );
+    }
+}
+
+/// `n` requests from `client`, each on a new connection (a curl apiece);
+/// every one must succeed.
+fn curl_each(mesh: &Mesh, n: u32) {
+    let out = mesh.sh(
+        "client",
+        &format!(
+            "ok=0; for i in $(seq {n}); do c=$(curl -s -o /dev/null -w '%{{http_code}}' {WEB_URL}); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok"
+        ),
+    );
+    assert_eq!(out.trim(), n.to_string(), "not every request succeeded");
+}
+
+#[test]
+fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() {
+    let mesh = up("tb", &BALANCE_MESH.replace("{replicas}", "1"));
+    let all = ["web-0", "web-1", "web-2"];
+
+    // One replica, then scaled to three: the new replicas get requests
+    // within seconds (one request every 50 ms, bounded at 20 s).
+    let s = load(&mesh, WEB_URL, 0, 100);
+    assert_eq!(ok(&s), 100, "{s}");
+    let out = mesh.apply(&BALANCE_MESH.replace("{replicas}", "3"));
+    assert!(
+        out.status.success(),
+        "mesh apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    let reached = trellis_e2e::eventually(std::time::Duration::from_secs(20), || {
+        curl_each(&mesh, 5);
+        let c = inbound_counts(&mesh, &all[1..]);
+        c.iter().all(|&n| n > 0.0)
+    });
+    assert!(reached, "the new replicas got no requests after scaling 1 → 3");
+    eprintln!("scaled 1 → 3: both new replicas served within {:?}", start.elapsed());
+
+    // A new connection for each request: 600, each replica within ±10 %
+    // of 200.
+    let before = inbound_counts(&mesh, &all);
+    curl_each(&mesh, 600);
+    assert_even_split(&mesh, &all, &before, 600.0, "a new connection each");
+
+    // One kept-alive connection, one request at a time: balanced per
+    // request, just as evenly.
+    let before = inbound_counts(&mesh, &all);
+    let trellis = bin("trellis");
+    let child = mesh.spawn(
+        "client",
+        &[
+            trellis.to_str().unwrap(),
+            "app", "load", "--url", WEB_URL, "--rps", "0", "--requests", "600", "--concurrency", "1",
+        ],
+    );
+    let s = json_summary(child, "trellis app load");
+    assert_eq!(ok(&s), 600, "{s}");
+    assert_even_split(&mesh, &all, &before, 600.0, "one kept-alive connection");
+
+    // web-2 turns slow (40 ms per answer): it gets only the few requests
+    // that measure it, while the others share the rest.
+    let slow_ip = mesh.ip("web-2");
+    let set_latency = |ms: u32| {
+        mesh.exec_ok(
+            "client",
+            &["curl", "-sS", "--fail", &format!("http://{slow_ip}:8080/latency/{ms}")],
+        );
+    };
+    set_latency(40);
+    let before = inbound_counts(&mesh, &all);
+    let s = load(&mesh, WEB_URL, 0, 600);
+    assert_eq!(ok(&s), 600, "{s}");
+    let after = inbound_counts(&mesh, &all);
+    let to_slow = after[2] - before[2];
+    eprintln!("slow web-2 got {to_slow} of 600");
+    assert!(to_slow <= 20.0, "the slow replica got {to_slow} of 600");
+
+    // It recovers: being avoided, its estimate goes stale within a second,
+    // so it is tried again (one request every 200 ms, bounded at 30 s)…
+    set_latency(0);
+    let marker = inbound_counts(&mesh, &["web-2"])[0];
+    let start = std::time::Instant::now();
+    let tried = trellis_e2e::eventually(std::time::Duration::from_secs(30), || {
+        curl_each(&mesh, 1);
+        inbound_counts(&mesh, &["web-2"])[0] > marker
+    });
+    assert!(tried, "the recovered replica was never tried again");
+    eprintln!("recovered web-2 tried again after {:?}", start.elapsed());
+    // …and a window of fast answers takes it back: it soon gets a fair
+    // share of a batch of 60 again (bounded at 30 s).
+    let start = std::time::Instant::now();
+    let back = trellis_e2e::eventually(std::time::Duration::from_secs(30), || {
+        let before = inbound_counts(&mesh, &all);
+        curl_each(&mesh, 60);
+        let after = inbound_counts(&mesh, &all);
+        after[2] - before[2] >= 15.0
+    });
+    assert!(back, "the recovered replica never got its share back");
+    eprintln!("recovered web-2 back to its share after {:?}", start.elapsed());
+}

@@ -10,6 +10,7 @@
 //! | `/delay/MS` | 200 after MS milliseconds (at most ten minutes; 503 at once if shutdown begins) |
 //! | `/trailers` | a body followed by the trailer `x-trailer: done` (HTTP/2, or HTTP/1.1 with `te: trailers`) |
 //! | `/ws` | a WebSocket (HTTP/1.1 upgrade) echoing every message |
+//! | `/latency/MS` | sets the latency added to every later response (what `--latency` starts at); 200 |
 //! | anything else | `NAME: hello from ADDR` |
 //!
 //! Every response carries `x-served-by: NAME`. With `--fail-rate F`, a
@@ -70,6 +71,10 @@ pub struct HttpArgs {
     /// Fraction of requests (0.0-1.0) answered 503, spread evenly.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_fraction)]
     pub(crate) fail_rate: f64,
+    /// Milliseconds added before every response (a slow replica); changed
+    /// at run time by a request to `/latency/MS`.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub(crate) latency: u64,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -85,6 +90,7 @@ pub(crate) struct HttpOpts {
     name: String,
     served_by: HeaderValue,
     fail_ppm: u64,
+    latency_ms: u64,
 }
 
 impl HttpOpts {
@@ -99,7 +105,14 @@ impl HttpOpts {
             name,
             served_by,
             fail_ppm: (fail_rate * 1e6).round() as u64,
+            latency_ms: 0,
         })
+    }
+
+    /// Adds `ms` milliseconds before every response.
+    pub(crate) fn with_latency(mut self, ms: u64) -> Self {
+        self.latency_ms = ms.min(MAX_DELAY.as_millis() as u64);
+        self
     }
 }
 
@@ -134,6 +147,8 @@ struct State {
     opts: HttpOpts,
     local: SocketAddr,
     failures: FailCounter,
+    /// Milliseconds added before every response.
+    latency_ms: AtomicU64,
     /// `CHUNK + PATTERN_PERIOD` bytes of the pattern: any chunk of any body
     /// is a slice of it.
     pattern: Bytes,
@@ -152,6 +167,7 @@ pub(crate) async fn serve(
         .context("reading the listener's address")?;
     let state = Arc::new(State {
         failures: FailCounter::new(opts.fail_ppm),
+        latency_ms: AtomicU64::new(opts.latency_ms),
         opts,
         local,
         pattern: (0..(CHUNK as u64 + PATTERN_PERIOD))
@@ -202,6 +218,10 @@ pub(crate) async fn serve(
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let latency = state.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 && !req.uri().path().starts_with("/latency/") {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
     let mut resp = if req.uri().path() != "/healthz" && state.failures.next_fails() {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -231,6 +251,8 @@ async fn route(req: Request<Incoming>, state: &State) -> Response<Body> {
         bytes(n, state)
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         delay(ms, state).await
+    } else if let Some(ms) = path.strip_prefix("/latency/") {
+        set_latency(ms, state)
     } else {
         text(
             StatusCode::OK,
@@ -417,6 +439,22 @@ impl hyper::body::Body for PatternBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.len - self.offset)
+    }
+}
+
+fn set_latency(ms: &str, state: &State) -> Response<Body> {
+    match ms.parse::<u64>() {
+        Ok(ms) if ms <= MAX_DELAY.as_millis() as u64 => {
+            state.latency_ms.store(ms, Ordering::Relaxed);
+            text(
+                StatusCode::OK,
+                format!("{}: latency {ms}ms\n", state.opts.name),
+            )
+        }
+        _ => bad_request(format!(
+            "/latency/{ms}: expected milliseconds, at most {}",
+            MAX_DELAY.as_millis()
+        )),
     }
 }
 

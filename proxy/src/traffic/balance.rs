@@ -5,10 +5,29 @@
 //!
 //! **Choice.** Power of two choices over peak-EWMA latency (Linkerd's
 //! balancer): two distinct endpoints drawn at random among those that may
-//! take a request, the one of lower cost wins, cost being its latency
-//! estimate ([`ewma`]) × (requests in flight + 1). New endpoints start at
-//! [`BalancerConfig::default_rtt`]. A sample from a failed request may raise
-//! the estimate but never lower it, so a backend that fails fast does not
+//! take a request, then compared:
+//!
+//! 1. if their latency estimates ([`ewma`]) differ by more than noise
+//!    ([`BalancerConfig::noise_ratio`] and [`BalancerConfig::noise_floor`]),
+//!    the lower cost wins, cost being the estimate × (requests in flight +
+//!    1);
+//! 2. otherwise the one with fewer requests in flight wins;
+//! 3. and between equally loaded ones, the one picked less recently.
+//!
+//! Step 3 is what spreads requests evenly over equal replicas (P2C with a
+//! least-recently-picked tie-break behaves like round robin when nothing
+//! tells the endpoints apart; a coin toss would leave shares to chance).
+//!
+//! **No endpoint is starved by what is not known.** An endpoint without a
+//! sample yet is costed as the average of the backend's recently measured
+//! endpoints ([`BalancerConfig::default_rtt`] when none is), and having
+//! never been picked it wins its ties: a new replica gets its share at
+//! once. An estimate not refreshed for [`BalancerConfig::stale_after`]
+//! counts for at most that average: an endpoint avoided because it looked
+//! slow (or was measured while it was loaded) is tried again about once
+//! per period, and taken back as soon as it answers fast again; one that is
+//! still slow costs one request per period. A sample from a failed request may raise the
+//! estimate but never lower it, so a backend that fails fast does not
 //! attract traffic for it.
 //!
 //! **Failure accrual.** Each endpoint is in one of the [`Health`] states:
@@ -52,12 +71,24 @@ use rand::{Rng, SeedableRng};
 
 use ewma::PeakEwma;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BalancerConfig {
     /// Time constant of the latency estimate.
     pub decay: Duration,
-    /// Latency assumed of an endpoint before its first response.
+    /// Latency assumed of every endpoint while none of the backend's has
+    /// answered yet (after that, an unanswered one is costed as their
+    /// average).
     pub default_rtt: Duration,
+    /// Two latency estimates are told apart only when the higher exceeds
+    /// the lower by more than this factor…
+    pub noise_ratio: f64,
+    /// …and by more than this much; closer ones count as equal, and load,
+    /// then recency, decide.
+    pub noise_floor: Duration,
+    /// An estimate without a new sample for this long counts for no more
+    /// than the backend's average: how often an avoided endpoint is
+    /// measured again.
+    pub stale_after: Duration,
     /// Consecutive failures that eject an endpoint.
     pub failure_threshold: u32,
     /// Backoff of a first ejection; doubles with each further one.
@@ -70,6 +101,9 @@ impl Default for BalancerConfig {
         Self {
             decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(30),
+            noise_ratio: 2.0,
+            noise_floor: Duration::from_millis(1),
+            stale_after: Duration::from_secs(1),
             failure_threshold: 7,
             ejection_base: Duration::from_secs(1),
             ejection_max: Duration::from_secs(60),
@@ -109,6 +143,8 @@ struct Endpoint<K> {
     key: K,
     rtt: PeakEwma,
     pending: u32,
+    /// When it was last picked, in picks of this balancer (0: never).
+    last_pick: u64,
     /// Consecutive failures.
     failures: u32,
     /// Ejections since the endpoint was last readmitted: the backoff's
@@ -126,9 +162,6 @@ impl<K> Endpoint<K> {
             State::Probing => Health::Probing,
         }
     }
-    fn cost(&self, now: Instant, decay: Duration) -> f64 {
-        self.rtt.get(now, decay) * (f64::from(self.pending) + 1.0)
-    }
 }
 
 /// The endpoints of one backend and what the balancer knows of them.
@@ -137,6 +170,8 @@ pub struct Balancer<K> {
     config: BalancerConfig,
     endpoints: Vec<Endpoint<K>>,
     index: HashMap<K, usize>,
+    /// Requests started: the clock of `Endpoint::last_pick`.
+    picks: u64,
     /// Jitter of ejection backoffs.
     rng: SmallRng,
 }
@@ -148,6 +183,7 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
             config,
             endpoints: Vec::new(),
             index: HashMap::new(),
+            picks: 0,
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -165,9 +201,11 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
     pub fn pending(&self, key: &K) -> Option<u32> {
         self.get(key).map(|e| e.pending)
     }
-    /// The cost the balancer compares: latency estimate × (pending + 1).
+    /// The cost the balancer compares: latency estimate × (pending + 1),
+    /// in nanoseconds.
     pub fn cost(&self, key: &K, now: Instant) -> Option<f64> {
-        self.get(key).map(|e| e.cost(now, self.config.decay))
+        let e = self.get(key)?;
+        Some(self.cost_of(e, now, &mut Average::default()))
     }
 
     /// Replaces the endpoint set; endpoints that stay keep their state.
@@ -184,8 +222,9 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
             }
             let endpoint = old.remove(&key).unwrap_or_else(|| Endpoint {
                 key: key.clone(),
-                rtt: PeakEwma::new(self.config.default_rtt),
+                rtt: PeakEwma::default(),
                 pending: 0,
+                last_pick: 0,
                 failures: 0,
                 ejections: 0,
                 state: State::Healthy,
@@ -212,14 +251,7 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
                     b += 1;
                 }
                 match (nth(a), nth(b)) {
-                    (Some(x), Some(y)) => {
-                        let decay = self.config.decay;
-                        Some(if y.cost(now, decay) < x.cost(now, decay) {
-                            y
-                        } else {
-                            x
-                        })
-                    }
+                    (Some(x), Some(y)) => Some(self.better(x, y, now)),
                     (x, y) => x.or(y),
                 }
             }
@@ -227,15 +259,85 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         chosen.map(|e| e.key.clone())
     }
 
+    /// The better of two candidates (the module doc's steps 1–3).
+    fn better<'a>(&self, x: &'a Endpoint<K>, y: &'a Endpoint<K>, now: Instant) -> &'a Endpoint<K> {
+        let mut average = Average::default();
+        let lx = self.latency(x, now, &mut average);
+        let ly = self.latency(y, now, &mut average);
+        let (lo, hi) = if lx <= ly { (lx, ly) } else { (ly, lx) };
+        let apart = hi > lo * self.config.noise_ratio
+            && hi - lo > self.config.noise_floor.as_secs_f64() * 1e9;
+        let y_wins = if apart {
+            ly * (f64::from(y.pending) + 1.0) < lx * (f64::from(x.pending) + 1.0)
+        } else if x.pending != y.pending {
+            y.pending < x.pending
+        } else {
+            y.last_pick < x.last_pick
+        };
+        if y_wins {
+            y
+        } else {
+            x
+        }
+    }
+
+    /// An endpoint's latency estimate at `now`, in nanoseconds: its own
+    /// while fresh; for one never measured, the backend's average; for a
+    /// stale one, the lower of its own and that average.
+    fn latency(&self, e: &Endpoint<K>, now: Instant, average: &mut Average) -> f64 {
+        let decay = self.config.decay;
+        let own = e.rtt.get(now, decay);
+        if own.is_some() && self.fresh(e, now) {
+            return own.unwrap_or_default();
+        }
+        let average = *average.0.get_or_insert_with(|| self.average(now));
+        match (own, average) {
+            (Some(own), Some(average)) => own.min(average),
+            (Some(own), None) => own,
+            (None, average) => {
+                average.unwrap_or_else(|| self.config.default_rtt.as_secs_f64() * 1e9)
+            }
+        }
+    }
+
+    fn fresh(&self, e: &Endpoint<K>, now: Instant) -> bool {
+        e.rtt
+            .sampled()
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.stale_after)
+    }
+
+    /// The mean estimate of the endpoints measured recently; of all the
+    /// measured ones when none was (a service with little traffic); `None`
+    /// when none was ever measured.
+    fn average(&self, now: Instant) -> Option<f64> {
+        let decay = self.config.decay;
+        let mean = |fresh_only: bool| {
+            let (sum, n) = self
+                .endpoints
+                .iter()
+                .filter(|e| !fresh_only || self.fresh(e, now))
+                .filter_map(|e| e.rtt.get(now, decay))
+                .fold((0.0, 0u32), |(sum, n), l| (sum + l, n + 1));
+            (n > 0).then(|| sum / f64::from(n))
+        };
+        mean(true).or_else(|| mean(false))
+    }
+
+    fn cost_of(&self, e: &Endpoint<K>, now: Instant, average: &mut Average) -> f64 {
+        self.latency(e, now, average) * (f64::from(e.pending) + 1.0)
+    }
+
     /// When nothing may take a request: the cheapest probing endpoint,
     /// else the ejected one back soonest.
     fn least_bad(&self, now: Instant) -> Option<&Endpoint<K>> {
-        let decay = self.config.decay;
+        let mut average = Average::default();
         let probing = self
             .endpoints
             .iter()
             .filter(|e| matches!(e.state, State::Probing))
-            .min_by(|a, b| a.cost(now, decay).total_cmp(&b.cost(now, decay)));
+            .map(|e| (self.cost_of(e, now, &mut average), e))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, e)| e);
         probing.or_else(|| {
             self.endpoints.iter().min_by_key(|e| match e.state {
                 State::Ejected { until } => Some(until),
@@ -247,8 +349,11 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
     /// A request to `key` starts. The first request to an endpoint out of
     /// ejection is its probe.
     pub fn start(&mut self, key: &K) {
+        self.picks = self.picks.wrapping_add(1);
+        let picks = self.picks;
         let Some(e) = self.get_mut(key) else { return };
         e.pending = e.pending.saturating_add(1);
+        e.last_pick = picks;
         if let State::Ejected { .. } = e.state {
             e.state = State::Probing;
         }
@@ -334,6 +439,11 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         self.endpoints.get_mut(i)
     }
 }
+
+/// The backend's average latency estimate ([`Balancer::average`]), worked
+/// out at most once per decision.
+#[derive(Default)]
+struct Average(Option<Option<f64>>);
 
 #[cfg(test)]
 mod tests;
