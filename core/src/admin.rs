@@ -144,15 +144,87 @@ fn readiness(check: Result<(), &'static str>) -> Response {
     }
 }
 
+/// What every client may read on an admin port: health and metrics (a
+/// kubelet probes the first two, Prometheus scrapes the third). Every other
+/// path (`/config`, `/identity`, the controller's `/routes`, …) shows who
+/// talks to whom, and answers only a client on the same host — loopback,
+/// or one of the host's own addresses — with 403 for anyone else.
+pub const OPEN_PATHS: [&str; 3] = ["/metrics", "/live", "/ready"];
+
+/// The two ends of an admin connection.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminPeer {
+    pub remote: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+    for AdminPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        let remote = *stream.remote_addr();
+        // An accepted socket always has a local address; if the OS cannot
+        // say, the client counts as remote (denied), never as local.
+        let local = stream
+            .io()
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        Self { remote, local }
+    }
+}
+
+impl AdminPeer {
+    /// The client is on this host: loopback, or it connected from the very
+    /// address it connected to.
+    pub fn is_local(&self) -> bool {
+        let ip = self.remote.ip();
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback() || (ip == self.local.ip() && !ip.is_unspecified())
+    }
+}
+
+/// Whether `peer` may read `path` (see [`OPEN_PATHS`]).
+pub fn allowed(path: &str, peer: &AdminPeer) -> bool {
+    OPEN_PATHS.contains(&path) || peer.is_local()
+}
+
+async fn guard(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<AdminPeer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if allowed(req.uri().path(), &peer) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} answers only on this host (127.0.0.1); {} are open to all\n",
+                req.uri().path(),
+                OPEN_PATHS.join(", ")
+            ),
+        )
+            .into_response()
+    }
+}
+
 /// Serves `router` on `listener` until shutdown begins, as a task the
-/// shutdown waits for. A failure is logged: the service goes on without
-/// its admin port.
+/// shutdown waits for; paths other than [`OPEN_PATHS`] answer only local
+/// clients. A failure is logged: the service goes on without its admin
+/// port.
 pub fn serve(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) {
     let stop = shutdown.clone();
+    let router = router.layer(axum::middleware::from_fn(guard));
     shutdown.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.signaled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<AdminPeer>(),
+        )
+        .with_graceful_shutdown(async move { stop.signaled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
         }

@@ -15,7 +15,10 @@ use trellis_core::config::{
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::telemetry::{parse_log_filter, LogFormat};
 
+use crate::plaintext::OutboundMtls;
 use crate::policy::DefaultPolicy;
+use crate::probe::ProbeSource;
+use ipnet::IpNet;
 
 trait NonEmptyPath {
     fn non_empty_path(self) -> Option<PathBuf>;
@@ -56,7 +59,10 @@ pub const VARIABLES: &[Variable] = &[
     (CONTROLLER_ADDR, "", "controller address (host:port): destinations, routes and the inbound policy come from it (the files above stay as fallback); unset: files only"),
     (POD_NAMESPACE, "", "this pod's namespace (required with a controller)"),
     (POD_NAME, "", "this pod's name (required with a controller)"),
-    (BALANCER_DECAY, "10s", "time constant of the balancer's peak-EWMA latency estimate: how long a slow answer is remembered (duration)"),
+    (OUTBOUND_MTLS, "opportunistic", "outbound mutual TLS: opportunistic (mTLS to every destination the controller names with an identity, and never plaintext again to one seen meshed) or required (nothing leaves in plaintext but to PLAINTEXT_DESTINATIONS; refusals are counted)"),
+    (PLAINTEXT_DESTINATIONS, "", "addresses and CIDRs that may be reached in plaintext under OUTBOUND_MTLS=required (e.g. 10.96.0.10/32,203.0.113.0/24)"),
+    (PROBE_SOURCES, "gateway", "where kubelet probes come from: addresses, CIDRs, and `gateway` (this pod's default gateways); a probe-like request from elsewhere is decided like any other"),
+    (BALANCER_DECAY, "1s", "time constant of the balancer's latency estimate: how fast an endpoint avoided as slow is tried again (duration)"),
     (RESOLVE_TIMEOUT, "1s", "how long the first connection to a destination waits for the controller's answer before it is forwarded as unknown (duration)"),
 ];
 
@@ -88,6 +94,9 @@ pub const POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
 pub const POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
 pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
 pub const BALANCER_DECAY: &str = "TRELLIS_PROXY_BALANCER_DECAY";
+pub const OUTBOUND_MTLS: &str = "TRELLIS_PROXY_OUTBOUND_MTLS";
+pub const PLAINTEXT_DESTINATIONS: &str = "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS";
+pub const PROBE_SOURCES: &str = "TRELLIS_PROXY_PROBE_SOURCES";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -122,6 +131,12 @@ pub struct Config {
     pub default_inbound_policy: DefaultPolicy,
     /// Present when a controller streams destinations and policy.
     pub controller: Option<ControllerConfig>,
+    #[serde(serialize_with = "serialize_display")]
+    pub outbound_mtls: OutboundMtls,
+    #[serde(serialize_with = "ser_list")]
+    pub plaintext_destinations: Vec<IpNet>,
+    #[serde(serialize_with = "ser_list")]
+    pub probe_sources: Vec<ProbeSource>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,6 +193,17 @@ impl Config {
             default_inbound_policy: r
                 .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
             controller: None,
+            outbound_mtls: r.get(OUTBOUND_MTLS, OutboundMtls::Opportunistic),
+            plaintext_destinations: r.parse_with(
+                PLAINTEXT_DESTINATIONS,
+                Vec::new(),
+                crate::plaintext::parse_exceptions,
+            ),
+            probe_sources: r.parse_with(
+                PROBE_SOURCES,
+                vec![ProbeSource::Gateway],
+                crate::probe::parse_sources,
+            ),
         };
         let mut cfg = cfg;
         let addr: String = r.get(IDENTITY_ADDR, String::new());
@@ -217,7 +243,7 @@ impl Config {
         }
         let controller: String = r.get(CONTROLLER_ADDR, String::new());
         let resolve_timeout = r.duration(RESOLVE_TIMEOUT, Duration::from_secs(1));
-        let balancer_decay = r.duration(BALANCER_DECAY, Duration::from_secs(10));
+        let balancer_decay = r.duration(BALANCER_DECAY, Duration::from_secs(1));
         if balancer_decay.is_zero() {
             r.invalid(BALANCER_DECAY, "0", "must be longer than zero");
         }
@@ -311,6 +337,11 @@ impl std::fmt::Display for Ipv6Mode {
             Self::Auto => "auto",
         })
     }
+}
+
+fn ser_list<S: serde::Serializer, T: std::fmt::Display>(p: &[T], s: S) -> Result<S::Ok, S::Error> {
+    let joined: Vec<String> = p.iter().map(ToString::to_string).collect();
+    s.serialize_str(&joined.join(","))
 }
 
 fn ser_ports<S: serde::Serializer>(p: &[PortRange], s: S) -> Result<S::Ok, S::Error> {

@@ -41,7 +41,9 @@ use crate::io::{copy_opaque, ByteCounts, ClientIo};
 use crate::mesh::{Destination, Mesh, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Direction, Label, Metrics, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
+use crate::plaintext::Why;
 use crate::policy::ConnFacts;
+use crate::probe::ProbeSources;
 use crate::service::{Resolution, ServiceState, Services};
 use crate::upstream::Upstreams;
 use trellis_core::spiffe::SpiffeId;
@@ -64,6 +66,8 @@ pub struct ListenerContext {
     /// Destinations, routes and endpoints from the controller, if one is
     /// configured.
     pub services: Option<Arc<Services>>,
+    /// Where kubelet probes come from.
+    pub probe_sources: Arc<ProbeSources>,
 }
 
 /// Phase 1 done: who connected, and where they meant to go.
@@ -102,7 +106,9 @@ pub async fn handle(ctx: Arc<ListenerContext>, stream: TcpStream, client: Client
 }
 
 /// Phase 1: the original destination, refusing connections to the proxy
-/// itself (which would loop forever).
+/// itself (which would loop forever) and, inbound, connections meant for
+/// an address that is not this pod's (which the proxy would otherwise
+/// relay as uid 7102, past the pod's outbound capture).
 fn accept(
     ctx: &ListenerContext,
     stream: TcpStream,
@@ -115,6 +121,12 @@ fn accept(
     let local = stream.local_addr().map_err(ProxyError::Client)?;
     if is_loop(orig_dst.get(), local, &ctx.own_ports) {
         return Err(ProxyError::Loop(orig_dst));
+    }
+    if ctx.direction == Direction::Inbound && !is_own_address(orig_dst.get(), local) {
+        let refused = crate::policy::Decision::Deny("foreign_destination");
+        ctx.metrics
+            .authz(ctx.direction, orig_dst.get().port(), refused);
+        return Err(ProxyError::ForeignDestination(orig_dst));
     }
     Ok(Accepted {
         stream,
@@ -133,6 +145,25 @@ pub(crate) fn is_loop(orig_dst: SocketAddr, local: SocketAddr, own_ports: &[u16]
     let ip = orig_dst.ip();
     own_ports.contains(&orig_dst.port())
         && (ip.is_loopback() || ip.is_unspecified() || ip == local.ip())
+}
+
+/// Whether an inbound connection's original destination is an address of
+/// this pod. Redirected inbound connections arrive on the pod's address
+/// (the socket's local address: the fast path); any other local address
+/// of the pod is recognised by binding to it. A loopback destination never
+/// arrives from outside, so it is refused.
+pub(crate) fn is_own_address(orig_dst: SocketAddr, local: SocketAddr) -> bool {
+    let ip = orig_dst.ip();
+    if ip == local.ip() {
+        return true;
+    }
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    let domain = socket2::Domain::for_address(orig_dst);
+    socket2::Socket::new(domain, socket2::Type::DGRAM, None)
+        .and_then(|s| s.bind(&SocketAddr::new(ip, 0).into()))
+        .is_ok()
 }
 
 /// Phase 2: protocol detection, skipped for opaque ports.
@@ -211,7 +242,9 @@ async fn sniff_mesh_alpn(
 /// Phase 3: forward to the original destination, by direction and protocol.
 async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Result<(), ProxyError> {
     let Accepted {
-        stream, orig_dst, ..
+        stream,
+        orig_dst,
+        client,
     } = d.accepted;
     let port = orig_dst.get().port();
     let counts = log.counts.clone();
@@ -226,13 +259,23 @@ async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Resul
                 mesh: ctx.mesh.clone(),
                 port,
                 peer: None,
+                probe_source: ctx.probe_sources.contains(client.get().ip()),
             });
             let hctx = http_context(ctx, orig_dst, d.protocol, Outbound::Plain, inbound, false);
             let io = ClientIo::new(stream, d.prefix, counts);
             serve_http(ctx, io, hctx).await
         }
         (Direction::Outbound, Protocol::Http1 | Protocol::H2, _) => {
-            let target = outbound_target(ctx, orig_dst).await;
+            let target = match outbound_target(ctx, orig_dst).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Each request is answered with the refusal's reason.
+                    log.open(ctx.no_peer.clone(), false);
+                    let io = ClientIo::new(stream, d.prefix, counts);
+                    let _ = http::refuse(io, d.protocol, e.verdict(), limits(ctx)).await;
+                    return Err(e);
+                }
+            };
             match &target {
                 Outbound::Mesh(dst) => log.open(dst.peer.clone(), true),
                 // Per request: the peer and TLS of each request's endpoint
@@ -243,7 +286,7 @@ async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Resul
             let io = ClientIo::new(stream, d.prefix, counts);
             serve_http(ctx, io, hctx).await
         }
-        (Direction::Outbound, _, _) => match outbound_target(ctx, orig_dst).await {
+        (Direction::Outbound, _, _) => match outbound_target(ctx, orig_dst).await? {
             Outbound::Mesh(dst) => {
                 log.open(dst.peer.clone(), true);
                 let mut upstream = ctx
@@ -289,35 +332,70 @@ enum Outbound {
 /// What the original destination is: the controller's answer first (a
 /// service, or a pod whose identity says whether it is meshed); then, for
 /// what the controller does not know or has not answered about, the
-/// destinations file; else plaintext, as addressed, counted.
-async fn outbound_target(ctx: &ListenerContext, orig_dst: OrigDstAddr) -> Outbound {
+/// destinations file; else plaintext, as addressed and counted — if the
+/// outbound mTLS policy lets it go in plaintext ([`crate::plaintext`]).
+async fn outbound_target(
+    ctx: &ListenerContext,
+    orig_dst: OrigDstAddr,
+) -> Result<Outbound, ProxyError> {
+    let mut why = Why::Unknown;
     if let (Some(services), Some(cc)) = (&ctx.services, &ctx.config.controller) {
         match services.resolve(orig_dst, cc.resolve_timeout).await {
-            Some(Resolution::Service(svc)) => return Outbound::Service(svc),
-            Some(Resolution::Endpoint(ep)) => {
-                if let Some(dst) = ep
-                    .identity
-                    .as_ref()
-                    .and_then(|id| ctx.mesh.destination_for(id))
-                {
-                    return Outbound::Mesh(dst);
-                }
-                if ep.identity.is_none() {
-                    return Outbound::Plain;
-                }
-            }
-            Some(Resolution::Unknown) | None => {}
+            Some(Resolution::Service(svc)) => return Ok(Outbound::Service(svc)),
+            Some(Resolution::Endpoint(ep)) => match &ep.identity {
+                Some(id) => match ctx.mesh.destination_for(id) {
+                    Some(dst) => return Ok(meshed(ctx, orig_dst, dst)),
+                    None => why = Why::NoLocalIdentity,
+                },
+                None => return plaintext(ctx, orig_dst, Why::NoIdentity),
+            },
+            Some(Resolution::Unknown) => {}
+            None => why = Why::Unresolved,
         }
     }
     match ctx.mesh.destination(orig_dst.get()) {
-        Some(dst) => Outbound::Mesh(dst),
+        Some(dst) => Ok(meshed(ctx, orig_dst, dst)),
         None => {
-            if ctx.services.is_some() {
+            if ctx.services.is_some() && why == Why::Unknown {
                 ctx.metrics.traffic.unknown_destinations.inc();
             }
-            Outbound::Plain
+            plaintext(ctx, orig_dst, why)
         }
     }
+}
+
+/// A meshed destination, remembered as one.
+fn meshed(ctx: &ListenerContext, orig_dst: OrigDstAddr, dst: Arc<Destination>) -> Outbound {
+    ctx.mesh.outbound.seen_meshed(orig_dst.get());
+    Outbound::Mesh(dst)
+}
+
+/// Plaintext to `orig_dst`, if the outbound mTLS policy allows it.
+fn plaintext(
+    ctx: &ListenerContext,
+    orig_dst: OrigDstAddr,
+    why: Why,
+) -> Result<Outbound, ProxyError> {
+    check_plaintext(&ctx.mesh, &ctx.metrics, orig_dst, why).map(|()| Outbound::Plain)
+}
+
+/// Asks the outbound mTLS policy whether `dst` may be reached in
+/// plaintext; a refusal is counted, logged and returned as the error.
+pub(crate) fn check_plaintext(
+    mesh: &Mesh,
+    metrics: &Metrics,
+    dst: OrigDstAddr,
+    why: Why,
+) -> Result<(), ProxyError> {
+    mesh.outbound.check(dst.get(), why).map_err(|reason| {
+        metrics
+            .traffic
+            .plaintext_refused
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
+        tracing::warn!(dst.addr = %dst, reason, "plaintext refused: mutual TLS is required");
+        ProxyError::PlaintextRefused { dst, reason }
+    })
 }
 
 /// Opaque TCP to a service: one endpoint per connection, by the balancer;
@@ -341,6 +419,18 @@ async fn opaque_to_service(
             .identity
             .as_ref()
             .and_then(|id| ctx.mesh.destination_for(id));
+        if dest.is_none() {
+            let why = if ep.identity.is_some() {
+                Why::NoLocalIdentity
+            } else {
+                Why::NoIdentity
+            };
+            if let Err(e) = check_plaintext(&ctx.mesh, &ctx.metrics, addr, why) {
+                svc.finish(BACKEND, ep.addr, started.elapsed(), false);
+                last_err = Some(e);
+                continue;
+            }
+        }
         match &dest {
             Some(dst) => match ctx.upstreams.connect_mesh(addr, dst.tcp.clone()).await {
                 Ok(mut upstream) => {
@@ -412,6 +502,7 @@ async fn inbound_mesh(
             mesh: ctx.mesh.clone(),
             port,
             peer: Some(peer),
+            probe_source: false,
         });
         let hctx = http_context(ctx, orig_dst, Protocol::H2, Outbound::Plain, inbound, true);
         let hctx = with_peer(hctx, peer_label);
@@ -430,10 +521,11 @@ fn authorize_connection(
     port: u16,
     peer: Option<&SpiffeId>,
 ) -> Result<(), ProxyError> {
-    let decision = ctx
-        .mesh
-        .policy()
-        .authorize_connection(ConnFacts { port, peer });
+    let decision = ctx.mesh.policy().authorize_connection(ConnFacts {
+        port,
+        peer,
+        probe_source: false,
+    });
     ctx.metrics.authz(ctx.direction, port, decision);
     if decision.is_allowed() {
         Ok(())
@@ -489,13 +581,16 @@ async fn serve_http<I>(ctx: &ListenerContext, io: I, hctx: HttpContext) -> Resul
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = ServerLimits {
-        header_read_timeout: ctx.config.header_read_timeout,
-        max_header_bytes: ctx.config.max_header_bytes,
-    };
-    http::serve(io, Arc::new(hctx), limits)
+    http::serve(io, Arc::new(hctx), limits(ctx))
         .await
         .map_err(|e| ProxyError::Client(std::io::Error::other(e)))
+}
+
+fn limits(ctx: &ListenerContext) -> ServerLimits {
+    ServerLimits {
+        header_read_timeout: ctx.config.header_read_timeout,
+        max_header_bytes: ctx.config.max_header_bytes,
+    }
 }
 
 /// Copies bytes both ways until both sides close (half-close passed on).
@@ -617,6 +712,20 @@ impl Drop for ConnLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_pods_own_addresses_are_served_inbound() {
+        let local: SocketAddr = "127.0.0.1:7143".parse().unwrap();
+        // The address the connection arrived on, and any other address of
+        // this host.
+        assert!(is_own_address("127.0.0.1:8080".parse().unwrap(), local));
+        let pod: SocketAddr = "10.0.0.5:7143".parse().unwrap();
+        assert!(is_own_address("10.0.0.5:8080".parse().unwrap(), pod));
+        // Loopback arriving from outside, or an address that is not local.
+        assert!(!is_own_address("127.0.0.1:8080".parse().unwrap(), pod));
+        assert!(!is_own_address("192.0.2.77:8080".parse().unwrap(), pod));
+        assert!(!is_own_address("0.0.0.0:8080".parse().unwrap(), pod));
+    }
 
     #[test]
     fn loops_are_detected() {

@@ -42,6 +42,15 @@ pub enum ProxyError {
     },
     #[error("refused by inbound policy: {reason}")]
     Forbidden { reason: &'static str },
+    #[error("request path refused: {0}")]
+    BadPath(#[from] crate::path::PathError),
+    #[error("original destination {0} is not an address of this pod; refusing to relay")]
+    ForeignDestination(OrigDstAddr),
+    #[error("{dst}: plaintext refused, mutual TLS is required ({reason})")]
+    PlaintextRefused {
+        dst: OrigDstAddr,
+        reason: &'static str,
+    },
     #[error("{service}: no response within the route's timeout of {timeout:?}")]
     RequestTimeout { service: String, timeout: Duration },
     #[error("{service}: no endpoint available")]
@@ -70,6 +79,7 @@ impl ProxyError {
         const DEADLINE_EXCEEDED: u32 = 4;
         const PERMISSION_DENIED: u32 = 7;
         const INTERNAL: u32 = 13;
+        const INVALID_ARGUMENT: u32 = 3;
         let (status, grpc_status, reason, warn) = match self {
             Self::NoOrigDst(_) => (StatusCode::BAD_GATEWAY, UNAVAILABLE, "no_orig_dst", true),
             Self::Loop(_) => (StatusCode::FORBIDDEN, PERMISSION_DENIED, "loop", true),
@@ -87,6 +97,18 @@ impl ProxyError {
             }
             Self::Forbidden { reason } => {
                 (StatusCode::FORBIDDEN, PERMISSION_DENIED, *reason, false)
+            }
+            Self::BadPath(e) => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, e.reason(), false),
+            // Someone routed another address through this pod: an attack
+            // or a misconfiguration, worth a warning either way.
+            Self::ForeignDestination(_) => (
+                StatusCode::FORBIDDEN,
+                PERMISSION_DENIED,
+                "foreign_destination",
+                true,
+            ),
+            Self::PlaintextRefused { reason, .. } => {
+                (StatusCode::FORBIDDEN, PERMISSION_DENIED, *reason, true)
             }
             Self::RequestTimeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -74,6 +74,8 @@ pub struct InboundAuthz {
     pub port: u16,
     /// The verified peer; `None` for plaintext clients.
     pub peer: Option<SpiffeId>,
+    /// The client's address is one kubelet probes come from.
+    pub probe_source: bool,
 }
 
 /// Server-side limits.
@@ -133,6 +135,40 @@ where
     }
 }
 
+/// Serves one client connection by answering every request with the
+/// error `verdict` (a connection the proxy will not forward, such as
+/// plaintext refused by the outbound mTLS policy): the application gets a
+/// response naming the reason rather than a closed connection.
+pub async fn refuse<I>(
+    io: I,
+    protocol: Protocol,
+    verdict: crate::error::Verdict,
+    limits: ServerLimits,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let grpc = is_grpc(req.headers());
+        async move { Ok::<_, Infallible>(error_response(verdict, grpc)) }
+    });
+    let io = TokioIo::new(io);
+    if protocol == Protocol::H2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .serve_connection(io, svc)
+            .await
+    }
+}
+
 /// Forwards one request and returns the response to send back. Never fails:
 /// a failure becomes an error response that names its reason.
 async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<ProxyBody> {
@@ -159,33 +195,10 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
     };
     tracing::debug!(method = %req.method(), route = %recorder.labels.route, "request");
 
+    strip_h2c_upgrade(req.headers_mut());
     if let Some(authz) = &ctx.inbound {
-        let decision = authz.mesh.policy().authorize_request(
-            ConnFacts {
-                port: authz.port,
-                peer: authz.peer.as_ref(),
-            },
-            RequestFacts {
-                method: req.method().as_str(),
-                path: req.uri().path(),
-            },
-        );
-        ctx.metrics.authz(ctx.direction, authz.port, decision);
-        if !decision.is_allowed() {
-            tracing::info!(
-                peer.identity = authz
-                    .peer
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                port = authz.port,
-                reason = decision.reason(),
-                "request refused by policy"
-            );
-            let verdict = ProxyError::Forbidden {
-                reason: decision.reason(),
-            }
-            .verdict();
+        if let Err(e) = admit(&ctx, authz, &mut req) {
+            let verdict = e.verdict();
             let rsp = error_response(verdict, grpc);
             let mut recorder = recorder;
             recorder.status = rsp.status();
@@ -257,6 +270,138 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
             recorder.grpc_status = grpc.then_some(verdict.grpc_status);
             recorder.finish(false);
             rsp
+        }
+    }
+}
+
+/// The inbound checks every request passes before it is forwarded: its
+/// path normalised as the application will read it (and refused when
+/// ambiguous), then the policy — per request, or for the whole connection
+/// when the request asks to become a tunnel.
+fn admit(
+    ctx: &HttpContext,
+    authz: &InboundAuthz,
+    req: &mut Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let peer_id = || {
+        authz
+            .peer
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    if let Err(e) = normalize_request_path(req) {
+        tracing::info!(
+            peer.identity = peer_id(),
+            port = authz.port,
+            reason = e.reason(),
+            "request path refused"
+        );
+        return Err(e.into());
+    }
+    let conn = ConnFacts {
+        port: authz.port,
+        peer: authz.peer.as_ref(),
+        probe_source: authz.probe_source,
+    };
+    let policy = authz.mesh.policy();
+    let decision = if wants_tunnel(req) {
+        policy.authorize_tunnel(conn)
+    } else {
+        policy.authorize_request(
+            conn,
+            RequestFacts {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+            },
+        )
+    };
+    ctx.metrics.authz(ctx.direction, authz.port, decision);
+    if decision.is_allowed() {
+        return Ok(());
+    }
+    tracing::info!(
+        peer.identity = peer_id(),
+        port = authz.port,
+        reason = decision.reason(),
+        tunnel = wants_tunnel(req),
+        "request refused by policy"
+    );
+    Err(ProxyError::Forbidden {
+        reason: decision.reason(),
+    })
+}
+
+/// Replaces the request's path by its normal form ([`crate::path`]),
+/// keeping the query. `CONNECT` (authority-form) and `OPTIONS *` have no
+/// path to normalise.
+fn normalize_request_path<B>(req: &mut Request<B>) -> Result<(), crate::path::PathError> {
+    if req.method() == Method::CONNECT || req.uri().path() == "*" {
+        return Ok(());
+    }
+    let uri = req.uri();
+    let normal = match crate::path::normalize(uri.path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(p) => p,
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| crate::path::PathError::BadEscape)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| crate::path::PathError::BadEscape)?;
+    Ok(())
+}
+
+/// Removes an offer to switch to HTTP/2 in clear text (`Upgrade: h2c`,
+/// with its `HTTP2-Settings`): the proxy never tunnels it, because what
+/// would follow is a whole connection of requests that nobody authorized.
+/// Other protocols offered beside it stay.
+fn strip_h2c_upgrade(headers: &mut HeaderMap) {
+    const HTTP2_SETTINGS: &str = "http2-settings";
+    headers.remove(HTTP2_SETTINGS);
+    let Some(upgrade) = headers.get(header::UPGRADE) else {
+        return;
+    };
+    let Ok(offered) = upgrade.to_str() else {
+        headers.remove(header::UPGRADE);
+        return;
+    };
+    let rest: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    if rest.len() == offered.split(',').filter(|p| !p.trim().is_empty()).count() {
+        return;
+    }
+    match HeaderValue::from_str(&rest.join(", ")) {
+        Ok(v) if !rest.is_empty() => {
+            headers.insert(header::UPGRADE, v);
+        }
+        _ => {
+            headers.remove(header::UPGRADE);
+            // Without an Upgrade, `Connection: upgrade` asks for nothing.
+            let tokens: Vec<String> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .filter(|t| {
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case("upgrade")
+                        && !t.eq_ignore_ascii_case(HTTP2_SETTINGS)
+                })
+                .map(str::to_owned)
+                .collect();
+            headers.remove(header::CONNECTION);
+            if let Ok(v) = HeaderValue::from_str(&tokens.join(", ")) {
+                if !tokens.is_empty() {
+                    headers.insert(header::CONNECTION, v);
+                }
+            }
         }
     }
 }
@@ -660,6 +805,61 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn h2c_upgrades_are_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings, keep-alive"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        strip_h2c_upgrade(&mut h);
+        assert!(h.get(header::UPGRADE).is_none());
+        assert!(h.get("http2-settings").is_none());
+        assert_eq!(h[header::CONNECTION], "keep-alive");
+        let req = {
+            let mut r = Request::get("/healthz").body(()).unwrap();
+            *r.headers_mut() = h;
+            r
+        };
+        assert!(!wants_tunnel(&req));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("H2C, websocket"));
+        strip_h2c_upgrade(&mut h);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_h2c_upgrade(&mut h);
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn request_paths_are_normalised_with_their_query() {
+        let mut req = Request::get("/api/%2e%2e/admin?x=1").body(()).unwrap();
+        normalize_request_path(&mut req).unwrap();
+        assert_eq!(req.uri().to_string(), "/admin?x=1");
+        let mut h2 = Request::get("http://web:80/a/./b").body(()).unwrap();
+        normalize_request_path(&mut h2).unwrap();
+        assert_eq!(h2.uri().to_string(), "http://web:80/a/b");
+        let mut bad = Request::get("/api/..%2fadmin").body(()).unwrap();
+        assert!(normalize_request_path(&mut bad).is_err());
+        let mut connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        normalize_request_path(&mut connect).unwrap();
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub mod io;
 pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
+pub mod path;
+pub mod plaintext;
 pub mod policy;
+pub mod probe;
 pub mod routes;
 pub mod service;
 pub mod traffic;
@@ -190,8 +193,11 @@ impl Proxy {
                 }
             }
         });
+        let probe_sources = Arc::new(probe::ProbeSources::resolve(&self.config.probe_sources));
+        tracing::info!(nets = ?probe_sources.nets(), "probes accepted from these sources");
         let ctx = |direction| {
             Arc::new(ListenerContext {
+                probe_sources: probe_sources.clone(),
                 direction,
                 config: self.config.clone(),
                 orig_dst: self.orig_dst.clone(),
@@ -332,7 +338,12 @@ fn load_mesh(config: &Config) -> Result<(Mesh, Vec<WatchedFile>), mesh::MeshErro
         }
         None => None,
     };
-    let mesh = Mesh::new(creds, config.default_inbound_policy)?;
+    let mesh = Mesh::new(creds, config.default_inbound_policy)?.with_outbound(
+        plaintext::PlaintextPolicy::new(
+            config.outbound_mtls,
+            config.plaintext_destinations.clone(),
+        ),
+    );
     let mut files = Vec::new();
     if let Some(path) = &config.destinations_file {
         let (file, bytes) = mesh::read_json::<mesh::DestinationsFile>(path)?;

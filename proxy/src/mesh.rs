@@ -19,6 +19,7 @@ use trellis_core::spiffe::SpiffeId;
 use trellis_core::tls::{self, Credentials, TlsError};
 
 use crate::metrics::Label;
+use crate::plaintext::PlaintextPolicy;
 use crate::policy::{DefaultPolicy, Policy};
 
 /// ALPN of HTTP between two proxies: HTTP/2 inside mutual TLS.
@@ -59,6 +60,8 @@ pub struct Mesh {
     /// names (made once, shared by every connection to that identity).
     by_identity: std::sync::Mutex<HashMap<SpiffeId, Arc<Destination>>>,
     policy: ArcSwap<Policy>,
+    /// When outbound connections may go out in plaintext.
+    pub outbound: PlaintextPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,14 @@ impl Mesh {
                 default_policy,
                 ..Policy::default()
             }),
+            outbound: PlaintextPolicy::default(),
         })
+    }
+
+    /// The same mesh with `outbound` deciding plaintext.
+    pub fn with_outbound(mut self, outbound: PlaintextPolicy) -> Self {
+        self.outbound = outbound;
+        self
     }
 
     /// The meshed destination at `addr`, if it is one.

@@ -148,6 +148,11 @@ pub struct ServiceRouteLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ServiceOnlyLabels {
     pub service: Label,
 }
@@ -162,6 +167,9 @@ pub struct TrafficMetrics {
     /// Outbound connections whose destination the controller did not know
     /// (forwarded as they were).
     pub unknown_destinations: Counter,
+    /// Outbound connections and requests refused rather than sent in
+    /// plaintext, by reason.
+    pub plaintext_refused: Family<ReasonLabels, Counter>,
     pub discovery: std::sync::Arc<crate::discovery::DiscoveryStats>,
 }
 
@@ -285,6 +293,11 @@ impl Metrics {
             "trellis_discovery_unknown_destinations",
             "Outbound connections to destinations the controller does not know, forwarded as they were",
             traffic.unknown_destinations.clone(),
+        );
+        registry.register(
+            "trellis_outbound_plaintext_refused",
+            "Outbound connections and requests refused rather than sent in plaintext (outbound mTLS policy), by reason",
+            traffic.plaintext_refused.clone(),
         );
         registry.register(
             "trellis_discovery_updates",

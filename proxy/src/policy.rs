@@ -15,9 +15,21 @@
 //! namespaces that may reach some ports, optionally only some HTTP methods
 //! and path prefixes. Once any authorization selects a port, only traffic
 //! matching one of them reaches it (under `audit`, the rest is allowed and
-//! counted). Probe endpoints (kubelet-style `GET` on a declared port and
-//! path) are always allowed, so health checks keep working under every
-//! policy.
+//! counted).
+//!
+//! **Probes.** A kubelet probe (an HTTP `GET` on a declared probe port and
+//! path, or a gRPC health check `POST /grpc.health.v1.Health/Check` on a
+//! declared gRPC probe port) is allowed under every policy — but only from
+//! a plaintext client at a probe source (the node, whence kubelet sends
+//! them: [`ConnFacts::probe_source`]). The same request from anywhere else
+//! is decided like any other: a pod cannot pass for kubelet.
+//!
+//! **Tunnels.** A request that asks to become a tunnel (`Upgrade`,
+//! `CONNECT`) is decided as a connection ([`Policy::authorize_tunnel`]):
+//! whatever bytes follow cannot be checked request by request, so only an
+//! authorization that covers the whole connection (no method or path
+//! constraint) or a default that allows the peer lets it through, and the
+//! probe exemption never applies.
 
 use std::collections::BTreeMap;
 
@@ -114,6 +126,8 @@ pub struct ConnFacts<'a> {
     pub port: u16,
     /// The peer's verified identity; `None` for plaintext or non-mesh TLS.
     pub peer: Option<&'a SpiffeId>,
+    /// The client's address is one kubelet probes come from (the node).
+    pub probe_source: bool,
 }
 
 /// An HTTP request's facts.
@@ -158,17 +172,31 @@ impl Policy {
         self.decide(conn, None)
     }
 
-    /// Decides one HTTP request.
+    /// Decides one HTTP request (its path already normalised).
     pub fn authorize_request(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> Decision {
-        if req.method.eq_ignore_ascii_case("GET")
-            && self
-                .probes
-                .iter()
-                .any(|p| p.port == conn.port && path_is(req.path, &p.path))
-        {
+        if self.is_probe(conn, req) {
             return Decision::Allow("probe");
         }
         self.decide(conn, Some(req))
+    }
+
+    /// Decides a request that asks to become a tunnel: as a connection.
+    pub fn authorize_tunnel(&self, conn: ConnFacts<'_>) -> Decision {
+        self.decide(conn, None)
+    }
+
+    fn is_probe(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> bool {
+        if conn.peer.is_some() || !conn.probe_source {
+            return false;
+        }
+        let grpc_health =
+            req.method.eq_ignore_ascii_case("POST") && path_is(req.path, GRPC_HEALTH_CHECK);
+        let get = req.method.eq_ignore_ascii_case("GET");
+        self.probes.iter().any(|p| {
+            p.port == conn.port
+                && ((get && path_is(req.path, &p.path))
+                    || (grpc_health && p.path == GRPC_HEALTH_CHECK))
+        })
     }
 
     fn decide(&self, conn: ConnFacts<'_>, req: Option<RequestFacts<'_>>) -> Decision {
@@ -225,6 +253,9 @@ impl Authorization {
         }
     }
 }
+
+/// The path of a kubelet gRPC probe; a gRPC probe is declared with it.
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// `path` without its query equals `want`.
 fn path_is(path: &str, want: &str) -> bool {

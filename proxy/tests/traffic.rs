@@ -241,26 +241,17 @@ async fn a_slow_endpoint_gets_less_and_is_tried_again_once_its_estimate_decays()
     let (b, _) = named_upstream("b", 0).await;
     let (slow, slow_served) = delayed_upstream("slow", 0, Duration::from_millis(40)).await;
     ctl.resolve(VIP, service(WEB, &[(a, "a"), (b, "b"), (slow, "slow")]));
-    // A decay of 2 s (the default is 10 s) keeps the test short.
-    let addr = ctl.addr.to_string();
-    let proxy = start_proxy(
-        VIP.parse().unwrap(),
-        &[
-            ("TRELLIS_PROXY_CONTROLLER_ADDR", &addr),
-            ("TRELLIS_PROXY_POD_NAMESPACE", "test"),
-            ("TRELLIS_PROXY_POD_NAME", "client-0"),
-            ("TRELLIS_PROXY_RESOLVE_TIMEOUT", "2s"),
-            ("TRELLIS_PROXY_BALANCER_DECAY", "2s"),
-        ],
-    )
-    .await;
+    let proxy = proxy_with(&ctl, VIP).await;
     let (bodies, _) = send(&proxy, 300, "/").await;
     let to_slow = bodies.get("slow").copied().unwrap_or(0);
     // Two answers make its first estimate; then it loses every comparison
-    // until that decays (40 ms × e^(−t/2 s) down to the others' level
-    // takes several seconds, longer than this burst).
-    assert!(to_slow <= 6, "the slow endpoint got {to_slow} of 300: {bodies:?}");
-    // It is tried again as its estimate decays: within about 8 s here;
+    // until that decays (τ = 1 s) or goes stale, and each probe after
+    // that confirms it slow again.
+    assert!(
+        to_slow <= 10,
+        "the slow endpoint got {to_slow} of 300: {bodies:?}"
+    );
+    // It is tried again as its estimate decays: within a few seconds;
     // one request every 100 ms, bounded at 30 s.
     let before = slow_served.load(Ordering::Relaxed);
     let tried = eventually(Duration::from_secs(30), || async {
@@ -485,4 +476,83 @@ async fn a_split_sends_each_backend_its_share() {
     let v1 = bodies.get("v1").copied().unwrap_or(0);
     assert!((350..=450).contains(&v1), "{bodies:?}");
     assert_eq!(v1 + bodies.get("v2").copied().unwrap_or(0), 500);
+}
+
+/// A proxy of this fake controller with outbound mTLS `required`
+/// (`exceptions`: its `TRELLIS_PROXY_PLAINTEXT_DESTINATIONS`).
+async fn strict_proxy(controller: &FakeController, dst: &str, exceptions: &str) -> TestProxy {
+    let addr = controller.addr.to_string();
+    start_proxy(
+        dst.parse().unwrap(),
+        &[
+            ("TRELLIS_PROXY_CONTROLLER_ADDR", &addr),
+            ("TRELLIS_PROXY_POD_NAMESPACE", "test"),
+            ("TRELLIS_PROXY_POD_NAME", "client-0"),
+            ("TRELLIS_PROXY_RESOLVE_TIMEOUT", "500ms"),
+            ("TRELLIS_PROXY_OUTBOUND_MTLS", "required"),
+            ("TRELLIS_PROXY_PLAINTEXT_DESTINATIONS", exceptions),
+        ],
+    )
+    .await
+}
+
+fn refused(m: &str, reason: &str) -> f64 {
+    sample(
+        m,
+        &format!(r#"trellis_outbound_plaintext_refused_total{{reason="{reason}"}}"#),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn outbound_mtls_required_sends_no_plaintext_and_counts_each_refusal() {
+    let ctl = FakeController::start().await;
+    ctl.inbound(open_policy());
+    // The controller names the service's endpoint without an identity (a
+    // rogue controller could do this to any meshed destination).
+    let (a, served_a) = named_upstream("a", 0).await;
+    ctl.resolve(VIP, service(WEB, &[(a, "a")]));
+    let proxy = strict_proxy(&ctl, VIP, "").await;
+    let (_, statuses) = send(&proxy, 3, "/").await;
+    assert_eq!(statuses.get(&403), Some(&3), "{statuses:?}");
+    assert_eq!(
+        served_a.load(Ordering::Relaxed),
+        0,
+        "plaintext reached the endpoint"
+    );
+    let m = metrics(proxy.admin).await;
+    assert_eq!(refused(&m, "endpoint_without_identity"), 3.0, "{m}");
+
+    // A destination the controller does not know.
+    let (b, served_b) = named_upstream("b", 0).await;
+    let proxy = strict_proxy(&ctl, &b.to_string(), "").await;
+    let (_, statuses) = send(&proxy, 2, "/").await;
+    assert_eq!(statuses.get(&403), Some(&2), "{statuses:?}");
+    assert_eq!(served_b.load(Ordering::Relaxed), 0);
+    let m = metrics(proxy.admin).await;
+    // Counted once per connection: both requests came on one.
+    assert_eq!(refused(&m, "unknown_destination"), 1.0, "{m}");
+
+    // The operator's exception lets it through.
+    let proxy = strict_proxy(&ctl, &b.to_string(), "127.0.0.0/8").await;
+    let (bodies, _) = send(&proxy, 2, "/").await;
+    assert_eq!(bodies.get("b"), Some(&2));
+
+    // A controller that does not answer (gone after the proxy started):
+    // refused after the resolve timeout, never sent.
+    let (c, served_c) = named_upstream("c", 0).await;
+    let proxy = strict_proxy(&ctl, &c.to_string(), "").await;
+    // Serving starts once the controller's inbound policy has arrived.
+    let admin = h1_client();
+    let serving = eventually(Duration::from_secs(10), || async {
+        get(&admin, proxy.admin, "/ready").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(serving, "the proxy never heard from the controller");
+    ctl.stop();
+    let (_, statuses) = send(&proxy, 1, "/").await;
+    assert_eq!(statuses.get(&403), Some(&1), "{statuses:?}");
+    assert_eq!(served_c.load(Ordering::Relaxed), 0);
+    let m = metrics(proxy.admin).await;
+    assert_eq!(refused(&m, "unresolved_destination"), 1.0, "{m}");
 }

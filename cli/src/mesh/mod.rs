@@ -479,7 +479,7 @@ impl Mesh {
     /// why there is none.
     pub(crate) fn certificate(&self, pod: &PodPlan) -> Result<status::Certificate, String> {
         let proxy = pod.proxy.as_ref().ok_or("not meshed")?;
-        match status::certificate(&self.store.state.plan.node.netns, proxy.admin) {
+        match status::certificate(&pod.netns, proxy.admin.port()) {
             (_, Some(cert)) => Ok(cert),
             (state, None) => Err(state),
         }

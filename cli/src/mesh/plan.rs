@@ -510,6 +510,9 @@ fn proxy_plan(ip: Ipv4Addr, namespace: &str, name: &str, o: &Overrides) -> Proxy
     if let Some(p) = &o.opaque_ports {
         env.insert("TRELLIS_PROXY_OPAQUE_PORTS".to_string(), p.clone());
     }
+    if let Some(m) = &o.outbound_mtls {
+        env.insert("TRELLIS_PROXY_OUTBOUND_MTLS".to_string(), m.clone());
+    }
     ProxyPlan {
         init_args,
         env,

@@ -35,6 +35,8 @@ pub(crate) const SKIP_INBOUND_PORTS: &str = "config.trellis.dev/skip-inbound-por
 pub(crate) const SKIP_OUTBOUND_PORTS: &str = "config.trellis.dev/skip-outbound-ports";
 pub(crate) const PROXY_LOG_LEVEL: &str = "config.trellis.dev/proxy-log-level";
 pub(crate) const DEFAULT_INBOUND_POLICY: &str = "config.trellis.dev/default-inbound-policy";
+/// `opportunistic` or `required`: whether the proxy may send plaintext.
+pub(crate) const OUTBOUND_MTLS: &str = "config.trellis.dev/outbound-mtls";
 /// Per-port defaults: `"8080=deny,9090=all-unauthenticated"`.
 pub(crate) const PORT_INBOUND_POLICY: &str = "config.trellis.dev/port-inbound-policy";
 /// How long workload certificates live unless the file says otherwise.
@@ -255,6 +257,8 @@ pub(crate) struct Overrides {
     pub inbound_policy: Option<InboundPolicy>,
     /// From `config.trellis.dev/port-inbound-policy`.
     pub port_inbound_policies: BTreeMap<u16, InboundPolicy>,
+    /// From `config.trellis.dev/outbound-mtls`.
+    pub outbound_mtls: Option<String>,
 }
 
 /// A mesh file that passed validation, with the values validation parsed.
@@ -593,9 +597,13 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Ok(ports) => o.port_inbound_policies = ports,
                 Err(e) => errs.push(&p, e),
             },
+            OUTBOUND_MTLS => match value.as_str() {
+                "opportunistic" | "required" => o.outbound_mtls = Some(value.to_string()),
+                _ => errs.push(&p, format!("{value:?} is not one of opportunistic, required")),
+            },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
             _ => errs.push(&p, format!(
-                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, port-inbound-policy, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
+                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, port-inbound-policy, outbound-mtls, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
             )),
         }
     }
@@ -604,6 +612,7 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
             || o.skip_inbound_ports.is_some()
             || o.skip_outbound_ports.is_some()
             || o.proxy_log_level.is_some()
+            || o.outbound_mtls.is_some()
             || !o.port_inbound_policies.is_empty())
     {
         errs.push(

@@ -203,12 +203,12 @@ fn process_status(p: &ProcessRecord) -> ProcessStatus {
     }
 }
 
-/// The proxy's certificate: `(state, certificate)`.
-pub(crate) fn certificate(
-    node_netns: &str,
-    admin: std::net::SocketAddr,
-) -> (String, Option<Certificate>) {
-    match http::get(node_netns, admin, "/identity", PROBE_TIMEOUT) {
+/// The proxy's certificate: `(state, certificate)`, read from inside the
+/// pod (the proxy's `/identity` answers only on its own host) on the admin
+/// port.
+pub(crate) fn certificate(pod_netns: &str, admin_port: u16) -> (String, Option<Certificate>) {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    match http::get(pod_netns, admin, "/identity", PROBE_TIMEOUT) {
         Ok(r) if r.status == 200 => match serde_json::from_slice::<Certificate>(&r.body) {
             Ok(c) => ("issued".to_string(), Some(c)),
             Err(e) => (format!("unreadable /identity answer: {e}"), None),
@@ -235,7 +235,7 @@ fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
     });
     let (identity_state, certificate) = match &pod.proxy {
         Some(proxy) if exists => {
-            let (st, cert) = certificate(node, proxy.admin);
+            let (st, cert) = certificate(&pod.netns, proxy.admin.port());
             (Some(st), cert)
         }
         Some(_) => (Some("pod is gone".to_string()), None),

@@ -130,3 +130,31 @@ async fn serve_answers_until_the_shutdown() {
     shutdown.begin();
     assert_eq!(shutdown.drained(Duration::from_secs(5)).await, 0);
 }
+
+#[test]
+fn only_health_and_metrics_are_open_to_remote_clients() {
+    let peer = |remote: &str, local: &str| AdminPeer {
+        remote: remote.parse().unwrap(),
+        local: local.parse().unwrap(),
+    };
+    let remote = peer("10.77.0.9:40000", "10.77.0.5:7191");
+    let loopback = peer("127.0.0.1:40000", "127.0.0.1:7191");
+    let same_host = peer("10.77.0.5:40000", "10.77.0.5:7191");
+    let mapped = peer("[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:7191");
+    for path in OPEN_PATHS {
+        assert!(allowed(path, &remote), "{path}");
+    }
+    for path in [
+        "/config",
+        "/identity",
+        "/routes",
+        "/warnings",
+        "/metrics/",
+        "/tap",
+    ] {
+        assert!(!allowed(path, &remote), "{path}");
+        assert!(allowed(path, &loopback), "{path}");
+        assert!(allowed(path, &same_host), "{path}");
+        assert!(allowed(path, &mapped), "{path}");
+    }
+}

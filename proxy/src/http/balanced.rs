@@ -20,7 +20,9 @@ use rand::Rng as _;
 
 use super::*;
 use crate::body::{tee, ReqBody, REPLAY_LIMIT};
+use crate::conn::check_plaintext;
 use crate::metrics::{RetryLabels, ServiceOnlyLabels, ServiceRouteLabels};
+use crate::plaintext::Why as PlainWhy;
 use crate::service::{PlanError, ServiceState};
 use crate::traffic::retry::{self, Attempt, RetryDecision, TryOutcome, Why};
 use crate::traffic::route::RequestFacts as RouteFacts;
@@ -82,7 +84,13 @@ pub(super) async fn forward(
             let service = plan.service.to_string();
             return fail(ProxyError::NoEndpoints { service }, recorder);
         };
-        let dest = endpoint_destination(ctx, &ep.identity);
+        let dest = match endpoint_destination(ctx, ep.addr, &ep.identity) {
+            Ok(d) => d,
+            Err(e) => {
+                svc.finish(backend, ep.addr, Duration::ZERO, false);
+                return fail(e, recorder);
+            }
+        };
         let addr = OrigDstAddr::from(ep.addr);
         let started = Instant::now();
         let result = tunnel::forward_to(ctx, addr, dest.as_deref(), req).await;
@@ -116,7 +124,13 @@ pub(super) async fn forward(
             let service = plan.service.to_string();
             return fail(ProxyError::NoEndpoints { service }, recorder);
         };
-        let dest = endpoint_destination(ctx, &ep.identity);
+        let dest = match endpoint_destination(ctx, ep.addr, &ep.identity) {
+            Ok(d) => d,
+            Err(e) => {
+                svc.finish(backend, ep.addr, Duration::ZERO, false);
+                return fail(e, recorder);
+            }
+        };
         let limit = retry::try_timeout(plan.retry.as_ref(), plan.timeouts, remaining);
         let req = template.build(body.take().unwrap_or_else(ReqBody::empty));
         let started = Instant::now();
@@ -281,16 +295,31 @@ fn finish_peeked(
     }
 }
 
-/// How to reach an endpoint: mutual TLS to its identity, or plaintext. A
-/// meshed endpoint this proxy cannot authenticate to (it has no identity)
-/// gets plaintext, which its proxy refuses under `all-authenticated`.
-fn endpoint_destination(ctx: &HttpContext, id: &Option<SpiffeId>) -> Option<Arc<Destination>> {
-    let id = id.as_ref()?;
-    let dest = ctx.mesh.destination_for(id);
-    if dest.is_none() {
-        tracing::warn!(identity = %id, "meshed endpoint, but this proxy has no identity: sending plaintext");
-    }
-    dest
+/// How to reach an endpoint: mutual TLS to its identity, or plaintext
+/// when the outbound mTLS policy allows it ([`crate::plaintext`]): an
+/// endpoint named without an identity, or a meshed one while this proxy
+/// has no identity of its own (its proxy then refuses it under
+/// `all-authenticated`).
+fn endpoint_destination(
+    ctx: &HttpContext,
+    addr: SocketAddr,
+    id: &Option<SpiffeId>,
+) -> Result<Option<Arc<Destination>>, ProxyError> {
+    let why = match id {
+        Some(id) => match ctx.mesh.destination_for(id) {
+            Some(dest) => {
+                ctx.mesh.outbound.seen_meshed(addr);
+                return Ok(Some(dest));
+            }
+            None => {
+                tracing::warn!(identity = %id, "meshed endpoint, but this proxy has no identity");
+                PlainWhy::NoLocalIdentity
+            }
+        },
+        None => PlainWhy::NoIdentity,
+    };
+    check_plaintext(&ctx.mesh, &ctx.metrics, OrigDstAddr::from(addr), why)?;
+    Ok(None)
 }
 
 /// Connection failures before a byte was sent: retrying cannot repeat a

@@ -32,6 +32,7 @@ fn defaults_table() {
         let conn = ConnFacts {
             port: 8080,
             peer: is_meshed.then_some(&meshed),
+            probe_source: false,
         };
         assert_eq!(
             p.authorize_connection(conn),
@@ -55,7 +56,11 @@ fn defaults_table() {
 fn port_overrides_win() {
     let mut p = policy(DefaultPolicy::AllAuthenticated);
     p.ports.insert(9090, DefaultPolicy::AllUnauthenticated);
-    let plain = |port| ConnFacts { port, peer: None };
+    let plain = |port| ConnFacts {
+        port,
+        peer: None,
+        probe_source: false,
+    };
     assert_eq!(
         p.authorize_connection(plain(9090)),
         Decision::Allow("all_unauthenticated")
@@ -128,6 +133,7 @@ fn authorizations_table() {
             ConnFacts {
                 port: *port,
                 peer: *peer,
+                probe_source: false,
             },
             RequestFacts { method, path },
         );
@@ -137,7 +143,8 @@ fn authorizations_table() {
     assert_eq!(
         p.authorize_connection(ConnFacts {
             port: 8080,
-            peer: Some(&client)
+            peer: Some(&client),
+            probe_source: false,
         }),
         Deny("unauthorized")
     );
@@ -159,21 +166,24 @@ fn namespace_authorizations_and_audit() {
     assert_eq!(
         p.authorize_connection(ConnFacts {
             port: 1,
-            peer: Some(&same)
+            peer: Some(&same),
+            probe_source: false,
         }),
         Decision::Allow("authorized")
     );
     assert_eq!(
         p.authorize_connection(ConnFacts {
             port: 1,
-            peer: Some(&elsewhere)
+            peer: Some(&elsewhere),
+            probe_source: false,
         }),
         Decision::AuditAllow("unauthorized")
     );
 }
 
 #[test]
-fn probes_pass_every_policy() {
+fn probes_from_the_node_pass_every_policy() {
+    let meshed = id("spiffe://cluster.local/ns/demo/sa/client");
     for default in [
         DefaultPolicy::AllUnauthenticated,
         DefaultPolicy::AllAuthenticated,
@@ -186,35 +196,129 @@ fn probes_pass_every_policy() {
             port: 8080,
             path: "/healthz".into(),
         });
-        let conn = ConnFacts {
-            port: 8080,
+        p.probes.push(Probe {
+            port: 9000,
+            path: GRPC_HEALTH_CHECK.into(),
+        });
+        let node = |port| ConnFacts {
+            port,
             peer: None,
+            probe_source: true,
         };
-        let probe = RequestFacts {
+        let get = |path| RequestFacts {
             method: "GET",
-            path: "/healthz",
+            path,
         };
         assert_eq!(
-            p.authorize_request(conn, probe),
+            p.authorize_request(node(8080), get("/healthz")),
             Decision::Allow("probe"),
             "{default}"
         );
-        let not_probe = RequestFacts {
+        assert_eq!(
+            p.authorize_request(node(8080), get("/healthz?verbose=1")),
+            Decision::Allow("probe"),
+            "{default}"
+        );
+        // A gRPC probe is a POST of the health check on its port.
+        let grpc = RequestFacts {
+            method: "POST",
+            path: GRPC_HEALTH_CHECK,
+        };
+        assert_eq!(
+            p.authorize_request(node(9000), grpc),
+            Decision::Allow("probe")
+        );
+        assert_ne!(
+            p.authorize_request(node(8080), grpc),
+            Decision::Allow("probe")
+        );
+        // Not a probe: another method, path or port.
+        let post = RequestFacts {
             method: "POST",
             path: "/healthz",
         };
-        assert!(
-            !p.authorize_request(conn, not_probe).is_allowed() || default == DefaultPolicy::Audit
+        assert_ne!(
+            p.authorize_request(node(8080), post),
+            Decision::Allow("probe")
         );
-        let other_port = ConnFacts {
-            port: 9090,
+        assert_ne!(
+            p.authorize_request(node(9090), get("/healthz")),
+            Decision::Allow("probe")
+        );
+        // The same request from a pod (not a probe source), or from a
+        // meshed peer, is decided as that pod's.
+        let pod = ConnFacts {
+            port: 8080,
             peer: None,
+            probe_source: false,
+        };
+        let mut no_probes = p.clone();
+        no_probes.probes.clear();
+        assert_eq!(
+            p.authorize_request(pod, get("/healthz")),
+            no_probes.authorize_request(pod, get("/healthz")),
+            "{default}"
+        );
+        assert_ne!(
+            p.authorize_request(pod, get("/healthz")),
+            Decision::Allow("probe")
+        );
+        let peer = ConnFacts {
+            port: 8080,
+            peer: Some(&meshed),
+            probe_source: true,
         };
         assert_ne!(
-            p.authorize_request(other_port, probe),
+            p.authorize_request(peer, get("/healthz")),
             Decision::Allow("probe")
         );
     }
+}
+
+#[test]
+fn a_tunnel_needs_an_authorization_for_the_whole_connection() {
+    let client = id("spiffe://cluster.local/ns/demo/sa/client");
+    // Only GET /api for the client: no tunnel for it, nor for anyone
+    // unauthenticated, even on the probe path.
+    let mut p = only_client_may_get_api();
+    p.probes.push(Probe {
+        port: 8080,
+        path: "/healthz".into(),
+    });
+    for (peer, probe_source) in [(None, true), (None, false), (Some(&client), false)] {
+        let conn = ConnFacts {
+            port: 8080,
+            peer,
+            probe_source,
+        };
+        assert_eq!(p.authorize_tunnel(conn), Decision::Deny("unauthorized"));
+    }
+    // An authorization without HTTP constraints covers a tunnel.
+    p.authorizations.push(Authorization {
+        name: "client-any".into(),
+        ports: vec![],
+        identities: vec!["spiffe://cluster.local/ns/demo/sa/client".into()],
+        namespaces: vec![],
+        methods: vec![],
+        path_prefixes: vec![],
+    });
+    let conn = ConnFacts {
+        port: 8080,
+        peer: Some(&client),
+        probe_source: false,
+    };
+    assert_eq!(p.authorize_tunnel(conn), Decision::Allow("authorized"));
+    // So does a default that allows the peer.
+    let open = policy(DefaultPolicy::AllUnauthenticated);
+    let plain = ConnFacts {
+        port: 8080,
+        peer: None,
+        probe_source: false,
+    };
+    assert!(open.authorize_tunnel(plain).is_allowed());
+    assert!(!policy(DefaultPolicy::AllAuthenticated)
+        .authorize_tunnel(plain)
+        .is_allowed());
 }
 
 #[test]

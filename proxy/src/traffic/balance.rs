@@ -99,10 +99,10 @@ pub struct BalancerConfig {
 impl Default for BalancerConfig {
     fn default() -> Self {
         Self {
-            decay: Duration::from_secs(10),
+            decay: Duration::from_secs(1),
             default_rtt: Duration::from_millis(30),
             noise_ratio: 2.0,
-            noise_floor: Duration::from_millis(1),
+            noise_floor: Duration::from_millis(3),
             stale_after: Duration::from_secs(1),
             failure_threshold: 7,
             ejection_base: Duration::from_secs(1),
@@ -294,9 +294,7 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         match (own, average) {
             (Some(own), Some(average)) => own.min(average),
             (Some(own), None) => own,
-            (None, average) => {
-                average.unwrap_or_else(|| self.config.default_rtt.as_secs_f64() * 1e9)
-            }
+            (None, average) => average.unwrap_or(self.config.default_rtt.as_secs_f64() * 1e9),
         }
     }
 
