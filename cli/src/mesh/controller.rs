@@ -10,7 +10,8 @@
 //! resolve services, endpoints, routes and their inbound policy through it,
 //! exactly as they would against a cluster's controller.
 //!
-//! `routes:` entries (validated by [`check_route`]):
+//! `routes:` entries (validated by [`super::routes::check_route`]; every
+//! field in `docs/mesh-file.md`):
 //!
 //! ```yaml
 //! routes:
@@ -22,12 +23,11 @@
 //!     rules: [...]               # the Gateway API's spec.rules, as written in the route
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// The controller's gRPC and admin ports (this project's choice; the
 /// identity service has 7155 and 7195).
@@ -99,105 +99,3 @@ pub(crate) fn proxy_env(
         (ENV_POD_NAME.to_string(), pod.to_string()),
     ])
 }
-
-/// Checks one `routes:` entry; `services` are the file's `(namespace,
-/// name)`s. Errors name the field.
-pub(crate) fn check_route(
-    path: &str,
-    v: &Value,
-    services: &BTreeSet<(String, String)>,
-) -> Vec<(String, String)> {
-    let mut errs = Vec::new();
-    let mut err = |field: &str, msg: String| errs.push((format!("{path}.{field}"), msg));
-    let Some(o) = v.as_object() else {
-        return vec![(path.to_string(), "must be a mapping".into())];
-    };
-    for key in o.keys() {
-        if ![
-            "name",
-            "namespace",
-            "kind",
-            "parent",
-            "annotations",
-            "rules",
-        ]
-        .contains(&key.as_str())
-        {
-            err(
-                key,
-                "unknown field (known: name, namespace, kind, parent, annotations, rules)".into(),
-            );
-        }
-    }
-    let namespace = o
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    if o.get("name")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        err("name", "required, a non-empty string".into());
-    }
-    match o.get("kind").map(Value::as_str) {
-        None | Some(Some("HTTPRoute" | "GRPCRoute")) => {}
-        _ => err("kind", "must be HTTPRoute or GRPCRoute".into()),
-    }
-    match o
-        .get("parent")
-        .and_then(|p| p.get("service"))
-        .and_then(Value::as_str)
-    {
-        None => err(
-            "parent.service",
-            "required: the Service the route attaches to".into(),
-        ),
-        Some(s) if !services.contains(&(namespace.to_string(), s.to_string())) => err(
-            "parent.service",
-            format!("no service {namespace}/{s} in this file"),
-        ),
-        Some(_) => {}
-    }
-    if let Some(a) = o.get("annotations") {
-        if !a
-            .as_object()
-            .is_some_and(|m| m.values().all(Value::is_string))
-        {
-            err("annotations", "must map names to strings".into());
-        }
-    }
-    match o.get("rules").and_then(Value::as_array) {
-        None => err("rules", "required: a list of Gateway API rules".into()),
-        Some(rules) => {
-            for (i, r) in rules.iter().enumerate() {
-                for (j, b) in r
-                    .get("backendRefs")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let ns = b
-                        .get("namespace")
-                        .and_then(Value::as_str)
-                        .unwrap_or(namespace);
-                    match b.get("name").and_then(Value::as_str) {
-                        Some(n) if services.contains(&(ns.to_string(), n.to_string())) => {}
-                        Some(n) => err(
-                            &format!("rules[{i}].backendRefs[{j}].name"),
-                            format!("no service {ns}/{n} in this file"),
-                        ),
-                        None => err(
-                            &format!("rules[{i}].backendRefs[{j}].name"),
-                            "required".into(),
-                        ),
-                    }
-                }
-            }
-        }
-    }
-    errs
-}
-
-#[cfg(test)]
-mod tests;

@@ -42,6 +42,7 @@ pub(crate) mod golden;
 pub(crate) mod identity;
 pub(crate) mod interrupt;
 pub(crate) mod plan;
+pub(crate) mod routes;
 pub(crate) mod spec;
 pub(crate) mod table;
 

@@ -16,6 +16,7 @@ use trellis_core::config::parse_ports;
 use super::authz::{self, AuthorizationPolicy, Probe};
 use super::net::Ipv4Cidr;
 use super::plan;
+use super::routes;
 
 pub(crate) const DEFAULT_MESH_NAME: &str = "trellis";
 pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -439,15 +440,23 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         }
     }
 
-    let service_names: std::collections::BTreeSet<(String, String)> = file
+    let service_ports: routes::ServicePorts = file
         .services
         .iter()
-        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .map(|s| {
+            let ports = s.ports.iter().map(|p| p.port).collect();
+            ((s.namespace.clone(), s.name.clone()), ports)
+        })
         .collect();
-    let mut route_names = std::collections::BTreeSet::new();
+    let mut route_names = BTreeSet::new();
+    let mut clean_routes = Vec::new();
     for (i, v) in file.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        for (field, msg) in super::controller::check_route(&path, v, &service_names) {
+        let found = routes::check_route(&path, v, &service_ports);
+        if found.is_empty() {
+            clean_routes.push((i, v.clone()));
+        }
+        for (field, msg) in found {
             errs.push(&field, msg);
         }
         let key = (
@@ -469,6 +478,11 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
                 &format!("{path}.name"),
                 format!("{} {}/{} is listed twice", key.1, key.0, key.2),
             );
+        }
+    }
+    if !clean_routes.is_empty() {
+        for (i, msg) in routes::controller_problems(&clean_routes) {
+            errs.push(&format!("routes[{i}]"), msg);
         }
     }
     errs.0.extend(authz::validate(
