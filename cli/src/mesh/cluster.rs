@@ -285,7 +285,7 @@ pub(crate) fn route_object(index: usize, r: &Value) -> Value {
 
 /// A policy as the `policy.trellis.dev` CRD writes it: the workload becomes
 /// a pod selector on the `app` label.
-fn policy_object(p: &AuthorizationPolicy) -> Value {
+pub(crate) fn policy_object(p: &AuthorizationPolicy) -> Value {
     let selector = match &p.target_workload {
         Some(w) => json!({"matchLabels": {APP_LABEL: w}}),
         None => json!({}),

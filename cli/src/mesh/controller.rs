@@ -26,8 +26,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trellis_controller::objects::Kind;
+
+use super::authz::AuthorizationPolicy;
 
 /// The controller's gRPC and admin ports (this project's choice; the
 /// identity service has 7155 and 7195).
@@ -98,4 +103,71 @@ pub(crate) fn proxy_env(
         (ENV_POD_NAMESPACE.to_string(), namespace.to_string()),
         (ENV_POD_NAME.to_string(), pod.to_string()),
     ])
+}
+
+/// What the controller itself would still report about routes and policies
+/// that passed the file's own checks (in a mesh of `trust_domain`), as
+/// `path: message`: the objects, as
+/// the local mesh writes them for it ([`super::cluster`]), indexed by the
+/// controller's own code. `routes` and `policies` carry their index in the
+/// file.
+pub(crate) fn controller_problems(
+    trust_domain: &str,
+    routes: &[(usize, Value)],
+    policies: &[(usize, &AuthorizationPolicy)],
+) -> Vec<String> {
+    let items: Vec<Value> = routes
+        .iter()
+        .map(|(i, r)| super::cluster::route_object(*i, r))
+        .chain(
+            policies
+                .iter()
+                .map(|(_, p)| super::cluster::policy_object(p)),
+        )
+        .collect();
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let text = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let objects = match trellis_controller::source::file::parse(&text) {
+        Ok(o) => o,
+        Err(e) => {
+            return vec![format!(
+                "routes and policies: the controller would refuse them: {e}"
+            )]
+        }
+    };
+    let settings = trellis_controller::index::Settings {
+        trust_domain: trust_domain.to_string(),
+        cluster_domain: super::plan::CLUSTER_DOMAIN.to_string(),
+        default_inbound: trellis_controller::index::DefaultPolicy::AllUnauthenticated,
+    };
+    let snap = trellis_controller::Snapshot::new(objects, Arc::new(settings), 0, true);
+    let named = |v: &Value, ns: &str, name: &str| {
+        v.get("name").and_then(Value::as_str) == Some(name)
+            && v.get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                == ns
+    };
+    let mut out = Vec::new();
+    for p in snap.problems() {
+        let path = if p.kind == Kind::AuthorizationPolicy {
+            policies
+                .iter()
+                .find(|(_, a)| a.namespace == p.namespace && a.name == p.name)
+                .map(|(i, a)| format!("policies[{i}] ({}/{})", a.namespace, a.name))
+        } else {
+            routes
+                .iter()
+                .find(|(_, r)| named(r, &p.namespace, &p.name))
+                .map(|(i, _)| format!("routes[{i}]"))
+        };
+        let path = path.unwrap_or_else(|| format!("{} {}/{}", p.kind, p.namespace, p.name));
+        let line = format!("{path}: {}={:?}: {}", p.field, p.value, p.message);
+        if !out.contains(&line) {
+            out.push(line);
+        }
+    }
+    out
 }

@@ -8,15 +8,15 @@
 //! `retry.trellis.dev/*` and `timeout.trellis.dev/*` annotations and
 //! Gateway API durations are read by the controller's own parsers
 //! ([`trellis_controller::index::annotations`]). A route that passes is then
-//! compiled by the controller's own code ([`controller_problems`]): anything
+//! compiled by the controller's own code
+//! ([`super::controller::controller_problems`]): anything
 //! it would still work around is refused too, so nothing reaches the
 //! controller that it would only report on `/warnings`.
 //!
 //! The field lists below are also what `docs/mesh-file.md` is checked
 //! against (`cli/src/mesh/docs_tests.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use trellis_controller::index::annotations::{
@@ -548,47 +548,6 @@ fn check_timeouts(f: &mut Findings, path: &str, v: &Value) {
             );
         }
     }
-}
-
-/// What the controller itself would still report about routes that passed
-/// [`check_route`], as `(route index, message)`: the routes, as the local
-/// mesh writes them for it, compiled by its own code.
-pub(crate) fn controller_problems(routes: &[(usize, Value)]) -> Vec<(usize, String)> {
-    let items: Vec<Value> = routes
-        .iter()
-        .map(|(i, r)| super::cluster::route_object(*i, r))
-        .collect();
-    let text = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
-    let objects = match trellis_controller::source::file::parse(&text) {
-        Ok(o) => o,
-        Err(e) => {
-            let at = routes.first().map_or(0, |(i, _)| *i);
-            return vec![(at, format!("the controller would refuse the routes: {e}"))];
-        }
-    };
-    let settings = trellis_controller::index::Settings {
-        trust_domain: super::spec::DEFAULT_TRUST_DOMAIN.to_string(),
-        cluster_domain: super::plan::CLUSTER_DOMAIN.to_string(),
-        default_inbound: trellis_controller::index::DefaultPolicy::AllUnauthenticated,
-    };
-    let snap = trellis_controller::Snapshot::new(objects, Arc::new(settings), 0, true);
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for p in snap.problems() {
-        let index = routes.iter().find(|(_, r)| {
-            r.get("name").and_then(Value::as_str) == Some(p.name.as_str())
-                && r.get("namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default")
-                    == p.namespace
-        });
-        let at = index.map_or(0, |(i, _)| *i);
-        let msg = format!("{}={:?}: {}", p.field, p.value, p.message);
-        if seen.insert((at, msg.clone())) {
-            out.push((at, msg));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

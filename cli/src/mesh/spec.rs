@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use trellis_controller::index::annotations::{edit_distance, RETRY_PREFIX, TIMEOUT_PREFIX};
 use trellis_core::config::parse_ports;
 
 use super::authz::{self, AuthorizationPolicy, Probe};
@@ -45,11 +46,26 @@ const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
 const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Accepted for compatibility with pod manifests; the local mesh sets no
 /// resource limits.
-const RESOURCE_ANNOTATIONS: [&str; 4] = [
+pub(crate) const RESOURCE_ANNOTATIONS: [&str; 4] = [
     "config.trellis.dev/proxy-cpu-request",
     "config.trellis.dev/proxy-memory-request",
     "config.trellis.dev/proxy-cpu-limit",
     "config.trellis.dev/proxy-memory-limit",
+];
+
+/// Every `config.trellis.dev/*` annotation a workload may carry (and
+/// `docs/mesh-file.md` documents).
+pub(crate) const CONFIG_ANNOTATIONS: [&str; 10] = [
+    OPAQUE_PORTS,
+    SKIP_INBOUND_PORTS,
+    SKIP_OUTBOUND_PORTS,
+    PROXY_LOG_LEVEL,
+    DEFAULT_INBOUND_POLICY,
+    PORT_INBOUND_POLICY,
+    RESOURCE_ANNOTATIONS[0],
+    RESOURCE_ANNOTATIONS[1],
+    RESOURCE_ANNOTATIONS[2],
+    RESOURCE_ANNOTATIONS[3],
 ];
 
 /// The whole file.
@@ -480,15 +496,20 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
             );
         }
     }
-    if !clean_routes.is_empty() {
-        for (i, msg) in routes::controller_problems(&clean_routes) {
-            errs.push(&format!("routes[{i}]"), msg);
-        }
-    }
-    errs.0.extend(authz::validate(
-        &file.policies,
-        &file.workloads,
+    let policy_errors = authz::validate(&file.policies, &file.workloads, &file.trust_domain);
+    // What passed the file's own checks goes through the controller's: a
+    // mistake only it would notice is refused here too, not left for its
+    // `/warnings`.
+    let clean_policies: Vec<_> = if policy_errors.is_empty() {
+        file.policies.iter().enumerate().collect()
+    } else {
+        Vec::new()
+    };
+    errs.0.extend(policy_errors);
+    errs.0.extend(super::controller::controller_problems(
         &file.trust_domain,
+        &clean_routes,
+        &clean_policies,
     ));
 
     match (errs.0.is_empty(), pod_cidr, service_cidr, cert_lifetime) {
@@ -578,6 +599,13 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
     let mut o = Overrides::default();
     for (key, value) in &w.annotations {
         let p = format!("{path}.annotations[{key:?}]");
+        if key.starts_with(RETRY_PREFIX) || key.starts_with(TIMEOUT_PREFIX) {
+            errs.push(
+                &p,
+                "retry and timeout annotations belong on a route: move it to routes[].annotations",
+            );
+            continue;
+        }
         if !key.starts_with(ANNOTATION_PREFIX) {
             continue; // other annotations are the user's business
         }
@@ -608,9 +636,7 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Err(e) => errs.push(&p, e),
             },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
-            _ => errs.push(&p, format!(
-                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, port-inbound-policy, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
-            )),
+            _ => errs.push(&p, unknown_config_annotation(key)),
         }
     }
     if !w.meshed
@@ -626,6 +652,22 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
         );
     }
     o
+}
+
+/// Why `key` (under `config.trellis.dev/`) is refused: the closest known
+/// key, and all of them.
+fn unknown_config_annotation(key: &str) -> String {
+    let closest = CONFIG_ANNOTATIONS
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 4)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown annotation {key:?}{closest}; known: {}",
+        CONFIG_ANNOTATIONS.join(", ")
+    )
 }
 
 /// Network namespace and interface names are derived from several names
