@@ -106,19 +106,42 @@ pub(crate) fn proxy_env(
 }
 
 /// What the controller itself would still report about routes and policies
-/// that passed the file's own checks (in a mesh of `trust_domain`), as
+/// that passed the file's own checks (in a mesh of `trust_domain`, with
+/// `services`), as
 /// `path: message`: the objects, as
 /// the local mesh writes them for it ([`super::cluster`]), indexed by the
 /// controller's own code. `routes` and `policies` carry their index in the
 /// file.
 pub(crate) fn controller_problems(
     trust_domain: &str,
+    services: &[super::spec::Service],
     routes: &[(usize, Value)],
     policies: &[(usize, &AuthorizationPolicy)],
 ) -> Vec<String> {
-    let items: Vec<Value> = routes
-        .iter()
-        .map(|(i, r)| super::cluster::route_object(*i, r))
+    if routes.is_empty() && policies.is_empty() {
+        return Vec::new();
+    }
+    // Routes are checked against the services they name: their ports are
+    // all the controller needs of them here.
+    let service_objects = services.iter().map(|s| {
+        let ports: Vec<Value> = s
+            .ports
+            .iter()
+            .map(|p| serde_json::json!({"port": p.port}))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": s.name, "namespace": s.namespace},
+            "spec": {"ports": ports},
+        })
+    });
+    let items: Vec<Value> = service_objects
+        .chain(
+            routes
+                .iter()
+                .map(|(i, r)| super::cluster::route_object(*i, r)),
+        )
         .chain(
             policies
                 .iter()

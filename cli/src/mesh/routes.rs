@@ -541,7 +541,7 @@ fn check_timeouts(f: &mut Findings, path: &str, v: &Value) {
     let request = read("request");
     let backend = read("backendRequest");
     if let (Some(r), Some(b)) = (request, backend) {
-        if !r.is_zero() && (b.is_zero() || b > r) {
+        if !r.is_zero() && b > r {
             f.push(
                 format!("{path}.backendRequest"),
                 "must not be longer than `request` (the whole request includes every try)",

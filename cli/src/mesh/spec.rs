@@ -496,21 +496,23 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
             );
         }
     }
-    let policy_errors = authz::validate(&file.policies, &file.workloads, &file.trust_domain);
-    // What passed the file's own checks goes through the controller's: a
+    errs.0.extend(authz::validate(
+        &file.policies,
+        &file.workloads,
+        &file.trust_domain,
+    ));
+    // A file that passed its own checks goes through the controller's: a
     // mistake only it would notice is refused here too, not left for its
     // `/warnings`.
-    let clean_policies: Vec<_> = if policy_errors.is_empty() {
-        file.policies.iter().enumerate().collect()
-    } else {
-        Vec::new()
-    };
-    errs.0.extend(policy_errors);
-    errs.0.extend(super::controller::controller_problems(
-        &file.trust_domain,
-        &clean_routes,
-        &clean_policies,
-    ));
+    if errs.0.is_empty() {
+        let policies: Vec<_> = file.policies.iter().enumerate().collect();
+        errs.0.extend(super::controller::controller_problems(
+            &file.trust_domain,
+            &file.services,
+            &clean_routes,
+            &policies,
+        ));
+    }
 
     match (errs.0.is_empty(), pod_cidr, service_cidr, cert_lifetime) {
         (true, Some(pod_cidr), Some(service_cidr), Some(cert_lifetime)) => Ok(Checked {
