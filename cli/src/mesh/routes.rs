@@ -151,6 +151,15 @@ impl Findings {
     }
 }
 
+/// A regular expression the proxy could not compile.
+fn check_regex(f: &mut Findings, path: &str, re: &str) {
+    if let Err(e) = regex::Regex::new(re) {
+        let why = e.to_string();
+        let why = why.lines().last().unwrap_or_default().trim();
+        f.push(path, format!("{re:?} is not a regular expression: {why}"));
+    }
+}
+
 /// `` `a`, `b`, `c` ``.
 fn list(items: &[&str]) -> String {
     items
@@ -397,7 +406,9 @@ fn check_http_match(f: &mut Findings, path: &str, v: &Value) {
             let kind = f.one_of(&format!("{pp}.type"), po.get("type"), &PATH_TYPES);
             let value = f.string(&format!("{pp}.value"), po.get("value"));
             if let Some(value) = value {
-                if kind != Some("RegularExpression") && !value.starts_with('/') {
+                if kind == Some("RegularExpression") {
+                    check_regex(f, &format!("{pp}.value"), value);
+                } else if !value.starts_with('/') {
                     f.push(
                         format!("{pp}.value"),
                         format!("{value:?} must start with '/'"),
@@ -416,12 +427,15 @@ fn check_value_matches(f: &mut Findings, path: &str, v: Option<&Value>) {
     for (k, h) in f.sequence(path, v).iter().enumerate() {
         let hp = format!("{path}[{k}]");
         if let Some(o) = f.mapping(&hp, h, &VALUE_MATCH_FIELDS) {
-            f.one_of(&format!("{hp}.type"), o.get("type"), &VALUE_MATCH_TYPES);
+            let kind = f.one_of(&format!("{hp}.type"), o.get("type"), &VALUE_MATCH_TYPES);
             f.required(&format!("{hp}.name"), o.get("name"), "the name to match");
             match o.get("value") {
                 None => f.push(format!("{hp}.value"), "required: the value to match"),
                 v => {
-                    f.string(&format!("{hp}.value"), v);
+                    let value = f.string(&format!("{hp}.value"), v);
+                    if let (Some("RegularExpression"), Some(value)) = (kind, value) {
+                        check_regex(f, &format!("{hp}.value"), value);
+                    }
                 }
             }
         }
@@ -447,7 +461,13 @@ fn check_grpc_match(f: &mut Findings, path: &str, v: &Value) {
                     mp,
                     "give `service` (e.g. grpc.health.v1.Health), `method` (e.g. Check) or both",
                 );
-            } else if kind != Some("RegularExpression") {
+            } else if kind == Some("RegularExpression") {
+                for (name, v) in [("service", service), ("method", method)] {
+                    if !v.is_empty() {
+                        check_regex(f, &format!("{mp}.{name}"), v);
+                    }
+                }
+            } else {
                 for (name, v) in [("service", service), ("method", method)] {
                     if v.contains('/') {
                         f.push(format!("{mp}.{name}"), format!("{v:?} must not contain '/': service and method are given separately"));

@@ -91,6 +91,16 @@ fn route_mistakes_name_the_field_and_the_accepted_values() {
             "\"api\" must start with '/'",
         ),
         (
+            route(json!([{"matches": [{"path": {"type": "RegularExpression", "value": "/api("}}]}])),
+            "routes[0].rules[0].matches[0].path.value",
+            "\"/api(\" is not a regular expression: error: unclosed group",
+        ),
+        (
+            route(json!([{"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "["}]}]}])),
+            "routes[0].rules[0].matches[0].headers[0].value",
+            "\"[\" is not a regular expression: error: unclosed character class",
+        ),
+        (
             route(json!([{"matches": [{"method": "get"}]}])),
             "routes[0].rules[0].matches[0].method",
             "\"get\" is not accepted; accepted: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH",
@@ -159,6 +169,11 @@ fn route_mistakes_name_the_field_and_the_accepted_values() {
             grpc(json!([{"matches": [{"method": {"type": "Prefix", "service": "a.B"}}]}])),
             "routes[0].rules[0].matches[0].method.type",
             "\"Prefix\" is not accepted; accepted: Exact, RegularExpression",
+        ),
+        (
+            grpc(json!([{"matches": [{"method": {"type": "RegularExpression", "service": "a.(B"}}]}])),
+            "routes[0].rules[0].matches[0].method.service",
+            "\"a.(B\" is not a regular expression: error: unclosed group",
         ),
         (
             grpc(json!([{"matches": [{"method": {"type": "Exact"}}]}])),
@@ -263,9 +278,8 @@ fn up_and_apply_refuse_route_mistakes_naming_the_file() {
             "routes[0].annotations[\"timeout.trellis.dev/request\"]: \"soon\" is not a duration",
         ),
         (
-            // Caught by the controller's own compilation, not by a field check.
             mesh("{}", "{type: RegularExpression, value: \"/api(\"}"),
-            "routes[0]: spec.rules.matches.path=\"/api(\": not a regular expression",
+            "routes[0].rules[1].matches[0].path.value: \"/api(\" is not a regular expression",
         ),
     ];
     for (i, (text, wanted)) in cases.iter().enumerate() {
@@ -287,4 +301,41 @@ fn up_and_apply_refuse_route_mistakes_naming_the_file() {
         assert!(shown.contains(wanted), "wanted {wanted:?} in\n{shown}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The controller's own compilation, behind the field checks: what it would
+/// report comes back naming the route.
+#[test]
+fn the_controllers_own_problems_name_the_route() {
+    let file = spec::parse(&mesh("{}", "{type: PathPrefix, value: /api}"), "t").unwrap();
+    let route = json!({"name": "r", "namespace": "demo", "parent": {"service": "web"},
+        "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/api("}}],
+                   "backendRefs": [{"name": "absent"}]}]});
+    let found = crate::mesh::controller::controller_problems(
+        "cluster.local",
+        &file.file.services,
+        &[(3, route)],
+        &[],
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with("routes[3]: spec.rules.backendRefs=\"demo/absent\": no such Service"),
+        "{found:?}"
+    );
+    assert!(
+        found[1]
+            .starts_with("routes[3]: spec.rules.matches.path=\"/api(\": not a regular expression"),
+        "{found:?}"
+    );
+    // A good file's routes give it nothing to say.
+    let good: Vec<(usize, Value)> = file.file.routes.iter().cloned().enumerate().collect();
+    assert_eq!(
+        crate::mesh::controller::controller_problems(
+            "cluster.local",
+            &file.file.services,
+            &good,
+            &[]
+        ),
+        Vec::<String>::new()
+    );
 }
