@@ -1,7 +1,6 @@
 //! Trellis's annotations, parsed. Pure; each parser names what it refuses.
 //!
-//! On routes (HTTPRoute, GRPCRoute), where the Gateway API has no field:
-//!
+//! On routes (HTTPRoute, GRPCRoute), where the Gateway API has no field,
 //! the keys of [`ROUTE_ANNOTATIONS`] (key, value syntax, default): the one
 //! table the controller, the CLI's mesh file validation (through
 //! [`route_annotations`] and [`unknown_route_annotation_message`]) and
