@@ -217,9 +217,10 @@ impl Controller {
 
 /// Publishes a snapshot after each change of the store (changes made
 /// while one is built go into the next), and reports the warnings that
-/// are new in it: logged once, counted once, listed at `/warnings`.
+/// are new in it: logged once per object version, counted once per object
+/// version, listed at `/warnings` while they last.
 async fn publish(store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
-    let mut known: BTreeSet<index::Problem> = BTreeSet::new();
+    let mut known: BTreeSet<(index::Problem, Option<String>)> = BTreeSet::new();
     loop {
         tokio::select! {
             () = shutdown.signaled() => return,
@@ -227,12 +228,13 @@ async fn publish(store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
         }
         let snap = store.publish();
         metrics.published(&snap);
-        let now: BTreeSet<index::Problem> = snap.problems().iter().cloned().collect();
-        for p in now.difference(&known) {
+        let now = snap.versioned_problems();
+        for (p, version) in now.difference(&known) {
             tracing::warn!(
                 kind = p.kind.as_str(),
                 namespace = %p.namespace,
                 name = %p.name,
+                resource_version = version.as_deref().unwrap_or(""),
                 annotation = p.field,
                 value = %p.value,
                 "{}",

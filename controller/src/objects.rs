@@ -230,6 +230,20 @@ impl Objects {
         }
     }
 
+    /// The `metadata.resourceVersion` of the object of `kind` with `key`.
+    pub fn resource_version(&self, kind: Kind, key: &Key) -> Option<String> {
+        let meta = match kind {
+            Kind::Namespace => self.namespaces.get(key).map(|o| &o.metadata),
+            Kind::Pod => self.pods.get(key).map(|o| &o.metadata),
+            Kind::Service => self.services.get(key).map(|o| &o.metadata),
+            Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.metadata),
+            Kind::HttpRoute => self.http_routes.get(key).map(|o| &o.metadata),
+            Kind::GrpcRoute => self.grpc_routes.get(key).map(|o| &o.metadata),
+            Kind::AuthorizationPolicy => self.authorization_policies.get(key).map(|o| &o.metadata),
+        };
+        meta.and_then(|m| m.resource_version.clone())
+    }
+
     /// How many objects of `kind` there are.
     pub fn count(&self, kind: Kind) -> usize {
         match kind {

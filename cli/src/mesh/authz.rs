@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use trellis_core::spiffe::SpiffeId;
 
 use super::plan;
+use super::routes::HTTP_METHODS;
 use super::spec::{check_label, check_subdomain, InboundPolicy, Overrides, Workload};
 
 /// An AuthorizationPolicy as the mesh file writes it.
@@ -270,10 +271,10 @@ pub(crate) fn validate(
                 );
             }
             for (j, m) in http.methods.iter().enumerate() {
-                if !is_method(m) {
+                if !HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) {
                     push(
                         &format!("{path}.http.methods[{j}]"),
-                        format!("{m:?} is not an HTTP method (GET, POST, …)"),
+                        super::routes::not_accepted(m, &HTTP_METHODS),
                     );
                 }
             }
@@ -293,12 +294,6 @@ pub(crate) fn validate(
         }
     }
     errs
-}
-
-/// An HTTP method token (RFC 9110): letters only here, as every real
-/// method is.
-fn is_method(m: &str) -> bool {
-    !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 /// Every problem with a workload's `probes`.

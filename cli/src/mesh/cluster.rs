@@ -247,10 +247,10 @@ fn route_namespace(r: &Value) -> &str {
         .unwrap_or("default")
 }
 
-/// A `routes:` entry (validated by [`super::controller::check_route`]) as
+/// A `routes:` entry (validated by [`super::routes::check_route`]) as
 /// its Gateway API object. The Gateway API's types are CRDs, not in
 /// k8s-openapi: the object is JSON around a typed `ObjectMeta`.
-fn route_object(index: usize, r: &Value) -> Value {
+pub(crate) fn route_object(index: usize, r: &Value) -> Value {
     let kind = r.get("kind").and_then(Value::as_str).unwrap_or("HTTPRoute");
     let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
     let parent = &r["parent"];
@@ -285,7 +285,7 @@ fn route_object(index: usize, r: &Value) -> Value {
 
 /// A policy as the `policy.trellis.dev` CRD writes it: the workload becomes
 /// a pod selector on the `app` label.
-fn policy_object(p: &AuthorizationPolicy) -> Value {
+pub(crate) fn policy_object(p: &AuthorizationPolicy) -> Value {
     let selector = match &p.target_workload {
         Some(w) => json!({"matchLabels": {APP_LABEL: w}}),
         None => json!({}),

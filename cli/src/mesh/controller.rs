@@ -10,7 +10,8 @@
 //! resolve services, endpoints, routes and their inbound policy through it,
 //! exactly as they would against a cluster's controller.
 //!
-//! `routes:` entries (validated by [`check_route`]):
+//! `routes:` entries (validated by [`super::routes::check_route`]; every
+//! field in `docs/mesh-file.md`):
 //!
 //! ```yaml
 //! routes:
@@ -22,12 +23,16 @@
 //!     rules: [...]               # the Gateway API's spec.rules, as written in the route
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use trellis_controller::objects::Kind;
+
+use super::authz::AuthorizationPolicy;
 
 /// The controller's gRPC and admin ports (this project's choice; the
 /// identity service has 7155 and 7195).
@@ -100,104 +105,92 @@ pub(crate) fn proxy_env(
     ])
 }
 
-/// Checks one `routes:` entry; `services` are the file's `(namespace,
-/// name)`s. Errors name the field.
-pub(crate) fn check_route(
-    path: &str,
-    v: &Value,
-    services: &BTreeSet<(String, String)>,
-) -> Vec<(String, String)> {
-    let mut errs = Vec::new();
-    let mut err = |field: &str, msg: String| errs.push((format!("{path}.{field}"), msg));
-    let Some(o) = v.as_object() else {
-        return vec![(path.to_string(), "must be a mapping".into())];
+/// What the controller itself would still report about routes and policies
+/// that passed the file's own checks (in a mesh of `trust_domain`, with
+/// `services`), as
+/// `path: message`: the objects, as
+/// the local mesh writes them for it ([`super::cluster`]), indexed by the
+/// controller's own code. `routes` and `policies` carry their index in the
+/// file.
+pub(crate) fn controller_problems(
+    trust_domain: &str,
+    services: &[super::spec::Service],
+    routes: &[(usize, Value)],
+    policies: &[(usize, &AuthorizationPolicy)],
+) -> Vec<String> {
+    if routes.is_empty() && policies.is_empty() {
+        return Vec::new();
+    }
+    // Routes are checked against the services they name: their ports are
+    // all the controller needs of them here.
+    let service_objects = services.iter().map(|s| {
+        let ports: Vec<Value> = s
+            .ports
+            .iter()
+            .map(|p| serde_json::json!({"port": p.port}))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": s.name, "namespace": s.namespace},
+            "spec": {"ports": ports},
+        })
+    });
+    let items: Vec<Value> = service_objects
+        .chain(
+            routes
+                .iter()
+                .map(|(i, r)| super::cluster::route_object(*i, r)),
+        )
+        .chain(
+            policies
+                .iter()
+                .map(|(_, p)| super::cluster::policy_object(p)),
+        )
+        .collect();
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let text = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let objects = match trellis_controller::source::file::parse(&text) {
+        Ok(o) => o,
+        Err(e) => {
+            return vec![format!(
+                "routes and policies: the controller would refuse them: {e}"
+            )]
+        }
     };
-    for key in o.keys() {
-        if ![
-            "name",
-            "namespace",
-            "kind",
-            "parent",
-            "annotations",
-            "rules",
-        ]
-        .contains(&key.as_str())
-        {
-            err(
-                key,
-                "unknown field (known: name, namespace, kind, parent, annotations, rules)".into(),
-            );
+    let settings = trellis_controller::index::Settings {
+        trust_domain: trust_domain.to_string(),
+        cluster_domain: super::plan::CLUSTER_DOMAIN.to_string(),
+        default_inbound: trellis_controller::index::DefaultPolicy::AllUnauthenticated,
+    };
+    let snap = trellis_controller::Snapshot::new(objects, Arc::new(settings), 0, true);
+    let named = |v: &Value, ns: &str, name: &str| {
+        v.get("name").and_then(Value::as_str) == Some(name)
+            && v.get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                == ns
+    };
+    let mut out = Vec::new();
+    for p in snap.problems() {
+        let path = if p.kind == Kind::AuthorizationPolicy {
+            policies
+                .iter()
+                .find(|(_, a)| a.namespace == p.namespace && a.name == p.name)
+                .map(|(i, a)| format!("policies[{i}] ({}/{})", a.namespace, a.name))
+        } else {
+            routes
+                .iter()
+                .find(|(_, r)| named(r, &p.namespace, &p.name))
+                .map(|(i, _)| format!("routes[{i}]"))
+        };
+        let path = path.unwrap_or_else(|| format!("{} {}/{}", p.kind, p.namespace, p.name));
+        let line = format!("{path}: {}={:?}: {}", p.field, p.value, p.message);
+        if !out.contains(&line) {
+            out.push(line);
         }
     }
-    let namespace = o
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    if o.get("name")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        err("name", "required, a non-empty string".into());
-    }
-    match o.get("kind").map(Value::as_str) {
-        None | Some(Some("HTTPRoute" | "GRPCRoute")) => {}
-        _ => err("kind", "must be HTTPRoute or GRPCRoute".into()),
-    }
-    match o
-        .get("parent")
-        .and_then(|p| p.get("service"))
-        .and_then(Value::as_str)
-    {
-        None => err(
-            "parent.service",
-            "required: the Service the route attaches to".into(),
-        ),
-        Some(s) if !services.contains(&(namespace.to_string(), s.to_string())) => err(
-            "parent.service",
-            format!("no service {namespace}/{s} in this file"),
-        ),
-        Some(_) => {}
-    }
-    if let Some(a) = o.get("annotations") {
-        if !a
-            .as_object()
-            .is_some_and(|m| m.values().all(Value::is_string))
-        {
-            err("annotations", "must map names to strings".into());
-        }
-    }
-    match o.get("rules").and_then(Value::as_array) {
-        None => err("rules", "required: a list of Gateway API rules".into()),
-        Some(rules) => {
-            for (i, r) in rules.iter().enumerate() {
-                for (j, b) in r
-                    .get("backendRefs")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let ns = b
-                        .get("namespace")
-                        .and_then(Value::as_str)
-                        .unwrap_or(namespace);
-                    match b.get("name").and_then(Value::as_str) {
-                        Some(n) if services.contains(&(ns.to_string(), n.to_string())) => {}
-                        Some(n) => err(
-                            &format!("rules[{i}].backendRefs[{j}].name"),
-                            format!("no service {ns}/{n} in this file"),
-                        ),
-                        None => err(
-                            &format!("rules[{i}].backendRefs[{j}].name"),
-                            "required".into(),
-                        ),
-                    }
-                }
-            }
-        }
-    }
-    errs
+    out
 }
-
-#[cfg(test)]
-mod tests;

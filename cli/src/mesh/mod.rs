@@ -42,6 +42,7 @@ pub(crate) mod golden;
 pub(crate) mod identity;
 pub(crate) mod interrupt;
 pub(crate) mod plan;
+pub(crate) mod routes;
 pub(crate) mod spec;
 pub(crate) mod table;
 
@@ -57,6 +58,9 @@ mod state;
 mod status;
 mod sys;
 mod up;
+
+#[cfg(test)]
+mod docs_tests;
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -82,8 +86,12 @@ pub struct MeshArgs {
 #[derive(clap::Subcommand, Debug)]
 enum MeshCommand {
     /// Create the mesh a file describes; returns once every pod is ready.
+    ///
+    /// The file is checked first, and refused with every mistake listed
+    /// (field path and accepted values). Every key: docs/mesh-file.md;
+    /// examples: examples/.
     Up {
-        /// The mesh file (see examples/ and SPEC.md "The local mesh").
+        /// The mesh file: every key in docs/mesh-file.md; see examples/.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// How long to wait for proxies and workloads to become ready.
@@ -92,8 +100,10 @@ enum MeshCommand {
     },
     /// Bring a running mesh to a changed file (replicas, services, routes,
     /// policies), as `kubectl apply` would; the file's `name` says which.
+    ///
+    /// The file is checked first, as by `up`. Every key: docs/mesh-file.md.
     Apply {
-        /// The changed mesh file.
+        /// The changed mesh file: every key in docs/mesh-file.md.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// How long to wait for new proxies and workloads to become ready.

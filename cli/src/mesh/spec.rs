@@ -11,11 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use trellis_controller::index::annotations::{edit_distance, RETRY_PREFIX, TIMEOUT_PREFIX};
 use trellis_core::config::parse_ports;
 
 use super::authz::{self, AuthorizationPolicy, Probe};
 use super::net::Ipv4Cidr;
 use super::plan;
+use super::routes;
 
 pub(crate) const DEFAULT_MESH_NAME: &str = "trellis";
 pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -46,11 +48,27 @@ const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
 const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Accepted for compatibility with pod manifests; the local mesh sets no
 /// resource limits.
-const RESOURCE_ANNOTATIONS: [&str; 4] = [
+pub(crate) const RESOURCE_ANNOTATIONS: [&str; 4] = [
     "config.trellis.dev/proxy-cpu-request",
     "config.trellis.dev/proxy-memory-request",
     "config.trellis.dev/proxy-cpu-limit",
     "config.trellis.dev/proxy-memory-limit",
+];
+
+/// Every `config.trellis.dev/*` annotation a workload may carry (and
+/// `docs/mesh-file.md` documents).
+pub(crate) const CONFIG_ANNOTATIONS: [&str; 11] = [
+    OPAQUE_PORTS,
+    SKIP_INBOUND_PORTS,
+    SKIP_OUTBOUND_PORTS,
+    PROXY_LOG_LEVEL,
+    DEFAULT_INBOUND_POLICY,
+    PORT_INBOUND_POLICY,
+    OUTBOUND_MTLS,
+    RESOURCE_ANNOTATIONS[0],
+    RESOURCE_ANNOTATIONS[1],
+    RESOURCE_ANNOTATIONS[2],
+    RESOURCE_ANNOTATIONS[3],
 ];
 
 /// The whole file.
@@ -443,15 +461,23 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         }
     }
 
-    let service_names: std::collections::BTreeSet<(String, String)> = file
+    let service_ports: routes::ServicePorts = file
         .services
         .iter()
-        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .map(|s| {
+            let ports = s.ports.iter().map(|p| p.port).collect();
+            ((s.namespace.clone(), s.name.clone()), ports)
+        })
         .collect();
-    let mut route_names = std::collections::BTreeSet::new();
+    let mut route_names = BTreeSet::new();
+    let mut clean_routes = Vec::new();
     for (i, v) in file.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        for (field, msg) in super::controller::check_route(&path, v, &service_names) {
+        let found = routes::check_route(&path, v, &service_ports);
+        if found.is_empty() {
+            clean_routes.push((i, v.clone()));
+        }
+        for (field, msg) in found {
             errs.push(&field, msg);
         }
         let key = (
@@ -480,6 +506,18 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         &file.workloads,
         &file.trust_domain,
     ));
+    // A file that passed its own checks goes through the controller's: a
+    // mistake only it would notice is refused here too, not left for its
+    // `/warnings`.
+    if errs.0.is_empty() {
+        let policies: Vec<_> = file.policies.iter().enumerate().collect();
+        errs.0.extend(super::controller::controller_problems(
+            &file.trust_domain,
+            &file.services,
+            &clean_routes,
+            &policies,
+        ));
+    }
 
     match (errs.0.is_empty(), pod_cidr, service_cidr, cert_lifetime) {
         (true, Some(pod_cidr), Some(service_cidr), Some(cert_lifetime)) => Ok(Checked {
@@ -568,6 +606,13 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
     let mut o = Overrides::default();
     for (key, value) in &w.annotations {
         let p = format!("{path}.annotations[{key:?}]");
+        if key.starts_with(RETRY_PREFIX) || key.starts_with(TIMEOUT_PREFIX) {
+            errs.push(
+                &p,
+                "retry and timeout annotations belong on a route: move it to routes[].annotations",
+            );
+            continue;
+        }
         if !key.starts_with(ANNOTATION_PREFIX) {
             continue; // other annotations are the user's business
         }
@@ -602,9 +647,7 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 _ => errs.push(&p, format!("{value:?} is not one of opportunistic, required")),
             },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
-            _ => errs.push(&p, format!(
-                "unknown {ANNOTATION_PREFIX} annotation; known: opaque-ports, skip-inbound-ports, skip-outbound-ports, proxy-log-level, default-inbound-policy, port-inbound-policy, outbound-mtls, proxy-cpu-request, proxy-memory-request, proxy-cpu-limit, proxy-memory-limit"
-            )),
+            _ => errs.push(&p, unknown_config_annotation(key)),
         }
     }
     if !w.meshed
@@ -621,6 +664,22 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
         );
     }
     o
+}
+
+/// Why `key` (under `config.trellis.dev/`) is refused: the closest known
+/// key, and all of them.
+fn unknown_config_annotation(key: &str) -> String {
+    let closest = CONFIG_ANNOTATIONS
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 4)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown annotation {key:?}{closest}; known: {}",
+        CONFIG_ANNOTATIONS.join(", ")
+    )
 }
 
 /// Network namespace and interface names are derived from several names

@@ -1,22 +1,13 @@
 //! Trellis's annotations, parsed. Pure; each parser names what it refuses.
 //!
-//! On routes (HTTPRoute, GRPCRoute), where the Gateway API has no field:
+//! On routes (HTTPRoute, GRPCRoute), where the Gateway API has no field,
+//! the keys of [`ROUTE_ANNOTATIONS`] (key, value syntax, default): the one
+//! table the controller, the CLI's mesh file validation (through
+//! [`route_annotations`] and [`unknown_route_annotation_message`]) and
+//! `docs/mesh-file.md` share. An unknown key under either prefix is
+//! reported with the closest known one.
 //!
-//! | annotation | value | default (retry enabled) |
-//! |---|---|---|
-//! | `retry.trellis.dev/limit` | retries per request, e.g. `3` | `2` |
-//! | `retry.trellis.dev/http-statuses` | classes, codes, ranges: `5xx,429`, `502-504` | `5xx` |
-//! | `retry.trellis.dev/grpc-codes` | names (kebab-case) or numbers: `unavailable,resource-exhausted,14` | `unavailable` |
-//! | `retry.trellis.dev/per-try-timeout` | duration, e.g. `500ms` | the rule's backend-request timeout |
-//! | `retry.trellis.dev/backoff` | base, or base-max: `25ms`, `25ms-250ms` | `25ms-250ms` |
-//! | `retry.trellis.dev/budget-ratio` | retries as a share of requests, `0.2` | `0.2` |
-//! | `retry.trellis.dev/budget-min-per-second` | retries a second always allowed | `10` |
-//! | `retry.trellis.dev/budget-ttl` | the budget's window, 1s to 60s | `10s` |
-//! | `retry.trellis.dev/non-idempotent` | `true`: retry POST and PATCH too | `false` |
-//! | `timeout.trellis.dev/request` | the whole request, retries included | none |
-//! | `timeout.trellis.dev/backend-request` | each try | none |
-//!
-//! Any `retry.trellis.dev/*` annotation this table names turns retries on.
+//! Any `retry.trellis.dev/*` annotation the table names turns retries on.
 //! Durations are the Gateway API's (GEP-2257): `500ms`, `10s`, `1h30m`.
 //! A bad value is reported and that one setting left at its default; the
 //! route applies all the same.
@@ -55,18 +46,116 @@ pub const OPAQUE_PORTS: &str = "config.trellis.dev/opaque-ports";
 pub const DEFAULT_INBOUND_POLICY: &str = "config.trellis.dev/default-inbound-policy";
 pub const PORT_INBOUND_POLICY: &str = "config.trellis.dev/port-inbound-policy";
 
-const RETRY_KEYS: [&str; 9] = [
-    RETRY_LIMIT,
-    RETRY_HTTP_STATUSES,
-    RETRY_GRPC_CODES,
-    RETRY_PER_TRY_TIMEOUT,
-    RETRY_BACKOFF,
-    RETRY_BUDGET_RATIO,
-    RETRY_BUDGET_MIN_PER_SECOND,
-    RETRY_BUDGET_TTL,
-    RETRY_NON_IDEMPOTENT,
+/// One route annotation: its key, the syntax of its value, and what
+/// applies without it. The one table the controller, the CLI's mesh file
+/// validation and `docs/mesh-file.md` (checked by a CLI test) read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteAnnotation {
+    pub key: &'static str,
+    pub syntax: &'static str,
+    pub default: &'static str,
+}
+
+/// Every `retry.trellis.dev/*` and `timeout.trellis.dev/*` key.
+pub const ROUTE_ANNOTATIONS: [RouteAnnotation; 11] = [
+    RouteAnnotation {
+        key: RETRY_LIMIT,
+        syntax: "retries per request, a whole number, e.g. 3",
+        default: "2",
+    },
+    RouteAnnotation {
+        key: RETRY_HTTP_STATUSES,
+        syntax: "HTTP status codes, classes and ranges, e.g. 5xx,429 or 502-504",
+        default: "5xx",
+    },
+    RouteAnnotation {
+        key: RETRY_GRPC_CODES,
+        syntax: "gRPC status names (kebab-case or SCREAMING_SNAKE) or numbers 1-16, e.g. unavailable,resource-exhausted,14",
+        default: "unavailable",
+    },
+    RouteAnnotation {
+        key: RETRY_PER_TRY_TIMEOUT,
+        syntax: "a duration, e.g. 500ms",
+        default: "the rule's backend-request timeout",
+    },
+    RouteAnnotation {
+        key: RETRY_BACKOFF,
+        syntax: "a duration (base; the maximum is ten times it) or base-max, e.g. 25ms or 25ms-250ms",
+        default: "25ms-250ms",
+    },
+    RouteAnnotation {
+        key: RETRY_BUDGET_RATIO,
+        syntax: "retries as a share of requests, a number from 0 to 1000, e.g. 0.2",
+        default: "0.2",
+    },
+    RouteAnnotation {
+        key: RETRY_BUDGET_MIN_PER_SECOND,
+        syntax: "retries a second always allowed, a whole number",
+        default: "10",
+    },
+    RouteAnnotation {
+        key: RETRY_BUDGET_TTL,
+        syntax: "the budget's window, a duration from 1s to 60s",
+        default: "10s",
+    },
+    RouteAnnotation {
+        key: RETRY_NON_IDEMPOTENT,
+        syntax: "true or false: retry POST and PATCH too",
+        default: "false",
+    },
+    RouteAnnotation {
+        key: TIMEOUT_REQUEST,
+        syntax: "a duration for the whole request, retries included, e.g. 10s; 0s: none",
+        default: "none",
+    },
+    RouteAnnotation {
+        key: TIMEOUT_BACKEND_REQUEST,
+        syntax: "a duration for each try, e.g. 2s; 0s: none",
+        default: "none",
+    },
 ];
-const TIMEOUT_KEYS: [&str; 2] = [TIMEOUT_REQUEST, TIMEOUT_BACKEND_REQUEST];
+
+fn is_retry_key(k: &str) -> bool {
+    k.starts_with(RETRY_PREFIX) && ROUTE_ANNOTATIONS.iter().any(|a| a.key == k)
+}
+
+/// Whether `key` is under a Trellis route prefix but names no annotation.
+pub fn is_unknown_route_annotation(key: &str) -> bool {
+    (key.starts_with(RETRY_PREFIX) || key.starts_with(TIMEOUT_PREFIX))
+        && !ROUTE_ANNOTATIONS.iter().any(|a| a.key == key)
+}
+
+/// Why `key` (under a Trellis route prefix) is refused: the closest known
+/// key, and all of them.
+pub fn unknown_route_annotation_message(key: &str) -> String {
+    let known: Vec<&str> = ROUTE_ANNOTATIONS.iter().map(|a| a.key).collect();
+    let closest = known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 4)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown annotation {key:?}{closest}; known: {}",
+        known.join(", ")
+    )
+}
+
+/// Levenshtein distance, by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
 
 pub const DEFAULT_RETRY_LIMIT: u32 = 2;
 pub const DEFAULT_BACKOFF_BASE_MS: u64 = 25;
@@ -102,12 +191,11 @@ pub fn route_annotations(
 ) -> (RouteAnnotations, Vec<AnnotationError>) {
     let mut errors = Vec::new();
     for (k, v) in annotations {
-        let ours = k.starts_with(RETRY_PREFIX) || k.starts_with(TIMEOUT_PREFIX);
-        if ours && !RETRY_KEYS.contains(&k.as_str()) && !TIMEOUT_KEYS.contains(&k.as_str()) {
+        if is_unknown_route_annotation(k) {
             errors.push(AnnotationError {
                 annotation: UNKNOWN_ROUTE_ANNOTATION,
                 value: format!("{k}={v}"),
-                message: format!("unknown annotation {k:?}; ignored"),
+                message: unknown_route_annotation_message(k),
             });
         }
     }
@@ -118,7 +206,7 @@ pub fn route_annotations(
         backend_request_timeout: setting(a, TIMEOUT_BACKEND_REQUEST, parse_gateway_duration, e),
         retry: None,
     };
-    if !RETRY_KEYS.iter().any(|k| a.contains_key(*k)) {
+    if !a.keys().any(|k| is_retry_key(k)) {
         return (out, errors);
     }
     let mut retry = default_retry();

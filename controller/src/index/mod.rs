@@ -173,6 +173,18 @@ impl Snapshot {
         for r in objects.grpc_routes.values() {
             routes.push(Arc::new(routes::compile_grpc(r, &mut problems)));
         }
+        let service_ports = |key: &Key| {
+            objects.services.get(key).map(|svc| {
+                svc.spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .filter_map(|p| u16::try_from(p.port).ok())
+                    .collect::<Vec<u16>>()
+            })
+        };
+        for r in &routes {
+            routes::check_references(r, &service_ports, &mut problems);
+        }
         routes.sort_by(|a, b| routes::precedence(a, b));
         let mut routes_by_parent: HashMap<Key, Vec<Arc<CompiledRoute>>> = HashMap::new();
         for r in &routes {
@@ -217,6 +229,19 @@ impl Snapshot {
     /// Everything the controller worked around in this snapshot, sorted.
     pub fn problems(&self) -> &[Problem] {
         &self.problems
+    }
+
+    /// The problems, each with the `resourceVersion` of the object it is
+    /// about: the controller logs and counts each once per object version
+    /// (a changed object that still has the problem is reported again).
+    pub fn versioned_problems(&self) -> BTreeSet<(Problem, Option<String>)> {
+        self.problems
+            .iter()
+            .map(|p| {
+                let key = Key::new(&p.namespace, &p.name);
+                (p.clone(), self.objects.resource_version(p.kind, &key))
+            })
+            .collect()
     }
 
     /// The routes and the services they attach to (for `/routes`).

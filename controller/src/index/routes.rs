@@ -559,6 +559,100 @@ fn grpc_match(m: &GrpcRouteRulesMatches, p: &mut Problems<'_>) -> pb::GrpcMatch 
     }
 }
 
+/// What a compiled route refers to that is not there, or cannot work:
+/// parents and backends naming no Service (or no port of it), rules whose
+/// backends all weigh 0, a per-try timeout longer than the whole request.
+/// The same mistakes `trellis mesh up` refuses in a mesh file; here they
+/// are reported and the route applies as compiled. `ports` gives each
+/// Service's ports.
+pub(crate) fn check_references(
+    route: &CompiledRoute,
+    ports: &impl Fn(&Key) -> Option<Vec<u16>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut p = Problems {
+        kind: route.kind,
+        key: &route.key,
+        out: problems,
+    };
+    for parent in &route.parents {
+        match ports(&parent.service) {
+            None => p.push(
+                "spec.parentRefs",
+                parent.service.to_string(),
+                "no such Service; the route applies to nothing",
+            ),
+            Some(have) => {
+                if let Some(port) = parent.port.filter(|port| !have.contains(port)) {
+                    p.push(
+                        "spec.parentRefs.port",
+                        format!("{}:{port}", parent.service),
+                        format!("the Service has no port {port}; accepted: {}", join(&have)),
+                    );
+                }
+            }
+        }
+    }
+    let mut check_rule = |backends: &[BackendTarget], timeouts: Option<&pb::Timeouts>| {
+        for b in backends {
+            let Target::Service { service, port } = &b.target else {
+                continue;
+            };
+            match ports(service) {
+                None => p.push(
+                    "spec.rules.backendRefs",
+                    service.to_string(),
+                    "no such Service; requests for this backend fail",
+                ),
+                Some(have) => {
+                    if let Some(port) = port.filter(|port| !have.contains(port)) {
+                        p.push(
+                            "spec.rules.backendRefs.port",
+                            format!("{service}:{port}"),
+                            format!("the Service has no port {port}; accepted: {}", join(&have)),
+                        );
+                    }
+                }
+            }
+        }
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            p.push(
+                "spec.rules.backendRefs.weight",
+                "0",
+                "every backend has weight 0: every request of this rule fails",
+            );
+        }
+        if let Some(t) = timeouts {
+            if t.request_ms != 0 && t.backend_request_ms > t.request_ms {
+                p.push(
+                    "spec.rules.timeouts.backendRequest",
+                    format!("{}ms", t.backend_request_ms),
+                    format!(
+                        "longer than the request timeout ({}ms), which includes every try",
+                        t.request_ms
+                    ),
+                );
+            }
+        }
+    };
+    match &route.rules {
+        Rules::Http(rules) => rules
+            .iter()
+            .for_each(|r| check_rule(&r.backends, r.timeouts.as_ref())),
+        Rules::Grpc(rules) => rules
+            .iter()
+            .for_each(|r| check_rule(&r.backends, r.timeouts.as_ref())),
+    }
+}
+
+fn join(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The order routes take precedence in: oldest first, then by namespace
 /// and name (the Gateway API's tie-breakers).
 pub(crate) fn precedence(a: &CompiledRoute, b: &CompiledRoute) -> std::cmp::Ordering {

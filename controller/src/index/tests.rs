@@ -507,8 +507,24 @@ fn backend_refs_and_weights() {
             ("web-v2.demo.svc.cluster.local:81", vec!["10.0.0.12:9090"]),
         ]
     );
-    let fields: Vec<&str> = snap.problems().iter().map(|p| p.field).collect();
-    assert_eq!(fields, ["spec.rules.backendRefs"], "{:?}", snap.problems());
+    // The ServiceImport, and the Service that is not there.
+    let found: Vec<(&str, &str)> = snap
+        .problems()
+        .iter()
+        .map(|p| (p.field, p.value.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("spec.rules.backendRefs", "demo/missing"),
+            (
+                "spec.rules.backendRefs",
+                "multicluster.x-k8s.io/ServiceImport demo/web"
+            )
+        ],
+        "{:?}",
+        snap.problems()
+    );
 }
 
 #[test]
@@ -824,6 +840,8 @@ fn bad_route_fields_are_reported_and_the_route_kept() {
         fields,
         [
             "spec.rules.backendRefs.weight",
+            // Its only backend weighs 0 now.
+            "spec.rules.backendRefs.weight",
             "spec.rules.filters",
             "spec.rules.matches.path",
             "spec.rules.matches.path",
@@ -833,7 +851,7 @@ fn bad_route_fields_are_reported_and_the_route_kept() {
     let summary = snap.route_summaries();
     assert_eq!(summary[0].name, "bad");
     assert_eq!(summary[0].parents, ["demo/web"]);
-    assert_eq!(summary[0].warnings.len(), 5);
+    assert_eq!(summary[0].warnings.len(), 6);
 }
 
 #[test]
@@ -1161,4 +1179,86 @@ status: {podIP: 10.1.0.99, phase: Running}
             path: "/grpc.health.v1.Health/Check".into()
         }]
     );
+}
+
+#[test]
+fn references_a_route_cannot_use_are_reported() {
+    let snap = snapshot(&http_route(
+        "refs",
+        "demo",
+        r#"{group: "", kind: Service, name: web, port: 81}"#,
+        r#"rules:
+  - backendRefs: [{name: nowhere}, {name: web-v2, port: 82}]
+  - backendRefs: [{name: web, port: 80, weight: 0}]
+    timeouts: {request: 1s, backendRequest: 2s}"#,
+    ));
+    let found: Vec<(&str, &str, &str)> = snap
+        .problems()
+        .iter()
+        .map(|p| (p.field, p.value.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "spec.parentRefs.port",
+                "demo/web:81",
+                "the Service has no port 81; accepted: 80"
+            ),
+            (
+                "spec.rules.backendRefs",
+                "demo/nowhere",
+                "no such Service; requests for this backend fail"
+            ),
+            (
+                "spec.rules.backendRefs.port",
+                "demo/web-v2:82",
+                "the Service has no port 82; accepted: 80, 81"
+            ),
+            (
+                "spec.rules.backendRefs.weight",
+                "0",
+                "every backend has weight 0: every request of this rule fails"
+            ),
+            (
+                "spec.rules.timeouts.backendRequest",
+                "2000ms",
+                "longer than the request timeout (1000ms), which includes every try"
+            ),
+        ]
+    );
+    let snap = snapshot(&http_route(
+        "orphan",
+        "demo",
+        r#"{group: "", kind: Service, name: gone}"#,
+        "",
+    ));
+    assert_eq!(snap.problems()[0].field, "spec.parentRefs");
+    assert_eq!(snap.problems()[0].value, "demo/gone");
+}
+
+#[test]
+fn problems_are_reported_once_per_object_version() {
+    let route = |version: &str| {
+        http_route(
+            "typo",
+            "demo",
+            PARENT,
+            "rules: []",
+        )
+        .replace(
+            "metadata: {",
+            &format!("metadata: {{resourceVersion: \"{version}\", annotations: {{retry.trellis.dev/limt: \"3\"}}, "),
+        )
+    };
+    let v1 = snapshot(&route("1")).versioned_problems();
+    let v1_again = snapshot(&route("1")).versioned_problems();
+    let v2 = snapshot(&route("2")).versioned_problems();
+    assert_eq!(v1.len(), 1, "{v1:?}");
+    assert!(v1.iter().all(|(p, _)| p.field == UNKNOWN_ROUTE_ANNOTATION));
+    // The same object version: nothing new to report.
+    assert_eq!(v1_again.difference(&v1).count(), 0);
+    // A new version with the same mistake: reported again.
+    assert_eq!(v2.difference(&v1).count(), 1);
+    assert_eq!(v2.iter().next().unwrap().1.as_deref(), Some("2"));
 }

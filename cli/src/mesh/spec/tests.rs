@@ -183,7 +183,7 @@ routes: [notamap]
         "config.trellis.dev/opaque-ports\"]: \"abc\" is not a port",
         "config.trellis.dev/proxy-log-level\"]: must not be empty",
         "config.trellis.dev/default-inbound-policy\"]: \"sometimes\" is not one of",
-        "config.trellis.dev/opaque-port\"]: unknown config.trellis.dev/ annotation",
+        "config.trellis.dev/opaque-port\"]: unknown annotation \"config.trellis.dev/opaque-port\" (did you mean config.trellis.dev/opaque-ports?); known: config.trellis.dev/opaque-ports, config.trellis.dev/skip-inbound-ports,",
         "workloads[1] (demo/web): a workload of this name already exists in this namespace",
         "workloads[1] (demo/web).command: must not be empty",
         "workloads[2] (default/plain).command[1]: {port} means the workload's first port, but it lists no `ports`",
