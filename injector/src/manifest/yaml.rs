@@ -211,21 +211,19 @@ fn node(out: &mut String, v: &Value, indent: usize, after: After) -> Result<(), 
                 items(out, s, indent + 2, true)
             }
         },
-        Value::Mapping(_) => Ok(line(out, sep, "{}")),
-        Value::Sequence(_) => Ok(line(out, sep, "[]")),
         Value::String(s) if style(s, false) == Style::Literal => {
             literal(out, sep, s, indent + 2);
             Ok(())
         }
-        Value::Tagged(t) => Err(EmitError::Tag(t.tag.to_string())),
-        scalar => Ok(line(out, sep, &inline(scalar)?)),
+        // Scalars and empty collections.
+        other => {
+            let text = inline(other)?;
+            out.push_str(sep);
+            out.push_str(&text);
+            out.push('\n');
+            Ok(())
+        }
     }
-}
-
-fn line(out: &mut String, sep: &str, text: &str) {
-    out.push_str(sep);
-    out.push_str(text);
-    out.push('\n');
 }
 
 fn entries(out: &mut String, m: &Mapping, col: usize, first_inline: bool) -> Result<(), EmitError> {
@@ -266,7 +264,8 @@ fn key(k: &Value) -> Result<String, EmitError> {
     }
 }
 
-/// A scalar on one line.
+/// A scalar, or an empty collection (`node` writes the others as blocks),
+/// on one line.
 fn inline(v: &Value) -> Result<String, EmitError> {
     Ok(match v {
         Value::Null => "null".into(),
@@ -274,9 +273,8 @@ fn inline(v: &Value) -> Result<String, EmitError> {
         Value::Number(n) => number(n),
         Value::String(s) => string(s, true),
         Value::Tagged(t) => return Err(EmitError::Tag(t.tag.to_string())),
-        Value::Sequence(_) | Value::Mapping(_) => {
-            unreachable!("collections are written as blocks by `node`")
-        }
+        Value::Sequence(_) => "[]".into(),
+        Value::Mapping(_) => "{}".into(),
     })
 }
 
