@@ -3,7 +3,9 @@
 //! injector must produce: `expected.json` (the patch, or the reason a pod
 //! is left alone) and `injected.yaml` (the pod with the patch applied,
 //! which `scripts/check-chart.sh` validates against the Kubernetes schema),
-//! or `expected.yaml` for manifests run through `trellis inject`'s logic.
+//! or `expected.yaml` for manifests run through `trellis inject`'s logic
+//! (its first lines: what stderr reports), or, for `input.json`,
+//! `expected.json`: `trellis inject`'s JSON output as printed.
 //!
 //! `TRELLIS_BLESS=1 cargo test -p trellis-injector golden` rewrites them;
 //! review the diff. The other tests check properties of the same outputs,

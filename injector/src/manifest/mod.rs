@@ -244,10 +244,12 @@ fn yaml_manifest(
     let mut run = object::Run::new(&read, cfg, default_namespace);
     let mut rewritten = vec![None; chunks.len()];
     for (n, (i, _)) in docs.iter().enumerate() {
-        if let Some(doc) = run.document(n + 1) {
-            rewritten[*i] = yaml::to_yaml(&doc)
-                .map_err(|e| run.fail(n + 1, e.into()))
-                .ok();
+        let Some(doc) = run.document(n + 1) else {
+            continue;
+        };
+        match yaml::to_yaml(&doc) {
+            Ok(body) => rewritten[*i] = Some(body),
+            Err(e) => run.fail(n + 1, e.into()),
         }
     }
     let text = chunks

@@ -630,3 +630,16 @@ fn json_in_gives_json_out_in_the_input_key_order() {
     .unwrap();
     assert_eq!(yaml_flow.format, Format::Yaml);
 }
+
+#[test]
+fn a_document_that_cannot_be_written_back_is_printed_unchanged() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: t}\nextra: !Custom x\nspec: {containers: [{name: a, image: a}]}\n";
+    let out = inject_manifest(text, &InjectorConfig::default(), "default").unwrap();
+    assert_eq!(out.text, text);
+    assert_eq!(
+        out.reports.iter().map(|r| &r.outcome).collect::<Vec<_>>(),
+        [&Outcome::Failed(DocError::Emit(yaml::EmitError::Tag(
+            "!Custom".into()
+        )))]
+    );
+}

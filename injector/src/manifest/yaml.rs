@@ -71,7 +71,9 @@ fn reserved_word(s: &str) -> bool {
 /// A (signed) digit or dot followed only by characters that numbers,
 /// sexagesimals and timestamps are made of: quoted, because one of the
 /// readers may take it for a number or a date. `10m`, `50Mi` or `1 day`
-/// stay plain; `0.1.0` is quoted though every reader keeps it a string.
+/// stay plain. `0.1.0` and `127.0.0.1:7140` are quoted too: PyYAML and
+/// go-yaml keep them strings, but the YAML 1.1 spec's own float pattern
+/// (`[-+]?([0-9][0-9_]*)?\.[0-9.]*([eE][-+][0-9]+)?`) admits several dots.
 fn number_like(s: &str) -> bool {
     let t = s.strip_prefix(['+', '-']).unwrap_or(s);
     match t.chars().next() {
