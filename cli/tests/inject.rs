@@ -192,3 +192,22 @@ fn comments_and_key_order_are_kept_where_the_document_allows() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_document_that_is_not_yaml_is_reported_with_its_line_and_the_rest_injected() {
+    let input = format!("{DEPLOYMENT}---\nkind: [oops\n---\n{DEPLOYMENT}");
+    let out = inject(&input, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("document 2: (unreadable): error: not YAML this program can read (the document starts at line 10)"),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("---\nkind: [oops\n---\n"), "{stdout}");
+    assert_eq!(
+        stdout.matches("- name: trellis-proxy\n").count(),
+        2,
+        "{stdout}"
+    );
+}

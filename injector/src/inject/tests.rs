@@ -485,7 +485,7 @@ fn bad_documents_are_reported_with_the_document_named_and_the_rest_kept() {
     };
     let (doc, _, e) = failure("kind: Pod\napiVersion: v1\nspec: [1\n");
     assert_eq!(doc, 1);
-    assert!(matches!(e, DocError::Yaml(_)), "{e}");
+    assert!(matches!(e, DocError::Yaml { first_line: 1, .. }), "{e}");
     let (doc, object, e) = failure(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n",
     );

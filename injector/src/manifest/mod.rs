@@ -97,8 +97,10 @@ pub enum Unchanged {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocError {
-    #[error("not YAML this program can read: {0}")]
-    Yaml(String),
+    /// `first_line`: where the document starts in the file (the reason's
+    /// line numbers count from there).
+    #[error("not YAML this program can read (the document starts at line {first_line}): {reason}")]
+    Yaml { first_line: usize, reason: String },
     #[error("cannot be read as a Kubernetes object: {0}")]
     NotAnObject(String),
     #[error("has no {0}")]
@@ -234,7 +236,7 @@ fn yaml_manifest(
         .iter()
         .enumerate()
         .filter(|(_, c)| c.has_content())
-        .map(|(i, c)| (i, parse_yaml(c.text)))
+        .map(|(i, c)| (i, parse_yaml(c)))
         .filter(|(_, d)| !matches!(d, Ok(Yaml::Null)))
         .collect();
     if docs.is_empty() {
@@ -267,9 +269,13 @@ fn yaml_manifest(
     })
 }
 
-fn parse_yaml(text: &str) -> Result<Yaml, DocError> {
-    let mut v: Yaml = serde_yaml_ng::from_str(text).map_err(|e| DocError::Yaml(e.to_string()))?;
-    v.apply_merge().map_err(|e| DocError::Yaml(e.to_string()))?;
+fn parse_yaml(c: &split::Chunk<'_>) -> Result<Yaml, DocError> {
+    let err = |e: serde_yaml_ng::Error| DocError::Yaml {
+        first_line: c.first_line,
+        reason: e.to_string(),
+    };
+    let mut v: Yaml = serde_yaml_ng::from_str(c.text).map_err(err)?;
+    v.apply_merge().map_err(err)?;
     Ok(v)
 }
 

@@ -18,6 +18,8 @@ pub struct Chunk<'a> {
     pub text: &'a str,
     /// The `---` line that opens it, if any.
     pub marker: &'a str,
+    /// Its first line's number in the input, from 1.
+    pub first_line: usize,
 }
 
 impl<'a> Chunk<'a> {
@@ -95,32 +97,32 @@ pub fn yaml_chunks(text: &str) -> Vec<Chunk<'_>> {
     let mut start = 0;
     let mut marker_len = 0;
     let mut pos = 0;
+    let mut push = |start: usize, end: usize, marker_len: usize| {
+        chunks.push(Chunk {
+            text: &text[start..end],
+            marker: &text[start..start + marker_len],
+            first_line: text[..start].matches('\n').count() + 1,
+        });
+    };
     for line in text.split_inclusive('\n') {
         if is_start(line) {
             if pos > start {
-                chunks.push(chunk(text, start, pos, marker_len));
+                push(start, pos, marker_len);
             }
             start = pos;
             marker_len = line.len();
         }
         pos += line.len();
         if is_end(line) {
-            chunks.push(chunk(text, start, pos, marker_len));
+            push(start, pos, marker_len);
             start = pos;
             marker_len = 0;
         }
     }
     if pos > start {
-        chunks.push(chunk(text, start, pos, marker_len));
+        push(start, pos, marker_len);
     }
     chunks
-}
-
-fn chunk(text: &str, start: usize, end: usize, marker_len: usize) -> Chunk<'_> {
-    Chunk {
-        text: &text[start..end],
-        marker: &text[start..start + marker_len],
-    }
 }
 
 /// The documents of a stream of JSON values (what `kubectl` reads as

@@ -445,6 +445,11 @@ fn documents_split_where_yaml_says_and_concatenate_back() {
             "{text:?}"
         );
     }
+    let starts: Vec<usize> = split::yaml_chunks("a: 1\n---\nb: 2\nc: 3\n...\nd: 4\n")
+        .iter()
+        .map(|c| c.first_line)
+        .collect();
+    assert_eq!(starts, [1, 2, 6]);
     let c = &split::yaml_chunks("---\n# head\n\na: 1\n  # inner\nb: 2\n# tail\n\n")[0];
     assert_eq!(c.leading_comments(), "# head\n\n");
     assert_eq!(c.trailing_comments(), "# tail\n\n");
