@@ -18,6 +18,8 @@
 #   openssl           inspecting certificates in tests
 #   python3-grpcio    a real gRPC server and client (scripts/grpc_echo.py)
 #   python3-websockets  a WebSocket client independent of the Rust one
+#   python3-yaml      PyYAML, a YAML 1.1 reader like Kubernetes': tests read
+#                     `trellis inject` output back with it (strings stay strings)
 #
 # Python: Debian's python3-grpcio (1.51) and python3-websockets are built for
 # Debian's interpreter, /usr/bin/python3 (3.11). On machines where `python3`
@@ -47,6 +49,7 @@ packages=(
   python3
   python3-grpcio
   python3-websockets
+  python3-yaml
 )
 
 installed() {
@@ -109,6 +112,7 @@ check promtool promtool --version
 check openssl openssl version
 check python3-grpcio "$TRELLIS_PYTHON" -c 'import grpc, sys; print("grpc", grpc.__version__, "on python", sys.version.split()[0], "at", sys.executable)'
 check python3-websockets "$TRELLIS_PYTHON" -c 'import websockets; print("websockets", websockets.__version__)'
+check python3-yaml "$TRELLIS_PYTHON" -c 'import yaml; print("PyYAML", yaml.__version__)'
 
 # Rust: present, never installed from here.
 cargo_bin=$(command -v cargo || true)

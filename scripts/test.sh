@@ -40,8 +40,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "checking the Helm chart and what the injector writes against the Kubernetes schema"
 # Every injected pod of the injector's golden cases, and what `trellis
-# inject` prints for each manifest case (every workload kind), validated in
-# strict mode beside the chart's own manifests.
+# inject` prints for each manifest case (every workload kind, the YAML 1.1
+# traps, JSON in), validated in strict mode beside the chart's own
+# manifests (read by PyYAML, a YAML 1.1 reader as Kubernetes' is).
 injected_dir="$(mktemp -d)"
 trap 'rm -rf "$injected_dir"' EXIT
 for case in injector/testdata/inject/*/; do
@@ -50,6 +51,9 @@ for case in injector/testdata/inject/*/; do
     cp "$case/injected.yaml" "$injected_dir/pod-$name.yaml"
   elif [ -f "$case/expected.yaml" ]; then
     "$CARGO_TARGET_DIR/debug/trellis" inject -f "$case/input.yaml" >"$injected_dir/manifest-$name.yaml"
+  elif [ -f "$case/input.json" ]; then
+    # JSON in, JSON out (one JSON document: valid YAML for the validator).
+    "$CARGO_TARGET_DIR/debug/trellis" inject -f "$case/input.json" >"$injected_dir/manifest-$name.yaml"
   fi
 done
 bash scripts/check-chart.sh --validate-dir "$injected_dir"

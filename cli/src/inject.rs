@@ -1,7 +1,7 @@
 //! `trellis inject -f FILE|-`: prints a manifest with every pod template
 //! injected, by the webhook's own logic (`trellis_injector::manifest`).
-//! What was injected or skipped, and why, goes to stderr, so stdout can be
-//! piped to `kubectl apply -f -`.
+//! What was injected, skipped or passed through, and why, goes to stderr,
+//! one line per object, so stdout can be piped to `kubectl apply -f -`.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use trellis_injector::InjectorConfig;
 
 #[derive(Args, Debug)]
 pub struct InjectArgs {
-    /// The manifest: a file, or `-` for stdin. Multi-document YAML.
+    /// The manifest: a file, or `-` for stdin. Multi-document YAML, or JSON.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     file: PathBuf,
     /// The injector's configuration (the chart's `trellis-injector-config`
@@ -23,7 +23,11 @@ pub struct InjectArgs {
     /// Namespace of objects that name none.
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
-    /// Fail (exit 1) when any pod template was left alone.
+    /// Exit 1 when any pod template is left without a proxy: skipped by the
+    /// injector (opted out, host network, ...), or in an object that holds
+    /// pods but is not a kind trellis inject knows. A template that already
+    /// has the proxy counts as done, so re-running on injected output
+    /// passes.
     #[arg(long)]
     strict: bool,
 }
@@ -50,21 +54,18 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     let out = inject_manifest(&text, &cfg, &args.namespace)
         .with_context(|| format!("injecting {}", args.file.display()))?;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.yaml.as_bytes())?;
+    stdout.write_all(out.text.as_bytes())?;
     stdout.flush()?;
-    let mut skipped = 0;
-    for r in &out.results {
+    for r in &out.reports {
         eprintln!("{r}");
-        skipped += usize::from(r.skipped.is_some());
     }
-    if out.results.is_empty() {
-        eprintln!(
-            "no pod templates in {}: printed unchanged",
-            args.file.display()
-        );
+    let failed = out.failed();
+    if failed > 0 {
+        bail!("{failed} document(s) could not be processed (printed unchanged; see above)");
     }
-    if args.strict && skipped > 0 {
-        bail!("{skipped} pod template(s) were not injected");
+    let left = out.left_alone();
+    if args.strict && left > 0 {
+        bail!("--strict: {left} pod template(s) were not injected (see above)");
     }
     Ok(())
 }

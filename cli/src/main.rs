@@ -30,6 +30,28 @@ enum Command {
     /// Start a built-in local mesh, send traffic through it, show golden metrics.
     Demo(demo::DemoArgs),
     /// Print a manifest with the Trellis proxy injected into every pod template.
+    ///
+    /// Injected: v1 Pods, apps/v1 Deployments, StatefulSets, DaemonSets and
+    /// ReplicaSets, batch/v1 Jobs and CronJobs, and v1 Lists of them. Every
+    /// other document (a Service, an Argo Rollout, a ReplicationController, a
+    /// Pod without apiVersion, ...) is printed unchanged, and stderr says which
+    /// document it was, its kind and name, and why it was not injected.
+    ///
+    /// Output: YAML in gives YAML out; JSON in (one or more JSON objects) gives
+    /// pretty-printed JSON out, keys in the input's order. A document that is
+    /// not injected is printed exactly as written, comments included. An
+    /// injected document keeps its key order (added fields come after the
+    /// existing ones) and the comment lines above and below it, but loses the
+    /// comments inside it and its anchors; its strings are quoted wherever
+    /// Kubernetes' YAML 1.1 reader would otherwise read them as booleans,
+    /// numbers or null ("on", "yes", "0x1F", "1_000", ...).
+    ///
+    /// Exit status: 0 when every document was processed (injected, skipped by
+    /// the injector's rules, or passed through); 1 when a document could not be
+    /// read or injected (for instance a Deployment without spec.template):
+    /// that document is reported and printed unchanged, and every other
+    /// document is still injected and printed. With --strict, also 1 when a
+    /// pod template was left without a proxy (see --strict).
     Inject(inject::InjectArgs),
     /// Small programs that run inside pods of the local mesh (demo and tests).
     #[command(subcommand)]

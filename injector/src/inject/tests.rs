@@ -3,7 +3,9 @@
 //! injector must produce: `expected.json` (the patch, or the reason a pod
 //! is left alone) and `injected.yaml` (the pod with the patch applied,
 //! which `scripts/check-chart.sh` validates against the Kubernetes schema),
-//! or `expected.yaml` for manifests run through `trellis inject`'s logic.
+//! or `expected.yaml` for manifests run through `trellis inject`'s logic
+//! (its first lines: what stderr reports), or, for `input.json`,
+//! `expected.json`: `trellis inject`'s JSON output as printed.
 //!
 //! `TRELLIS_BLESS=1 cargo test -p trellis-injector golden` rewrites them;
 //! review the diff. The other tests check properties of the same outputs,
@@ -24,7 +26,7 @@ fn cases() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("input.yaml").exists())
+        .filter(|p| p.join("input.yaml").exists() || p.join("input.json").exists())
         .collect();
     dirs.sort();
     assert!(
@@ -58,7 +60,7 @@ struct PodCase {
 }
 
 fn pod_case(dir: &Path) -> Option<PodCase> {
-    let docs = docs(&std::fs::read_to_string(dir.join("input.yaml")).unwrap());
+    let docs = docs(&std::fs::read_to_string(dir.join("input.yaml")).ok()?);
     let (nss, rest): (Vec<_>, Vec<_>) = docs.into_iter().partition(|d| d["kind"] == "Namespace");
     if rest.len() != 1 || rest[0]["kind"] != "Pod" {
         return None;
@@ -131,11 +133,20 @@ fn golden() {
                     &(serde_json::to_string_pretty(&expected).unwrap() + "\n"),
                 );
             }
+            None if dir.join("input.json").exists() => {
+                // JSON in, JSON out: the output file is the output as is.
+                let input = std::fs::read_to_string(dir.join("input.json")).unwrap();
+                let out = inject_manifest(&input, &cfg, "default").unwrap();
+                assert_eq!(out.format, crate::manifest::Format::Json);
+                assert_eq!(out.failed(), 0, "{:?}", out.reports);
+                check_golden(&dir.join("expected.json"), &out.text);
+            }
             None => {
                 let input = std::fs::read_to_string(dir.join("input.yaml")).unwrap();
                 let out = inject_manifest(&input, &cfg, "default").unwrap();
-                let results: Vec<String> = out.results.iter().map(|r| r.to_string()).collect();
-                let text = format!("# {}\n{}", results.join("\n# "), out.yaml);
+                assert_eq!(out.failed(), 0, "{:?}", out.reports);
+                let reports: Vec<String> = out.reports.iter().map(|r| r.to_string()).collect();
+                let text = format!("# {}\n{}", reports.join("\n# "), out.text);
                 check_golden(&dir.join("expected.yaml"), &text);
             }
         }
@@ -409,9 +420,13 @@ fn manifests_inject_every_workload_kind_and_keep_the_rest() {
     let input = std::fs::read_to_string(dir.join("input.yaml")).unwrap();
     let out = inject_manifest(&input, &InjectorConfig::default(), "default").unwrap();
     let summary: Vec<(String, Option<&str>)> = out
-        .results
+        .reports
         .iter()
-        .map(|r| (r.object.clone(), r.skipped.as_ref().map(SkipReason::label)))
+        .filter_map(|r| match &r.outcome {
+            crate::manifest::Outcome::Injected => Some((r.object.clone(), None)),
+            crate::manifest::Outcome::Skipped(s) => Some((r.object.clone(), Some(s.label()))),
+            _ => None,
+        })
         .collect();
     let expect = |o: &str, s: Option<&'static str>| (o.to_string(), s);
     assert_eq!(
@@ -427,7 +442,7 @@ fn manifests_inject_every_workload_kind_and_keep_the_rest() {
             expect("replicaset/legacy-rs", None),
         ]
     );
-    let docs = docs(&out.yaml);
+    let docs = docs(&out.text);
     assert_eq!(docs.len(), 10, "every document is kept");
     assert_eq!(docs[0]["kind"], "Namespace");
     assert_eq!(docs[8]["kind"], "Service");
@@ -448,35 +463,37 @@ fn manifests_inject_every_workload_kind_and_keep_the_rest() {
 }
 
 #[test]
-fn bad_manifests_are_refused_with_the_document_named() {
+fn bad_documents_are_reported_with_the_document_named_and_the_rest_kept() {
+    use crate::manifest::{DocError, Outcome};
     let cfg = InjectorConfig::default();
     assert_eq!(
         inject_manifest("", &cfg, "default"),
         Err(crate::manifest::ManifestError::Empty)
     );
-    let err =
-        inject_manifest("kind: Pod\napiVersion: v1\nspec: [1\n", &cfg, "default").unwrap_err();
-    assert!(err.to_string().starts_with("document 1"), "{err}");
-    let err = inject_manifest(
+    let failure = |text: &str| -> (usize, String, DocError) {
+        let out = inject_manifest(text, &cfg, "default").unwrap();
+        let failed: Vec<_> = out
+            .reports
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed(e) => Some((r.doc, r.object.clone(), e.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1, "{:?}", out.reports);
+        failed[0].clone()
+    };
+    let (doc, _, e) = failure("kind: Pod\napiVersion: v1\nspec: [1\n");
+    assert_eq!(doc, 1);
+    assert!(matches!(e, DocError::Yaml { first_line: 1, .. }), "{e}");
+    let (doc, object, e) = failure(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n",
-        &cfg,
-        "default",
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("document 2 (deployment/d)"),
-        "{err}"
     );
-    let err = inject_manifest(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: 3}\n",
-        &cfg,
-        "default",
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("not a valid pod template"),
-        "{err}"
-    );
+    assert_eq!((doc, object.as_str()), (2, "deployment/d"));
+    assert_eq!(e, DocError::NoTemplate("spec.template".into()));
+    let (_, _, e) =
+        failure("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: 3}\n");
+    assert!(matches!(e, DocError::InvalidTemplate(_)), "{e}");
 }
 
 #[test]
