@@ -3,8 +3,9 @@
 //! What was injected or skipped, and why, goes to stderr, so stdout can be
 //! piped to `kubectl apply -f -`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::PathBuf;
+use trellis_core::errln;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -49,16 +50,19 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     };
     let out = inject_manifest(&text, &cfg, &args.namespace)
         .with_context(|| format!("injecting {}", args.file.display()))?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.yaml.as_bytes())?;
-    stdout.flush()?;
+    match trellis_core::stdio::write_out(format_args!("{}", out.yaml)) {
+        Ok(()) => {}
+        // The reader is gone (`| head`): nothing more to print to.
+        Err(e) if trellis_core::stdio::is_broken_pipe(&e) => return Ok(()),
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the manifest to stdout")),
+    }
     let mut skipped = 0;
     for r in &out.results {
-        eprintln!("{r}");
+        errln!("{r}");
         skipped += usize::from(r.skipped.is_some());
     }
     if out.results.is_empty() {
-        eprintln!(
+        errln!(
             "no pod templates in {}: printed unchanged",
             args.file.display()
         );

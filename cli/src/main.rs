@@ -7,12 +7,17 @@
 //!   pods: HTTP echo servers, a server-speaks-first TCP service, a load
 //!   generator ([`app`]).
 
+// `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
+// same Ctrl-C): print through trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod app;
 mod demo;
 mod inject;
 mod mesh;
 
 use std::process::ExitCode;
+use trellis_core::errln;
 
 use clap::{Parser, Subcommand};
 
@@ -47,8 +52,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trellis: {e:#}");
-            ExitCode::FAILURE
+            errln!("trellis: {e:#}");
+            if e.chain().any(|c| c.is::<mesh::Interrupted>()) {
+                ExitCode::from(mesh::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ mod tests;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
+use trellis_core::outln;
 
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
@@ -64,7 +65,8 @@ pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cmd {
             AppCommand::Http(args) => {
-                let opts = http::HttpOpts::new(args.name, args.fail_rate)?.with_latency(args.latency);
+                let opts =
+                    http::HttpOpts::new(args.name, args.fail_rate)?.with_latency(args.latency);
                 let listener = bind(args.listen).await?;
                 until_signal(|sd| http::serve(listener, opts, sd)).await
             }
@@ -80,12 +82,12 @@ pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
             AppCommand::Load(args) => {
                 let plan = load::LoadPlan::from_args(&args)?;
                 let summary = until_signal(|sd| load::run(plan, sd)).await?;
-                println!("{}", serde_json::to_string(&summary)?);
+                outln!("{}", serde_json::to_string(&summary)?);
                 Ok(())
             }
             AppCommand::BannerClient(args) => {
                 let result = tcp::banner_client(&args.opts()).await;
-                println!("{}", serde_json::to_string(&result)?);
+                outln!("{}", serde_json::to_string(&result)?);
                 match result.error {
                     None => Ok(()),
                     Some(e) => Err(anyhow::anyhow!("banner-client: {e}")),

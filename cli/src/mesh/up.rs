@@ -139,7 +139,13 @@ pub(crate) fn up(
     state.trellis_bin = Some(bins.trellis.clone());
     let mut store = Store::create(state)?;
     progress.step(&format!("state in {}", store.dir().display()));
-    match make(&mut store, &bins, iptables_mode, opts, interrupt, progress) {
+    // A signal that came after the last step is still a Ctrl-C during `up`;
+    // a panic is a bug, but still no reason to leave the mesh behind.
+    let made = super::no_panic("up", || {
+        make(&mut store, &bins, iptables_mode, opts, interrupt, progress)
+    })
+    .and_then(|()| interrupted(interrupt));
+    match made {
         Ok(()) => {
             store.update(|s| s.phase = Phase::Ready)?;
             Ok(store)
@@ -191,10 +197,7 @@ fn preflight(plan: &Plan, meshed: bool) -> anyhow::Result<&'static str> {
 }
 
 pub(super) fn interrupted(interrupt: &Interrupt) -> anyhow::Result<()> {
-    if interrupt.is_set() {
-        bail!("interrupted");
-    }
-    Ok(())
+    Ok(interrupt.check()?)
 }
 
 fn make(
