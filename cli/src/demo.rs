@@ -18,10 +18,10 @@ use std::io::{IsTerminal, Read as _};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use trellis_core::{errln, out};
 
 use anyhow::{bail, Context};
 use trellis_core::config::parse_duration;
+use trellis_core::{errln, out};
 
 use crate::mesh::golden::{self, Counters};
 use crate::mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};

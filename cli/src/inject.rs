@@ -5,10 +5,10 @@
 
 use std::io::Read as _;
 use std::path::PathBuf;
-use trellis_core::errln;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use trellis_core::errln;
 use trellis_injector::manifest::inject_manifest;
 use trellis_injector::InjectorConfig;
 

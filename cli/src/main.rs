@@ -17,9 +17,9 @@ mod inject;
 mod mesh;
 
 use std::process::ExitCode;
-use trellis_core::errln;
 
 use clap::{Parser, Subcommand};
+use trellis_core::errln;
 
 #[derive(Parser, Debug)]
 #[command(name = "trellis", version, about = "Trellis service mesh command line")]

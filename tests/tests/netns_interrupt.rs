@@ -424,6 +424,12 @@ fn netns_interrupt_up_early_never_leaves_half_a_mesh() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Whether the `demo` mesh on this host is this pipeline's (and not, say,
+/// another user's `trellis demo`).
+fn ours(demo: &Pipeline) -> bool {
+    read_state("demo").is_some_and(|s| s["upPid"] == demo.trellis.id())
+}
+
 /// `trellis demo 2>&1 | tee`, Ctrl-C while the mesh comes up, then while
 /// traffic runs: no panic, nothing left.
 #[test]
@@ -438,7 +444,9 @@ fn netns_interrupt_demo_removes_everything_on_closed_pipes() {
 
     // 1. While the mesh comes up.
     let demo = Pipeline::start(&args, &dir.join("demo-up.log"), false);
-    let up = eventually(UP_LIMIT, || !netns_with_prefix("trls-demo-").is_empty());
+    let up = eventually(UP_LIMIT, || {
+        ours(&demo) && !netns_with_prefix("trls-demo-").is_empty()
+    });
     assert!(up, "the demo made no namespace:\n{}", demo.log());
     let made = Made::read("demo");
     demo.signal_group(Signal::SIGINT);
@@ -453,7 +461,8 @@ fn netns_interrupt_demo_removes_everything_on_closed_pipes() {
     // 2. While traffic runs and the table refreshes.
     let demo = Pipeline::start(&args, &dir.join("demo-traffic.log"), false);
     let running = eventually(UP_LIMIT, || {
-        read_state("demo").is_some_and(|s| s["phase"] == "ready")
+        ours(&demo)
+            && read_state("demo").is_some_and(|s| s["phase"] == "ready")
             && demo.log().contains("inbound golden metrics")
     });
     assert!(running, "the demo never showed its table:\n{}", demo.log());

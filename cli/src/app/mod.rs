@@ -28,11 +28,11 @@ mod tests;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use trellis_core::outln;
 
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use trellis_core::outln;
 use trellis_core::shutdown::Shutdown;
 
 /// How long servers let in-flight connections finish after a signal.

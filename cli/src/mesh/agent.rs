@@ -10,9 +10,9 @@
 //! pods `apply` adds are refreshed too.
 
 use std::time::{Duration, Instant};
-use trellis_core::errln;
 
 use anyhow::Context;
+use trellis_core::errln;
 
 use super::files;
 use super::identity::TOKEN_LIFETIME;

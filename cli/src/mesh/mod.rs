@@ -63,9 +63,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use trellis_core::{errln, out, outln};
 
 use anyhow::{bail, Context};
+use trellis_core::{errln, out, outln};
 
 pub(crate) use interrupt::{Interrupt, Interrupted, EXIT_INTERRUPTED};
 pub(crate) use plan::PodPlan;

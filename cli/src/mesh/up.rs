@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::interrupt::Interrupt;
+use super::interrupt::{Interrupt, Interrupted};
 use super::plan::{self, Plan, PodPlan};
 use super::ready::{indent, wait_identity, wait_ready, Check, Started};
 use super::spec::Checked;
@@ -134,6 +134,8 @@ pub(crate) fn up(
         .into());
     }
     let iptables_mode = preflight(&plan, meshed)?;
+    // Nothing is made yet: a Ctrl-C so far just stops.
+    interrupted(interrupt)?;
     let mut state = State::new(plan, opts.source.clone(), bins.proxy.clone());
     state.identity_bin = bins.identity.clone();
     state.trellis_bin = Some(bins.trellis.clone());
@@ -151,6 +153,13 @@ pub(crate) fn up(
             Ok(store)
         }
         Err(e) => {
+            // After a signal, whatever failed (a command the signal reached
+            // as it was being started, say) is part of the interruption.
+            let e = if interrupt.is_set() && !e.is::<Interrupted>() {
+                e.context(Interrupted)
+            } else {
+                e
+            };
             progress.step("up failed (the error follows); removing what was made");
             let mesh = store.state.mesh.clone();
             match down::teardown(store, progress) {
