@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use trellis_core::config::parse_duration;
+use trellis_core::{errln, out};
 
 use crate::mesh::golden::{self, Counters};
 use crate::mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
@@ -54,18 +55,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be more than 0");
     }
-    let interrupt = Interrupt::install()?;
+    let interrupt = Interrupt::install(crate::mesh::UNDO)?;
     let checked = spec::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
     let opts = UpOptions {
         timeout: args.timeout,
         source: "trellis demo (examples/demo.yaml)".into(),
     };
     let mesh = Mesh::up(&checked, &opts, &interrupt)?;
-    let shown = drive(&mesh, &args, &interrupt);
+    let shown = crate::mesh::no_panic("the demo", || drive(&mesh, &args, &interrupt));
     let removed = mesh.down();
     match (shown, removed) {
         (Ok(()), Ok(())) => {
-            eprintln!("demo over; everything it made is removed");
+            errln!("demo over; everything it made is removed");
             Ok(())
         }
         (Err(e), Ok(())) => Err(e),
@@ -307,7 +308,7 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
     let start = Instant::now();
     let end = args.duration.map(|d| start + d);
     let mut previous: Option<(Scrape, Instant)> = None;
-    eprintln!(
+    errln!(
         "mesh {} is up; sending traffic from {} ({})",
         mesh.name(),
         client.qualified_name(),
@@ -379,7 +380,7 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
         if !tty {
             screen.push('\n');
         }
-        print!("{screen}");
+        out!("{screen}");
         previous = Some((scraped, now));
         if end.is_some_and(|e| Instant::now() >= e) {
             break;

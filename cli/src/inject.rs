@@ -3,11 +3,12 @@
 //! What was injected, skipped or passed through, and why, goes to stderr,
 //! one line per object, so stdout can be piped to `kubectl apply -f -`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use trellis_core::errln;
 use trellis_injector::manifest::inject_manifest;
 use trellis_injector::InjectorConfig;
 
@@ -53,11 +54,14 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     };
     let out = inject_manifest(&text, &cfg, &args.namespace)
         .with_context(|| format!("injecting {}", args.file.display()))?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.text.as_bytes())?;
-    stdout.flush()?;
+    match trellis_core::stdio::write_out(format_args!("{}", out.text)) {
+        Ok(()) => {}
+        // The reader is gone (`| head`): nothing more to print to.
+        Err(e) if trellis_core::stdio::is_broken_pipe(&e) => return Ok(()),
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the manifest to stdout")),
+    }
     for r in &out.reports {
-        eprintln!("{r}");
+        errln!("{r}");
     }
     let failed = out.failed();
     if failed > 0 {

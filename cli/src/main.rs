@@ -7,6 +7,10 @@
 //!   pods: HTTP echo servers, a server-speaks-first TCP service, a load
 //!   generator ([`app`]).
 
+// `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
+// same Ctrl-C): print through trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod app;
 mod demo;
 mod inject;
@@ -15,6 +19,7 @@ mod mesh;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use trellis_core::errln;
 
 #[derive(Parser, Debug)]
 #[command(name = "trellis", version, about = "Trellis service mesh command line")]
@@ -69,8 +74,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trellis: {e:#}");
-            ExitCode::FAILURE
+            errln!("trellis: {e:#}");
+            if e.chain().any(|c| c.is::<mesh::Interrupted>()) {
+                ExitCode::from(mesh::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ pub fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Crd => {
             let yaml = crate::crd::crd_yaml().map_err(|e| e.to_string())?;
-            print!("{yaml}");
+            trellis_core::out!("{yaml}");
         }
     }
     Ok(())

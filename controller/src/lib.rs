@@ -36,6 +36,10 @@
 //! proxies verifying the controller's SPIFFE ID, as they do the identity
 //! service's) is the follow-up.
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cli;
 pub mod config;
 pub mod crd;

@@ -2,6 +2,10 @@
 //! configured by `TRELLIS_CONTROLLER_*` variables, listed by `--help`), or
 //! print the AuthorizationPolicy CRD (`crd`).
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use trellis_controller::cli::Cli;

@@ -10,10 +10,16 @@
 //!   command line, logging, runtime, signals, drain, exit code.
 //! - [`shutdown`]: the one drain mechanism for listeners and tasks.
 //! - [`spiffe`]: workload identity names (SPIFFE IDs).
+//! - [`stdio`]: stdout and stderr that a closed pipe cannot panic
+//!   (`out!`, `outln!`, `errln!`), and a lossy log writer.
 //! - [`telemetry`]: tracing setup, process metrics, the metrics registry.
 //! - [`tls`]: mutual TLS between sidecars, authenticated by SPIFFE identity.
 //! - `test_support` (feature `test-support`, for dev-dependencies):
 //!   temporary directories, bounded polling, a plain HTTP GET.
+
+// `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
+// same Ctrl-C): print through trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod addr;
 pub mod admin;
@@ -22,6 +28,7 @@ pub mod policy;
 pub mod service;
 pub mod shutdown;
 pub mod spiffe;
+pub mod stdio;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;

@@ -76,7 +76,7 @@ pub fn parse_args<C: clap::Parser>() -> Result<C, ExitCode> {
 
 /// Reports every bad variable on stderr: exit 64.
 pub fn config_error(name: &str, errors: &ConfigErrors) -> ExitCode {
-    eprint!("{name}: {errors}");
+    let _ = crate::stdio::write_err(format_args!("{name}: {errors}"));
     ExitCode::from(EXIT_CONFIG)
 }
 
@@ -86,7 +86,7 @@ pub fn exit_code(name: &str, result: Result<(), impl fmt::Display>) -> ExitCode 
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            crate::errln!("{name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -114,7 +114,7 @@ where
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{name}: starting the runtime: {e}");
+            crate::errln!("{name}: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -162,7 +162,7 @@ where
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "{what} failed");
-            eprintln!("{name}: {e}");
+            crate::errln!("{name}: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {

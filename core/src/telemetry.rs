@@ -45,7 +45,9 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Installs the global tracing subscriber, writing to stderr.
+/// Installs the global tracing subscriber, writing to stderr; a closed
+/// stderr drops log lines (see [`crate::stdio::Lossy`]) instead of
+/// panicking.
 pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -53,7 +55,7 @@ pub fn init_logging(filter: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(crate::stdio::lossy_stderr);
     // A second init (tests starting several components) keeps the first.
     let _ = match format {
         LogFormat::Plain => builder.try_init(),

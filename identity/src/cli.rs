@@ -78,7 +78,7 @@ pub fn run(command: Command) -> Result<(), String> {
             let bundle = crate::bootstrap(&trust_domain, root_lifetime, issuer_lifetime)
                 .map_err(|e| e.to_string())?;
             crate::ca::write_bundle(&out, &bundle, force).map_err(|e| e.to_string())?;
-            eprintln!(
+            trellis_core::errln!(
                 "wrote roots.pem, issuer.crt, issuer.key in {}",
                 out.display()
             );
@@ -86,7 +86,7 @@ pub fn run(command: Command) -> Result<(), String> {
         Command::TokenKey { out, force } => {
             crate::token::write_token_key(&out, DEFAULT_TOKEN_ISSUER, force)
                 .map_err(|e| e.to_string())?;
-            eprintln!("wrote token.key, jwks.json in {}", out.display());
+            trellis_core::errln!("wrote token.key, jwks.json in {}", out.display());
         }
         Command::Token {
             key,
@@ -103,7 +103,7 @@ pub fn run(command: Command) -> Result<(), String> {
             let token = signer
                 .sign(&namespace, &service_account, &pod, &audience, lifetime)
                 .map_err(|e| e.to_string())?;
-            println!("{token}");
+            trellis_core::outln!("{token}");
         }
     }
     Ok(())

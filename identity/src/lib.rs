@@ -19,6 +19,10 @@
 //! - [`config`], [`metrics`], the admin server, and [`cli`] (the
 //!   binary's subcommands).
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod admin;
 pub mod ca;
 pub mod cli;

@@ -3,6 +3,10 @@
 //! material: `bootstrap` (a root and issuer), `token-key` and `token` (the
 //! local mesh's stand-in for the API server's token signer).
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use trellis_core::config::EnvSource;

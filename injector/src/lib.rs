@@ -1,6 +1,10 @@
 //! Trellis injection: the pure decision and patch ([`inject`]), shared by
 //! the admission webhook ([`webhook`]) and `trellis inject` ([`manifest`]).
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod config;
 pub mod inject;
 pub mod manifest;

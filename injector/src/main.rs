@@ -2,6 +2,10 @@
 //! proxy to pods (no subcommand; configured by `TRELLIS_INJECTOR_*`
 //! variables, listed by `--help`).
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

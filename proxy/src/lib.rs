@@ -13,6 +13,10 @@
 //! [`Proxy::run`] serves until the [`Shutdown`] begins, then stops accepting
 //! and lets connections finish.
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod admin;
 pub mod body;
 pub mod config;

@@ -1,12 +1,17 @@
 //! `trellis-proxy` — run the sidecar (no arguments), or `trellis-proxy init`
 //! to install the pod's traffic-capture rules (the init container).
 
+// `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
+// same Ctrl-C): print through trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use trellis_core::config::{env_help, EnvSource};
 use trellis_core::service::{self, EXIT_CONFIG};
 use trellis_core::shutdown::{self, Shutdown};
+use trellis_core::{errln, stdio};
 use trellis_proxy::config::{Config, VARIABLES};
 use trellis_proxy::orig_dst::SoOriginalDst;
 use trellis_proxy::Proxy;
@@ -17,11 +22,15 @@ fn main() -> ExitCode {
         Some("init") => return init(),
         Some("-h" | "--help") => return help(),
         Some("-V" | "--version") => {
-            println!("trellis-proxy {}", env!("CARGO_PKG_VERSION"));
+            // A closed stdout (`| true`) ends the output, as clap does.
+            let _ = stdio::write_out(format_args!(
+                "trellis-proxy {}\n",
+                env!("CARGO_PKG_VERSION")
+            ));
             return ExitCode::SUCCESS;
         }
         Some(other) => {
-            eprintln!("trellis-proxy: unknown argument {other:?} (try --help)");
+            errln!("trellis-proxy: unknown argument {other:?} (try --help)");
             return ExitCode::from(EXIT_CONFIG);
         }
         None => {}
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
     let runtime = match builder.thread_name("trellis-proxy").enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("trellis-proxy: starting the runtime: {e}");
+            errln!("trellis-proxy: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -56,7 +65,7 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
-            eprintln!("trellis-proxy: {e}");
+            errln!("trellis-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -100,22 +109,22 @@ fn init() -> ExitCode {
     match trellis_proxy::init::run(&cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trellis-proxy init: {e}");
+            errln!("trellis-proxy init: {e}");
             ExitCode::from(e.exit_code())
         }
     }
 }
 
+/// `--help`: exits 0, like clap's `--help`, also when stdout is a closed
+/// pipe (`trellis-proxy --help | true`), which ends the output.
 fn help() -> ExitCode {
-    println!(
-        "trellis-proxy {}: the Trellis sidecar proxy\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    println!("USAGE:\n  trellis-proxy            run the proxy (configured by environment)");
-    println!("  trellis-proxy init ...   install the pod's capture rules (see `trellis-proxy init --help`)\n");
-    print!(
-        "{}",
+    let _ = stdio::write_out(format_args!(
+        "trellis-proxy {}: the Trellis sidecar proxy\n\n\
+         USAGE:\n  trellis-proxy            run the proxy (configured by environment)\n  \
+         trellis-proxy init ...   install the pod's capture rules (see `trellis-proxy init --help`)\n\n\
+         {}",
+        env!("CARGO_PKG_VERSION"),
         env_help("ENVIRONMENT (name, default, meaning):", VARIABLES)
-    );
+    ));
     ExitCode::SUCCESS
 }

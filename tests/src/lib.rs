@@ -275,7 +275,7 @@ pub fn trellis(args: &[&str]) -> Output {
 }
 
 /// `trellis ARGS…`, told where this build's proxy and identity service are.
-fn trellis_command(args: &[&str]) -> Command {
+pub fn trellis_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("trellis"));
     cmd.args(args)
         .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))

@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use trellis_core::outln;
 use trellis_core::shutdown::Shutdown;
 
 /// How long servers let in-flight connections finish after a signal.
@@ -81,12 +82,12 @@ pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
             AppCommand::Load(args) => {
                 let plan = load::LoadPlan::from_args(&args)?;
                 let summary = until_signal(|sd| load::run(plan, sd)).await?;
-                println!("{}", serde_json::to_string(&summary)?);
+                outln!("{}", serde_json::to_string(&summary)?);
                 Ok(())
             }
             AppCommand::BannerClient(args) => {
                 let result = tcp::banner_client(&args.opts()).await;
-                println!("{}", serde_json::to_string(&result)?);
+                outln!("{}", serde_json::to_string(&result)?);
                 match result.error {
                     None => Ok(()),
                     Some(e) => Err(anyhow::anyhow!("banner-client: {e}")),

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use trellis_core::errln;
 
 use super::files;
 use super::identity::TOKEN_LIFETIME;
@@ -30,7 +31,7 @@ pub(crate) fn run(mesh: &str) -> anyhow::Result<()> {
         .as_ref()
         .context("this mesh has no meshed pods, so no tokens to refresh")?;
     let signer = files::load_signer(&id.files)?;
-    eprintln!(
+    errln!(
         "node agent of mesh {mesh}: refreshing {} pod token(s) every {REFRESH_EVERY:?}",
         plan.pods.iter().filter(|p| p.meshed).count()
     );
@@ -38,7 +39,7 @@ pub(crate) fn run(mesh: &str) -> anyhow::Result<()> {
     loop {
         std::thread::sleep(CHECK_EVERY);
         if !state::mesh_dir(mesh).exists() {
-            eprintln!("the mesh's state directory is gone; exiting");
+            errln!("the mesh's state directory is gone; exiting");
             return Ok(());
         }
         if Instant::now() < next {
@@ -47,16 +48,16 @@ pub(crate) fn run(mesh: &str) -> anyhow::Result<()> {
         next = Instant::now() + REFRESH_EVERY;
         match Store::open(mesh) {
             Ok(s) => plan = s.state.plan,
-            Err(e) => eprintln!("rereading the mesh's state (keeping the last plan): {e}"),
+            Err(e) => errln!("rereading the mesh's state (keeping the last plan): {e}"),
         }
         let mut failed = 0;
         for pod in plan.pods.iter().filter(|p| p.meshed) {
             let written = files::pod_files(pod).and_then(|f| files::write_token(pod, f, &signer));
             if let Err(e) = written {
                 failed += 1;
-                eprintln!("refreshing the token of {}: {e:#}", pod.qualified_name());
+                errln!("refreshing the token of {}: {e:#}", pod.qualified_name());
             }
         }
-        eprintln!("tokens refreshed ({failed} failed)");
+        errln!("tokens refreshed ({failed} failed)");
     }
 }

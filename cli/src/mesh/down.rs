@@ -21,6 +21,11 @@ const POLL: Duration = Duration::from_millis(50);
 /// Removes the mesh `store` describes. On partial failure the state keeps
 /// only what is left, so running `down` again retries exactly that.
 pub(crate) fn teardown(mut store: Store, progress: &Progress) -> anyhow::Result<()> {
+    if store.state.phase == Phase::Deleting {
+        progress.step(
+            "an earlier `down` did not finish (abandoned, or failed); finishing its teardown",
+        );
+    }
     store.update(|s| s.phase = Phase::Deleting)?;
     let mesh = store.state.mesh.clone();
 

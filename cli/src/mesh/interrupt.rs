@@ -1,16 +1,48 @@
 //! Ctrl-C (SIGINT) and SIGTERM as a flag that long-running steps check, so
-//! `mesh up` and `demo` stop where they are and remove what they made.
+//! `mesh up` and `demo` stop where they are and remove what they made, and
+//! `mesh down` finishes its teardown.
 //!
 //! A thread runs a small tokio runtime whose signal streams set the flag.
 //! Handlers (not a blocked mask, which children would inherit) keep the
 //! processes we start in their default state: `exec` resets handlers. A
-//! third signal gives up on cleaning up.
+//! third signal gives up on cleaning up (exit 130).
+//!
+//! Ctrl-C at a terminal signals the whole foreground process group: a
+//! `| tee` after us dies at the same moment, so stdout and stderr may be
+//! closed pipes from then on. Nothing here (or on any cleanup path) uses
+//! `println!`/`eprintln!`, which panic on a closed pipe: messages go
+//! through `trellis_core::errln!`, which drops them, and the flag is set
+//! before anything is printed. The processes the mesh runs are in process
+//! groups of their own, so the terminal's signal reaches only us.
+//!
+//! [`Interrupt::finish`] closes the window between "done" and exiting: a
+//! command that has decided to succeed claims the flag first, so a signal
+//! either arrives before (and the command cleans up) or after (and is
+//! told it came too late).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use trellis_core::errln;
+
+/// The exit status of a command stopped by SIGINT or SIGTERM (128 + SIGINT,
+/// as shells report a Ctrl-C).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// No signal yet.
+const ARMED: u8 = 0;
+/// A signal came: stop and clean up.
+const SET: u8 = 1;
+/// The command finished before any signal ([`Interrupt::finish`]).
+const FINISHED: u8 = 2;
+
+/// The error of a command that stopped because of a signal (after
+/// removing what it made); `main` exits [`EXIT_INTERRUPTED`] for it.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub(crate) struct Interrupted;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Interrupt {
@@ -19,7 +51,7 @@ pub(crate) struct Interrupt {
 
 #[derive(Debug, Default)]
 struct Inner {
-    flag: AtomicBool,
+    state: AtomicU8,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -32,8 +64,10 @@ impl Interrupt {
     }
 
     /// Installs the SIGINT and SIGTERM handlers (before returning, so no
-    /// signal is missed) and starts the thread that watches them.
-    pub(crate) fn install() -> std::io::Result<Self> {
+    /// signal is missed) and starts the thread that watches them. `doing`
+    /// says what the command does on the first signal, e.g. "stopping and
+    /// removing what was made".
+    pub(crate) fn install(doing: &'static str) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()?;
@@ -45,7 +79,7 @@ impl Interrupt {
             )
         };
         let this = Self::default();
-        let inner = this.inner.clone();
+        let watched = this.clone();
         std::thread::Builder::new().name("signals".into()).spawn(move || {
             rt.block_on(async move {
                 let mut count = 0;
@@ -55,26 +89,68 @@ impl Interrupt {
                         Some(()) = term.recv() => "SIGTERM",
                         else => return,
                     };
+                    // First the flag, then words: stderr may be a closed pipe.
+                    if !watched.set() {
+                        errln!("\n{name} received after the command finished; nothing to stop");
+                        continue;
+                    }
                     count += 1;
                     match count {
-                        1 => eprintln!("\n{name} received: stopping and removing what was made (twice more abandons cleanup)"),
-                        2 => eprintln!("still cleaning up; one more signal abandons it"),
+                        1 => errln!("\n{name} received: {doing} (twice more abandons cleanup)"),
+                        2 => errln!("still cleaning up; one more signal abandons it"),
                         _ => {
-                            eprintln!("cleanup abandoned; run `trellis mesh down` to remove what is left");
-                            std::process::exit(130);
+                            errln!("cleanup abandoned; run `trellis mesh down` to remove what is left");
+                            std::process::exit(i32::from(EXIT_INTERRUPTED));
                         }
                     }
-                    inner.flag.store(true, Ordering::SeqCst);
-                    let _guard = inner.lock.lock();
-                    inner.wake.notify_all();
                 }
             })
         })?;
         Ok(this)
     }
 
+    /// Sets the flag and wakes sleepers, unless the command finished;
+    /// returns whether the flag is set.
+    fn set(&self) -> bool {
+        let inner = &self.inner;
+        let set = match inner
+            .state
+            .compare_exchange(ARMED, SET, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(now) => now == SET,
+        };
+        if set {
+            let _guard = inner.lock.lock();
+            inner.wake.notify_all();
+        }
+        set
+    }
+
+    /// Claims success: true if no signal came before (later ones are
+    /// reported as too late and ignored), false if one did, and the
+    /// command must clean up instead.
+    pub(crate) fn finish(&self) -> bool {
+        match self
+            .inner
+            .state
+            .compare_exchange(ARMED, FINISHED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(now) => now == FINISHED,
+        }
+    }
+
     pub(crate) fn is_set(&self) -> bool {
-        self.inner.flag.load(Ordering::SeqCst)
+        self.inner.state.load(Ordering::SeqCst) == SET
+    }
+
+    /// `Err(Interrupted)` once a signal came.
+    pub(crate) fn check(&self) -> Result<(), Interrupted> {
+        if self.is_set() {
+            return Err(Interrupted);
+        }
+        Ok(())
     }
 
     /// Sleeps for `d`, or less if interrupted; returns whether it was.
@@ -98,10 +174,8 @@ impl Interrupt {
     }
 
     #[cfg(test)]
-    pub(crate) fn trigger(&self) {
-        self.inner.flag.store(true, Ordering::SeqCst);
-        let _guard = self.inner.lock.lock();
-        self.inner.wake.notify_all();
+    pub(crate) fn trigger(&self) -> bool {
+        self.set()
     }
 }
 
@@ -118,8 +192,21 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(20));
         let j = i.clone();
         let t = std::thread::spawn(move || j.sleep(Duration::from_secs(30)));
-        i.trigger();
+        assert!(i.trigger());
         assert!(t.join().unwrap());
         assert!(i.is_set());
+        assert!(i.check().is_err());
+        // Too late to finish: the command must clean up.
+        assert!(!i.finish());
+    }
+
+    #[test]
+    fn a_signal_after_finish_is_too_late() {
+        let i = Interrupt::none();
+        assert!(i.check().is_ok());
+        assert!(i.finish());
+        assert!(!i.trigger());
+        assert!(!i.is_set());
+        assert!(i.finish());
     }
 }

@@ -69,8 +69,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use trellis_core::{errln, out, outln};
 
-pub(crate) use interrupt::Interrupt;
+pub(crate) use interrupt::{Interrupt, Interrupted, EXIT_INTERRUPTED};
 pub(crate) use plan::PodPlan;
 pub(crate) use up::UpOptions;
 
@@ -176,36 +177,44 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
     match args.command {
         MeshCommand::Up { file, timeout } => {
             let checked = spec::load(&file)?;
-            let interrupt = Interrupt::install()?;
+            let interrupt = Interrupt::install(UNDO)?;
             let opts = UpOptions {
                 timeout,
                 source: file.display().to_string(),
             };
             let mesh = Mesh::up(&checked, &opts, &interrupt)?;
             let name = mesh.name().to_string();
-            println!("{}", status::render(&status::collect(&mesh.store)));
-            println!("mesh {name} is up. Next: `trellis mesh status`, `trellis mesh exec POD -- CMD`, `trellis mesh down`");
+            let table = status::render(&status::collect(&mesh.store));
+            // Ctrl-C while the status was read is still Ctrl-C during `up`.
+            if !interrupt.finish() {
+                mesh.progress
+                    .step("interrupted after every pod was ready; removing the mesh");
+                mesh.down()?;
+                return Err(Interrupted.into());
+            }
+            outln!("{table}");
+            outln!("mesh {name} is up. Next: `trellis mesh status`, `trellis mesh exec POD -- CMD`, `trellis mesh down`");
             Ok(())
         }
         MeshCommand::Apply { file, timeout } => {
             let checked = spec::load(&file)?;
-            let interrupt = Interrupt::install()?;
+            let interrupt = Interrupt::install(UNDO)?;
             let opts = apply::ApplyOptions {
                 timeout,
                 source: file.display().to_string(),
             };
             let progress = Progress::new(&checked.file.name);
             let store = apply::apply(&checked, &opts, &interrupt, &progress)?;
-            println!("{}", status::render(&status::collect(&store)));
-            println!("mesh {} is at {}.", store.state.mesh, file.display());
+            outln!("{}", status::render(&status::collect(&store)));
+            outln!("mesh {} is at {}.", store.state.mesh, file.display());
             Ok(())
         }
         MeshCommand::Status { name, output } => {
             let store = Store::open(&resolve(name)?)?;
             let st = status::collect(&store);
             match output {
-                Output::Table => print!("{}", status::render(&st)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+                Output::Table => out!("{}", status::render(&st)),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&st)?),
             }
             Ok(())
         }
@@ -244,7 +253,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                 reset,
             };
             let policy = change_policy(&store, &pod, &change)?;
-            println!("{}", serde_json::to_string_pretty(&policy)?);
+            outln!("{}", serde_json::to_string_pretty(&policy)?);
             Ok(())
         }
         MeshCommand::NodeAgent { name } => agent::run(&name),
@@ -253,7 +262,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                 Some(n) => n,
                 None => match state::list_meshes()?.as_slice() {
                     [] => {
-                        eprintln!("no local mesh is up; nothing to do");
+                        errln!("no local mesh is up; nothing to do");
                         return Ok(());
                     }
                     [one] => one.clone(),
@@ -263,13 +272,17 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                     ),
                 },
             };
-            let _interrupt = Interrupt::install()?;
+            // A signal does not stop `down`: it finishes the teardown (its
+            // commands and the mesh's processes are in process groups of
+            // their own, out of the terminal's reach). A third signal
+            // abandons it; the next `down` then finishes it.
+            let _interrupt = Interrupt::install("finishing the teardown first")?;
             down_by_name(&name, &Progress::new(&name))
         }
         MeshCommand::List => {
             let meshes = state::list_meshes()?;
             if meshes.is_empty() {
-                eprintln!("no local mesh is up");
+                errln!("no local mesh is up");
             }
             let rows: Vec<Vec<String>> = meshes
                 .iter()
@@ -289,7 +302,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             if !rows.is_empty() {
-                print!(
+                out!(
                     "{}",
                     table::render(&["MESH", "PHASE", "PODS", "SOURCE"], &rows)
                 );
@@ -297,6 +310,16 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `up`, `apply` and `demo` do on Ctrl-C.
+pub(crate) const UNDO: &str = "stopping and removing what was made";
+
+/// `f`, with a panic turned into an error, so that whoever called it still
+/// removes what was made (the panic's message is already on stderr).
+pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked (a bug)")))
 }
 
 /// `--name`, or the only mesh that is up.
@@ -320,10 +343,10 @@ fn down_by_name(name: &str, progress: &Progress) -> anyhow::Result<()> {
     match Store::open(name) {
         Ok(store) => down::teardown(store, progress),
         Err(StateError::Missing(_)) => {
-            eprintln!("mesh {name:?} is not up; nothing to do");
+            errln!("mesh {name:?} is not up; nothing to do");
             let strays = sys::netns_with_prefix(&plan::netns_prefix(name));
             if !strays.is_empty() {
-                eprintln!(
+                errln!(
                     "note: these network namespaces match its prefix but no state records them, so they were left alone: {}",
                     strays.join(", ")
                 );
@@ -393,7 +416,7 @@ fn change_policy(
         || !change.ports.is_empty();
     if changed {
         files::write_policy(path, &policy)?;
-        eprintln!(
+        errln!(
             "wrote {}; the proxy of {} reloads it",
             path.display(),
             pod.qualified_name()
@@ -427,7 +450,7 @@ impl Progress {
     }
 
     pub(crate) fn step(&self, msg: &str) {
-        eprintln!("{}{msg}", self.prefix);
+        errln!("{}{msg}", self.prefix);
     }
 }
 

@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ pub(crate) enum SysError {
     Command {
         command: String,
         status: String,
+        /// The signal that killed it, if one did.
+        signal: Option<Signal>,
         stderr: String,
     },
     #[error("cannot run `{command}`")]
@@ -42,15 +44,37 @@ fn show(program: &str, args: &[&str]) -> String {
         .join(" ")
 }
 
+/// How often [`run`] starts a command that a terminal's signal killed
+/// before it could run.
+const SPAWN_ATTEMPTS: usize = 3;
+
 /// Runs a short command to completion, with `stdin` fed to it if given.
+///
+/// The command gets a process group of its own, so a Ctrl-C at the
+/// terminal is for us to handle between steps, not for a half-done `ip`
+/// command. The child only leaves our group just before `exec`, though: a
+/// SIGINT or SIGTERM sent to the group in that instant kills it before the
+/// program ran. Such a command is started again (it did nothing), so
+/// `down` finishes and `up` cleans up even when Ctrl-C lands mid-spawn.
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, SysError> {
+    let mut attempt = 1;
+    loop {
+        match run_once(program, args, stdin) {
+            Err(SysError::Command {
+                signal: Some(Signal::SIGINT | Signal::SIGTERM),
+                ..
+            }) if attempt < SPAWN_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+fn run_once(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, SysError> {
     let command = show(program, args);
     let spawn_err = |source| SysError::Spawn {
         command: command.clone(),
         source,
     };
-    // Its own process group: a Ctrl-C at the terminal is for us to handle
-    // between steps, not for a half-done `ip` command.
     let mut child = Command::new(program)
         .args(args)
         .process_group(0)
@@ -73,6 +97,7 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
         Err(SysError::Command {
             command,
             status: out.status.to_string(),
+            signal: out.status.signal().and_then(|s| Signal::try_from(s).ok()),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }
@@ -420,6 +445,48 @@ mod tests {
         assert_eq!(left.len(), 1, "no temporary file left behind");
         let err = write_file_atomic(&dir.join("missing").join("x"), b"", 0o644, None).unwrap_err();
         assert!(err.to_string().contains("missing/x"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_command_killed_by_sigint_or_sigterm_is_started_again() {
+        let dir = std::env::temp_dir().join(format!("trellis-respawn-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let count = dir.join("count");
+        // Killed by SIGINT the first time only, as a command the
+        // terminal's signal reaches while it is being started.
+        let once = format!(
+            "echo run >> {c}; [ $(wc -l < {c}) -ge 2 ] && echo done && exit 0; kill -INT $$",
+            c = count.display()
+        );
+        assert_eq!(run("sh", &["-c", &once], None).unwrap().trim(), "done");
+        assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 2);
+
+        // Killed every time: given up after SPAWN_ATTEMPTS, naming the signal.
+        fs::remove_file(&count).unwrap();
+        let always = format!("echo run >> {}; kill -TERM $$", count.display());
+        let err = run("sh", &["-c", &always], None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SysError::Command {
+                    signal: Some(Signal::SIGTERM),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(&count).unwrap().lines().count(),
+            SPAWN_ATTEMPTS
+        );
+
+        // Other failures are not retried.
+        fs::remove_file(&count).unwrap();
+        let fails = format!("echo run >> {}; exit 3", count.display());
+        assert!(run("sh", &["-c", &fails], None).is_err());
+        assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 

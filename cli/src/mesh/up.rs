@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::interrupt::Interrupt;
+use super::interrupt::{Interrupt, Interrupted};
 use super::plan::{self, Plan, PodPlan};
 use super::ready::{indent, wait_identity, wait_ready, Check, Started};
 use super::spec::Checked;
@@ -134,17 +134,32 @@ pub(crate) fn up(
         .into());
     }
     let iptables_mode = preflight(&plan, meshed)?;
+    // Nothing is made yet: a Ctrl-C so far just stops.
+    interrupted(interrupt)?;
     let mut state = State::new(plan, opts.source.clone(), bins.proxy.clone());
     state.identity_bin = bins.identity.clone();
     state.trellis_bin = Some(bins.trellis.clone());
     let mut store = Store::create(state)?;
     progress.step(&format!("state in {}", store.dir().display()));
-    match make(&mut store, &bins, iptables_mode, opts, interrupt, progress) {
+    // A signal that came after the last step is still a Ctrl-C during `up`;
+    // a panic is a bug, but still no reason to leave the mesh behind.
+    let made = super::no_panic("up", || {
+        make(&mut store, &bins, iptables_mode, opts, interrupt, progress)
+    })
+    .and_then(|()| interrupted(interrupt));
+    match made {
         Ok(()) => {
             store.update(|s| s.phase = Phase::Ready)?;
             Ok(store)
         }
         Err(e) => {
+            // After a signal, whatever failed (a command the signal reached
+            // as it was being started, say) is part of the interruption.
+            let e = if interrupt.is_set() && !e.is::<Interrupted>() {
+                e.context(Interrupted)
+            } else {
+                e
+            };
             progress.step("up failed (the error follows); removing what was made");
             let mesh = store.state.mesh.clone();
             match down::teardown(store, progress) {
@@ -191,10 +206,7 @@ fn preflight(plan: &Plan, meshed: bool) -> anyhow::Result<&'static str> {
 }
 
 pub(super) fn interrupted(interrupt: &Interrupt) -> anyhow::Result<()> {
-    if interrupt.is_set() {
-        bail!("interrupted");
-    }
-    Ok(())
+    Ok(interrupt.check()?)
 }
 
 fn make(

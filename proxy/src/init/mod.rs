@@ -295,8 +295,12 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
     if args.dry_run {
         let mut out = io::stdout().lock();
         for (family, current, script) in &scripts {
-            print_script(&mut out, *family, &choice, current, script.as_deref())
-                .map_err(InitError::Print)?;
+            match print_script(&mut out, *family, &choice, current, script.as_deref()) {
+                Ok(()) => {}
+                // The reader is gone (`| head`): nothing more to print to.
+                Err(e) if trellis_core::stdio::is_broken_pipe(&e) => return Ok(()),
+                Err(e) => return Err(InitError::Print(e)),
+            }
         }
         return Ok(());
     }
