@@ -259,7 +259,10 @@ async fn a_slow_endpoint_gets_less_and_is_tried_again_once_its_estimate_decays()
     // Two answers make its first estimate; then it loses every comparison
     // until that decays (40 ms × e^(−t/2 s) down to the others' level
     // takes several seconds, longer than this burst).
-    assert!(to_slow <= 6, "the slow endpoint got {to_slow} of 300: {bodies:?}");
+    assert!(
+        to_slow <= 6,
+        "the slow endpoint got {to_slow} of 300: {bodies:?}"
+    );
     // It is tried again as its estimate decays: within about 8 s here;
     // one request every 100 ms, bounded at 30 s.
     let before = slow_served.load(Ordering::Relaxed);

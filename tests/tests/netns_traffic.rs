@@ -435,8 +435,14 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
         let c = inbound_counts(&mesh, &all[1..]);
         c.iter().all(|&n| n > 0.0)
     });
-    assert!(reached, "the new replicas got no requests after scaling 1 → 3");
-    eprintln!("scaled 1 → 3: both new replicas served within {:?}", start.elapsed());
+    assert!(
+        reached,
+        "the new replicas got no requests after scaling 1 → 3"
+    );
+    eprintln!(
+        "scaled 1 → 3: both new replicas served within {:?}",
+        start.elapsed()
+    );
 
     // A new connection for each request: 600, each replica within ±10 %
     // of 200.
@@ -452,7 +458,16 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
         "client",
         &[
             trellis.to_str().unwrap(),
-            "app", "load", "--url", WEB_URL, "--rps", "0", "--requests", "600", "--concurrency", "1",
+            "app",
+            "load",
+            "--url",
+            WEB_URL,
+            "--rps",
+            "0",
+            "--requests",
+            "600",
+            "--concurrency",
+            "1",
         ],
     );
     let s = json_summary(child, "trellis app load");
@@ -465,7 +480,12 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
     let set_latency = |ms: u32| {
         mesh.exec_ok(
             "client",
-            &["curl", "-sS", "--fail", &format!("http://{slow_ip}:8080/latency/{ms}")],
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                &format!("http://{slow_ip}:8080/latency/{ms}"),
+            ],
         );
     };
     set_latency(40);
@@ -498,5 +518,8 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
         after[2] - before[2] >= 15.0
     });
     assert!(back, "the recovered replica never got its share back");
-    eprintln!("recovered web-2 back to its share after {:?}", start.elapsed());
+    eprintln!(
+        "recovered web-2 back to its share after {:?}",
+        start.elapsed()
+    );
 }

@@ -64,7 +64,8 @@ pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cmd {
             AppCommand::Http(args) => {
-                let opts = http::HttpOpts::new(args.name, args.fail_rate)?.with_latency(args.latency);
+                let opts =
+                    http::HttpOpts::new(args.name, args.fail_rate)?.with_latency(args.latency);
                 let listener = bind(args.listen).await?;
                 until_signal(|sd| http::serve(listener, opts, sd)).await
             }

@@ -62,7 +62,10 @@ fn state(first: Arc<Resolved>) -> (ServiceState, watch::Sender<Option<Arc<Resolv
     let (tx, rx) = watch::channel(Some(first.clone()));
     let mut rx = rx;
     rx.borrow_and_update();
-    (ServiceState::new(rx, first, Label::new("default"), BalancerConfig::default()), tx)
+    (
+        ServiceState::new(rx, first, Label::new("default"), BalancerConfig::default()),
+        tx,
+    )
 }
 
 fn get() -> http::Request<()> {

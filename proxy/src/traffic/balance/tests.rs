@@ -105,7 +105,10 @@ fn ewma_raise_only_ignores_good_looking_samples() {
     let t0 = Instant::now();
     let mut e = measured(ms(50), t0);
     e.observe(t0 + DECAY, ms(1), DECAY, true);
-    assert!(close(e.get(t0 + DECAY, DECAY).unwrap(), 50e6 * (-1.0f64).exp()));
+    assert!(close(
+        e.get(t0 + DECAY, DECAY).unwrap(),
+        50e6 * (-1.0f64).exp()
+    ));
     // A window of slow failures raises it.
     for _ in 0..3 {
         e.observe(t0 + DECAY, ms(90), DECAY, true);
@@ -270,7 +273,10 @@ fn a_slow_replica_gets_less_and_a_recovered_one_is_tried_again() {
     };
     let counts = sequential(&mut b, 3000, &mut now, slow, &mut rng);
     let to_slow = counts.get("slow").copied().unwrap_or(0);
-    assert!(to_slow <= 30, "the slow replica got {to_slow} of 3000: {counts:?}");
+    assert!(
+        to_slow <= 30,
+        "the slow replica got {to_slow} of 3000: {counts:?}"
+    );
     // It recovers: as its estimate decays it is tried again, and from its
     // first fast answer on it takes its share.
     let mut recovered = 0;
@@ -283,7 +289,10 @@ fn a_slow_replica_gets_less_and_a_recovered_one_is_tried_again() {
     }
     // 600 requests take about 0.6 s here; τ = 10 s decays 40 ms to the
     // others' level within about 40 s.
-    assert!(recovered < 120, "the recovered replica was never tried again");
+    assert!(
+        recovered < 120,
+        "the recovered replica was never tried again"
+    );
     let counts = sequential(&mut b, 600, &mut now, |_, r| noisy(ms(1), r), &mut rng);
     assert_even(&counts, &["a", "b", "slow"], 600);
 }
