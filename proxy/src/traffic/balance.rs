@@ -294,9 +294,7 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         match (own, average) {
             (Some(own), Some(average)) => own.min(average),
             (Some(own), None) => own,
-            (None, average) => {
-                average.unwrap_or_else(|| self.config.default_rtt.as_secs_f64() * 1e9)
-            }
+            (None, average) => average.unwrap_or(self.config.default_rtt.as_secs_f64() * 1e9),
         }
     }
 
