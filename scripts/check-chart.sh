@@ -195,6 +195,8 @@ ENV = {
         "TRELLIS_IDENTITY_ISSUER_CERT_FILE", "TRELLIS_IDENTITY_ISSUER_KEY_FILE",
         "TRELLIS_IDENTITY_TRUST_ROOTS_FILE", "TRELLIS_IDENTITY_TOKEN_VERIFIER",
         "TRELLIS_IDENTITY_AUDIENCE", "TRELLIS_IDENTITY_CERT_LIFETIME", "TRELLIS_IDENTITY_CLOCK_SKEW",
+        "TRELLIS_IDENTITY_CLIENT_RATE", "TRELLIS_IDENTITY_CLIENT_BURST",
+        "TRELLIS_IDENTITY_MAX_CONCURRENT_VERIFICATIONS", "TRELLIS_IDENTITY_REFUSAL_CACHE_TTL",
         "TRELLIS_IDENTITY_NAMESPACE", "TRELLIS_IDENTITY_SERVICE_ACCOUNT",
         "TRELLIS_IDENTITY_LOG", "TRELLIS_IDENTITY_LOG_FORMAT"},
     "trellis-controller": {
@@ -667,6 +669,8 @@ NEGATIVE=(
   "--set identity.issuer.mode=vault|at '/identity/issuer/mode': value must be one of 'generate', 'provided', 'certManager'"
   "--set image.pullPolicy=Sometimes|at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"
   "--set-string identity.certLifetime=24|at '/identity/certLifetime': '24' does not match pattern"
+  "--set-string identity.limits.clientRate=0|at '/identity/limits/clientRate': '0' does not match pattern"
+  "--set identity.limits.maxConcurrentVerifications=0|at '/identity/limits/maxConcurrentVerifications': minimum: got 0, want 1"
   "--set-string proxy.resources.memoryLimit=lots|at '/proxy/resources/memoryLimit': 'lots' does not match pattern"
   "--set injector.timeoutSeconds=60|at '/injector/timeoutSeconds': maximum: got 60, want 30"
   "--set proxy.tokenExpirationSeconds=60|at '/proxy/tokenExpirationSeconds': minimum: got 60, want 600"

@@ -90,6 +90,26 @@ pub const VARIABLES: &[Variable] = &[
         "this service's ServiceAccount (for its own SPIFFE ID)",
     ),
     (
+        CLIENT_RATE,
+        "5",
+        "Certify requests per second a client may make (its token bucket's refill; a client is the caller's address and its token's claimed subject)",
+    ),
+    (
+        CLIENT_BURST,
+        "20",
+        "Certify requests a client may make at once after being idle (its bucket's size); an address may make four times a client's",
+    ),
+    (
+        MAX_CONCURRENT_VERIFICATIONS,
+        "64",
+        "token verifications in progress at once, over all clients; more are refused at once (RESOURCE_EXHAUSTED)",
+    ),
+    (
+        REFUSAL_CACHE_TTL,
+        "1m",
+        "how long a refused token is answered from memory without verifying it again (duration; 0s: never; at most 10m)",
+    ),
+    (
         SHUTDOWN_GRACE,
         "10s",
         "after SIGTERM, how long in-flight requests may run (duration)",
@@ -115,6 +135,10 @@ pub const TOKEN_ISSUER: &str = "TRELLIS_IDENTITY_TOKEN_ISSUER";
 pub const AUDIENCE: &str = "TRELLIS_IDENTITY_AUDIENCE";
 pub const NAMESPACE: &str = "TRELLIS_IDENTITY_NAMESPACE";
 pub const SERVICE_ACCOUNT: &str = "TRELLIS_IDENTITY_SERVICE_ACCOUNT";
+pub const CLIENT_RATE: &str = "TRELLIS_IDENTITY_CLIENT_RATE";
+pub const CLIENT_BURST: &str = "TRELLIS_IDENTITY_CLIENT_BURST";
+pub const MAX_CONCURRENT_VERIFICATIONS: &str = "TRELLIS_IDENTITY_MAX_CONCURRENT_VERIFICATIONS";
+pub const REFUSAL_CACHE_TTL: &str = "TRELLIS_IDENTITY_REFUSAL_CACHE_TTL";
 pub const SHUTDOWN_GRACE: &str = "TRELLIS_IDENTITY_SHUTDOWN_GRACE";
 pub const LOG: &str = "TRELLIS_IDENTITY_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_IDENTITY_LOG_FORMAT";
@@ -122,6 +146,7 @@ pub const LOG_FORMAT: &str = "TRELLIS_IDENTITY_LOG_FORMAT";
 const MIN_LIFETIME: Duration = Duration::from_secs(10);
 const MAX_SKEW: Duration = Duration::from_secs(3600);
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_REFUSAL_TTL: Duration = Duration::from_secs(600);
 
 /// How ServiceAccount tokens are verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +200,11 @@ pub struct Config {
     pub audience: String,
     pub namespace: String,
     pub service_account: String,
+    pub client_rate: f64,
+    pub client_burst: u32,
+    pub max_concurrent_verifications: usize,
+    #[serde(serialize_with = "serialize_duration")]
+    pub refusal_cache_ttl: Duration,
     /// `SHUTDOWN_GRACE`, `LOG`, `LOG_FORMAT`.
     #[serde(flatten)]
     pub service: ServiceSettings,
@@ -221,6 +251,10 @@ impl Config {
             audience: r.get(AUDIENCE, crate::token::DEFAULT_AUDIENCE.to_string()),
             namespace: r.get(NAMESPACE, "trellis-system".to_string()),
             service_account: r.get(SERVICE_ACCOUNT, "trellis-identity".to_string()),
+            client_rate: r.get(CLIENT_RATE, 5.0),
+            client_burst: r.get(CLIENT_BURST, 20),
+            max_concurrent_verifications: r.get(MAX_CONCURRENT_VERIFICATIONS, 64),
+            refusal_cache_ttl: r.duration(REFUSAL_CACHE_TTL, Duration::from_secs(60)),
             service: ServiceSettings::read(&mut r, PREFIX, Duration::from_secs(10)),
         };
         if let Err(e) = SpiffeId::new(&cfg.trust_domain, "ns", "sa") {
@@ -244,6 +278,26 @@ impl Config {
                 CLOCK_SKEW,
                 format_duration(cfg.clock_skew),
                 "must be at most 1h",
+            );
+        }
+        if !(cfg.client_rate.is_finite() && cfg.client_rate > 0.0) {
+            r.invalid(
+                CLIENT_RATE,
+                cfg.client_rate.to_string(),
+                "must be a number of requests per second above zero",
+            );
+        }
+        if cfg.client_burst == 0 {
+            r.invalid(CLIENT_BURST, "0", "must be at least 1");
+        }
+        if cfg.max_concurrent_verifications == 0 {
+            r.invalid(MAX_CONCURRENT_VERIFICATIONS, "0", "must be at least 1");
+        }
+        if cfg.refusal_cache_ttl > MAX_REFUSAL_TTL {
+            r.invalid(
+                REFUSAL_CACHE_TTL,
+                format_duration(cfg.refusal_cache_ttl),
+                "must be at most 10m",
             );
         }
         if cfg.reload_interval.is_zero() {
@@ -292,6 +346,16 @@ impl Config {
         }
     }
 
+    /// The admission limits ([`crate::admission`]).
+    pub fn limits(&self) -> crate::admission::Limits {
+        crate::admission::Limits {
+            rate: self.client_rate,
+            burst: self.client_burst,
+            max_concurrent: self.max_concurrent_verifications,
+            refusal_ttl: self.refusal_cache_ttl,
+        }
+    }
+
     pub fn sign_policy(&self) -> crate::sign::SignPolicy {
         crate::sign::SignPolicy {
             lifetime: self.cert_lifetime,
@@ -330,6 +394,40 @@ mod tests {
         let json = serde_json::to_value(&cfg).unwrap();
         assert_eq!(json["cert_lifetime"], "86400s");
         assert_eq!(json["token_verifier"], "kubernetes");
+        assert_eq!(json["refusal_cache_ttl"], "60s");
+        let limits = cfg.limits();
+        assert_eq!(limits.rate, 5.0);
+        assert_eq!(limits.burst, 20);
+        assert_eq!(limits.max_concurrent, 64);
+        assert_eq!(limits.refusal_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn admission_limits_are_checked() {
+        let bad = [
+            (CLIENT_RATE, "0"),
+            (CLIENT_RATE, "-1"),
+            (CLIENT_RATE, "NaN"),
+            (CLIENT_RATE, "fast"),
+            (CLIENT_BURST, "0"),
+            (CLIENT_BURST, "-3"),
+            (MAX_CONCURRENT_VERIFICATIONS, "0"),
+            (REFUSAL_CACHE_TTL, "11m"),
+            (REFUSAL_CACHE_TTL, "60"),
+        ];
+        for (name, value) in bad {
+            let errs = Config::from_source(&MapSource::new([(name, value)])).unwrap_err();
+            assert_eq!(errs.keys(), [name], "{name}={value}: {errs}");
+        }
+        let ok = Config::from_source(&MapSource::new([
+            (CLIENT_RATE, "0.5"),
+            (CLIENT_BURST, "1"),
+            (MAX_CONCURRENT_VERIFICATIONS, "1"),
+            (REFUSAL_CACHE_TTL, "0s"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.limits().rate, 0.5);
+        assert!(ok.limits().refusal_ttl.is_zero());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! Modules, in the order a request meets them:
 //! - [`server`]: binding, the TLS accept loop, reloads, renewal ([`Server`]);
 //! - [`service`]: the `Certify` handler and the refusal → status mapping;
+//! - [`admission`]: what a request passes before its token is verified
+//!   (per-client rate, remembered refusals, concurrent verifications);
 //! - [`token`]: ServiceAccount token verification (JWKS or TokenReview),
 //!   and [`token::LocalIssuer`], the local mesh's token signer;
 //! - [`csr`]: the pure CSR checks (fuzzed);
@@ -24,6 +26,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin;
+pub mod admission;
 pub mod ca;
 pub mod cli;
 mod clock;

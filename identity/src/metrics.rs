@@ -14,6 +14,11 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     source: &'static str,
     result: &'static str,
@@ -27,6 +32,8 @@ pub struct Metrics {
     serving_expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     handshake_failures: Counter,
+    limited: Family<LimitedLabels, Counter>,
+    refusals_cached: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +83,18 @@ impl Metrics {
             "Incoming connections whose TLS handshake failed or timed out",
             handshake_failures.clone(),
         );
+        let limited = Family::<LimitedLabels, Counter>::default();
+        registry.register(
+            "trellis_identity_requests_limited",
+            "Certify requests refused unverified because a limit was reached, by limit (rate, concurrency)",
+            limited.clone(),
+        );
+        let refusals_cached = Counter::default();
+        registry.register(
+            "trellis_identity_refusals_cached",
+            "Certify requests refused from the memory of an earlier refusal of the same token, without verifying it again",
+            refusals_cached.clone(),
+        );
         Self {
             registry,
             issued,
@@ -84,6 +103,8 @@ impl Metrics {
             serving_expiry,
             reloads,
             handshake_failures,
+            limited,
+            refusals_cached,
         }
     }
 
@@ -113,6 +134,26 @@ impl Metrics {
 
     pub fn handshake_failed(&self) {
         self.handshake_failures.inc();
+    }
+
+    /// A request refused unverified; `reason`: `rate` or `concurrency`.
+    pub fn limited(&self, reason: &'static str) {
+        self.limited.get_or_create(&LimitedLabels { reason }).inc();
+    }
+
+    /// A refusal answered from the refusal cache (also counted by `refused`).
+    pub fn refusal_cached(&self) {
+        self.refusals_cached.inc();
+    }
+
+    /// Requests limited so far with `reason`.
+    pub fn limited_total(&self, reason: &'static str) -> u64 {
+        self.limited.get_or_create(&LimitedLabels { reason }).get()
+    }
+
+    /// Refusals answered from the cache so far.
+    pub fn refusals_cached_total(&self) -> u64 {
+        self.refusals_cached.get()
     }
 
     /// Certificates issued so far.

@@ -7,7 +7,7 @@
 //!   task (bounded by a timeout) and hands finished streams to tonic;
 //! - the admin server;
 //! - maintenance: every reload interval, re-read the issuer/roots and the
-//!   verifier's files; renew the serving certificate at two thirds of its
+//!   verifier's files (new verification keys empty the refusal cache); renew the serving certificate at two thirds of its
 //!   life, or at once when the issuer changes.
 
 use std::io;
@@ -28,6 +28,7 @@ use trellis_core::service::{bind, BindError};
 use trellis_core::shutdown::Shutdown;
 use trellis_core::spiffe::{SpiffeId, SpiffeIdError};
 
+use crate::admission::Admission;
 use crate::ca::{CaError, CaStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -141,9 +142,11 @@ impl<V: TokenVerifier> Server<V> {
             ready: ready.clone(),
         });
         trellis_core::admin::serve(self.admin, admin, &shutdown);
+        let admission = Arc::new(Admission::new(self.config.limits()));
         shutdown.spawn(maintain(
             self.ca.clone(),
             self.verifier.clone(),
+            admission.clone(),
             self.serving.clone(),
             self.metrics.clone(),
             self.config.clone(),
@@ -163,6 +166,7 @@ impl<V: TokenVerifier> Server<V> {
             self.ca,
             &self.config.trust_domain,
             self.config.sign_policy(),
+            admission,
             self.metrics,
         );
         let service = trellis_api::IdentityServer::new(certifier)
@@ -283,6 +287,7 @@ async fn accept_loop(
 async fn maintain<V: TokenVerifier>(
     ca: Arc<CaStore>,
     verifier: Arc<V>,
+    admission: Arc<Admission>,
     serving: Arc<ServingCert>,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
@@ -302,7 +307,7 @@ async fn maintain<V: TokenVerifier>(
         let renew = tokio::select! {
             _ = shutdown.signaled() => break,
             _ = tokio::time::sleep(renew_in) => true,
-            _ = tick.tick() => reload(&ca, verifier.as_ref(), &metrics),
+            _ = tick.tick() => reload(&ca, verifier.as_ref(), &admission, &metrics),
         };
         if renew {
             let issuer = ca.current();
@@ -326,7 +331,12 @@ async fn maintain<V: TokenVerifier>(
 
 /// One reload pass. Returns whether the issuer changed (so the serving
 /// certificate must be renewed by the new one).
-fn reload<V: TokenVerifier>(ca: &CaStore, verifier: &V, metrics: &Metrics) -> bool {
+fn reload<V: TokenVerifier>(
+    ca: &CaStore,
+    verifier: &V,
+    admission: &Admission,
+    metrics: &Metrics,
+) -> bool {
     let issuer_changed = match ca.reload(SystemTime::now()) {
         Ok(true) => {
             let issuer = ca.current();
@@ -350,6 +360,8 @@ fn reload<V: TokenVerifier>(ca: &CaStore, verifier: &V, metrics: &Metrics) -> bo
     match verifier.refresh() {
         Ok(true) => {
             metrics.reloaded("jwks", true);
+            // A token refused for a key the old file lacked may verify now.
+            admission.refusals.clear();
             tracing::info!("new token verification keys taken");
         }
         Ok(false) => {}

@@ -6,6 +6,10 @@
 //! digitalSignature, extended key usage serverAuth + clientAuth, CA:false
 //! and a random serial. It is valid from `now − skew` to `now + lifetime`,
 //! never past the issuer's own notAfter.
+//!
+//! [`leaf_lifetime`] shortens the lifetime to what is left of the token the
+//! request was verified with: a certificate never outlives the credential
+//! it was issued for.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +39,51 @@ impl Default for SignPolicy {
             skew: Duration::from_secs(60),
         }
     }
+}
+
+/// Shortest certificate issued for a token about to expire; a token with
+/// less life left is refused (the proxy re-reads its token file on every
+/// attempt, and the kubelet rotates projected tokens at 80 % of their life,
+/// so a live proxy never meets this). A configured lifetime below this
+/// floor is the floor instead.
+pub const MIN_TOKEN_BOUND_LIFETIME: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the token expires at {exp} (unix seconds; now {now}), in less than the shortest certificate lifetime ({min}s); send a fresher token"
+)]
+pub struct TokenExpiresSoon {
+    pub exp: i64,
+    pub now: i64,
+    pub min: u64,
+}
+
+/// The lifetime of a leaf issued at `now` for a token expiring at
+/// `token_exp` (unix seconds; `None`: the token states no expiry): the
+/// policy's lifetime, cut to the token's remaining life when that is
+/// shorter. Refuses when the token has less than
+/// `min(MIN_TOKEN_BOUND_LIFETIME, policy.lifetime)` left.
+pub fn leaf_lifetime(
+    policy: &SignPolicy,
+    token_exp: Option<i64>,
+    now: SystemTime,
+) -> Result<Duration, TokenExpiresSoon> {
+    let Some(exp) = token_exp else {
+        return Ok(policy.lifetime);
+    };
+    let now_secs = unix_secs(now);
+    // Whole seconds from the start of the current second: `now + left`,
+    // truncated as the certificate records it, is at most `exp`.
+    let left = Duration::from_secs(u64::try_from(exp.saturating_sub(now_secs)).unwrap_or(0));
+    let floor = MIN_TOKEN_BOUND_LIFETIME.min(policy.lifetime);
+    if left < floor {
+        return Err(TokenExpiresSoon {
+            exp,
+            now: now_secs,
+            min: floor.as_secs(),
+        });
+    }
+    Ok(policy.lifetime.min(left))
 }
 
 /// An issued leaf and the chain to send with it.

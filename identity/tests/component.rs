@@ -7,7 +7,9 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rcgen::SanType;
 use rustls_pki_types::pem::PemObject;
@@ -36,9 +38,11 @@ async fn issues_a_certificate_that_chains_and_names_the_token_identity() {
         .into_inner();
     assert_eq!(resp.identity, WEB);
     let now = unix_now();
+    // 24 h by default, but no longer than the token (an hour) lives.
     assert!(
-        (resp.not_after_unix - now - 86_400).abs() <= 5,
-        "24 h by default"
+        (resp.not_after_unix - now - 3600).abs() <= 5,
+        "the token's hour: {} vs now {now}",
+        resp.not_after_unix
     );
 
     // The mesh's own credential check accepts it: SAN, key, chain to root.
@@ -436,4 +440,172 @@ async fn a_sprig_made_ca_serves_and_issues_certificates_that_verify() {
     assert_eq!(r.metrics.issued_total(), 1);
     r.shutdown.begin();
     r.task.await.unwrap().unwrap();
+}
+
+/// A burst of 500 bad tokens from one client, against a TokenReview that
+/// counts its calls, while a valid workload (same address, as everything
+/// here is on 127.0.0.1, but another claimed subject) asks for its
+/// certificate: the flood is limited and remembered, the workload served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_is_limited_and_a_valid_client_is_still_served() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let r = support::start_verifying(
+        "flood",
+        bootstrap("cluster.local", 10 * DAY, 5 * DAY).unwrap(),
+        &[],
+        async |_, tokens| CountingReview::new(tokens, counter),
+    )
+    .await;
+    let calls = || calls.load(Ordering::SeqCst);
+    let bad_req = |token: &str| CertifyRequest {
+        csr_der: csr_for(vec![]).1,
+        token: token.to_string(),
+    };
+    let attacker = connect(&r.addr, &r.roots(), &r.server_id).await.unwrap();
+
+    // One bad token, twice: reviewed once, then refused from memory.
+    let first = attacker
+        .clone()
+        .certify(bad_req("bogus-0"))
+        .await
+        .unwrap_err();
+    assert_eq!(first.code(), Code::Unauthenticated, "{first:?}");
+    assert_eq!(calls(), 1);
+    let again = attacker
+        .clone()
+        .certify(bad_req("bogus-0"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated, "{again:?}");
+    assert!(again.message().contains("refused before"), "{again:?}");
+    assert_eq!(calls(), 1, "the repeated bad token cost no review");
+
+    // The flood (ten distinct bad tokens), and meanwhile a valid client.
+    let started = Instant::now();
+    let flood = futures_util::future::join_all((0..500).map(|i| {
+        let mut c = attacker.clone();
+        let req = bad_req(&format!("bogus-{}", i % 10));
+        async move { c.certify(req).await }
+    }));
+    let good_token = r.token("demo", "web");
+    let valid = async {
+        let mut c = connect(&r.addr, &r.roots(), &r.server_id).await.unwrap();
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let resp = c
+                .certify(CertifyRequest {
+                    csr_der: csr_for(vec![]).1,
+                    token: good_token.clone(),
+                })
+                .await
+                .expect("the valid client is served during the flood");
+            assert_eq!(resp.into_inner().identity, WEB);
+            waits.push(t.elapsed());
+        }
+        waits
+    };
+    let (results, waits) = tokio::join!(flood, valid);
+    let elapsed = started.elapsed();
+    for w in &waits {
+        assert!(*w < Duration::from_secs(5), "valid client waited {waits:?}");
+    }
+
+    let (mut limited, mut refused) = (0u64, 0u64);
+    for res in &results {
+        match res {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().starts_with("rate_limited"), "{s:?}");
+                limited += 1;
+            }
+            Err(s) if s.code() == Code::Unauthenticated => refused += 1,
+            other => panic!("unexpected answer to a bad token: {other:?}"),
+        }
+    }
+    // Reviews during the flood: the valid client's three, and for the bad
+    // tokens at most what the client's bucket lets through (burst 20, then
+    // 5/s; two were spent above).
+    let flood_reviews = (calls() - 1 - 3) as u64;
+    let budget = 20 + 5 * (elapsed.as_secs() + 1);
+    assert!(
+        (1..=budget).contains(&flood_reviews),
+        "{flood_reviews} reviews for the flood in {elapsed:?} (budget {budget})"
+    );
+    assert!(
+        limited >= 500 - budget,
+        "{limited} limited, {refused} refused"
+    );
+    assert_eq!(limited + refused, 500);
+    // Every refusal not reviewed was answered from memory.
+    let cached = 1 + refused - flood_reviews;
+    eprintln!(
+        "flood: {limited} limited, {refused} refused ({flood_reviews} reviewed) in {elapsed:?}; \
+         valid client waited {waits:?}"
+    );
+
+    let text = r.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"trellis_identity_requests_limited_total{reason="rate"}"#
+        ),
+        limited,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "trellis_identity_refusals_cached_total"),
+        cached,
+        "{text}"
+    );
+    assert_eq!(r.metrics.limited_total("rate"), limited);
+    assert_eq!(r.metrics.refusals_cached_total(), cached);
+    assert_eq!(r.metrics.limited_total("concurrency"), 0);
+    assert_eq!(r.metrics.issued_total(), 3);
+    r.shutdown.begin();
+    r.task.await.unwrap().unwrap();
+}
+
+/// The certificate's notAfter is at most the token's exp; a token about to
+/// expire is refused with a reason that says so.
+#[tokio::test]
+async fn a_certificate_never_outlives_the_token_it_was_issued_for() {
+    let r = start("token-exp").await;
+    let mut client = connect(&r.addr, &r.roots(), &r.server_id).await.unwrap();
+    for ttl in [Duration::from_secs(600), 2 * DAY] {
+        let claims = r
+            .tokens
+            .claims("demo", "web", "pod-0", DEFAULT_AUDIENCE, ttl);
+        let exp = claims.exp.unwrap();
+        let resp = client
+            .certify(CertifyRequest {
+                csr_der: csr_for(vec![]).1,
+                token: r.tokens.sign_claims(&claims).unwrap(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&resp.leaf_der).unwrap();
+        let not_after = leaf.validity().not_after.timestamp();
+        assert_eq!(not_after, resp.not_after_unix);
+        assert!(not_after <= exp, "notAfter {not_after} > token exp {exp}");
+        let want = if ttl < DAY { exp } else { unix_now() + 86_400 };
+        assert!((not_after - want).abs() <= 5, "{not_after} vs {want}");
+    }
+    let mut dying = r
+        .tokens
+        .claims("demo", "web", "pod-0", DEFAULT_AUDIENCE, HOUR);
+    dying.exp = Some(unix_now() + 20);
+    let status = client
+        .certify(CertifyRequest {
+            csr_der: csr_for(vec![]).1,
+            token: r.tokens.sign_claims(&dying).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().starts_with("token_expires_soon"),
+        "{status:?}"
+    );
 }

@@ -73,6 +73,7 @@ async fn identity(State(s): State<Arc<AdminState>>) -> Response {
             "notBefore": unix(info.not_before),
             "notAfter": unix(info.not_after),
             "issuer": info.issuer_fingerprint,
+            "key": info.key_fingerprint,
             "trustRoots": creds.roots().fingerprint(),
         }))
         .into_response(),

@@ -1,10 +1,14 @@
 //! The proxy's workload identity.
 //!
-//! At start the proxy makes an ECDSA P-256 key (it never leaves the
-//! process) and a CSR naming its SPIFFE ID, then trades the CSR and its
-//! ServiceAccount token (re-read from the projected file on every request,
-//! since the kubelet rotates it) for a certificate from the identity
-//! service. It renews at about 70 % of the certificate's lifetime, with
+//! For every certificate request the proxy makes a fresh ECDSA P-256 key
+//! (it never leaves the process) and a CSR naming its SPIFFE ID, then
+//! trades the CSR and its ServiceAccount token (re-read from the projected
+//! file on every request, since the kubelet rotates it) for a certificate
+//! from the identity service. The new key and certificate replace the old
+//! pair in one atomic swap ([`Credentials::set`]) only once the certificate
+//! has arrived and checked out; until then, and whenever a request fails,
+//! the old pair keeps serving. A key therefore lives no longer than its
+//! certificate, and a key that leaked is useless after the next renewal. It renews at about 70 % of the certificate's lifetime, with
 //! jitter so a fleet does not renew in step; a failed renewal keeps the
 //! current certificate and retries with jittered exponential backoff, never
 //! waiting so long that the certificate could expire between two attempts
@@ -63,23 +67,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
-    let key = match KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot make a key; this proxy will never be ready");
-            return;
-        }
-    };
-    let csr = match csr(&key, &config.id) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot make a CSR; this proxy will never be ready");
-            return;
-        }
-    };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, certify(&config, &creds, &key, &csr));
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, certify(&config, &creds));
         let result = attempt
             .await
             .unwrap_or(Err(IdentityError::Timeout(ATTEMPT_TIMEOUT)));
@@ -93,7 +83,8 @@ pub async fn run(
                 metrics.identity.expiry.set(unix_secs(info.not_after));
                 tracing::info!(
                     identity = %config.id, serial = %info.serial,
-                    not_after = unix_secs(info.not_after), "certificate issued"
+                    not_after = unix_secs(info.not_after), key = %info.key_fingerprint,
+                    "certificate issued"
                 );
                 backoff = BACKOFF_MIN;
                 let now = SystemTime::now();
@@ -121,18 +112,22 @@ pub async fn run(
     }
 }
 
+/// A fresh key, and a CSR for it naming `id`.
+fn new_key_and_csr(id: &SpiffeId) -> Result<(KeyPair, Vec<u8>), rcgen::Error> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = csr(&key, id)?;
+    Ok((key, csr))
+}
+
 fn csr(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, rcgen::Error> {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
     Ok(params.serialize_request(key)?.der().to_vec())
 }
 
-async fn certify(
-    config: &IdentityConfig,
-    creds: &Credentials,
-    key: &KeyPair,
-    csr: &[u8],
-) -> Result<CertInfo, IdentityError> {
+/// One attempt: a new key and CSR, the token, `Certify`, then the swap.
+async fn certify(config: &IdentityConfig, creds: &Credentials) -> Result<CertInfo, IdentityError> {
+    let (key, csr) = new_key_and_csr(&config.id)?;
     let token = tokio::fs::read_to_string(&config.token_file)
         .await
         .map_err(|source| IdentityError::Token {
@@ -143,7 +138,7 @@ async fn certify(
         trellis_api::client::connect(&config.addr, creds.roots(), &config.server_id).await?;
     let rsp = client
         .certify(CertifyRequest {
-            csr_der: csr.to_vec(),
+            csr_der: csr,
             token: token.trim().to_string(),
         })
         .await?
@@ -215,6 +210,7 @@ mod tests {
             not_before: start,
             not_after: start + Duration::from_secs(secs),
             issuer_fingerprint: String::new(),
+            key_fingerprint: String::new(),
         }
     }
 
@@ -240,6 +236,7 @@ mod tests {
             not_before: received - Duration::from_secs(60),
             not_after: received + Duration::from_secs(30),
             issuer_fingerprint: String::new(),
+            key_fingerprint: String::new(),
         };
         assert_eq!(
             renew_after(&i, received, received, 0.0),
@@ -293,5 +290,10 @@ mod tests {
         let der = csr(&key, &id).unwrap();
         let text = String::from_utf8_lossy(&der);
         assert!(text.contains("spiffe://cluster.local/ns/demo/sa/web"));
+        // Each request brings its own key.
+        let (k1, c1) = new_key_and_csr(&id).unwrap();
+        let (k2, c2) = new_key_and_csr(&id).unwrap();
+        assert_ne!(k1.public_key_raw(), k2.public_key_raw());
+        assert_ne!(c1, c2);
     }
 }

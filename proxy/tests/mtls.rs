@@ -1,6 +1,7 @@
 //! Mutual TLS between two in-process proxies: a client sidecar's outbound
 //! side and a server sidecar's inbound side, with certificates from a test
-//! CA, and the server's inbound policy.
+//! CA, and the server's inbound policy; and a proxy renewing its
+//! certificate from the real identity service, in-process.
 
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -297,4 +298,112 @@ async fn an_authorization_lets_one_identity_in_and_keeps_another_out() {
     let (status, headers, _) = get(&h1_client(), other.outbound, "/").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(headers["trellis-proxy-error"], "unauthorized");
+}
+
+/// The proxy against the real identity service (in-process, JWKS tokens
+/// from a local signer, 10 s certificates): each renewal brings a new key,
+/// and the old certificate serves until the new one is in place.
+#[tokio::test]
+async fn each_renewal_brings_a_new_key_and_the_old_one_serves_until_then() {
+    use trellis_core::test_support::{http_get, TempDir};
+    use trellis_identity::config as idcfg;
+    use trellis_identity::token::{DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
+
+    let dir = TempDir::new("proxy-renewal");
+    let day = Duration::from_secs(86_400);
+    let bundle = trellis_identity::bootstrap("cluster.local", day * 10, day * 5).unwrap();
+    let tokens = trellis_identity::LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
+    let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    dir.write("issuer.crt", &bundle.issuer_cert_pem);
+    dir.write("issuer.key", &bundle.issuer_key_pem);
+    dir.write("roots.pem", &bundle.roots_pem);
+    dir.write("jwks.json", &tokens.jwks());
+    let token = tokens
+        .sign(
+            "demo",
+            "web",
+            "web-0",
+            DEFAULT_AUDIENCE,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    dir.write("token", &token);
+    let config = trellis_identity::Config::from_source(&trellis_core::config::MapSource::new([
+        (idcfg::LISTEN, "127.0.0.1:0".to_string()),
+        (idcfg::ADMIN_LISTEN, "127.0.0.1:0".to_string()),
+        (idcfg::ISSUER_CERT_FILE, path("issuer.crt")),
+        (idcfg::ISSUER_KEY_FILE, path("issuer.key")),
+        (idcfg::TRUST_ROOTS_FILE, path("roots.pem")),
+        (idcfg::TOKEN_VERIFIER, "jwks".to_string()),
+        (idcfg::JWKS_FILE, path("jwks.json")),
+        (idcfg::CERT_LIFETIME, "10s".to_string()),
+    ]))
+    .unwrap();
+    let verifier = trellis_identity::verifier_from_config(&config)
+        .await
+        .unwrap();
+    let identity = trellis_identity::Server::bind(config, verifier)
+        .await
+        .unwrap();
+    let identity_addr = identity.local_addr().to_string();
+    let server_id = identity.server_identity().to_string();
+    let issued = identity.metrics();
+    let identity_shutdown = trellis_core::shutdown::Shutdown::new();
+    let identity_task = tokio::spawn(identity.run(identity_shutdown.clone()));
+
+    let app = http_upstream().await;
+    let (token_file, roots_file) = (path("token"), path("roots.pem"));
+    let proxy = start_proxy(
+        app,
+        &[
+            ("TRELLIS_PROXY_IDENTITY_ADDR", &identity_addr),
+            ("TRELLIS_PROXY_IDENTITY_SERVER_ID", &server_id),
+            ("TRELLIS_PROXY_IDENTITY", SERVER),
+            ("TRELLIS_PROXY_IDENTITY_TOKEN_FILE", &token_file),
+            ("TRELLIS_PROXY_TRUST_ROOTS_FILE", &roots_file),
+        ],
+    )
+    .await;
+
+    // (serial, key fingerprint) from /identity; None while pending.
+    let current = async || {
+        let (status, body) = http_get(proxy.admin, "/identity").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["identity"], SERVER, "{body}");
+        (status == 200).then(|| {
+            assert_eq!(v["state"], "ready", "{body}");
+            let key = v["key"].as_str().unwrap().to_string();
+            assert!(key.starts_with("sha256:") && key.len() == 71, "{body}");
+            (v["serial"].as_str().unwrap().to_string(), key)
+        })
+    };
+    let mut seen = Vec::new();
+    let first =
+        trellis_core::test_support::eventually("the first certificate", async || current().await)
+            .await;
+    seen.push(first);
+    // Two renewals (at about 7 s each): every certificate has a key of its
+    // own, and /identity is never without a certificate in between.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal within 30 s: {seen:?}"
+        );
+        let now = current()
+            .await
+            .expect("the old certificate serves until the new one arrives");
+        if now.0 != seen[seen.len() - 1].0 {
+            seen.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys: std::collections::HashSet<_> = seen.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(keys.len(), 3, "one key per certificate: {seen:?}");
+    assert!(issued.issued_total() >= 3);
+
+    proxy.shutdown.begin();
+    identity_shutdown.begin();
+    let _ = proxy.task.await;
+    identity_task.await.unwrap().unwrap();
 }

@@ -28,6 +28,9 @@ pub struct CertInfo {
     /// intermediate of the chain; empty without one): tells which issuer a
     /// workload's certificate comes from, e.g. during a CA rotation.
     pub issuer_fingerprint: String,
+    /// `sha256:<hex>` of the certificate's public key (SubjectPublicKeyInfo,
+    /// DER): changes when a renewal brings a new key.
+    pub key_fingerprint: String,
 }
 
 /// This workload's SPIFFE ID and its current certificate and key.
@@ -107,6 +110,7 @@ impl Credentials {
             not_before: leaf.not_before,
             not_after: leaf.not_after,
             issuer_fingerprint,
+            key_fingerprint: leaf.key_fingerprint,
         };
         self.current.store(Some(Arc::new(Current {
             key: Arc::new(key),

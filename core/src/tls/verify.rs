@@ -9,6 +9,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::extensions::GeneralName;
 
@@ -33,6 +34,8 @@ pub(crate) struct Leaf {
     pub(crate) serial: String,
     pub(crate) not_before: SystemTime,
     pub(crate) not_after: SystemTime,
+    /// `sha256:<hex>` of the SubjectPublicKeyInfo (DER).
+    pub(crate) key_fingerprint: String,
 }
 
 impl Leaf {
@@ -77,6 +80,10 @@ impl Leaf {
             serial: hex(cert.raw_serial()),
             not_before: time(&cert.validity().not_before),
             not_after: time(&cert.validity().not_after),
+            key_fingerprint: {
+                let hash: [u8; 32] = Sha256::digest(cert.public_key().raw).into();
+                format!("sha256:{}", hex(&hash))
+            },
         })
     }
 }

@@ -1,22 +1,53 @@
 //! The Certify handler with a fake verifier: derivation, codes, metrics.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 
 use super::*;
+use crate::admission::Limits;
 use crate::ca::{CaStore, IssuerFiles};
 use crate::testutil::{ca, csr, csr_with, uri, TempDir};
 use crate::token::ServiceAccount;
 
-/// Answers from a table: token → ServiceAccount or refusal.
-struct FakeVerifier(HashMap<String, Result<ServiceAccount, TokenError>>);
+/// Answers from a table: token → ServiceAccount or refusal; counts the
+/// calls, and while `gate` has no permits, holds each call until it has.
+struct FakeVerifier {
+    table: HashMap<String, Result<ServiceAccount, TokenError>>,
+    calls: AtomicUsize,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
 
 impl TokenVerifier for FakeVerifier {
     async fn verify(&self, token: &str) -> Result<ServiceAccount, TokenError> {
-        self.0
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            let _pass = gate.acquire().await.unwrap();
+        }
+        self.table
             .get(token)
             .cloned()
             .unwrap_or(Err(TokenError::BadSignature))
     }
+}
+
+const LIMITS: Limits = Limits {
+    rate: 5.0,
+    burst: 20,
+    max_concurrent: 64,
+    refusal_ttl: Duration::from_secs(60),
+};
+
+/// A JWT-shaped token whose payload says `exp` (the fake verifier does not
+/// look inside; the lifetime cap does).
+fn token_expiring(exp: i64) -> String {
+    let payload = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"sub":"system:serviceaccount:demo:web","exp":{exp}}}"#
+    ));
+    format!("e30.{payload}.sig")
 }
 
 fn sa(ns: &str, name: &str) -> Result<ServiceAccount, TokenError> {
@@ -28,11 +59,20 @@ fn sa(ns: &str, name: &str) -> Result<ServiceAccount, TokenError> {
 
 struct Fixture {
     certifier: Certifier<FakeVerifier>,
+    verifier: Arc<FakeVerifier>,
     metrics: Arc<Metrics>,
     _dir: TempDir,
 }
 
 fn fixture() -> Fixture {
+    fixture_with(LIMITS, None, &[])
+}
+
+fn fixture_with(
+    limits: Limits,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    more: &[(String, Result<ServiceAccount, TokenError>)],
+) -> Fixture {
     let dir = TempDir::new("identity-service");
     let (b, _) = ca();
     let files = IssuerFiles {
@@ -41,7 +81,7 @@ fn fixture() -> Fixture {
         roots: dir.write("roots.pem", &b.roots_pem),
     };
     let store = Arc::new(CaStore::load(files, SystemTime::now()).unwrap());
-    let verifier = FakeVerifier(HashMap::from([
+    let mut table = HashMap::from([
         ("web".to_string(), sa("demo", "web")),
         ("upper".to_string(), sa("Demo", "web")),
         (
@@ -52,17 +92,25 @@ fn fixture() -> Fixture {
             "old".to_string(),
             Err(TokenError::Expired { exp: 1, now: 2 }),
         ),
-    ]));
+    ]);
+    table.extend(more.iter().cloned());
+    let verifier = Arc::new(FakeVerifier {
+        table,
+        calls: AtomicUsize::new(0),
+        gate,
+    });
     let metrics = Arc::new(Metrics::new());
     let certifier = Certifier::new(
-        Arc::new(verifier),
+        verifier.clone(),
         store,
         "cluster.local",
         SignPolicy::default(),
+        Arc::new(Admission::new(limits)),
         metrics.clone(),
     );
     Fixture {
         certifier,
+        verifier,
         metrics,
         _dir: dir,
     }
@@ -184,5 +232,184 @@ async fn an_expired_issuer_is_our_fault_not_the_callers() {
     assert_eq!(
         e.classify(),
         (Code::Unavailable, "issuer_expired", Level::Error)
+    );
+}
+
+impl Fixture {
+    fn calls(&self) -> usize {
+        self.verifier.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_token_is_answered_from_memory_until_the_ttl() {
+    let f = fixture();
+    let status = f
+        .certifier
+        .certify(Request::new(req("forged", csr().1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(f.calls(), 1);
+    // Again: the same answer, without verifying.
+    for _ in 0..3 {
+        let again = f
+            .certifier
+            .certify(Request::new(req("forged", csr().1)))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::Unauthenticated);
+        assert!(again.message().starts_with("bad_signature"), "{again:?}");
+        assert!(again.message().contains("refused before"), "{again:?}");
+    }
+    assert_eq!(f.calls(), 1);
+    assert_eq!(f.metrics.refusals_cached_total(), 3);
+    assert_eq!(f.metrics.refusals_total("bad_signature"), 4);
+    // Our own failure is not remembered: asked every time.
+    for _ in 0..2 {
+        let _ = f
+            .certifier
+            .certify(Request::new(req("down", csr().1)))
+            .await;
+    }
+    assert_eq!(f.calls(), 3);
+    // Nor is a bad CSR with a good token (the token was fine).
+    for _ in 0..2 {
+        let _ = f.certifier.certify(Request::new(req("web", vec![]))).await;
+    }
+    assert_eq!(f.calls(), 5);
+    // After the TTL the token is verified again.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let _ = f
+        .certifier
+        .certify(Request::new(req("forged", csr().1)))
+        .await;
+    assert_eq!(f.calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_rate_requests_are_refused_unverified() {
+    let f = fixture();
+    let mut exhausted = 0;
+    for _ in 0..50 {
+        // Distinct bad tokens: nothing to remember, only the rate limits.
+        let token = format!("bogus-{exhausted}-{}", f.calls());
+        match f
+            .certifier
+            .certify(Request::new(req(&token, csr().1)))
+            .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().starts_with("rate_limited"), "{s:?}");
+                exhausted += 1;
+            }
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated),
+            Ok(_) => panic!("a bogus token was accepted"),
+        }
+    }
+    assert_eq!(f.calls(), 20, "the burst");
+    assert_eq!(exhausted, 30);
+    assert_eq!(f.metrics.limited_total("rate"), 30);
+    // Another workload (another claimed subject) is still served.
+    let web = token_expiring(crate::clock::unix_secs(SystemTime::now()) + 3600);
+    let f2 = fixture_with(LIMITS, None, &[(web.clone(), sa("demo", "web"))]);
+    for i in 0..20 {
+        let _ = f2
+            .certifier
+            .certify(Request::new(req(&format!("bogus-{i}"), csr().1)))
+            .await;
+    }
+    assert!(f2
+        .certifier
+        .certify(Request::new(req("bogus-x", csr().1)))
+        .await
+        .is_err_and(|s| s.code() == Code::ResourceExhausted));
+    let ok = f2.certifier.certify(Request::new(req(&web, csr().1))).await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn verifications_beyond_the_limit_are_refused_at_once() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let limits = Limits {
+        max_concurrent: 2,
+        ..LIMITS
+    };
+    let f = Arc::new(fixture_with(limits, Some(gate.clone()), &[]));
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let r = req(&format!("slow-{i}"), csr().1);
+                f.certifier.certify(Request::new(r)).await
+            })
+        })
+        .collect();
+    // Both are inside the verifier (paused time: this is bounded by the
+    // auto-advance, not by the wall clock).
+    trellis_core::test_support::eventually("both verifications started", async || {
+        (f.calls() == 2).then_some(())
+    })
+    .await;
+    let status = f
+        .certifier
+        .certify(Request::new(req("third", csr().1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("concurrency_limited"),
+        "{status:?}"
+    );
+    assert_eq!(f.calls(), 2, "refused without verifying");
+    assert_eq!(f.metrics.limited_total("concurrency"), 1);
+    gate.add_permits(2);
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap_err().code(), Code::Unauthenticated);
+    }
+    // Slots are free again.
+    let _ = f
+        .certifier
+        .certify(Request::new(req("fourth", csr().1)))
+        .await;
+    assert_eq!(f.calls(), 3);
+}
+
+#[tokio::test]
+async fn the_certificate_lives_no_longer_than_the_token() {
+    let now = crate::clock::unix_secs(SystemTime::now());
+    let (soon, later, dying) = (
+        token_expiring(now + 600),
+        token_expiring(now + 10 * 86_400),
+        token_expiring(now + 20),
+    );
+    let f = fixture_with(
+        LIMITS,
+        None,
+        &[
+            (soon.clone(), sa("demo", "web")),
+            (later.clone(), sa("demo", "web")),
+            (dying.clone(), sa("demo", "web")),
+        ],
+    );
+    let at = SystemTime::now();
+    let t = crate::clock::unix_secs(at);
+    // (token, expected notAfter)
+    for (token, want) in [
+        (&soon, now + 600),
+        (&later, t + 86_400),
+        (&"web".to_string(), t + 86_400),
+    ] {
+        let (resp, _) = f.certifier.decide(&req(token, csr().1), at).await.unwrap();
+        assert_eq!(resp.not_after_unix, want);
+    }
+    let e = f
+        .certifier
+        .decide(&req(&dying, csr().1), at)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.classify(),
+        (Code::Unauthenticated, "token_expires_soon", Level::Info)
     );
 }

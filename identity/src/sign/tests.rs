@@ -116,3 +116,59 @@ fn leaves_never_outlive_the_issuer_and_an_expired_issuer_signs_nothing() {
         Err(SignError::IssuerExpired(_))
     ));
 }
+
+#[test]
+fn lifetime_is_capped_by_the_tokens_remaining_life() {
+    let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_700);
+    let t = 1_700_000_000i64;
+    let s = Duration::from_secs;
+    let day = SignPolicy::default();
+    let short = SignPolicy {
+        lifetime: s(30),
+        skew: s(60),
+    };
+    // (policy, token exp, lifetime or the floor refused)
+    let table: &[(SignPolicy, Option<i64>, Result<Duration, u64>)] = &[
+        // No exp stated: the policy's lifetime.
+        (day, None, Ok(s(86_400))),
+        // The token outlives the policy: the policy's lifetime.
+        (day, Some(t + 2 * 86_400), Ok(s(86_400))),
+        (day, Some(t + 86_400), Ok(s(86_400))),
+        // The token expires sooner: its remaining life.
+        (day, Some(t + 3600), Ok(s(3600))),
+        (day, Some(t + 60), Ok(s(60))),
+        // Less than the floor left, or expired: refused.
+        (day, Some(t + 59), Err(60)),
+        (day, Some(t), Err(60)),
+        (day, Some(t - 10), Err(60)),
+        (day, Some(i64::MIN), Err(60)),
+        // A configured lifetime under the floor is the floor.
+        (short, Some(t + 3600), Ok(s(30))),
+        (short, Some(t + 30), Ok(s(30))),
+        (short, Some(t + 29), Err(30)),
+        (day, Some(i64::MAX), Ok(s(86_400))),
+    ];
+    for (policy, exp, want) in table {
+        let got = leaf_lifetime(policy, *exp, now).map_err(|e| e.min);
+        assert_eq!(got, *want, "{policy:?} exp {exp:?}");
+    }
+    let e = leaf_lifetime(&day, Some(t + 5), now).unwrap_err();
+    assert_eq!((e.exp, e.now), (t + 5, t));
+    assert!(e.to_string().contains("fresher token"), "{e}");
+}
+
+#[test]
+fn a_capped_leaf_never_outlives_the_token() {
+    let (_, issuer) = ca();
+    let (key, _) = csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, vec![], false);
+    let now = SystemTime::now();
+    let exp = unix_secs(now) + 600;
+    let policy = SignPolicy::default();
+    let lifetime = leaf_lifetime(&policy, Some(exp), now).unwrap();
+    let capped = SignPolicy { lifetime, ..policy };
+    let leaf = sign_leaf(&issuer, &key, &id("demo", "web"), &capped, now).unwrap();
+    assert!(leaf.not_after_unix() <= exp);
+    assert!(leaf.not_after_unix() >= exp - 1);
+    let (_, cert) = X509Certificate::from_der(leaf.leaf_der.as_ref()).unwrap();
+    assert_eq!(cert.validity().not_after.timestamp(), leaf.not_after_unix());
+}

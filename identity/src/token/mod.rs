@@ -21,6 +21,7 @@ use std::future::Future;
 
 pub use claims::{
     check_claims, Audiences, Expectations, KubernetesClaims, NamedRef, ProjectedClaims,
+    UnverifiedClaims,
 };
 pub use jwks::JwksVerifier;
 pub use local::{write_token_key, LocalIssuer};

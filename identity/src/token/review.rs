@@ -5,13 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 
 use super::cache::TokenCache;
-use super::{check_size, ServiceAccount, TokenError, TokenVerifier};
+use super::{check_size, ServiceAccount, TokenError, TokenVerifier, UnverifiedClaims};
 use crate::clock::unix_secs;
 
 /// How long a positive review is trusted (a deleted pod's token stops
@@ -58,7 +56,10 @@ impl TokenVerifier for TokenReviewVerifier {
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
         let sa = interpret_review(reviewed.status.as_ref(), &self.audience)?;
         let ttl = i64::try_from(REVIEW_CACHE_TTL.as_secs()).unwrap_or(60);
-        let until = unverified_exp(token).map_or(now + ttl, |exp| exp.min(now + ttl));
+        // The token's own exp, unverified: it can only shorten the entry.
+        let until = UnverifiedClaims::peek(token)
+            .exp
+            .map_or(now + ttl, |exp| exp.min(now + ttl));
         self.cache.insert(key, sa.clone(), until, now);
         Ok(sa)
     }
@@ -95,15 +96,6 @@ pub fn interpret_review(
     ServiceAccount::from_username(username).ok_or_else(|| {
         TokenError::ClaimsMismatch(format!("user {username:?} is not a ServiceAccount"))
     })
-}
-
-/// The `exp` claim of a JWT, read without verification: only ever used to
-/// shorten how long a reviewed token is cached.
-fn unverified_exp(token: &str) -> Option<i64> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("exp")?.as_i64()
 }
 
 #[cfg(test)]
@@ -277,7 +269,8 @@ mod tests {
         let err = got.unwrap_err();
         assert_eq!(err.reason(), "token_review_unavailable");
         assert!(err.to_string().contains("forbidden"), "{err}");
-        // Refusals are not cached: the next try asks again.
+        // The verifier caches no refusal (the service does, for the
+        // caller's faults only; see `admission`): the next try asks again.
         let ok = status(
             Some(true),
             Some(&["identity.trellis.dev"]),
@@ -288,13 +281,5 @@ mod tests {
             answer_review(&mut api, "token-c", 201, Some(ok))
         );
         assert_eq!(got.unwrap().name, "api");
-    }
-
-    #[test]
-    fn unverified_exp_reads_only_well_formed_payloads() {
-        let payload = URL_SAFE_NO_PAD.encode(br#"{"exp":1234}"#);
-        assert_eq!(unverified_exp(&format!("h.{payload}.s")), Some(1234));
-        assert_eq!(unverified_exp("h.!!.s"), None);
-        assert_eq!(unverified_exp("nodots"), None);
     }
 }

@@ -293,3 +293,35 @@ fn usernames() {
         assert_eq!(ServiceAccount::from_username(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn unverified_claims_read_only_well_formed_payloads() {
+    let enc = |json: &str| format!("h.{}.s", URL_SAFE_NO_PAD.encode(json));
+    let long_sub = format!(r#"{{"sub":"{}"}}"#, "x".repeat(700));
+    let cases: &[(String, Option<&str>, Option<i64>)] = &[
+        (
+            enc(r#"{"exp":1234,"sub":"system:serviceaccount:demo:web"}"#),
+            Some("system:serviceaccount:demo:web"),
+            Some(1234),
+        ),
+        (enc(r#"{"exp":1234}"#), None, Some(1234)),
+        (enc(r#"{"exp":"1234","sub":7}"#), None, None),
+        (enc(r#"{"sub":""}"#), None, None),
+        (enc(&long_sub), None, None),
+        (enc("[1,2]"), None, None),
+        ("h.!!.s".into(), None, None),
+        ("nodots".into(), None, None),
+        (String::new(), None, None),
+    ];
+    for (token, sub, exp) in cases {
+        let got = UnverifiedClaims::peek(token);
+        assert_eq!(got.sub.as_deref(), *sub, "{token}");
+        assert_eq!(got.exp, *exp, "{token}");
+    }
+    // A real token reads as what it says.
+    let (li, _) = setup();
+    let token = li.sign("demo", "web", "web-0", AUD, HOUR).unwrap();
+    let got = UnverifiedClaims::peek(&token);
+    assert_eq!(got.sub.as_deref(), Some("system:serviceaccount:demo:web"));
+    assert!(got.exp.is_some_and(|e| (e - now() - 3600).abs() <= 5));
+}

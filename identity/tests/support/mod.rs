@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,8 +17,10 @@ use trellis_core::spiffe::SpiffeId;
 pub use trellis_core::test_support::{eventually, http_get, TempDir};
 use trellis_core::tls::TrustRoots;
 use trellis_identity::config::{self as cfg, Config};
-use trellis_identity::token::{DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
-use trellis_identity::{bootstrap, Bundle, LocalIssuer, Server};
+use trellis_identity::token::{
+    JwksVerifier, KeyError, ServiceAccount, TokenError, DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER,
+};
+use trellis_identity::{bootstrap, Bundle, LocalIssuer, Server, TokenVerifier};
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 pub const HOUR: Duration = Duration::from_secs(3600);
@@ -30,8 +33,12 @@ pub fn write_ca(dir: &TempDir, b: &Bundle) {
 }
 
 pub fn config_in(dir: &TempDir) -> Config {
+    config_with(dir, &[])
+}
+
+pub fn config_with(dir: &TempDir, vars: &[(&str, &str)]) -> Config {
     let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    Config::from_source(&MapSource::new([
+    let mut all = vec![
         (cfg::LISTEN, "127.0.0.1:0".to_string()),
         (cfg::ADMIN_LISTEN, "127.0.0.1:0".to_string()),
         (cfg::ISSUER_CERT_FILE, p("issuer.crt")),
@@ -40,8 +47,9 @@ pub fn config_in(dir: &TempDir) -> Config {
         (cfg::TOKEN_VERIFIER, "jwks".to_string()),
         (cfg::JWKS_FILE, p("jwks.json")),
         (cfg::RELOAD_INTERVAL, "100ms".to_string()),
-    ]))
-    .unwrap()
+    ];
+    all.extend(vars.iter().map(|(k, v)| (*k, v.to_string())));
+    Config::from_source(&MapSource::new(all)).unwrap()
 }
 
 pub struct Running {
@@ -74,14 +82,56 @@ pub async fn start(tag: &str) -> Running {
 
 /// The service with the CA files `bundle`.
 pub async fn start_with(tag: &str, bundle: Bundle) -> Running {
+    start_verifying(tag, bundle, &[], async |config, _| {
+        trellis_identity::verifier_from_config(config)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+/// A stand-in for the API server's TokenReview: counts every review, takes
+/// a little while to answer (a simulated round trip, not a wait for
+/// anything), and answers as the JWKS of the test's token signer would.
+pub struct CountingReview {
+    jwks: JwksVerifier,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl CountingReview {
+    pub fn new(tokens: &LocalIssuer, calls: Arc<AtomicUsize>) -> Self {
+        let jwks = JwksVerifier::from_jwks(&tokens.jwks(), DEFAULT_TOKEN_ISSUER, DEFAULT_AUDIENCE)
+            .unwrap();
+        Self { jwks, calls }
+    }
+}
+
+impl TokenVerifier for CountingReview {
+    async fn verify(&self, token: &str) -> Result<ServiceAccount, TokenError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.jwks.verify(token).await
+    }
+
+    fn refresh(&self) -> Result<bool, KeyError> {
+        Ok(false)
+    }
+}
+
+/// The service with a fresh CA, extra configuration `vars`, and the token
+/// verifier `make` builds from the configuration and the token signer.
+pub async fn start_verifying<V: TokenVerifier>(
+    tag: &str,
+    bundle: Bundle,
+    vars: &[(&str, &str)],
+    make: impl AsyncFnOnce(&Config, &LocalIssuer) -> V,
+) -> Running {
     let dir = TempDir::new(&format!("identity-it-{tag}"));
     write_ca(&dir, &bundle);
     let tokens = LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
     dir.write("jwks.json", &tokens.jwks());
-    let config = config_in(&dir);
-    let verifier = trellis_identity::verifier_from_config(&config)
-        .await
-        .unwrap();
+    let config = config_with(&dir, vars);
+    let verifier = make(&config, &tokens).await;
     let server = Server::bind(config, verifier).await.unwrap();
     let addr = server.local_addr().to_string();
     let admin = server.admin_addr();

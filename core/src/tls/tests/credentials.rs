@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
+use sha2::Digest as _;
 
 use super::fixtures::*;
 use crate::tls::*;
@@ -88,6 +89,16 @@ fn credentials_start_unready_and_report_the_current_certificate() {
     ); // 2100-01-01
     let (_, x509) = x509_parser::parse_x509_certificate(leaf.chain[0].as_ref()).unwrap();
     assert_eq!(info.serial, x509.raw_serial_as_string().replace(':', ""));
+    // The key fingerprint is the SubjectPublicKeyInfo's, and a new key
+    // (a renewal) shows a new one.
+    let spki: [u8; 32] = sha2::Sha256::digest(x509.public_key().raw).into();
+    assert_eq!(
+        info.key_fingerprint,
+        format!("sha256:{}", crate::tls::roots::hex(&spki))
+    );
+    let renewed = ca.leaf(&web);
+    let next = creds.set(renewed.key(), renewed.chain.clone()).unwrap();
+    assert_ne!(next.key_fingerprint, info.key_fingerprint);
 }
 
 #[test]
