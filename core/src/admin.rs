@@ -211,18 +211,24 @@ async fn guard(
     }
 }
 
+/// `router` as an admin port serves it: [`OPEN_PATHS`] to everyone, the
+/// rest only to local clients. Every admin server goes through this.
+pub fn guarded(
+    router: axum::Router,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, AdminPeer> {
+    router
+        .layer(axum::middleware::from_fn(guard))
+        .into_make_service_with_connect_info::<AdminPeer>()
+}
+
 /// Serves `router` on `listener` until shutdown begins, as a task the
 /// shutdown waits for; paths other than [`OPEN_PATHS`] answer only local
 /// clients. A failure is logged: the service goes on without its admin
 /// port.
 pub fn serve(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) {
     let stop = shutdown.clone();
-    let router = router.layer(axum::middleware::from_fn(guard));
     shutdown.spawn(async move {
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<AdminPeer>(),
-        )
+        let served = axum::serve(listener, guarded(router))
         .with_graceful_shutdown(async move { stop.signaled().await })
         .await;
         if let Err(e) = served {

@@ -271,7 +271,10 @@ impl Proxy {
             mesh: self.mesh.clone(),
         });
         let admin_shutdown = shutdown.clone();
-        let admin = axum::serve(self.admin, admin::router(admin_state.clone()))
+        let admin = axum::serve(
+            self.admin,
+            trellis_core::admin::guarded(admin::router(admin_state.clone())),
+        )
             .with_graceful_shutdown(async move { admin_shutdown.signaled().await });
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(
