@@ -229,8 +229,8 @@ pub fn serve(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) {
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let served = axum::serve(listener, guarded(router))
-        .with_graceful_shutdown(async move { stop.signaled().await })
-        .await;
+            .with_graceful_shutdown(async move { stop.signaled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
         }

@@ -275,7 +275,7 @@ impl Proxy {
             self.admin,
             trellis_core::admin::guarded(admin::router(admin_state.clone())),
         )
-            .with_graceful_shutdown(async move { admin_shutdown.signaled().await });
+        .with_graceful_shutdown(async move { admin_shutdown.signaled().await });
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(
             listeners = ?listen_addrs,

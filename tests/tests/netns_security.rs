@@ -184,7 +184,10 @@ fn curl(mesh: &Mesh, pod: &str, args: &[&str]) -> (u16, String) {
     argv.extend_from_slice(args);
     let out = mesh.exec(pod, &argv);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+    let (body, code) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", text.trim()));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
@@ -194,7 +197,8 @@ fn count(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 const SMUGGLE_H2C: &str = "GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
 const SMUGGLE_WS: &str = "GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-const PAYLOAD: &str = "POST /admin/delete-everything HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n";
+const PAYLOAD: &str =
+    "POST /admin/delete-everything HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n";
 
 #[test]
 fn netns_security_upgrade_smuggling_is_refused_and_websocket_still_works_when_allowed() {
@@ -230,15 +234,29 @@ fn netns_security_upgrade_smuggling_is_refused_and_websocket_still_works_when_al
     );
 
     // A client allowed the whole connection still gets its WebSocket.
-    let status = raw(mesh, "wsclient", &api_ip, SMUGGLE_WS, "hello over the tunnel");
+    let status = raw(
+        mesh,
+        "wsclient",
+        &api_ip,
+        SMUGGLE_WS,
+        "hello over the tunnel",
+    );
     assert!(status.contains(" 101 "), "allowed websocket: {status:?}");
     let delivered = eventually(Duration::from_secs(10), || {
         log(dir, "api.log").contains("hello over the tunnel")
     });
-    assert!(delivered, "the allowed tunnel's bytes never arrived:\n{}", log(dir, "api.log"));
+    assert!(
+        delivered,
+        "the allowed tunnel's bytes never arrived:\n{}",
+        log(dir, "api.log")
+    );
     let m = mesh.metrics("api");
     assert!(
-        count(&m, "trellis_authz_denied_total", &[("direction", "inbound")]) >= 4.0,
+        count(
+            &m,
+            "trellis_authz_denied_total",
+            &[("direction", "inbound")]
+        ) >= 4.0,
         "refusals not counted:\n{}",
         m.0
     );
@@ -279,11 +297,18 @@ fn netns_security_paths_are_normalised_before_authorization() {
     );
     // The normalised path is what the application gets: /api/./x/../items
     // arrives as /api/items.
-    let (code, _) = curl(mesh, "client", &["--path-as-is", &format!("{api}/api/./x/../items")]);
+    let (code, _) = curl(
+        mesh,
+        "client",
+        &["--path-as-is", &format!("{api}/api/./x/../items")],
+    );
     assert_eq!(code, 200);
     let seen = log(dir, "api.log");
     assert!(
-        seen.lines().last().unwrap_or("").contains("GET /api/items "),
+        seen.lines()
+            .last()
+            .unwrap_or("")
+            .contains("GET /api/items "),
         "not forwarded normalised:\n{seen}"
     );
 }
@@ -297,14 +322,41 @@ fn netns_security_no_relay_to_a_foreign_destination_and_no_fake_probes() {
     // `legacy` routes web's address through api's pod: api's inbound
     // listener gets a connection whose original destination is web. It is
     // refused, and web never hears from api's proxy.
-    mesh.exec_ok("legacy", &["ip", "route", "add", &format!("{web_ip}/32"), "via", &api_ip]);
+    mesh.exec_ok(
+        "legacy",
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{web_ip}/32"),
+            "via",
+            &api_ip,
+        ],
+    );
     let web_before = log(dir, "web.log");
-    let status = raw(mesh, "legacy", &web_ip, "GET / HTTP/1.1\r\nHost: web\r\n\r\n", "");
-    assert!(!status.contains(" 200 "), "relayed to a foreign destination: {status:?}");
-    assert_eq!(log(dir, "web.log"), web_before, "web received the relayed connection");
+    let status = raw(
+        mesh,
+        "legacy",
+        &web_ip,
+        "GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+        "",
+    );
+    assert!(
+        !status.contains(" 200 "),
+        "relayed to a foreign destination: {status:?}"
+    );
+    assert_eq!(
+        log(dir, "web.log"),
+        web_before,
+        "web received the relayed connection"
+    );
     let m = mesh.metrics("api");
     assert_eq!(
-        count(&m, "trellis_authz_denied_total", &[("reason", "foreign_destination")]),
+        count(
+            &m,
+            "trellis_authz_denied_total",
+            &[("reason", "foreign_destination")]
+        ),
         1.0,
         "{}",
         m.0
@@ -315,15 +367,40 @@ fn netns_security_no_relay_to_a_foreign_destination_and_no_fake_probes() {
     // all-authenticated; the same from the node (kubelet's place) passes.
     let (code, _) = curl(mesh, "legacy", &[&format!("http://{api_ip}:8080/healthz")]);
     assert_eq!(code, 403, "a pod passed for kubelet");
-    let out = mesh.node_exec(&["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{api_ip}:8080/healthz")]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200", "the node's probe");
+    let out = mesh.node_exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{api_ip}:8080/healthz"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200",
+        "the node's probe"
+    );
 
     // Admin: health and metrics open to all, the rest only on the host.
     let (code, _) = curl(mesh, "legacy", &[&format!("http://{api_ip}:7191/metrics")]);
     assert_eq!(code, 200);
     let (code, _) = curl(mesh, "legacy", &[&format!("http://{api_ip}:7191/config")]);
     assert_eq!(code, 403, "/config open to other pods");
-    let out = mesh.exec_ok("api", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:7191/config"]);
+    let out = mesh.exec_ok(
+        "api",
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:7191/config",
+        ],
+    );
     assert_eq!(out.trim(), "200", "/config from inside the pod");
 }
 

@@ -493,9 +493,15 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
     let s = load(&mesh, WEB_URL, 0, 600);
     assert_eq!(ok(&s), 600, "{s}");
     let after = inbound_counts(&mesh, &all);
-    let to_slow = after[2] - before[2];
-    eprintln!("slow web-2 got {to_slow} of 600");
-    assert!(to_slow <= 20.0, "the slow replica got {to_slow} of 600");
+    let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("slow web-2: {got:?} of 600");
+    // Eight requests in flight: when the fast replicas have queues, the
+    // slow one is the cheaper now and then (cost = latency × (in flight +
+    // 1)), so "less" is a share, not zero.
+    assert!(
+        got[2] <= 60.0 && got[2] * 4.0 < got[0].min(got[1]),
+        "the slow replica was not avoided: {got:?}"
+    );
 
     // It recovers: being avoided, its estimate goes stale within a second,
     // so it is tried again (one request every 200 ms, bounded at 30 s)…

@@ -12,11 +12,15 @@
 //!    the lower cost wins, cost being the estimate × (requests in flight +
 //!    1);
 //! 2. otherwise the one with fewer requests in flight wins;
-//! 3. and between equally loaded ones, the one picked less recently.
+//! 3. and between equally loaded ones, the one with the smaller recent
+//!    share of picks (a count that decays by 1 % with every pick), then
+//!    the one picked less recently.
 //!
-//! Step 3 is what spreads requests evenly over equal replicas (P2C with a
-//! least-recently-picked tie-break behaves like round robin when nothing
-//! tells the endpoints apart; a coin toss would leave shares to chance).
+//! Step 3 is what spreads requests evenly over equal replicas: P2C with
+//! this tie-break behaves like round robin when nothing tells the
+//! endpoints apart (a coin toss would leave shares to chance), and an
+//! endpoint that was passed over for a while — measured during a hiccup,
+//! say — wins its ties until it has caught up.
 //!
 //! **No endpoint is starved by what is not known.** An endpoint without a
 //! sample yet is costed as the average of the backend's recently measured
@@ -102,8 +106,8 @@ impl Default for BalancerConfig {
             decay: Duration::from_secs(1),
             default_rtt: Duration::from_millis(30),
             noise_ratio: 2.0,
-            noise_floor: Duration::from_millis(3),
-            stale_after: Duration::from_secs(1),
+            noise_floor: Duration::from_millis(5),
+            stale_after: Duration::from_millis(250),
             failure_threshold: 7,
             ejection_base: Duration::from_secs(1),
             ejection_max: Duration::from_secs(60),
@@ -143,8 +147,11 @@ struct Endpoint<K> {
     key: K,
     rtt: PeakEwma,
     pending: u32,
-    /// When it was last picked, in picks of this balancer (0: never).
+    /// When it was last picked (or joined), in picks of this balancer.
     last_pick: u64,
+    /// Its recent share: picks, each worth less by [`SHARE_DECAY`] with
+    /// every pick of the balancer since, as of `last_pick`.
+    share: f64,
     /// Consecutive failures.
     failures: u32,
     /// Ejections since the endpoint was last readmitted: the backoff's
@@ -216,6 +223,15 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
             .map(|e| (e.key.clone(), e))
             .collect();
         self.index.clear();
+        // A new endpoint joins with the others' average recent share, so
+        // it neither floods (a share of 0 would win every tie until it had
+        // caught up with history) nor starves.
+        let shares: Vec<f64> = old.values().map(|e| self.share(e)).collect();
+        let joining_share = if shares.is_empty() {
+            0.0
+        } else {
+            shares.iter().sum::<f64>() / shares.len() as f64
+        };
         for key in keys {
             if self.index.contains_key(&key) {
                 continue;
@@ -224,7 +240,8 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
                 key: key.clone(),
                 rtt: PeakEwma::default(),
                 pending: 0,
-                last_pick: 0,
+                last_pick: self.picks,
+                share: joining_share,
                 failures: 0,
                 ejections: 0,
                 state: State::Healthy,
@@ -272,13 +289,24 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         } else if x.pending != y.pending {
             y.pending < x.pending
         } else {
-            y.last_pick < x.last_pick
+            let (sx, sy) = (self.share(x), self.share(y));
+            if sx == sy {
+                y.last_pick < x.last_pick
+            } else {
+                sy < sx
+            }
         };
         if y_wins {
             y
         } else {
             x
         }
+    }
+
+    /// An endpoint's recent share of picks, decayed to this pick.
+    fn share(&self, e: &Endpoint<K>) -> f64 {
+        let since = self.picks.wrapping_sub(e.last_pick);
+        e.share * SHARE_DECAY.powi(i32::try_from(since).unwrap_or(i32::MAX))
     }
 
     /// An endpoint's latency estimate at `now`, in nanoseconds: its own
@@ -349,7 +377,9 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
     pub fn start(&mut self, key: &K) {
         self.picks = self.picks.wrapping_add(1);
         let picks = self.picks;
+        let share = self.get(key).map_or(0.0, |e| self.share(e));
         let Some(e) = self.get_mut(key) else { return };
+        e.share = share + 1.0;
         e.pending = e.pending.saturating_add(1);
         e.last_pick = picks;
         if let State::Ejected { .. } = e.state {
@@ -437,6 +467,10 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         self.endpoints.get_mut(i)
     }
 }
+
+/// How much a pick still counts in an endpoint's recent share after each
+/// later pick of the balancer: 0.99, a half-life of about 70 picks.
+const SHARE_DECAY: f64 = 0.99;
 
 /// The backend's average latency estimate ([`Balancer::average`]), worked
 /// out at most once per decision.

@@ -462,6 +462,7 @@ fn probe_success_readmits_probe_failure_ejects_for_longer() {
     assert_eq!(b.health(&"a", t1), Some(Health::AwaitingProbe));
     // Make "a" the cheaper, so it is picked as soon as it may be.
     answer(&mut b, "b", t1, Duration::from_secs(5));
+    b.start(&"b");
     assert_eq!(b.pick(t1, &mut rng), Some("a"));
     b.start(&"a");
     assert_eq!(b.health(&"a", t1), Some(Health::Probing));
