@@ -70,7 +70,9 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     }
     let refused = out.refused();
     if refused > 0 {
-        bail!("{refused} pod template(s) refused by the Trellis floor (printed unchanged; see above)");
+        bail!(
+            "{refused} pod template(s) refused by the Trellis floor (printed unchanged; see above)"
+        );
     }
     let failed = out.failed();
     if failed > 0 {

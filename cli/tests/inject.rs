@@ -251,7 +251,10 @@ fn a_template_below_the_floor_is_refused_with_a_non_zero_exit() {
         r#"config.trellis.dev/default-inbound-policy: "all-unauthenticated" on the pod is weaker than the floor's all-authenticated"#,
         "1 pod template(s) refused by the Trellis floor",
     ] {
-        assert!(stderr.contains(needle), "{needle:?} not in stderr:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in stderr:\n{stderr}"
+        );
     }
     // Printed unchanged: no proxy.
     assert!(!stdout.contains("trellis-proxy"), "{stdout}");
@@ -268,13 +271,21 @@ fn a_template_below_a_warn_floor_is_injected_with_the_floor_and_a_warning() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(
-        stderr.contains("deployment/ledger (namespace payments): injected with the floor applied (warning):"),
+        stderr.contains(
+            "deployment/ledger (namespace payments): injected with the floor applied (warning):"
+        ),
         "{stderr}"
     );
     let docs = yaml_docs(&stdout);
     let inits = &docs[1]["spec"]["template"]["spec"]["initContainers"];
     let args = inits[0]["args"].as_array().unwrap();
-    assert!(!args.iter().any(|a| a == "--skip-inbound-ports"), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a == "--skip-inbound-ports"),
+        "{args:?}"
+    );
     // No floor on outbound ports: the pod's own value stands.
-    assert!(args.iter().any(|a| a == "--skip-outbound-ports"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a == "--skip-outbound-ports"),
+        "{args:?}"
+    );
 }

@@ -335,13 +335,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.proxy.outbound_mtls, OutboundMtls::Required);
-        assert_eq!(
-            cfg.floor.enforcement,
-            Some(crate::floor::Enforcement::Warn)
-        );
+        assert_eq!(cfg.floor.enforcement, Some(crate::floor::Enforcement::Warn));
         assert_eq!(cfg.floor.skip_outbound_ports.to_string(), "5432");
         for (bad, needle) in [
-            ("proxy:\n  plaintextDestinations: 10.0.0.0/33\n", "plaintextDestinations"),
+            (
+                "proxy:\n  plaintextDestinations: 10.0.0.0/33\n",
+                "plaintextDestinations",
+            ),
             ("proxy:\n  outboundMtls: maybe\n", "maybe"),
             ("floor:\n  skipInboundPorts: some\n", "some"),
             ("floor:\n  enforcement: loud\n", "loud"),

@@ -88,9 +88,7 @@ impl FromStr for Enforcement {
         match s {
             "deny" => Ok(Self::Deny),
             "warn" => Ok(Self::Warn),
-            other => Err(format!(
-                "{other:?} is not an enforcement: use deny or warn"
-            )),
+            other => Err(format!("{other:?} is not an enforcement: use deny or warn")),
         }
     }
 }

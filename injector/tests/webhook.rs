@@ -419,7 +419,10 @@ async fn a_pod_below_a_deny_floor_is_refused_with_the_annotation_value_and_floor
         &[
             ("trellis.dev/inject", "enabled"),
             ("config.trellis.dev/floor-skip-inbound-ports", "none"),
-            ("config.trellis.dev/floor-default-inbound-policy", "all-authenticated"),
+            (
+                "config.trellis.dev/floor-default-inbound-policy",
+                "all-authenticated",
+            ),
         ],
     ));
     let resp = review(&r, reviewed_pod("payments")).await;
@@ -441,8 +444,7 @@ async fn a_pod_below_a_deny_floor_is_refused_with_the_annotation_value_and_floor
     // No floor on skip-outbound-ports here: not a violation.
     assert!(!message.contains("skip-outbound-ports"), "{message}");
     assert_eq!(
-        r.metrics
-            .reviews("refused", "floor_default_inbound_policy"),
+        r.metrics.reviews("refused", "floor_default_inbound_policy"),
         1
     );
     let (_, text) = admin_get(&r, "/metrics").await;
@@ -465,7 +467,10 @@ async fn a_pod_below_a_warn_floor_is_injected_with_the_floor_and_warned() {
             ("config.trellis.dev/floor-enforcement", "warn"),
             ("config.trellis.dev/floor-skip-inbound-ports", "none"),
             ("config.trellis.dev/floor-skip-outbound-ports", "none"),
-            ("config.trellis.dev/floor-default-inbound-policy", "all-authenticated"),
+            (
+                "config.trellis.dev/floor-default-inbound-policy",
+                "all-authenticated",
+            ),
         ],
     ));
     let resp = review(&r, reviewed_pod("payments")).await;
@@ -492,11 +497,14 @@ async fn a_pod_below_a_warn_floor_is_injected_with_the_floor_and_warned() {
     assert!(!patch.contains("--skip-inbound-ports"), "{patch}");
     assert!(!patch.contains("--skip-outbound-ports"), "{patch}");
     assert!(
-        patch.contains(r#"{"name":"TRELLIS_PROXY_DEFAULT_INBOUND_POLICY","value":"all-authenticated"}"#),
+        patch.contains(
+            r#"{"name":"TRELLIS_PROXY_DEFAULT_INBOUND_POLICY","value":"all-authenticated"}"#
+        ),
         "{patch}"
     );
     assert_eq!(
-        r.metrics.reviews("injected", "floor_default_inbound_policy"),
+        r.metrics
+            .reviews("injected", "floor_default_inbound_policy"),
         1
     );
     assert_eq!(r.metrics.reviews("injected", "injected"), 0);

@@ -659,8 +659,18 @@ fn check_floor(errs: &mut Errors, path: &str, w: &Workload, o: &Overrides, floor
         }
     }
     for (key, list, allowance, field) in [
-        (SKIP_INBOUND_PORTS, &o.skip_inbound_ports, &floor.skip_inbound_ports, "skipInboundPorts"),
-        (SKIP_OUTBOUND_PORTS, &o.skip_outbound_ports, &floor.skip_outbound_ports, "skipOutboundPorts"),
+        (
+            SKIP_INBOUND_PORTS,
+            &o.skip_inbound_ports,
+            &floor.skip_inbound_ports,
+            "skipInboundPorts",
+        ),
+        (
+            SKIP_OUTBOUND_PORTS,
+            &o.skip_outbound_ports,
+            &floor.skip_outbound_ports,
+            "skipOutboundPorts",
+        ),
     ] {
         let Some(ranges) = list.as_deref().and_then(|l| parse_ports(l).ok()) else {
             continue;

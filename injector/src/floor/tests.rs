@@ -114,7 +114,10 @@ fn a_namespace_raises_the_cluster_floor_never_lowers_it() {
     assert_eq!(f.skip_inbound_ports.unwrap().value, PortAllowance::None);
     let out = f.skip_outbound_ports.unwrap();
     assert_eq!(out.value.to_string(), "5432");
-    assert_eq!(out.source, FloorSource::Namespace(FLOOR_SKIP_OUTBOUND_PORTS));
+    assert_eq!(
+        out.source,
+        FloorSource::Namespace(FLOOR_SKIP_OUTBOUND_PORTS)
+    );
     assert_eq!(f.no_opt_out, Some(FloorSource::Cluster));
 
     let raised = Floor::resolve(
@@ -125,7 +128,10 @@ fn a_namespace_raises_the_cluster_floor_never_lowers_it() {
     assert!(raised.is_set());
     let own = Floor::resolve(
         &FloorConfig::default(),
-        &ns(&[(FLOOR_ENFORCEMENT, "warn"), (FLOOR_OUTBOUND_MTLS, "required")]),
+        &ns(&[
+            (FLOOR_ENFORCEMENT, "warn"),
+            (FLOOR_OUTBOUND_MTLS, "required"),
+        ]),
     )
     .unwrap();
     assert_eq!(own.enforcement, Enforcement::Warn, "no cluster floor");

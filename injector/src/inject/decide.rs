@@ -15,8 +15,8 @@ use super::{
 };
 use crate::config::{InjectorConfig, Resources};
 use crate::floor::{
-    check_mtls, check_policy, stricter_policy, Bound, Enforcement, Floor, FloorKind,
-    OutboundMtls, PortAllowance, Refusal, Violation, FLOOR_ANNOTATIONS,
+    check_mtls, check_policy, stricter_policy, Bound, Enforcement, Floor, FloorKind, OutboundMtls,
+    PortAllowance, Refusal, Violation, FLOOR_ANNOTATIONS,
 };
 
 /// The proxy's own ports: an application container listening on one of
@@ -172,7 +172,9 @@ pub(super) fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Res
     let resolved = settings(pod_annotations, &ns.annotations, cfg, &floor);
     if !resolved.problems.is_empty() {
         if !floor.is_set() {
-            return Err(Stop::Skip(SkipReason::Invalid(resolved.problems.join("; "))));
+            return Err(Stop::Skip(SkipReason::Invalid(
+                resolved.problems.join("; "),
+            )));
         }
         // Under a floor a bad override never leaves the pod unmeshed.
         violations.extend(resolved.problems.into_iter().map(|p| Violation {
@@ -271,7 +273,9 @@ fn settings(
         let key = format!("{CONFIG_PREFIX}{name}");
         match pod.get(&key) {
             Some(v) => Some((key, "pod", v.trim().to_string())),
-            None => ns.get(&key).map(|v| (key, "namespace", v.trim().to_string())),
+            None => ns
+                .get(&key)
+                .map(|v| (key, "namespace", v.trim().to_string())),
         }
     };
     let mut skip_ports = |name: &str, bound: &Option<Bound<PortAllowance>>| -> String {
@@ -291,7 +295,10 @@ fn settings(
         let (allowed, refused) = bound.value.check(&ranges);
         if !refused.is_empty() {
             let list = |r: &[trellis_core::config::PortRange]| {
-                r.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                r.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             violations.push(Violation {
                 kind: FloorKind::SkipPorts,

@@ -623,7 +623,10 @@ fn bad_overrides_under_a_warn_floor_are_meshed_with_the_floors_values() {
     let kinds: Vec<_> = warnings.iter().map(|w| w.kind).collect();
     use crate::floor::FloorKind::*;
     assert_eq!(kinds, [InvalidOverride, InvalidOverride, SkipPorts]);
-    assert_eq!(init_arg(&pod, "--skip-outbound-ports").as_deref(), Some("5432"));
+    assert_eq!(
+        init_arg(&pod, "--skip-outbound-ports").as_deref(),
+        Some("5432")
+    );
     let env = proxy_env(&pod);
     assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required");
     assert_eq!(
@@ -660,7 +663,10 @@ fn a_pod_cannot_set_its_own_floor() {
 fn outbound_mtls_and_probe_sources_reach_the_proxy() {
     let (_, pod, _) = injected_case("outbound-mtls");
     let env = proxy_env(&pod);
-    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required", "the pod's wins");
+    assert_eq!(
+        env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required",
+        "the pod's wins"
+    );
     assert_eq!(
         env["TRELLIS_PROXY_PLAINTEXT_DESTINATIONS"],
         "10.96.0.10/32,203.0.113.0/24"

@@ -169,8 +169,7 @@ impl<'a> Run<'a> {
                 let mut r = report(Some(namespace.clone()), Outcome::Injected);
                 let changed = match self.workload(obj, path, &namespace) {
                     Ok(outcome) => {
-                        let changed =
-                            matches!(outcome, Outcome::Injected | Outcome::Floored(_));
+                        let changed = matches!(outcome, Outcome::Injected | Outcome::Floored(_));
                         r.outcome = outcome;
                         changed
                     }

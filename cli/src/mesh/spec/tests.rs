@@ -390,7 +390,11 @@ fn the_floor_refuses_workload_annotations_below_it() {
         "      config.trellis.dev/outbound-mtls: required",
         "      example.com/other: x",
     ] {
-        let text = floored(FLOOR, "defaultInboundPolicy: all-authenticated\noutboundMtls: required", ok);
+        let text = floored(
+            FLOOR,
+            "defaultInboundPolicy: all-authenticated\noutboundMtls: required",
+            ok,
+        );
         if let Err(e) = parse(&text, "test.yaml") {
             panic!("{ok}: {e}");
         }
@@ -405,15 +409,33 @@ fn the_files_own_defaults_and_opt_outs_are_held_to_its_floor() {
         "      example.com/other: x",
     ));
     assert!(has(&errs, "defaultInboundPolicy: audit is weaker than floor.defaultInboundPolicy all-authenticated"), "{errs:?}");
-    assert!(has(&errs, "outboundMtls: opportunistic is weaker than floor.outboundMtls required"), "{errs:?}");
+    assert!(
+        has(
+            &errs,
+            "outboundMtls: opportunistic is weaker than floor.outboundMtls required"
+        ),
+        "{errs:?}"
+    );
     let unmeshed = floored("  allowOptOut: false\n", "", "      example.com/other: x")
         .replace("    ports: [8080]\n", "    meshed: false\n");
     let errs = errors(&unmeshed);
-    assert!(has(&errs, "workloads[0] (pay/ledger).meshed: false is refused: floor.allowOptOut is false"), "{errs:?}");
+    assert!(
+        has(
+            &errs,
+            "workloads[0] (pay/ledger).meshed: false is refused: floor.allowOptOut is false"
+        ),
+        "{errs:?}"
+    );
     // Bad floor values are refused by the parser, naming the field.
-    for bad in ["  skipInboundPorts: some\n", "  outboundMtls: sometimes\n", "  enforcement: warn\n"] {
+    for bad in [
+        "  skipInboundPorts: some\n",
+        "  outboundMtls: sometimes\n",
+        "  enforcement: warn\n",
+    ] {
         match parse(&floored(bad, "", "      example.com/other: x"), "test.yaml") {
-            Err(SpecError::Parse { message, .. }) => assert!(message.contains("floor"), "{message}"),
+            Err(SpecError::Parse { message, .. }) => {
+                assert!(message.contains("floor"), "{message}")
+            }
             other => panic!("{bad}: {other:?}"),
         }
     }
@@ -421,7 +443,11 @@ fn the_files_own_defaults_and_opt_outs_are_held_to_its_floor() {
 
 #[test]
 fn outbound_mtls_reaches_the_proxy_env() {
-    let text = floored("  skipInboundPorts: any\n", "outboundMtls: required", "      example.com/other: x");
+    let text = floored(
+        "  skipInboundPorts: any\n",
+        "outboundMtls: required",
+        "      example.com/other: x",
+    );
     let checked = parse(&text, "test.yaml").unwrap();
     assert_eq!(checked.file.outbound_mtls, OutboundMtls::Required);
     assert_eq!(checked.overrides[0].outbound_mtls, None);
