@@ -8,7 +8,8 @@
 #      `trellis-controller crd` prints (the controller and the CLI are built
 #      with cargo, target dir $CARGO_TARGET_DIR, default
 #      /var/cache/trellis/target);
-#   3. for every profile (default values, values-ha.yaml, ci/*-values.yaml,
+#   3. for every profile (default values, values-ha.yaml,
+#      values-mtls-only.yaml, ci/*-values.yaml,
 #      a provided CA made here with openssl): `helm lint --strict`, then
 #      `helm template --include-crds`, then every rendered manifest is
 #      validated with kubernetes-validate in strict mode against Kubernetes
@@ -226,13 +227,17 @@ RULES = {
 }
 # injector/src/config.rs, InjectorConfig (camelCase, deny_unknown_fields)
 INJECTOR_CONFIG_KEYS = {
-    "": {"controlPlaneNamespace", "trustDomain", "excludedNamespaces", "proxy", "init"},
+    "": {"controlPlaneNamespace", "trustDomain", "excludedNamespaces", "proxy", "init", "floor"},
     "proxy": {"image", "imagePullPolicy", "version", "nativeSidecar", "logLevel", "resources",
               "identityAddr", "identityServerId", "controllerAddr", "trustRootsConfigMap",
-              "defaultInboundPolicy", "opaquePorts", "tokenExpirationSeconds"},
+              "defaultInboundPolicy", "outboundMtls", "plaintextDestinations", "opaquePorts",
+              "tokenExpirationSeconds"},
     "proxy.resources": {"cpuRequest", "memoryRequest", "cpuLimit", "memoryLimit"},
     "init": {"image", "runAsRoot", "iptablesMode"},
 }
+# injector/src/floor.rs, FloorConfig: only the fields a profile sets
+INJECTOR_FLOOR_KEYS = {"enforcement", "defaultInboundPolicy", "outboundMtls", "skipInboundPorts",
+                       "skipOutboundPorts", "allowOptOut"}
 
 def find(kind, name, ns=None):
     for _, d in docs:
@@ -358,6 +363,7 @@ if a.chart_invariants:
             want = INJECTOR_CONFIG_KEYS[prefix]
             check(set(obj) == want, "injector config %s keys %s, want %s" % (prefix or "(top)", sorted(obj), sorted(want)))
         keys(cfg, ""); keys(cfg["proxy"], "proxy"); keys(cfg["proxy"]["resources"], "proxy.resources"); keys(cfg["init"], "init")
+        check(set(cfg["floor"] or {}) <= INJECTOR_FLOOR_KEYS, "injector config floor keys %s, want a subset of %s" % (sorted(cfg["floor"] or {}), sorted(INJECTOR_FLOOR_KEYS)))
         check(cfg["controlPlaneNamespace"] == ns, "injector config controlPlaneNamespace")
         check(cfg["proxy"]["identityAddr"].startswith("trellis-identity.%s.svc." % ns) and cfg["proxy"]["identityAddr"].endswith(":7155"), "identityAddr %s" % cfg["proxy"]["identityAddr"])
         check(cfg["proxy"]["controllerAddr"].startswith("trellis-controller.%s.svc." % ns) and cfg["proxy"]["controllerAddr"].endswith(":7156"), "controllerAddr %s" % cfg["proxy"]["controllerAddr"])
@@ -593,6 +599,7 @@ EOF
 PROFILES=(
   "default"
   "ha|-f $CHART/values-ha.yaml"
+  "mtls-only|-f $CHART/values-mtls-only.yaml"
   "cert-manager|-f $CHART/ci/cert-manager-values.yaml"
   "service-monitor|-f $CHART/ci/service-monitor-values.yaml"
   "legacy-sidecar|-f $CHART/ci/legacy-sidecar-values.yaml"
@@ -664,6 +671,7 @@ step "bad values must fail helm template with a clear message"
 NEGATIVE=(
   "--set injector.failurePolicy=Sometimes|at '/injector/failurePolicy': value must be one of 'Ignore', 'Fail'"
   "--set proxy.defaultInboundPolicy=open|at '/proxy/defaultInboundPolicy': value must be one of 'all-unauthenticated', 'all-authenticated', 'deny', 'audit'"
+  "--set proxy.outboundMtls=sometimes|at '/proxy/outboundMtls': value must be one of 'opportunistic', 'required'"
   "--set unknownKey=1|additional properties 'unknownKey' not allowed"
   "--set injector.tls.moed=generate|at '/injector/tls': additional properties 'moed' not allowed"
   "--set identity.issuer.mode=vault|at '/identity/issuer/mode': value must be one of 'generate', 'provided', 'certManager'"

@@ -2,6 +2,11 @@
 //! injected, by the webhook's own logic (`trellis_injector::manifest`).
 //! What was injected, skipped or passed through, and why, goes to stderr,
 //! one line per object, so stdout can be piped to `kubectl apply -f -`.
+//! A pod template below the floor (the configuration's `floor:`, or its
+//! Namespace's `config.trellis.dev/floor-*` annotations) is refused, as the
+//! webhook would refuse it: reported, printed unchanged, and the exit
+//! status is 1; under `enforcement: warn` it is injected with the floor
+//! applied and the warning reported.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -62,6 +67,12 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     }
     for r in &out.reports {
         errln!("{r}");
+    }
+    let refused = out.refused();
+    if refused > 0 {
+        bail!(
+            "{refused} pod template(s) refused by the Trellis floor (printed unchanged; see above)"
+        );
     }
     let failed = out.failed();
     if failed > 0 {

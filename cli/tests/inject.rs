@@ -211,3 +211,81 @@ fn a_document_that_is_not_yaml_is_reported_with_its_line_and_the_rest_injected()
         "{stdout}"
     );
 }
+
+/// The pod of issue 17's security review, in a namespace whose floor
+/// forbids what it asks for.
+const BELOW_THE_FLOOR: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: payments
+  annotations:
+    config.trellis.dev/floor-skip-inbound-ports: none
+    config.trellis.dev/floor-default-inbound-policy: all-authenticated
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ledger, namespace: payments}
+spec:
+  selector: {matchLabels: {app: ledger}}
+  template:
+    metadata:
+      labels: {app: ledger}
+      annotations:
+        config.trellis.dev/skip-inbound-ports: 1-65535
+        config.trellis.dev/skip-outbound-ports: 1-65535
+        config.trellis.dev/default-inbound-policy: all-unauthenticated
+    spec:
+      containers: [{name: ledger, image: 'ledger:1'}]
+";
+
+#[test]
+fn a_template_below_the_floor_is_refused_with_a_non_zero_exit() {
+    let out = inject(BELOW_THE_FLOOR, &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for needle in [
+        "document 2: deployment/ledger (namespace payments): refused by the Trellis floor:",
+        r#"config.trellis.dev/skip-inbound-ports: "1-65535" on the pod"#,
+        "set by the namespace's config.trellis.dev/floor-skip-inbound-ports",
+        r#"config.trellis.dev/default-inbound-policy: "all-unauthenticated" on the pod is weaker than the floor's all-authenticated"#,
+        "1 pod template(s) refused by the Trellis floor",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in stderr:\n{stderr}"
+        );
+    }
+    // Printed unchanged: no proxy.
+    assert!(!stdout.contains("trellis-proxy"), "{stdout}");
+    assert_eq!(yaml_docs(&stdout).len(), 2);
+}
+
+#[test]
+fn a_template_below_a_warn_floor_is_injected_with_the_floor_and_a_warning() {
+    let input = BELOW_THE_FLOOR.replace(
+        "    config.trellis.dev/floor-skip-inbound-ports: none\n",
+        "    config.trellis.dev/floor-skip-inbound-ports: none\n    config.trellis.dev/floor-enforcement: warn\n",
+    );
+    let out = inject(&input, &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains(
+            "deployment/ledger (namespace payments): injected with the floor applied (warning):"
+        ),
+        "{stderr}"
+    );
+    let docs = yaml_docs(&stdout);
+    let inits = &docs[1]["spec"]["template"]["spec"]["initContainers"];
+    let args = inits[0]["args"].as_array().unwrap();
+    assert!(
+        !args.iter().any(|a| a == "--skip-inbound-ports"),
+        "{args:?}"
+    );
+    // No floor on outbound ports: the pod's own value stands.
+    assert!(
+        args.iter().any(|a| a == "--skip-outbound-ports"),
+        "{args:?}"
+    );
+}

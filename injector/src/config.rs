@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use trellis_core::policy::DefaultPolicy;
 
+use crate::floor::{FloorConfig, OutboundMtls};
+
 /// The injector's configuration. Unknown fields are refused, so a typo in
 /// the chart's ConfigMap stops the injector at start-up with its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +23,9 @@ pub struct InjectorConfig {
     pub excluded_namespaces: Vec<String>,
     pub proxy: ProxyConfig,
     pub init: InitConfig,
+    /// The cluster-wide floor that pod and namespace overrides cannot
+    /// lower (see [`crate::floor`]); empty: none.
+    pub floor: FloorConfig,
 }
 
 /// The `trellis-proxy` sidecar.
@@ -50,6 +55,12 @@ pub struct ProxyConfig {
     /// The mesh-wide default inbound policy
     /// (`config.trellis.dev/default-inbound-policy` overrides it).
     pub default_inbound_policy: DefaultPolicy,
+    /// The mesh-wide outbound mTLS mode, `opportunistic` or `required`
+    /// (`config.trellis.dev/outbound-mtls` overrides it).
+    pub outbound_mtls: OutboundMtls,
+    /// Addresses and CIDRs the proxy may reach in plaintext under
+    /// `outboundMtls: required` (`TRELLIS_PROXY_PLAINTEXT_DESTINATIONS`).
+    pub plaintext_destinations: String,
     /// Ports always treated as opaque TCP, added to the pod's own
     /// `config.trellis.dev/opaque-ports`.
     pub opaque_ports: String,
@@ -89,6 +100,7 @@ impl Default for InjectorConfig {
             excluded_namespaces: Vec::new(),
             proxy: ProxyConfig::default(),
             init: InitConfig::default(),
+            floor: FloorConfig::default(),
         }
     }
 }
@@ -108,6 +120,8 @@ impl Default for ProxyConfig {
             controller_addr: "trellis-controller.trellis.svc.cluster.local:7156".into(),
             trust_roots_config_map: "trellis-trust-roots".into(),
             default_inbound_policy: DefaultPolicy::AllUnauthenticated,
+            outbound_mtls: OutboundMtls::Opportunistic,
+            plaintext_destinations: String::new(),
             opaque_ports: String::new(),
             token_expiration_seconds: 3600,
         }
@@ -206,6 +220,19 @@ impl InjectorConfig {
         if let Err(e) = trellis_core::config::parse_ports(&self.proxy.opaque_ports) {
             problems.push(format!("proxy.opaquePorts: {e}"));
         }
+        for item in self
+            .proxy
+            .plaintext_destinations
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if !is_ip_or_cidr(item) {
+                problems.push(format!(
+                    "proxy.plaintextDestinations: {item:?} is not an IP address or CIDR"
+                ));
+            }
+        }
         let r = &self.proxy.resources;
         for (name, value) in [
             ("proxy.resources.cpuRequest", &r.cpu_request),
@@ -244,6 +271,19 @@ impl InjectorConfig {
             &self.init.image
         }
     }
+}
+
+/// `10.0.0.1`, `10.0.0.0/8`, `fd00::/8`.
+fn is_ip_or_cidr(s: &str) -> bool {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
 }
 
 fn is_host_port(s: &str) -> bool {
@@ -285,6 +325,29 @@ mod tests {
             "opaquePorts",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn floor_and_outbound_mtls_are_read() {
+        let cfg = InjectorConfig::from_yaml(
+            "proxy:\n  outboundMtls: required\n  plaintextDestinations: 10.96.0.10/32, fd00::1\nfloor:\n  enforcement: warn\n  defaultInboundPolicy: all-authenticated\n  skipInboundPorts: none\n  skipOutboundPorts: 5432\n  allowOptOut: false\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.proxy.outbound_mtls, OutboundMtls::Required);
+        assert_eq!(cfg.floor.enforcement, Some(crate::floor::Enforcement::Warn));
+        assert_eq!(cfg.floor.skip_outbound_ports.to_string(), "5432");
+        for (bad, needle) in [
+            (
+                "proxy:\n  plaintextDestinations: 10.0.0.0/33\n",
+                "plaintextDestinations",
+            ),
+            ("proxy:\n  outboundMtls: maybe\n", "maybe"),
+            ("floor:\n  skipInboundPorts: some\n", "some"),
+            ("floor:\n  enforcement: loud\n", "loud"),
+        ] {
+            let err = InjectorConfig::from_yaml(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
         }
     }
 

@@ -6,10 +6,11 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod config;
+pub mod floor;
 pub mod inject;
 pub mod manifest;
 mod quantity;
 pub mod webhook;
 
 pub use config::InjectorConfig;
-pub use inject::{inject, NamespaceInfo, Outcome, SkipReason};
+pub use inject::{inject, NamespaceInfo, Outcome, Refusal, SkipReason, Violation};

@@ -397,3 +397,115 @@ async fn stops_on_shutdown() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(r.addr).await.is_err());
 }
+
+/// The pod of issue 17's security review: every port around its proxy,
+/// plaintext let in.
+fn reviewed_pod(namespace: &str) -> String {
+    let mut v: Value = serde_json::from_str(&sample("pod-create.json")).unwrap();
+    v["request"]["namespace"] = namespace.into();
+    v["request"]["object"]["metadata"]["annotations"] = serde_json::json!({
+        "config.trellis.dev/skip-inbound-ports": "1-65535",
+        "config.trellis.dev/skip-outbound-ports": "1-65535",
+        "config.trellis.dev/default-inbound-policy": "all-unauthenticated",
+    });
+    v.to_string()
+}
+
+#[tokio::test]
+async fn a_pod_below_a_deny_floor_is_refused_with_the_annotation_value_and_floor() {
+    let r = start(&[]).await;
+    r.namespaces.insert(namespace(
+        "payments",
+        &[
+            ("trellis.dev/inject", "enabled"),
+            ("config.trellis.dev/floor-skip-inbound-ports", "none"),
+            (
+                "config.trellis.dev/floor-default-inbound-policy",
+                "all-authenticated",
+            ),
+        ],
+    ));
+    let resp = review(&r, reviewed_pod("payments")).await;
+    let answer = &resp["response"];
+    assert_eq!(answer["uid"], POD_UID, "{resp}");
+    assert_eq!(answer["allowed"], false, "{resp}");
+    assert_eq!(answer["status"]["code"], 403, "{resp}");
+    assert_eq!(answer["status"]["reason"], "Forbidden", "{resp}");
+    assert!(answer.get("patch").is_none(), "{resp}");
+    let message = answer["status"]["message"].as_str().unwrap();
+    for needle in [
+        "refused by the Trellis floor",
+        r#"config.trellis.dev/skip-inbound-ports: "1-65535" on the pod"#,
+        "floor skip-inbound-ports: none, set by the namespace's config.trellis.dev/floor-skip-inbound-ports",
+        r#"config.trellis.dev/default-inbound-policy: "all-unauthenticated" on the pod is weaker than the floor's all-authenticated"#,
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    // No floor on skip-outbound-ports here: not a violation.
+    assert!(!message.contains("skip-outbound-ports"), "{message}");
+    assert_eq!(
+        r.metrics.reviews("refused", "floor_default_inbound_policy"),
+        1
+    );
+    let (_, text) = admin_get(&r, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"trellis_injector_reviews_total{outcome="refused",reason="floor_default_inbound_policy"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_pod_below_a_warn_floor_is_injected_with_the_floor_and_warned() {
+    let r = start(&[]).await;
+    r.namespaces.insert(namespace(
+        "payments",
+        &[
+            ("trellis.dev/inject", "enabled"),
+            ("config.trellis.dev/floor-enforcement", "warn"),
+            ("config.trellis.dev/floor-skip-inbound-ports", "none"),
+            ("config.trellis.dev/floor-skip-outbound-ports", "none"),
+            (
+                "config.trellis.dev/floor-default-inbound-policy",
+                "all-authenticated",
+            ),
+        ],
+    ));
+    let resp = review(&r, reviewed_pod("payments")).await;
+    let answer = &resp["response"];
+    assert_eq!(answer["allowed"], true, "{resp}");
+    assert_eq!(answer["patchType"], "JSONPatch", "{resp}");
+    let warnings: Vec<&str> = answer["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.starts_with("trellis: below the floor, the floor's value applied:")),
+        "{warnings:?}"
+    );
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["patch"].as_str().unwrap())
+        .unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(!patch.contains("--skip-inbound-ports"), "{patch}");
+    assert!(!patch.contains("--skip-outbound-ports"), "{patch}");
+    assert!(
+        patch.contains(
+            r#"{"name":"TRELLIS_PROXY_DEFAULT_INBOUND_POLICY","value":"all-authenticated"}"#
+        ),
+        "{patch}"
+    );
+    assert_eq!(
+        r.metrics
+            .reviews("injected", "floor_default_inbound_policy"),
+        1
+    );
+    assert_eq!(r.metrics.reviews("injected", "injected"), 0);
+}

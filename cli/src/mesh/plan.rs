@@ -16,6 +16,7 @@ use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::net::{self, Ipv4Cidr, PodAddresses};
 use super::spec::{Checked, InboundPolicy, Overrides};
 use super::state;
+use trellis_injector::floor::OutboundMtls;
 
 /// The proxy's user id (SPEC.md); its own traffic is never redirected.
 pub(crate) const PROXY_UID: u32 = 7102;
@@ -355,7 +356,8 @@ pub(crate) fn build_next(
             let pod_identity = spiffe_id(&file.trust_domain, &w.namespace, &w.service_account);
             let proxy = match &identity {
                 Some(id) if w.meshed => {
-                    let mut proxy = proxy_plan(ip, &w.namespace, &name, overrides);
+                    let mut proxy =
+                        proxy_plan(ip, &w.namespace, &name, overrides, file.outbound_mtls);
                     let pod_files = files.pod(&w.namespace, &name);
                     proxy
                         .env
@@ -464,7 +466,13 @@ pub(crate) fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &s
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
-fn proxy_plan(ip: Ipv4Addr, namespace: &str, name: &str, o: &Overrides) -> ProxyPlan {
+fn proxy_plan(
+    ip: Ipv4Addr,
+    namespace: &str,
+    name: &str,
+    o: &Overrides,
+    outbound_mtls: OutboundMtls,
+) -> ProxyPlan {
     let mut init_args: Vec<String> = [
         "init",
         "--inbound-port",
@@ -510,8 +518,11 @@ fn proxy_plan(ip: Ipv4Addr, namespace: &str, name: &str, o: &Overrides) -> Proxy
     if let Some(p) = &o.opaque_ports {
         env.insert("TRELLIS_PROXY_OPAQUE_PORTS".to_string(), p.clone());
     }
-    if let Some(m) = &o.outbound_mtls {
-        env.insert("TRELLIS_PROXY_OUTBOUND_MTLS".to_string(), m.clone());
+    // The workload's annotation, or the file's `outboundMtls` (validation
+    // refused either below the floor).
+    let mtls = o.outbound_mtls.unwrap_or(outbound_mtls);
+    if o.outbound_mtls.is_some() || mtls != OutboundMtls::Opportunistic {
+        env.insert("TRELLIS_PROXY_OUTBOUND_MTLS".to_string(), mtls.to_string());
     }
     ProxyPlan {
         init_args,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use trellis_controller::index::annotations::{edit_distance, RETRY_PREFIX, TIMEOUT_PREFIX};
 use trellis_core::config::parse_ports;
+use trellis_injector::floor::{policy_rank, OutboundMtls, PortAllowance};
 
 use super::authz::{self, AuthorizationPolicy, Probe};
 use super::net::Ipv4Cidr;
@@ -81,6 +82,14 @@ pub(crate) struct MeshFile {
     pub trust_domain: String,
     #[serde(default)]
     pub default_inbound_policy: InboundPolicy,
+    /// The mesh-wide outbound mTLS mode; `config.trellis.dev/outbound-mtls`
+    /// on a workload overrides it.
+    #[serde(default)]
+    pub outbound_mtls: OutboundMtls,
+    /// The minimum workload annotations cannot lower (the injector's
+    /// floor, always enforced by refusing the file).
+    #[serde(default)]
+    pub floor: MeshFloor,
     /// Lifetime of workload certificates (`trellis-identity`), e.g. `24h`
     /// or `30s`; 10s to 8760h.
     #[serde(default = "default_cert_lifetime")]
@@ -102,6 +111,41 @@ pub(crate) struct MeshFile {
     /// Authorization policies (`policy.trellis.dev`): see [`authz`].
     #[serde(default)]
     pub policies: Vec<AuthorizationPolicy>,
+}
+
+/// `floor:` — what workload annotations may not go below; the same
+/// constraints as the injector's `floor:` (`trellis_injector::floor`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MeshFloor {
+    /// The weakest `config.trellis.dev/default-inbound-policy` (and
+    /// `port-inbound-policy`, and `defaultInboundPolicy`) allowed.
+    #[serde(default)]
+    pub default_inbound_policy: Option<InboundPolicy>,
+    /// The weakest `outbound-mtls` (and `outboundMtls`) allowed.
+    #[serde(default)]
+    pub outbound_mtls: Option<OutboundMtls>,
+    /// `any` (default), `none`, or the ports a workload may skip.
+    #[serde(default)]
+    pub skip_inbound_ports: PortAllowance,
+    #[serde(default)]
+    pub skip_outbound_ports: PortAllowance,
+    /// `false`: every workload is meshed (`meshed: false` is refused).
+    #[serde(default = "yes")]
+    pub allow_opt_out: bool,
+}
+
+impl Default for MeshFloor {
+    /// No floor: everything allowed.
+    fn default() -> Self {
+        Self {
+            default_inbound_policy: None,
+            outbound_mtls: None,
+            skip_inbound_ports: PortAllowance::Any,
+            skip_outbound_ports: PortAllowance::Any,
+            allow_opt_out: true,
+        }
+    }
 }
 
 /// A Deployment-like set of identical pods.
@@ -276,7 +320,7 @@ pub(crate) struct Overrides {
     /// From `config.trellis.dev/port-inbound-policy`.
     pub port_inbound_policies: BTreeMap<u16, InboundPolicy>,
     /// From `config.trellis.dev/outbound-mtls`.
-    pub outbound_mtls: Option<String>,
+    pub outbound_mtls: Option<OutboundMtls>,
 }
 
 /// A mesh file that passed validation, with the values validation parsed.
@@ -403,6 +447,7 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
         }
     }
 
+    check_defaults_against_floor(&mut errs, &file);
     if file.workloads.is_empty() {
         errs.push("workloads", "a mesh needs at least one workload");
     }
@@ -416,7 +461,7 @@ pub(crate) fn validate(file: MeshFile, origin: &str) -> Result<Checked, Validati
                 "a workload of this name already exists in this namespace",
             );
         }
-        overrides.push(check_workload(&mut errs, &path, w));
+        overrides.push(check_workload(&mut errs, &path, w, &file.floor));
     }
 
     let mut total_pods: usize = 0;
@@ -550,7 +595,101 @@ fn check_cidr(errs: &mut Errors, path: &str, s: &str) -> Option<Ipv4Cidr> {
     }
 }
 
-fn check_workload(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
+/// The file's own defaults may not be below its floor either.
+fn check_defaults_against_floor(errs: &mut Errors, file: &MeshFile) {
+    let floor = &file.floor;
+    if let Some(min) = floor.default_inbound_policy {
+        if policy_rank(file.default_inbound_policy) < policy_rank(min) {
+            errs.push(
+                "defaultInboundPolicy",
+                format!(
+                    "{} is weaker than floor.defaultInboundPolicy {min} (order: all-unauthenticated < audit < all-authenticated < deny)",
+                    file.default_inbound_policy
+                ),
+            );
+        }
+    }
+    if let Some(min) = floor.outbound_mtls {
+        if file.outbound_mtls < min {
+            errs.push(
+                "outboundMtls",
+                format!(
+                    "{} is weaker than floor.outboundMtls {min}",
+                    file.outbound_mtls
+                ),
+            );
+        }
+    }
+}
+
+/// A workload's overrides against the file's floor: each one below it is
+/// refused with its path, its value and the floor.
+fn check_floor(errs: &mut Errors, path: &str, w: &Workload, o: &Overrides, floor: &MeshFloor) {
+    let p = |key: &str| format!("{path}.annotations[{key:?}]");
+    if !floor.allow_opt_out && !w.meshed {
+        errs.push(
+            &format!("{path}.meshed"),
+            "false is refused: floor.allowOptOut is false (every workload is meshed)",
+        );
+    }
+    if let Some(min) = floor.default_inbound_policy {
+        if let Some(asked) = o.inbound_policy {
+            if policy_rank(asked) < policy_rank(min) {
+                errs.push(
+                    &p(DEFAULT_INBOUND_POLICY),
+                    format!("{asked} is weaker than floor.defaultInboundPolicy {min}"),
+                );
+            }
+        }
+        for (port, asked) in &o.port_inbound_policies {
+            if policy_rank(*asked) < policy_rank(min) {
+                errs.push(
+                    &p(PORT_INBOUND_POLICY),
+                    format!("port {port}: {asked} is weaker than floor.defaultInboundPolicy {min}"),
+                );
+            }
+        }
+    }
+    if let (Some(min), Some(asked)) = (floor.outbound_mtls, o.outbound_mtls) {
+        if asked < min {
+            errs.push(
+                &p(OUTBOUND_MTLS),
+                format!("{asked} is weaker than floor.outboundMtls {min}"),
+            );
+        }
+    }
+    for (key, list, allowance, field) in [
+        (
+            SKIP_INBOUND_PORTS,
+            &o.skip_inbound_ports,
+            &floor.skip_inbound_ports,
+            "skipInboundPorts",
+        ),
+        (
+            SKIP_OUTBOUND_PORTS,
+            &o.skip_outbound_ports,
+            &floor.skip_outbound_ports,
+            "skipOutboundPorts",
+        ),
+    ] {
+        let Some(ranges) = list.as_deref().and_then(|l| parse_ports(l).ok()) else {
+            continue;
+        };
+        let (_, refused) = allowance.check(&ranges);
+        if !refused.is_empty() {
+            let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            errs.push(
+                &p(key),
+                format!(
+                    "ports {} are not allowed by floor.{field} ({allowance})",
+                    refused.join(",")
+                ),
+            );
+        }
+    }
+}
+
+fn check_workload(errs: &mut Errors, path: &str, w: &Workload, floor: &MeshFloor) -> Overrides {
     // Replica names (`web-63`) must stay DNS labels.
     if let Err(e) = check_label(&w.name, 60) {
         errs.push(&format!("{path}.name"), e);
@@ -599,7 +738,9 @@ fn check_workload(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
             );
         }
     }
-    check_annotations(errs, path, w)
+    let o = check_annotations(errs, path, w);
+    check_floor(errs, path, w, &o, floor);
+    o
 }
 
 fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
@@ -642,9 +783,9 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Ok(ports) => o.port_inbound_policies = ports,
                 Err(e) => errs.push(&p, e),
             },
-            OUTBOUND_MTLS => match value.as_str() {
-                "opportunistic" | "required" => o.outbound_mtls = Some(value.to_string()),
-                _ => errs.push(&p, format!("{value:?} is not one of opportunistic, required")),
+            OUTBOUND_MTLS => match value.parse::<OutboundMtls>() {
+                Ok(m) => o.outbound_mtls = Some(m),
+                Err(_) => errs.push(&p, format!("{value:?} is not one of opportunistic, required")),
             },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
             _ => errs.push(&p, unknown_config_annotation(key)),

@@ -40,6 +40,9 @@ pub const TOKEN_PATH: &str = "token";
 pub const ROOTS_DIR: &str = "/var/run/trellis/roots";
 pub const ROOTS_KEY: &str = "roots.pem";
 const ADMIN_PORT: i32 = 7191;
+/// The node's address (downward API `status.hostIP`), which
+/// `TRELLIS_PROXY_PROBE_SOURCES` names.
+pub const NODE_IP_ENV: &str = "TRELLIS_NODE_IP";
 /// The uid a non-root `trellis-init` runs as.
 const INIT_NONROOT_UID: i64 = 65534;
 
@@ -198,6 +201,14 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
             "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY",
             s.default_inbound_policy.to_string(),
         ),
+        value("TRELLIS_PROXY_OUTBOUND_MTLS", s.outbound_mtls.to_string()),
+        // Kubelet probes come from the node: from the pod's gateway with a
+        // bridge CNI, from the node's own address with others.
+        from(NODE_IP_ENV, "status.hostIP"),
+        value(
+            "TRELLIS_PROXY_PROBE_SOURCES",
+            format!("gateway,$({NODE_IP_ENV})"),
+        ),
         value(
             "TRELLIS_PROXY_IDENTITY_ADDR",
             cfg.proxy.identity_addr.clone(),
@@ -225,6 +236,18 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     ];
     if !s.opaque_ports.is_empty() {
         env.push(value("TRELLIS_PROXY_OPAQUE_PORTS", s.opaque_ports.clone()));
+    }
+    if !cfg.proxy.plaintext_destinations.trim().is_empty() {
+        env.push(value(
+            "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS",
+            cfg.proxy
+                .plaintext_destinations
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
     }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

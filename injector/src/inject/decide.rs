@@ -1,6 +1,7 @@
 //! Whether to inject, and the settings the sidecar gets: the pod's and its
 //! namespace's `config.trellis.dev/*` overrides (the pod's win) resolved
-//! over the injector's configuration, every one checked.
+//! over the injector's configuration, every one checked, then held to the
+//! floor ([`crate::floor`]).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,10 @@ use super::{
     INJECT_ANNOTATION, PROXY_CONTAINER, WEBHOOK_LABEL,
 };
 use crate::config::{InjectorConfig, Resources};
+use crate::floor::{
+    check_mtls, check_policy, stricter_policy, Bound, Enforcement, Floor, FloorKind, OutboundMtls,
+    PortAllowance, Refusal, Violation, FLOOR_ANNOTATIONS,
+};
 
 /// The proxy's own ports: an application container listening on one of
 /// them would collide with the sidecar in the pod's network namespace.
@@ -20,7 +25,7 @@ pub(super) const PROXY_PORTS: [(u16, &str); 3] =
     [(7140, "outbound"), (7143, "inbound"), (7191, "admin")];
 
 /// Overrides read from `config.trellis.dev/<name>`.
-const OVERRIDES: [&str; 10] = [
+const OVERRIDES: [&str; 11] = [
     "skip-inbound-ports",
     "skip-outbound-ports",
     "opaque-ports",
@@ -30,6 +35,7 @@ const OVERRIDES: [&str; 10] = [
     "proxy-cpu-limit",
     "proxy-memory-limit",
     "default-inbound-policy",
+    "outbound-mtls",
     // Read by the controller (per-port policy), accepted here.
     "port-inbound-policy",
 ];
@@ -53,38 +59,71 @@ pub(super) struct Settings {
     pub opaque_ports: String,
     pub log_level: String,
     pub default_inbound_policy: DefaultPolicy,
+    pub outbound_mtls: OutboundMtls,
     pub resources: Resources,
 }
 
-pub(super) fn decide(
-    pod: &Pod,
-    ns: &NamespaceInfo,
-    cfg: &InjectorConfig,
-) -> Result<Settings, SkipReason> {
+/// A pod to inject: its settings, and what the floor changed (warned
+/// about, or refused under `enforcement: deny`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Decided {
+    pub settings: Settings,
+    pub violations: Vec<Violation>,
+    pub enforcement: Enforcement,
+}
+
+pub(super) fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Result<Decided, Stop> {
     if ns.name == "kube-system"
         || cfg.excluded_namespaces.contains(&ns.name)
         || ns.labels.get(WEBHOOK_LABEL).map(String::as_str) == Some("disabled")
     {
-        return Err(SkipReason::ExcludedNamespace);
+        return Err(Stop::Skip(SkipReason::ExcludedNamespace));
     }
     if ns.name == cfg.control_plane_namespace {
-        return Err(SkipReason::ControlPlane);
+        return Err(Stop::Skip(SkipReason::ControlPlane));
     }
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    enabled(pod_annotations, &ns.annotations)?;
+    let floor = Floor::resolve(&cfg.floor, &ns.annotations);
+    let opted_out = enabled(pod_annotations, &ns.annotations).map_err(Stop::Skip)?;
+    // A namespace floor that cannot be read refuses its pods: admitting
+    // them under a floor nobody meant would be the silent failure.
+    let floor = floor.map_err(|problems| {
+        Stop::Refuse(Refusal {
+            violations: problems
+                .into_iter()
+                .map(|message| Violation {
+                    kind: FloorKind::InvalidFloor,
+                    message,
+                })
+                .collect(),
+        })
+    })?;
+    let mut violations = Vec::new();
+    if let Some(opt_out) = opted_out {
+        match &floor.no_opt_out {
+            Some(source) => violations.push(Violation {
+                kind: FloorKind::OptOut,
+                message: format!(
+                    "{INJECT_ANNOTATION}: {opt_out:?} on the pod opts out of a namespace that says enabled; {source} forbids opting out"
+                ),
+            }),
+            None => return Err(Stop::Skip(SkipReason::OptedOut)),
+        }
+    }
 
     let spec = pod
         .spec
         .as_ref()
-        .ok_or_else(|| SkipReason::Invalid("the pod has no spec".into()))?;
+        .ok_or_else(|| SkipReason::Invalid("the pod has no spec".into()))
+        .map_err(Stop::Skip)?;
     if spec.host_network == Some(true) {
-        return Err(SkipReason::HostNetwork);
+        return Err(Stop::Skip(SkipReason::HostNetwork));
     }
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
-        return Err(SkipReason::Invalid(
+        return Err(Stop::Skip(SkipReason::Invalid(
             "a Windows pod: the proxy and its capture rules are Linux-only".into(),
-        ));
+        )));
     }
     let names = spec
         .containers
@@ -96,11 +135,11 @@ pub(super) fn decide(
         if name == PROXY_CONTAINER || name == INIT_CONTAINER {
             already = true;
         } else if OTHER_MESHES.contains(&name) {
-            return Err(SkipReason::OtherMesh(name.to_string()));
+            return Err(Stop::Skip(SkipReason::OtherMesh(name.to_string())));
         }
     }
     if already {
-        return Err(SkipReason::AlreadyInjected);
+        return Err(Stop::Skip(SkipReason::AlreadyInjected));
     }
     for c in spec
         .containers
@@ -112,10 +151,10 @@ pub(super) fn decide(
                 .iter()
                 .find(|(port, _)| i32::from(*port) == p.container_port)
             {
-                return Err(SkipReason::Invalid(format!(
+                return Err(Stop::Skip(SkipReason::Invalid(format!(
                     "container {:?} uses port {}, the proxy's {what} port",
                     c.name, p.container_port
-                )));
+                ))));
             }
         }
     }
@@ -125,19 +164,46 @@ pub(super) fn decide(
         .flatten()
         .find(|v| super::build::VOLUMES.contains(&v.name.as_str()))
     {
-        return Err(SkipReason::Invalid(format!(
+        return Err(Stop::Skip(SkipReason::Invalid(format!(
             "the pod already has a volume named {:?}, which the proxy needs",
             v.name
-        )));
+        ))));
     }
-    settings(pod_annotations, &ns.annotations, cfg).map_err(SkipReason::Invalid)
+    let resolved = settings(pod_annotations, &ns.annotations, cfg, &floor);
+    if !resolved.problems.is_empty() {
+        if !floor.is_set() {
+            return Err(Stop::Skip(SkipReason::Invalid(
+                resolved.problems.join("; "),
+            )));
+        }
+        // Under a floor a bad override never leaves the pod unmeshed.
+        violations.extend(resolved.problems.into_iter().map(|p| Violation {
+            kind: FloorKind::InvalidOverride,
+            message: format!("{p} (a floor applies: the value is not used)"),
+        }));
+    }
+    violations.extend(resolved.violations);
+    Ok(Decided {
+        settings: resolved.settings,
+        violations,
+        enforcement: floor.enforcement,
+    })
+}
+
+/// Why a pod is not injected: left alone, or refused by the floor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stop {
+    Skip(SkipReason),
+    Refuse(Refusal),
 }
 
 /// `trellis.dev/inject`: the pod's value wins over its namespace's.
+/// `Some(value)` when the pod opts out of a namespace that opted in (the
+/// floor may forbid it).
 fn enabled(
     pod: &BTreeMap<String, String>,
     ns: &BTreeMap<String, String>,
-) -> Result<(), SkipReason> {
+) -> Result<Option<String>, SkipReason> {
     let value = |from: &BTreeMap<String, String>, whose: &str| match from
         .get(INJECT_ANNOTATION)
         .map(|v| v.trim())
@@ -149,29 +215,50 @@ fn enabled(
             "the {whose}'s {INJECT_ANNOTATION} is {other:?}; use enabled or disabled"
         ))),
     };
+    let ns_value = value(ns, "namespace");
     match value(pod, "pod")? {
-        Some(true) => Ok(()),
+        Some(true) => Ok(None),
+        Some(false) if ns_value == Ok(Some(true)) => Ok(Some("disabled".into())),
         Some(false) => Err(SkipReason::OptedOut),
-        None => match value(ns, "namespace")? {
-            Some(true) => Ok(()),
+        None => match ns_value? {
+            Some(true) => Ok(None),
             _ => Err(SkipReason::NotEnabled),
         },
     }
 }
 
-/// Resolves every override (pod over namespace over configuration),
-/// reporting all bad ones together.
+/// Resolved overrides: the settings (bad values replaced by the
+/// configuration's, values below the floor by the floor's), the bad
+/// values, and what fell below the floor.
+struct Resolved {
+    settings: Settings,
+    problems: Vec<String>,
+    violations: Vec<Violation>,
+}
+
+/// Resolves every override (pod over namespace over configuration, then
+/// raised to the floor), reporting all bad ones together.
 fn settings(
     pod: &BTreeMap<String, String>,
     ns: &BTreeMap<String, String>,
     cfg: &InjectorConfig,
-) -> Result<Settings, String> {
+    floor: &Floor,
+) -> Resolved {
     let mut problems = Vec::new();
+    let mut violations = Vec::new();
     for (key, whose) in pod
         .keys()
         .map(|k| (k, "pod"))
         .chain(ns.keys().map(|k| (k, "namespace")))
     {
+        if FLOOR_ANNOTATIONS.contains(&key.as_str()) {
+            if whose == "pod" {
+                problems.push(format!(
+                    "{key} on the pod: a floor is set on the Namespace (or cluster-wide), never by the pod it binds"
+                ));
+            }
+            continue;
+        }
         if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
             if !OVERRIDES.contains(&name) {
                 problems.push(format!(
@@ -181,18 +268,58 @@ fn settings(
             }
         }
     }
-    let get = |name: &str| -> Option<(String, String)> {
+    // (annotation, whose, value)
+    let get = |name: &str| -> Option<(String, &'static str, String)> {
         let key = format!("{CONFIG_PREFIX}{name}");
-        pod.get(&key)
-            .or_else(|| ns.get(&key))
-            .map(|v| (key, v.trim().to_string()))
-    };
-    let mut ports = |name: &str, base: &str| -> String {
-        let mut lists: Vec<String> = Vec::new();
-        if !base.is_empty() {
-            lists.push(base.to_string());
+        match pod.get(&key) {
+            Some(v) => Some((key, "pod", v.trim().to_string())),
+            None => ns
+                .get(&key)
+                .map(|v| (key, "namespace", v.trim().to_string())),
         }
-        if let Some((key, value)) = get(name) {
+    };
+    let mut skip_ports = |name: &str, bound: &Option<Bound<PortAllowance>>| -> String {
+        let Some((key, whose, value)) = get(name) else {
+            return String::new();
+        };
+        let ranges = match parse_ports(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                return String::new();
+            }
+        };
+        let Some(bound) = bound else {
+            return normalise_ports(&value);
+        };
+        let (allowed, refused) = bound.value.check(&ranges);
+        if !refused.is_empty() {
+            let list = |r: &[trellis_core::config::PortRange]| {
+                r.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            violations.push(Violation {
+                kind: FloorKind::SkipPorts,
+                message: format!(
+                    "{key}: {value:?} on the {whose} skips ports {}, which the floor does not allow (floor {name}: {}, set by {})",
+                    list(&refused),
+                    bound.value,
+                    bound.source
+                ),
+            });
+        }
+        normalise_ports(&list_of(&allowed))
+    };
+    let skip_inbound_ports = skip_ports("skip-inbound-ports", &floor.skip_inbound_ports);
+    let skip_outbound_ports = skip_ports("skip-outbound-ports", &floor.skip_outbound_ports);
+    let opaque_ports = {
+        let mut lists: Vec<String> = Vec::new();
+        if !cfg.proxy.opaque_ports.is_empty() {
+            lists.push(cfg.proxy.opaque_ports.clone());
+        }
+        if let Some((key, _, value)) = get("opaque-ports") {
             match parse_ports(&value) {
                 Ok(_) => lists.push(value),
                 Err(e) => problems.push(format!("{key}: {e}")),
@@ -200,26 +327,71 @@ fn settings(
         }
         normalise_ports(&lists.join(","))
     };
-    let skip_inbound_ports = ports("skip-inbound-ports", "");
-    let skip_outbound_ports = ports("skip-outbound-ports", "");
-    let opaque_ports = ports("opaque-ports", &cfg.proxy.opaque_ports);
 
     let log_level = match get("proxy-log-level") {
-        Some((key, v)) if !is_log_filter(&v) => {
+        Some((key, _, v)) if !is_log_filter(&v) => {
             problems.push(format!(
                 "{key}: {v:?} is not a log filter (e.g. info, debug, warn,trellis_proxy=debug)"
             ));
             cfg.proxy.log_level.clone()
         }
-        Some((_, v)) => v,
+        Some((_, _, v)) => v,
         None => cfg.proxy.log_level.clone(),
     };
+    let floor_policy = floor.default_inbound_policy.as_ref();
+    let raised_policy = |p: DefaultPolicy| match floor_policy {
+        Some(b) => stricter_policy(p, b.value),
+        None => p,
+    };
     let default_inbound_policy = match get("default-inbound-policy") {
-        Some((key, v)) => v.parse().unwrap_or_else(|e: String| {
-            problems.push(format!("{key}: {e}"));
-            cfg.proxy.default_inbound_policy
-        }),
-        None => cfg.proxy.default_inbound_policy,
+        Some((key, whose, v)) => match v.parse::<DefaultPolicy>() {
+            Ok(asked) => {
+                if let (true, Some(b)) = (
+                    check_policy(asked, &floor.default_inbound_policy),
+                    floor_policy,
+                ) {
+                    violations.push(Violation {
+                        kind: FloorKind::DefaultInboundPolicy,
+                        message: format!(
+                            "{key}: {v:?} on the {whose} is weaker than the floor's {} (set by {})",
+                            b.value, b.source
+                        ),
+                    });
+                }
+                raised_policy(asked)
+            }
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                raised_policy(cfg.proxy.default_inbound_policy)
+            }
+        },
+        None => raised_policy(cfg.proxy.default_inbound_policy),
+    };
+    let floor_mtls = floor.outbound_mtls.as_ref();
+    let raised_mtls = |m: OutboundMtls| match floor_mtls {
+        Some(b) => m.max(b.value),
+        None => m,
+    };
+    let outbound_mtls = match get("outbound-mtls") {
+        Some((key, whose, v)) => match v.parse::<OutboundMtls>() {
+            Ok(asked) => {
+                if let (true, Some(b)) = (check_mtls(asked, &floor.outbound_mtls), floor_mtls) {
+                    violations.push(Violation {
+                        kind: FloorKind::OutboundMtls,
+                        message: format!(
+                            "{key}: {v:?} on the {whose} is weaker than the floor's {} (set by {})",
+                            b.value, b.source
+                        ),
+                    });
+                }
+                raised_mtls(asked)
+            }
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                raised_mtls(cfg.proxy.outbound_mtls)
+            }
+        },
+        None => raised_mtls(cfg.proxy.outbound_mtls),
     };
     let mut resources = cfg.proxy.resources.clone();
     for (name, slot) in [
@@ -228,7 +400,7 @@ fn settings(
         ("proxy-cpu-limit", &mut resources.cpu_limit),
         ("proxy-memory-limit", &mut resources.memory_limit),
     ] {
-        if let Some((key, v)) = get(name) {
+        if let Some((key, _, v)) = get(name) {
             if crate::quantity::is_quantity(&v) {
                 *slot = v;
             } else {
@@ -236,18 +408,28 @@ fn settings(
             }
         }
     }
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
+    Resolved {
+        settings: Settings {
+            native_sidecar: cfg.proxy.native_sidecar,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            opaque_ports,
+            log_level,
+            default_inbound_policy,
+            outbound_mtls,
+            resources,
+        },
+        problems,
+        violations,
     }
-    Ok(Settings {
-        native_sidecar: cfg.proxy.native_sidecar,
-        skip_inbound_ports,
-        skip_outbound_ports,
-        opaque_ports,
-        log_level,
-        default_inbound_policy,
-        resources,
-    })
+}
+
+fn list_of(ranges: &[trellis_core::config::PortRange]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `"443, 8080-8090,443"` → `"443,8080-8090"`: the order given, spaces and

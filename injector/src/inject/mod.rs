@@ -8,6 +8,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::InjectorConfig;
+pub use crate::floor::{Enforcement, Refusal, Violation};
 
 mod build;
 mod decide;
@@ -42,12 +43,18 @@ pub struct NamespaceInfo {
 pub enum Outcome {
     /// Inject: the JSON patch for the admission response, and the pod with
     /// it applied (what `trellis inject` prints).
+    /// `warnings`: what fell below the floor and was raised to it
+    /// (`enforcement: warn`); empty otherwise.
     Injected {
         patch: json_patch::Patch,
         pod: Box<Pod>,
+        warnings: Vec<Violation>,
     },
     /// Leave the pod as it is.
     Skipped(SkipReason),
+    /// Refuse the pod: an override below the floor under
+    /// `enforcement: deny`.
+    Refused(Refusal),
 }
 
 /// Why a pod is left alone. `Invalid` is a pod that asked for injection but
@@ -112,17 +119,31 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// The text of an admission warning (or `trellis inject` report) for a
+/// value below the floor that was raised to it.
+pub fn floor_warning(v: &Violation) -> String {
+    format!("trellis: below the floor, the floor's value applied: {v}")
+}
+
 /// Decides and, when injecting, builds the patch. Pure: the same inputs
 /// always give the same output.
 pub fn inject(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
-    let settings = match decide::decide(pod, ns, cfg) {
-        Ok(s) => s,
-        Err(reason) => return Outcome::Skipped(reason),
+    let decided = match decide::decide(pod, ns, cfg) {
+        Ok(d) => d,
+        Err(decide::Stop::Skip(reason)) => return Outcome::Skipped(reason),
+        Err(decide::Stop::Refuse(refusal)) => return Outcome::Refused(refusal),
     };
+    if !decided.violations.is_empty() && decided.enforcement == Enforcement::Deny {
+        return Outcome::Refused(Refusal {
+            violations: decided.violations,
+        });
+    }
+    let settings = decided.settings;
     let injected = build::injected_pod(pod, &settings, cfg);
     let patch = patch::patch(pod, &injected, settings.native_sidecar);
     Outcome::Injected {
         patch,
         pod: Box::new(injected),
+        warnings: decided.violations,
     }
 }

@@ -30,7 +30,7 @@ fn cases() -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     assert!(
-        dirs.len() >= 18,
+        dirs.len() >= 23,
         "golden cases missing under {}",
         root.display()
     );
@@ -116,16 +116,27 @@ fn golden() {
             Some(case) => {
                 let outcome = inject(&case.pod, &case.ns, &cfg);
                 let expected = match &outcome {
-                    Outcome::Injected { patch, .. } => {
+                    Outcome::Injected {
+                        patch, warnings, ..
+                    } => {
                         let pod = applied(&case.pod_json, patch);
                         check_golden(
                             &dir.join("injected.yaml"),
                             &serde_yaml_ng::to_string(&pod).unwrap(),
                         );
-                        json!({"outcome": "injected", "patch": patch})
+                        if warnings.is_empty() {
+                            json!({"outcome": "injected", "patch": patch})
+                        } else {
+                            let warnings: Vec<String> =
+                                warnings.iter().map(floor_warning).collect();
+                            json!({"outcome": "injected", "warnings": warnings, "patch": patch})
+                        }
                     }
                     Outcome::Skipped(r) => {
                         json!({"outcome": "skipped", "reason": r.label(), "message": r.to_string()})
+                    }
+                    Outcome::Refused(r) => {
+                        json!({"outcome": "refused", "reason": r.label(), "message": r.to_string()})
                     }
                 };
                 check_golden(
@@ -159,8 +170,9 @@ fn injected_case(name: &str) -> (PodCase, Pod, json_patch::Patch) {
         .join(name);
     let case = pod_case(&dir).unwrap();
     match inject(&case.pod, &case.ns, &config(&dir)) {
-        Outcome::Injected { patch, pod } => (case, *pod, patch),
+        Outcome::Injected { patch, pod, .. } => (case, *pod, patch),
         Outcome::Skipped(r) => panic!("{name}: skipped: {r}"),
+        Outcome::Refused(r) => panic!("{name}: refused: {r}"),
     }
 }
 
@@ -171,7 +183,7 @@ fn skipped(name: &str) -> SkipReason {
     let case = pod_case(&dir).unwrap();
     match inject(&case.pod, &case.ns, &config(&dir)) {
         Outcome::Skipped(r) => r,
-        Outcome::Injected { .. } => panic!("{name} was injected"),
+        other => panic!("{name} was not skipped: {other:?}"),
     }
 }
 
@@ -191,7 +203,7 @@ fn env(c: &Container) -> BTreeMap<String, String> {
 fn the_patch_gives_exactly_the_injected_pod() {
     for dir in cases() {
         let Some(case) = pod_case(&dir) else { continue };
-        if let Outcome::Injected { patch, pod } = inject(&case.pod, &case.ns, &config(&dir)) {
+        if let Outcome::Injected { patch, pod, .. } = inject(&case.pod, &case.ns, &config(&dir)) {
             let mut expected = serde_json::to_value(&*pod).unwrap();
             let mut actual: Pod = serde_json::from_value(applied(&case.pod_json, &patch)).unwrap();
             // Compare as the API server would store both.
@@ -514,4 +526,176 @@ fn windows_pods_are_left_alone_with_a_warning() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn decided(name: &str) -> Outcome {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/inject")
+        .join(name);
+    let case = pod_case(&dir).unwrap();
+    inject(&case.pod, &case.ns, &config(&dir))
+}
+
+fn proxy_env(pod: &Pod) -> BTreeMap<String, String> {
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == PROXY_CONTAINER)
+        .unwrap();
+    env(proxy)
+}
+
+fn init_arg(pod: &Pod, flag: &str) -> Option<String> {
+    let spec = pod.spec.as_ref().unwrap();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == INIT_CONTAINER)
+        .unwrap();
+    let args = init.args.clone().unwrap();
+    args.iter()
+        .position(|a| a == flag)
+        .map(|i| args[i + 1].clone())
+}
+
+#[test]
+fn the_reviewed_pod_is_refused_by_a_deny_floor_naming_each_annotation() {
+    let Outcome::Refused(r) = decided("floor-deny") else {
+        panic!("not refused")
+    };
+    let text = r.to_string();
+    for needle in [
+        r#"config.trellis.dev/skip-inbound-ports: "1-65535" on the pod"#,
+        r#"config.trellis.dev/skip-outbound-ports: "1-65535" on the pod"#,
+        r#"config.trellis.dev/default-inbound-policy: "all-unauthenticated" on the pod is weaker than the floor's all-authenticated (set by the cluster floor)"#,
+        "floor skip-inbound-ports: none",
+    ] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
+    assert_eq!(r.violations.len(), 3);
+    assert_eq!(r.label(), "floor_default_inbound_policy");
+}
+
+#[test]
+fn the_reviewed_pod_under_a_warn_floor_is_meshed_with_the_floor_applied() {
+    let Outcome::Injected { pod, warnings, .. } = decided("floor-warn") else {
+        panic!("not injected")
+    };
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(init_arg(&pod, "--skip-inbound-ports"), None);
+    assert_eq!(init_arg(&pod, "--skip-outbound-ports"), None);
+    let env = proxy_env(&pod);
+    assert_eq!(
+        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
+        "all-authenticated"
+    );
+    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required");
+    assert!(floor_warning(&warnings[0]).starts_with("trellis: below the floor"));
+}
+
+#[test]
+fn a_namespace_floor_forbids_opting_out() {
+    let Outcome::Refused(r) = decided("floor-opt-out") else {
+        panic!("not refused")
+    };
+    let text = r.to_string();
+    assert!(
+        text.contains("trellis.dev/inject: \"disabled\" on the pod")
+            && text.contains("config.trellis.dev/floor-allow-opt-out forbids opting out"),
+        "{text}"
+    );
+    assert!(
+        text.contains("weaker than the floor's deny (set by the namespace's config.trellis.dev/floor-default-inbound-policy)"),
+        "{text}"
+    );
+    assert_eq!(r.label(), "floor_opt_out");
+}
+
+#[test]
+fn bad_overrides_under_a_warn_floor_are_meshed_with_the_floors_values() {
+    let Outcome::Injected { pod, warnings, .. } = decided("floor-bad-override-warn") else {
+        panic!("not injected")
+    };
+    let kinds: Vec<_> = warnings.iter().map(|w| w.kind).collect();
+    use crate::floor::FloorKind::*;
+    assert_eq!(kinds, [InvalidOverride, InvalidOverride, SkipPorts]);
+    assert_eq!(
+        init_arg(&pod, "--skip-outbound-ports").as_deref(),
+        Some("5432")
+    );
+    let env = proxy_env(&pod);
+    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required");
+    assert_eq!(
+        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
+        "all-unauthenticated"
+    );
+    // The same bad override without a floor: admitted unmeshed, as before.
+    assert!(matches!(skipped("bad-overrides"), SkipReason::Invalid(_)));
+}
+
+#[test]
+fn a_pod_cannot_set_its_own_floor() {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": {
+            "trellis.dev/inject": "enabled",
+            "config.trellis.dev/floor-skip-inbound-ports": "any",
+        }},
+        "spec": {"containers": [{"name": "app", "image": "x"}]},
+    }))
+    .unwrap();
+    let ns = NamespaceInfo {
+        name: "shop".into(),
+        ..Default::default()
+    };
+    match inject(&pod, &ns, &InjectorConfig::default()) {
+        Outcome::Skipped(SkipReason::Invalid(why)) => {
+            assert!(why.contains("floor-skip-inbound-ports on the pod"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn outbound_mtls_and_probe_sources_reach_the_proxy() {
+    let (_, pod, _) = injected_case("outbound-mtls");
+    let env = proxy_env(&pod);
+    assert_eq!(
+        env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required",
+        "the pod's wins"
+    );
+    assert_eq!(
+        env["TRELLIS_PROXY_PLAINTEXT_DESTINATIONS"],
+        "10.96.0.10/32,203.0.113.0/24"
+    );
+    assert_eq!(
+        env["TRELLIS_PROXY_PROBE_SOURCES"],
+        "gateway,$(TRELLIS_NODE_IP)"
+    );
+    let spec = pod.spec.unwrap();
+    let proxy = &spec.init_containers.unwrap()[1];
+    let vars = proxy.env.clone().unwrap();
+    let at = |n: &str| vars.iter().position(|e| e.name == n).unwrap();
+    assert!(at("TRELLIS_NODE_IP") < at("TRELLIS_PROXY_PROBE_SOURCES"));
+    let node_ip = &vars[at("TRELLIS_NODE_IP")];
+    assert_eq!(
+        node_ip
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("status.hostIP")
+    );
+    // The default: opportunistic, no plaintext exceptions.
+    let (_, plain, _) = injected_case("plain-pod");
+    let env = proxy_env(&plain);
+    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "opportunistic");
+    assert!(!env.contains_key("TRELLIS_PROXY_PLAINTEXT_DESTINATIONS"));
+    assert_eq!(
+        env["TRELLIS_PROXY_PROBE_SOURCES"],
+        "gateway,$(TRELLIS_NODE_IP)"
+    );
 }

@@ -42,7 +42,7 @@ use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 
 use crate::config::InjectorConfig;
-use crate::inject::SkipReason;
+use crate::inject::{Refusal, SkipReason, Violation};
 
 pub use object::{classify, Class, WORKLOADS};
 
@@ -69,6 +69,11 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Injected,
+    /// Injected, with overrides below the floor raised to it
+    /// (`enforcement: warn`).
+    Floored(Vec<Violation>),
+    /// Refused by the floor (`enforcement: deny`); printed unchanged.
+    Refused(Refusal),
     /// The injector left the pod template alone.
     Skipped(SkipReason),
     /// Not something `trellis inject` injects; printed unchanged.
@@ -141,6 +146,14 @@ impl Injected {
             .count()
     }
 
+    /// Pod templates the floor refused.
+    pub fn refused(&self) -> usize {
+        self.reports
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Refused(_)))
+            .count()
+    }
+
     /// Pod templates left alone for a reason `--strict` refuses.
     pub fn left_alone(&self) -> usize {
         self.reports
@@ -160,7 +173,8 @@ impl Outcome {
     /// nothing. Objects without pods do not count.
     pub fn left_alone(&self) -> bool {
         match self {
-            Self::Injected | Self::Failed(_) => false,
+            Self::Injected | Self::Floored(_) | Self::Failed(_) => false,
+            Self::Refused(_) => true,
             Self::Skipped(r) => *r != SkipReason::AlreadyInjected,
             Self::Unchanged(u) => *u != Unchanged::NoPodTemplate,
         }
@@ -181,6 +195,15 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Injected => f.write_str("injected"),
+            Self::Floored(v) => {
+                let all: Vec<String> = v.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "injected with the floor applied (warning): {}",
+                    all.join("; ")
+                )
+            }
+            Self::Refused(r) => write!(f, "{r}; printed unchanged"),
             Self::Skipped(r) => write!(f, "skipped: {r}"),
             Self::Unchanged(u) => write!(f, "{u}; printed unchanged"),
             Self::Failed(e) => write!(f, "error: {e}; printed unchanged"),

@@ -168,10 +168,10 @@ impl<'a> Run<'a> {
                     .to_string();
                 let mut r = report(Some(namespace.clone()), Outcome::Injected);
                 let changed = match self.workload(obj, path, &namespace) {
-                    Ok(None) => true,
-                    Ok(Some(reason)) => {
-                        r.outcome = Outcome::Skipped(reason);
-                        false
+                    Ok(outcome) => {
+                        let changed = matches!(outcome, Outcome::Injected | Outcome::Floored(_));
+                        r.outcome = outcome;
+                        changed
                     }
                     Err(e) => {
                         r.outcome = Outcome::Failed(e);
@@ -185,14 +185,14 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Injects the pod template at `path`; the injector's reason when it
-    /// leaves it alone. On error `obj` is unchanged.
+    /// Injects the pod template at `path`; what the injector decided. On
+    /// error, a skip or a refusal, `obj` is unchanged.
     fn workload(
         &self,
         obj: &mut Json,
         path: &[&str],
         namespace: &str,
-    ) -> Result<Option<crate::inject::SkipReason>, DocError> {
+    ) -> Result<Outcome, DocError> {
         let mut target = obj;
         for key in path {
             target = target
@@ -220,7 +220,9 @@ impl<'a> Run<'a> {
             .entry(INJECT_ANNOTATION.to_string())
             .or_insert_with(|| "enabled".to_string());
         match inject(&pod, &ns, self.cfg) {
-            crate::inject::Outcome::Injected { patch, .. } => {
+            crate::inject::Outcome::Injected {
+                patch, warnings, ..
+            } => {
                 let mut patched = target.clone();
                 if let Some(t) = patched.as_object_mut() {
                     t.entry("metadata")
@@ -229,9 +231,14 @@ impl<'a> Run<'a> {
                 json_patch::patch(&mut patched, &patch)
                     .map_err(|e| DocError::Patch(e.to_string()))?;
                 *target = patched;
-                Ok(None)
+                Ok(if warnings.is_empty() {
+                    Outcome::Injected
+                } else {
+                    Outcome::Floored(warnings)
+                })
             }
-            crate::inject::Outcome::Skipped(reason) => Ok(Some(reason)),
+            crate::inject::Outcome::Skipped(reason) => Ok(Outcome::Skipped(reason)),
+            crate::inject::Outcome::Refused(refusal) => Ok(Outcome::Refused(refusal)),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! | input | answer | metric `outcome`/`reason` |
 //! |---|---|---|
 //! | pod CREATE, injected | allowed, JSONPatch | `injected`/`injected` |
+//! | pod CREATE, below the floor, `enforcement: warn` | allowed, JSONPatch with the floor applied, a warning per value | `injected`/`floor_*` ([`crate::floor::FloorKind::label`]) |
+//! | pod CREATE, below the floor, `enforcement: deny` | refused, status 403 naming annotation, value and floor | `refused`/`floor_*` |
 //! | pod CREATE, skipped | allowed, no patch; a warning when [`SkipReason::is_warning`] | `skipped`/[`SkipReason::label`] |
 //! | not a `v1` Pod, or a subresource | allowed unchanged, with a warning | `error`/`wrong_kind` |
 //! | an operation other than CREATE | allowed unchanged, with a warning | `error`/`wrong_operation` |
@@ -31,7 +33,8 @@ use kube::core::admission::{
 use kube::core::Status;
 use serde_json::Value;
 
-use crate::{inject, InjectorConfig, NamespaceInfo, Outcome, SkipReason};
+use crate::inject::floor_warning;
+use crate::{inject, InjectorConfig, NamespaceInfo, Outcome, Refusal, SkipReason};
 
 #[cfg(test)]
 mod tests;
@@ -120,15 +123,21 @@ impl ReviewError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Injected,
+    /// Injected with values below the floor raised to it; the reason of
+    /// the first (by kind).
+    Floored(&'static str),
     Skipped(SkipReason),
+    /// Refused by the floor.
+    Refused(Refusal),
     Error(ReviewError),
 }
 
 impl Verdict {
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Injected => "injected",
+            Self::Injected | Self::Floored(_) => "injected",
             Self::Skipped(_) => "skipped",
+            Self::Refused(_) => "refused",
             Self::Error(_) => "error",
         }
     }
@@ -136,7 +145,9 @@ impl Verdict {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Injected => "injected",
+            Self::Floored(label) => label,
             Self::Skipped(r) => r.label(),
+            Self::Refused(r) => r.label(),
             Self::Error(e) => e.classify().label,
         }
     }
@@ -358,8 +369,19 @@ pub fn respond(req: PodRequest, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Rev
     let uid = req.request.uid.clone();
     let answer = AdmissionResponse::from(&req.request);
     match inject(&req.pod, ns, cfg) {
-        Outcome::Injected { patch, .. } => match answer.with_patch(patch) {
-            Ok(answer) => finish(uid, Verdict::Injected, answer),
+        Outcome::Injected {
+            patch, warnings, ..
+        } => match answer.with_patch(patch) {
+            Ok(mut answer) => {
+                let verdict = match warnings.iter().map(|w| w.kind).min() {
+                    Some(kind) => Verdict::Floored(kind.label()),
+                    None => Verdict::Injected,
+                };
+                if !warnings.is_empty() {
+                    answer.warnings = Some(warnings.iter().map(floor_warning).collect());
+                }
+                finish(uid, verdict, answer)
+            }
             Err(e) => reject(Rejection {
                 uid,
                 error: ReviewError::Internal(e.to_string()),
@@ -371,6 +393,12 @@ pub fn respond(req: PodRequest, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Rev
                 answer.warnings = Some(vec![format!("trellis: {reason}")]);
             }
             finish(uid, Verdict::Skipped(reason), answer)
+        }
+        Outcome::Refused(refusal) => {
+            let mut answer = answer.deny(format!("trellis: {refusal}"));
+            answer.result = answer.result.with_code(403);
+            answer.result.reason = "Forbidden".into();
+            finish(uid, Verdict::Refused(refusal), answer)
         }
     }
 }

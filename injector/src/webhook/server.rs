@@ -249,6 +249,19 @@ fn log(reviewed: &Reviewed, pod: &str, namespace: &str) {
         Verdict::Injected => {
             tracing::info!(uid, pod, namespace, outcome, reason, "injected")
         }
+        Verdict::Floored(_) => {
+            tracing::warn!(
+                uid,
+                pod,
+                namespace,
+                outcome,
+                reason,
+                "injected with the floor applied to overrides below it"
+            )
+        }
+        Verdict::Refused(refusal) => {
+            tracing::warn!(uid, pod, namespace, outcome, reason, "refused: {refusal}")
+        }
         Verdict::Skipped(why) if why.is_warning() => {
             tracing::warn!(uid, pod, namespace, outcome, reason, "not injected: {why}")
         }

@@ -321,3 +321,134 @@ fn service_ports_take_an_app_protocol() {
         "{errs:?}"
     );
 }
+
+/// A file with a floor and one workload carrying `annotations`.
+fn floored(floor: &str, extra: &str, annotations: &str) -> String {
+    format!(
+        r#"
+{extra}
+floor:
+{floor}
+workloads:
+  - name: ledger
+    namespace: pay
+    ports: [8080]
+    command: [sleep, infinity]
+    annotations:
+{annotations}
+"#
+    )
+}
+
+#[test]
+fn the_floor_refuses_workload_annotations_below_it() {
+    const FLOOR: &str = "  defaultInboundPolicy: all-authenticated\n  outboundMtls: required\n  skipInboundPorts: none\n  skipOutboundPorts: \"5432\"\n";
+    const AT: &str = r#"workloads[0] (pay/ledger).annotations["#;
+    for (annotations, want) in [
+        // The security review's pod.
+        (
+            "      config.trellis.dev/skip-inbound-ports: 1-65535",
+            r#"config.trellis.dev/skip-inbound-ports"]: ports 1-65535 are not allowed by floor.skipInboundPorts (none)"#,
+        ),
+        (
+            "      config.trellis.dev/skip-outbound-ports: 1-65535",
+            r#"config.trellis.dev/skip-outbound-ports"]: ports 1-65535 are not allowed by floor.skipOutboundPorts (5432)"#,
+        ),
+        (
+            "      config.trellis.dev/default-inbound-policy: all-unauthenticated",
+            r#"config.trellis.dev/default-inbound-policy"]: all-unauthenticated is weaker than floor.defaultInboundPolicy all-authenticated"#,
+        ),
+        (
+            "      config.trellis.dev/default-inbound-policy: audit",
+            "audit is weaker than floor.defaultInboundPolicy all-authenticated",
+        ),
+        (
+            "      config.trellis.dev/port-inbound-policy: \"9090=all-unauthenticated\"",
+            r#"config.trellis.dev/port-inbound-policy"]: port 9090: all-unauthenticated is weaker"#,
+        ),
+        (
+            "      config.trellis.dev/outbound-mtls: opportunistic",
+            r#"config.trellis.dev/outbound-mtls"]: opportunistic is weaker than floor.outboundMtls required"#,
+        ),
+    ] {
+        let errs = errors(&floored(
+            FLOOR,
+            "defaultInboundPolicy: deny\noutboundMtls: required",
+            annotations,
+        ));
+        assert_eq!(errs.len(), 1, "{annotations}: {errs:?}");
+        assert!(
+            errs[0].starts_with(AT) && errs[0].contains(want),
+            "{annotations}: {want:?} not in {errs:?}"
+        );
+    }
+    // At or above the floor: accepted, and the file's outboundMtls reaches
+    // the proxy unless the workload says otherwise.
+    for ok in [
+        "      config.trellis.dev/skip-outbound-ports: 5432",
+        "      config.trellis.dev/default-inbound-policy: deny",
+        "      config.trellis.dev/outbound-mtls: required",
+        "      example.com/other: x",
+    ] {
+        let text = floored(
+            FLOOR,
+            "defaultInboundPolicy: all-authenticated\noutboundMtls: required",
+            ok,
+        );
+        if let Err(e) = parse(&text, "test.yaml") {
+            panic!("{ok}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_files_own_defaults_and_opt_outs_are_held_to_its_floor() {
+    let errs = errors(&floored(
+        "  defaultInboundPolicy: all-authenticated\n  outboundMtls: required\n  allowOptOut: false\n",
+        "defaultInboundPolicy: audit",
+        "      example.com/other: x",
+    ));
+    assert!(has(&errs, "defaultInboundPolicy: audit is weaker than floor.defaultInboundPolicy all-authenticated"), "{errs:?}");
+    assert!(
+        has(
+            &errs,
+            "outboundMtls: opportunistic is weaker than floor.outboundMtls required"
+        ),
+        "{errs:?}"
+    );
+    let unmeshed = floored("  allowOptOut: false\n", "", "      example.com/other: x")
+        .replace("    ports: [8080]\n", "    meshed: false\n");
+    let errs = errors(&unmeshed);
+    assert!(
+        has(
+            &errs,
+            "workloads[0] (pay/ledger).meshed: false is refused: floor.allowOptOut is false"
+        ),
+        "{errs:?}"
+    );
+    // Bad floor values are refused by the parser, naming the field.
+    for bad in [
+        "  skipInboundPorts: some\n",
+        "  outboundMtls: sometimes\n",
+        "  enforcement: warn\n",
+    ] {
+        match parse(&floored(bad, "", "      example.com/other: x"), "test.yaml") {
+            Err(SpecError::Parse { message, .. }) => {
+                assert!(message.contains("floor"), "{message}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn outbound_mtls_reaches_the_proxy_env() {
+    let text = floored(
+        "  skipInboundPorts: any\n",
+        "outboundMtls: required",
+        "      example.com/other: x",
+    );
+    let checked = parse(&text, "test.yaml").unwrap();
+    assert_eq!(checked.file.outbound_mtls, OutboundMtls::Required);
+    assert_eq!(checked.overrides[0].outbound_mtls, None);
+}
