@@ -301,6 +301,7 @@ impl Drop for Guard {
                 .stderr(Stdio::null())
                 .status();
         }
+        trellis_e2e::remove_logs(&self.0);
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use trellis_e2e::{
-    bin, eventually, json_summary, require_root, require_tool, trellis, unique, Mesh,
+    bin, eventually, json_summary, require_root, require_tool, trellis, unique, Mesh, LOG_ROOT,
 };
 
 /// `web` (meshed, 2 replicas) behind service `web`, and a meshed client.
@@ -36,8 +36,6 @@ workloads:
 services:
   - {name: web, namespace: sv, selector: web, ports: [{port: 80, targetPort: 8080}]}
 "#;
-
-const LOG_ROOT: &str = "/var/log/trellis";
 
 fn text(out: &Output) -> String {
     format!(
