@@ -267,7 +267,16 @@ impl Drop for Mesh {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        remove_logs(&self.name);
     }
+}
+
+/// Where the local mesh keeps its processes' logs (kept after `down`).
+pub const LOG_ROOT: &str = "/var/log/trellis";
+
+/// Removes the logs `down` kept of mesh `name` (tests leave no files).
+pub fn remove_logs(name: &str) {
+    let _ = std::fs::remove_dir_all(Path::new(LOG_ROOT).join(name));
 }
 
 pub fn trellis(args: &[&str]) -> Output {

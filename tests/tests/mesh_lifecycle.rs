@@ -159,6 +159,7 @@ impl Drop for MeshGuard {
                 DOWN_TIMEOUT,
             );
         }
+        trellis_e2e::remove_logs(&self.0);
     }
 }
 

@@ -301,6 +301,7 @@ impl Drop for Guard {
                 .stderr(Stdio::null())
                 .status();
         }
+        trellis_e2e::remove_logs(&self.0);
     }
 }
 
@@ -514,7 +515,9 @@ fn netns_interrupt_down_still_finishes_the_teardown() {
     let _guard = Guard(mesh.clone());
     let (dir, file) = mesh_file(&mesh, STUBBORN_MESH);
     let made = up_ok(&mesh, &file);
-    assert_eq!(made.pids.len(), 6, "{made:?}");
+    // identity, node agent, controller, supervisor; web's proxy and
+    // workload; stubborn's workload.
+    assert_eq!(made.pids.len(), 7, "{made:?}");
     let down = Pipeline::start(
         &["mesh", "down", "--name", &mesh],
         &dir.join("down.log"),

@@ -24,12 +24,11 @@
 //! and its plan only ever lists complete pods, so `down` removes everything
 //! after any failure, and the next `apply` finishes what one left.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 
 use super::diff::{self, Change};
@@ -52,7 +51,9 @@ const PROXY_DRAIN: Duration = Duration::from_secs(35);
 const TERM_GRACE: Duration = Duration::from_secs(10);
 const KILL_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
-const LOCK_FILE: &str = "apply.lock";
+/// How long `apply` waits for the mesh's lock (held by another `apply`
+/// for as long as it runs, by the supervisor for a moment).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ApplyOptions {
@@ -87,7 +88,8 @@ pub(crate) fn apply(
         }
         Err(e) => return Err(e.into()),
     };
-    let _lock = lock(store.dir())?;
+    // The supervisor holds the lock a moment at a time: wait for it.
+    let _lock = store.lock(LOCK_WAIT)?;
     // Reread under the lock: another `apply` may just have finished.
     store = Store::open(name)?;
     match store.state.phase {
@@ -174,26 +176,15 @@ pub(crate) fn apply(
     }
 
     // 6. done
-    up::write_cluster_file(&new)?;
+    up::write_cluster_file(&new, &store.state)?;
     remove_stale_pod_dirs(&new)?;
     store.update(|s| {
+        s.health
+            .retain(|netns, _| new.pods.iter().any(|p| &p.netns == netns));
         s.phase = Phase::Ready;
         s.source = opts.source.clone();
     })?;
     Ok(store)
-}
-
-/// One `apply` at a time per mesh: an exclusive lock on a file in its state
-/// directory, released when the returned value is dropped.
-fn lock(dir: &Path) -> anyhow::Result<Flock<File>> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        anyhow!(
-            "another `trellis mesh apply` is changing this mesh ({}: {errno})",
-            path.display()
-        )
-    })
 }
 
 /// Makes the new pods, as `up` makes pods, and waits until they are ready;
@@ -213,7 +204,7 @@ fn surge(
         return Ok(());
     }
     let surge = diff::surge_plan(&store.state.plan, change);
-    up::write_cluster_file(&surge)?;
+    up::write_cluster_file(&surge, &store.state)?;
     let clashes: Vec<&str> = change
         .add
         .iter()
@@ -331,7 +322,7 @@ fn undo_surge(store: &mut Store, old: &Plan, progress: &Progress) -> anyhow::Res
     let made = diff::orphans(&store.state);
     remove_pods(store, &made, progress)?;
     remove_stale_pod_dirs(old)?;
-    up::write_cluster_file(old)?;
+    up::write_cluster_file(old, &store.state)?;
     store.update(|s| s.phase = Phase::Ready)?;
     Ok(())
 }
@@ -346,7 +337,7 @@ fn switch(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let switch = diff::switch_plan(new, change);
-    up::write_cluster_file(&switch)?;
+    up::write_cluster_file(&switch, &store.state)?;
     for pod in &switch.pods {
         let saved = sys::run("ip", &["netns", "exec", &pod.netns, "iptables-save"], None)
             .with_context(|| format!("reading the rules of {}", pod.netns))?;

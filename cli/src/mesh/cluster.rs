@@ -41,11 +41,26 @@ const ROUTE_EPOCH: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 /// The mesh as a Kubernetes `List` of the objects the controller reads:
 /// namespaces, pods, each service followed by its EndpointSlice, routes,
 /// policies.
+#[cfg(test)] // `up` and `apply` say which pods are down: [`cluster_objects_with`]
 pub(crate) fn cluster_objects(
     pods: &[PodPlan],
     services: &[ServicePlan],
     routes: &[Value],
     policies: &[AuthorizationPolicy],
+) -> Value {
+    cluster_objects_with(pods, services, routes, policies, &BTreeSet::new())
+}
+
+/// [`cluster_objects`], with the pods whose network namespace is in
+/// `not_ready` down (a process exited): their Pod's `Ready` condition is
+/// `False` and they are not-ready endpoints, so proxies stop sending to
+/// them, as when a kubelet reports a container down.
+pub(crate) fn cluster_objects_with(
+    pods: &[PodPlan],
+    services: &[ServicePlan],
+    routes: &[Value],
+    policies: &[AuthorizationPolicy],
+    not_ready: &BTreeSet<String>,
 ) -> Value {
     let mut items = Vec::new();
     let namespaces: BTreeSet<&str> = pods
@@ -62,11 +77,11 @@ pub(crate) fn cluster_objects(
         }));
     }
     for p in pods {
-        items.push(to_value(&pod_object(p)));
+        items.push(to_value(&pod_object(p, !not_ready.contains(&p.netns))));
     }
     for s in services {
         items.push(to_value(&service_object(s)));
-        items.push(to_value(&endpoint_slice(s, pods)));
+        items.push(to_value(&endpoint_slice(s, pods, not_ready)));
     }
     for (i, r) in routes.iter().enumerate() {
         items.push(route_object(i, r));
@@ -95,7 +110,7 @@ fn port(n: u16) -> IntOrString {
     IntOrString::Int(i32::from(n))
 }
 
-fn pod_object(p: &PodPlan) -> Pod {
+fn pod_object(p: &PodPlan, ready: bool) -> Pod {
     let http_probe = |pr: &authz::Probe| Probe {
         http_get: Some(HTTPGetAction {
             port: port(pr.port),
@@ -157,7 +172,7 @@ fn pod_object(p: &PodPlan) -> Pod {
             pod_ips: Some(ips),
             conditions: Some(vec![PodCondition {
                 type_: "Ready".to_string(),
-                status: "True".to_string(),
+                status: if ready { "True" } else { "False" }.to_string(),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -198,7 +213,11 @@ fn service_object(s: &ServicePlan) -> Service {
     }
 }
 
-fn endpoint_slice(s: &ServicePlan, pods: &[PodPlan]) -> EndpointSlice {
+fn endpoint_slice(
+    s: &ServicePlan,
+    pods: &[PodPlan],
+    not_ready: &BTreeSet<String>,
+) -> EndpointSlice {
     let endpoints: Vec<Endpoint> = s
         .endpoints
         .iter()
@@ -206,7 +225,7 @@ fn endpoint_slice(s: &ServicePlan, pods: &[PodPlan]) -> EndpointSlice {
         .map(|p| Endpoint {
             addresses: vec![p.ip.to_string()],
             conditions: Some(EndpointConditions {
-                ready: Some(true),
+                ready: Some(!not_ready.contains(&p.netns)),
                 ..Default::default()
             }),
             target_ref: Some(ObjectReference {

@@ -152,12 +152,17 @@ pub(crate) fn diff(old: &Plan, new: &Plan) -> Result<Change, Refused> {
         (None, Some(_)) => refused.push(
             "workloads: the file has meshed workloads, but the mesh was made without any, so it has no CA, identity service or controller; they are made only by `up`".to_string(),
         ),
-        (Some(a), Some(b)) if a != b => refused.push(
-            "certLifetime: the identity service's setting cannot change in place".to_string(),
-        ),
+        (Some(a), Some(b)) if cert_lifetime(a) != cert_lifetime(b) => refused.push(format!(
+            "certLifetime: the identity service's setting cannot change in place ({} → {})",
+            cert_lifetime(a),
+            cert_lifetime(b)
+        )),
         _ => {}
     }
-    if old.identity.is_some() && new.identity.is_some() && old.controller != new.controller {
+    if old.controller.is_some()
+        && new.controller.is_some()
+        && old.default_inbound_policy != new.default_inbound_policy
+    {
         refused.push(format!(
             "defaultInboundPolicy: the controller's setting cannot change in place ({} → {}); per-workload `config.trellis.dev/default-inbound-policy` annotations can",
             old.default_inbound_policy, new.default_inbound_policy
@@ -238,12 +243,20 @@ fn join(set: &BTreeSet<String>) -> String {
 
 /// Pods that stay but would run differently: `apply` changes replicas,
 /// services, routes and policies, not a running pod.
+///
+/// Settings a pod derives from the mesh's own fields (its identity from
+/// `trustDomain`, its address from `podCidr`, …) are compared as if those
+/// fields had not changed: a refused mesh-level change is listed once, not
+/// again as a change of every workload.
 fn changed_templates(old: &Plan, new: &Plan) -> Vec<String> {
     let mut fields: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+    let addresses_follow_mesh = old.pod_cidr != new.pod_cidr
+        || old.node.gateway_v6.is_some() != new.node.gateway_v6.is_some();
     for o in &old.pods {
         let Some(n) = new.pods.iter().find(|n| n.netns == o.netns) else {
             continue;
         };
+        let n = &as_in_old_mesh(n, o, old, new);
         let (op, np) = (o.proxy.as_ref(), n.proxy.as_ref());
         let checks: [(&'static str, bool); 9] = [
             ("command", o.command != n.command),
@@ -257,7 +270,10 @@ fn changed_templates(old: &Plan, new: &Plan) -> Vec<String> {
                 op.map(|p| (&p.init_args, &p.env)) != np.map(|p| (&p.init_args, &p.env)),
             ),
             ("captured ports", o.captured_ports != n.captured_ports),
-            ("address", o.ip != n.ip || o.ipv6 != n.ipv6),
+            (
+                "address",
+                !addresses_follow_mesh && (o.ip != n.ip || o.ipv6 != n.ipv6),
+            ),
         ];
         for (field, changed) in checks {
             if changed && !(field == "proxy settings" && o.meshed != n.meshed) {
@@ -272,11 +288,52 @@ fn changed_templates(old: &Plan, new: &Plan) -> Vec<String> {
         .into_iter()
         .map(|(workload, f)| {
             format!(
-                "workload {workload}: {} would change its running pods; `apply` changes replicas, services, routes and policies in place — scale the workload to 0, apply, then apply the new version",
+                "workload {workload}: {} would change its running pods, and `apply` changes replicas, services, routes and policies, not running pods; give the workload a new name (its pods are then new pods, made before the old ones go; point its services' selector at it), or run `trellis mesh down` then `up`",
                 f.into_iter().collect::<Vec<_>>().join(", ")
             )
         })
         .collect()
+}
+
+/// The identity service's certificate lifetime setting, as configured.
+fn cert_lifetime(id: &super::identity::IdentityPlan) -> &str {
+    id.env
+        .get(trellis_identity::config::CERT_LIFETIME)
+        .map_or("default", String::as_str)
+}
+
+/// `new`'s pod with what it derives from the mesh's own fields (trust
+/// domain, gateway, CIDRs, its address) written as in `old`'s mesh, so
+/// that only what the workload itself changes is compared.
+fn as_in_old_mesh(n: &PodPlan, o: &PodPlan, old: &Plan, new: &Plan) -> PodPlan {
+    let mut pairs: Vec<(String, String)> = vec![
+        (new.trust_domain.clone(), old.trust_domain.clone()),
+        (new.pod_cidr.to_string(), old.pod_cidr.to_string()),
+        (new.service_cidr.to_string(), old.service_cidr.to_string()),
+        (new.node.gateway.to_string(), old.node.gateway.to_string()),
+        (n.ip.to_string(), o.ip.to_string()),
+    ];
+    if let (Some(a), Some(b)) = (new.node.gateway_v6, old.node.gateway_v6) {
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    if let (Some(a), Some(b)) = (n.ipv6, o.ipv6) {
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    pairs.retain(|(a, b)| a != b && !a.is_empty());
+    let rewrite = |v: &mut String| {
+        for (from, to) in &pairs {
+            if v.contains(from.as_str()) {
+                *v = v.replace(from.as_str(), to);
+            }
+        }
+    };
+    let mut p = n.clone();
+    p.env.values_mut().for_each(rewrite);
+    if let Some(proxy) = &mut p.proxy {
+        proxy.env.values_mut().for_each(rewrite);
+        proxy.init_args.iter_mut().for_each(rewrite);
+    }
+    p
 }
 
 fn service_changes(old: &[ServicePlan], new: &[ServicePlan]) -> Vec<String> {

@@ -2,6 +2,8 @@
 //! reverse — processes (pods' and the node's), network namespaces (taking
 //! veths and rules with them), `/etc/netns` directories, the state
 //! directory (with the CA, tokens and policy files) — and nothing else.
+//! The processes' logs stay where it says (`/var/log/trellis/<mesh>`)
+//! until the next `up` of the same name.
 
 use std::fs;
 use std::path::Path;
@@ -17,6 +19,8 @@ const TERM_GRACE: Duration = Duration::from_secs(10);
 /// How long after SIGKILL before giving up on a process.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
+/// How long `down` waits for the mesh's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Removes the mesh `store` describes. On partial failure the state keeps
 /// only what is left, so running `down` again retries exactly that.
@@ -26,8 +30,19 @@ pub(crate) fn teardown(mut store: Store, progress: &Progress) -> anyhow::Result<
             "an earlier `down` did not finish (abandoned, or failed); finishing its teardown",
         );
     }
+    // The supervisor (and `apply`) change the mesh only under its lock:
+    // once `down` holds it, nothing restarts what it stops. A lock that
+    // stays held (a stuck `apply`) does not stop `down`.
+    let _lock = match store.lock(LOCK_WAIT) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            progress.step(&format!("{e}; removing the mesh anyway"));
+            None
+        }
+    };
     store.update(|s| s.phase = Phase::Deleting)?;
     let mesh = store.state.mesh.clone();
+    let logs = store.logs_dir();
 
     let stopped = stop_processes(&store, progress);
 
@@ -67,6 +82,12 @@ pub(crate) fn teardown(mut store: Store, progress: &Progress) -> anyhow::Result<
             let dir = store.dir().to_path_buf();
             store.remove()?;
             progress.step(&format!("removed {}", dir.display()));
+            if logs.is_dir() {
+                progress.step(&format!(
+                    "logs kept in {} (until the next `up` of mesh {mesh})",
+                    logs.display()
+                ));
+            }
             Ok(())
         }
         (stopped, _) => {

@@ -32,6 +32,9 @@
 //!   (commands, `/proc`, sockets inside a namespace), [`http`] and
 //!   [`files`] (CA, tokens, policy and destinations files);
 //! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
+//! - [`supervise`]: the supervisor that restarts pods' processes (with
+//!   backoff, up to a limit) and takes pods out of their services while
+//!   they are down;
 //! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
 //!   table).
 
@@ -56,6 +59,7 @@ mod net;
 mod ready;
 mod state;
 mod status;
+mod supervise;
 mod sys;
 mod up;
 
@@ -157,7 +161,15 @@ enum MeshCommand {
         #[arg(long)]
         name: String,
     },
-    /// Remove everything `up` made, and nothing else.
+    /// Restarts pods' processes and takes pods out of their services while
+    /// they are down (started by `up` in the node namespace).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove everything `up` made, and nothing else (the logs stay, in
+    /// the place it prints, until the next `up` of the same name).
     Down {
         /// Which mesh (default: the only one).
         #[arg(long)]
@@ -257,6 +269,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
         MeshCommand::NodeAgent { name } => agent::run(&name),
+        MeshCommand::Supervise { name } => supervise::run(&name),
         MeshCommand::Down { name } => {
             let name = match name {
                 Some(n) => n,
@@ -289,7 +302,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                 .map(|m| match Store::open(m) {
                     Ok(s) => vec![
                         m.clone(),
-                        format!("{:?}", s.state.phase).to_lowercase(),
+                        supervise::shown_phase(s.state.phase, &s.state.health).to_string(),
                         s.state.plan.pods.len().to_string(),
                         s.state.source.clone(),
                     ],

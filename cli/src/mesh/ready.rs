@@ -95,7 +95,7 @@ pub(super) fn wait_identity(
 }
 
 /// Why a pod is not ready yet, or `None` if it is.
-fn not_ready(node_netns: &str, pod: &PodPlan, check: Check) -> Option<String> {
+pub(super) fn not_ready(node_netns: &str, pod: &PodPlan, check: Check) -> Option<String> {
     match check {
         Check::Proxy => {
             let proxy = pod.proxy.as_ref()?;
@@ -242,7 +242,7 @@ fn log_of(store: &Store, netns: &str, check: Check) -> Option<PathBuf> {
 }
 
 /// Fails if a process we started has exited, showing its log.
-fn check_children(children: &mut [Started]) -> anyhow::Result<()> {
+pub(super) fn check_children(children: &mut [Started]) -> anyhow::Result<()> {
     for c in children.iter_mut() {
         if let Ok(Some(status)) = c.child.try_wait() {
             let whose = if c.pod == "node" {

@@ -9,10 +9,13 @@
 //! and destinations files) live inside the state directory, which `down`
 //! removes last.
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
@@ -21,7 +24,14 @@ use super::plan::Plan;
 /// the namespaces and processes the state describes.
 pub(crate) const STATE_ROOT: &str = "/run/trellis/meshes";
 pub(crate) const STATE_FILE: &str = "state.json";
+/// Where meshes keep their processes' logs: on disk, and kept after `down`
+/// (until the next `up` of the same name clears them).
+pub(crate) const LOG_ROOT: &str = "/var/log/trellis";
+/// The lock `apply`, `down` and the supervisor take before changing a
+/// running mesh.
+const LOCK_FILE: &str = "apply.lock";
 const STATE_VERSION: u32 = 1;
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -49,6 +59,9 @@ pub(crate) enum Role {
     NodeAgent,
     /// `trellis-controller`, in the node namespace.
     Controller,
+    /// `trellis mesh supervise`, in the node namespace: restarts pods'
+    /// processes and takes pods out of their services while they are down.
+    Supervisor,
 }
 
 impl Role {
@@ -59,6 +72,7 @@ impl Role {
             Self::Identity => "identity",
             Self::NodeAgent => "node-agent",
             Self::Controller => "controller",
+            Self::Supervisor => "supervisor",
         }
     }
 }
@@ -109,6 +123,64 @@ pub(crate) struct State {
     /// Processes of the node namespace: the identity service, the node agent.
     #[serde(default)]
     pub node_processes: Vec<ProcessRecord>,
+    /// The processes' logs (older states: `logs` in the state directory).
+    #[serde(default)]
+    pub logs: Option<PathBuf>,
+    /// What the supervisor knows of each pod, by network namespace; a pod
+    /// not listed is running and was never restarted.
+    #[serde(default)]
+    pub health: BTreeMap<String, PodHealth>,
+}
+
+/// A pod as the supervisor sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum PodRun {
+    /// Every process runs (and was ready when last (re)started).
+    #[default]
+    Running,
+    /// A process exited: it is restarted (after a backoff) and the pod is
+    /// out of its services until it is ready again.
+    Restarting,
+    /// It exited too often in a row: no more restarts; out of its services.
+    Failed,
+}
+
+impl PodRun {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a process of a pod last ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LastExit {
+    pub role: Role,
+    /// `exit status 3`, `signal 9 (SIGKILL)`, or why it is unknown.
+    pub status: String,
+    pub at_unix_ms: u64,
+}
+
+/// The supervisor's record of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PodHealth {
+    pub state: PodRun,
+    /// Restarts since `up` (or since `apply` made the pod).
+    pub restarts: u32,
+    /// Exits in a row, each soon after its start: what the backoff and the
+    /// restart limit count.
+    pub crashes: u32,
+    pub last_exit: Option<LastExit>,
+    /// While restarting: when the exited processes start again.
+    pub restart_at_unix_ms: Option<u64>,
+    /// When its processes last (re)started (0: when `up` started them).
+    pub started_unix_ms: u64,
 }
 
 impl State {
@@ -132,6 +204,8 @@ impl State {
             etc_dirs: Vec::new(),
             processes: Vec::new(),
             node_processes: Vec::new(),
+            logs: None,
+            health: BTreeMap::new(),
         }
     }
 }
@@ -146,6 +220,11 @@ pub(crate) enum StateError {
     Missing(String),
     #[error("{path}")]
     Io { path: String, source: io::Error },
+    #[error("another trellis command is changing this mesh (lock {path}: {errno})")]
+    Locked {
+        path: String,
+        errno: nix::errno::Errno,
+    },
     #[error("{path} is not a state file this trellis understands: {message}")]
     Corrupt { path: String, message: String },
 }
@@ -189,10 +268,16 @@ impl Store {
     /// Claims the mesh's state directory (failing if it exists: one `up`
     /// per mesh name) and writes the initial state.
     pub(crate) fn create(state: State) -> Result<Store, StateError> {
-        Self::create_in(Path::new(STATE_ROOT), state)
+        Self::create_in(Path::new(STATE_ROOT), Path::new(LOG_ROOT), state)
     }
 
-    pub(crate) fn create_in(root: &Path, state: State) -> Result<Store, StateError> {
+    /// Also clears the logs an earlier mesh of the same name left in
+    /// `log_root`.
+    pub(crate) fn create_in(
+        root: &Path,
+        log_root: &Path,
+        mut state: State,
+    ) -> Result<Store, StateError> {
         fs::create_dir_all(root).map_err(io_err(root))?;
         let dir = root.join(&state.mesh);
         match fs::create_dir(&dir) {
@@ -205,10 +290,16 @@ impl Store {
             }
             Err(e) => return Err(io_err(&dir)(e)),
         }
+        let logs = log_root.join(&state.mesh);
+        state.logs = Some(logs.clone());
         let store = Store { dir, state };
         store.save()?;
-        let logs = store.logs_dir();
-        fs::create_dir(&logs).map_err(io_err(&logs))?;
+        match fs::remove_dir_all(&logs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&logs)(e)),
+        }
+        fs::create_dir_all(&logs).map_err(io_err(&logs))?;
         Ok(store)
     }
 
@@ -247,7 +338,39 @@ impl Store {
     }
 
     pub(crate) fn logs_dir(&self) -> PathBuf {
-        self.dir.join("logs")
+        match &self.state.logs {
+            Some(l) => l.clone(),
+            None => self.dir.join("logs"),
+        }
+    }
+
+    /// Rereads the state from disk (after taking the lock: another process
+    /// may have changed it).
+    pub(crate) fn reload(&mut self) -> Result<(), StateError> {
+        let root = self.dir.parent().unwrap_or(Path::new(STATE_ROOT));
+        *self = Self::open_in(root, &self.state.mesh)?;
+        Ok(())
+    }
+
+    /// Takes the mesh's lock, the one `apply`, `down` and the supervisor
+    /// take before changing a running mesh, waiting up to `wait` for it;
+    /// released when the returned value is dropped.
+    pub(crate) fn lock(&self, wait: Duration) -> Result<Flock<File>, StateError> {
+        let path = self.dir.join(LOCK_FILE);
+        let deadline = Instant::now() + wait;
+        loop {
+            let file = File::create(&path).map_err(io_err(&path))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((_, errno)) if Instant::now() >= deadline => {
+                    return Err(StateError::Locked {
+                        path: path.display().to_string(),
+                        errno,
+                    })
+                }
+                Err(_) => std::thread::sleep(LOCK_POLL),
+            }
+        }
     }
 
     /// Writes the state: to a temporary file, then renamed over the old one,
@@ -269,7 +392,8 @@ impl Store {
         self.save()
     }
 
-    /// Removes the state directory (logs included): the last step of `down`.
+    /// Removes the state directory (not the logs, unless they are in it):
+    /// the last step of `down`.
     pub(crate) fn remove(self) -> Result<(), StateError> {
         fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
     }
@@ -301,7 +425,18 @@ mod tests {
     #[test]
     fn round_trip_through_disk() {
         let root = temp_root("rt");
-        let mut store = Store::create_in(&root, sample_state()).unwrap();
+        let logs = root.join("logs");
+        fs::create_dir_all(logs.join("st")).unwrap();
+        fs::write(logs.join("st").join("old.log"), "an earlier mesh's").unwrap();
+        let mut store = Store::create_in(&root, &logs, sample_state()).unwrap();
+        // The next `up` of a name clears the logs the last one kept.
+        assert_eq!(store.logs_dir(), logs.join("st"));
+        assert!(!logs.join("st").join("old.log").exists());
+        let lock = store.lock(Duration::ZERO).unwrap();
+        let err = store.lock(Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        drop(lock);
+        drop(store.lock(Duration::ZERO).unwrap());
         store
             .update(|s| {
                 s.netns.push("trls-st-node".into());
@@ -325,7 +460,7 @@ mod tests {
         assert!(!root.join("st").join("state.json.tmp").exists());
 
         // A second `up` of the same mesh is refused.
-        let err = Store::create_in(&root, sample_state()).unwrap_err();
+        let err = Store::create_in(&root, &logs, sample_state()).unwrap_err();
         assert!(err.to_string().contains("already up"), "{err}");
         assert!(
             err.to_string().contains("trellis mesh down --name st"),
@@ -333,6 +468,7 @@ mod tests {
         );
 
         store.remove().unwrap();
+        assert!(logs.join("st").is_dir(), "logs are kept");
         assert!(matches!(
             Store::open_in(&root, "st"),
             Err(StateError::Missing(_))

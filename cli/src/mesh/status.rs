@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::authz::ProxyPolicy;
 use super::plan::{PodPlan, ServicePlan};
-use super::state::{Phase, ProcessRecord, Role, State, Store};
-use super::{http, ready, sys, table};
+use super::state::{LastExit, Phase, PodRun, ProcessRecord, Role, State, Store};
+use super::{http, ready, supervise, sys, table};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -18,7 +18,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MeshStatus {
     pub name: String,
-    pub phase: Phase,
+    /// `ready`, `degraded` (a pod is restarting), `failed` (a pod is past
+    /// its restart limit), `creating`, `applying` or `deleting`.
+    pub phase: &'static str,
     pub source: String,
     pub state_dir: String,
     pub trust_domain: String,
@@ -53,6 +55,13 @@ pub(crate) struct PodStatus {
     pub inbound_policy: String,
     pub admin_url: Option<String>,
     pub processes: Vec<ProcessStatus>,
+    /// `running`, `restarting` (out of its services until ready again) or
+    /// `failed` (past the restart limit): the supervisor's view.
+    pub state: PodRun,
+    /// How often the supervisor restarted its processes.
+    pub restarts: u32,
+    /// How its last exited process ended.
+    pub last_exit: Option<LastExit>,
     /// `None` for unmeshed pods.
     pub proxy_ready: Option<bool>,
     /// `issued`, `pending` (no certificate yet), or why it is unknown;
@@ -177,7 +186,7 @@ pub(crate) fn collect(store: &Store) -> MeshStatus {
         && controller.as_ref().is_none_or(|c| c.ready);
     MeshStatus {
         name: s.mesh.clone(),
-        phase: s.phase,
+        phase: supervise::shown_phase(s.phase, &s.health),
         source: s.source.clone(),
         state_dir: store.dir().display().to_string(),
         trust_domain: s.plan.trust_domain.clone(),
@@ -252,6 +261,7 @@ fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
     let ports_listening = exists
         && sys::listening_ports(&pod.netns).is_ok_and(|l| pod.ports.iter().all(|p| l.contains(p)));
     let probes_ok = pod.probes.is_empty() || (exists && ready::probes_failing(node, pod).is_none());
+    let health = state.health.get(&pod.netns).cloned().unwrap_or_default();
     let expected = if pod.meshed { 2 } else { 1 };
     let live = processes.iter().filter(|p| p.alive).count();
     PodStatus {
@@ -266,11 +276,15 @@ fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
         inbound_policy: in_force.to_string(),
         admin_url: pod.proxy.as_ref().map(|p| format!("http://{}", p.admin)),
         ready: exists
+            && health.state == PodRun::Running
             && live == expected
             && proxy_ready != Some(false)
             && ports_listening
             && probes_ok,
         processes,
+        state: health.state,
+        restarts: health.restarts,
+        last_exit: health.last_exit,
         proxy_ready,
         identity_state,
         certificate,
@@ -308,10 +322,12 @@ pub(crate) fn render(st: &MeshStatus) -> String {
         "mesh {} ({}) from {}; trust domain {}; default inbound policy {}; node netns {}\n\n",
         st.name,
         match st.phase {
-            Phase::Ready => "ready",
-            Phase::Creating => "creating, or `up` died: run `trellis mesh down`",
-            Phase::Deleting => "deleting, or `down` died: run `trellis mesh down` again",
-            Phase::Applying => "applying a change, or `apply` died: run `trellis mesh apply` again",
+            "ready" => "ready",
+            "degraded" => "DEGRADED: a pod is restarting",
+            "failed" => "FAILED: a pod exited too often and is no longer restarted",
+            "creating" => "creating, or `up` died: run `trellis mesh down`",
+            "deleting" => "deleting, or `down` died: run `trellis mesh down` again",
+            _ => "applying a change, or `apply` died: run `trellis mesh apply` again",
         },
         st.source,
         st.trust_domain,
@@ -355,6 +371,8 @@ pub(crate) fn render(st: &MeshStatus) -> String {
                 .join(" ");
             let ready = if p.ready {
                 "yes".to_string()
+            } else if p.state != PodRun::Running {
+                format!("no ({})", p.state.as_str())
             } else if p.proxy_ready == Some(false) {
                 "no (proxy)".to_string()
             } else if !p.ports_listening {
@@ -383,6 +401,7 @@ pub(crate) fn render(st: &MeshStatus) -> String {
                 },
                 p.admin_url.clone().unwrap_or_else(|| "-".into()),
                 procs,
+                p.restarts.to_string(),
                 ready,
             ]
         })
@@ -398,10 +417,26 @@ pub(crate) fn render(st: &MeshStatus) -> String {
             "POLICY",
             "ADMIN",
             "PROCESSES",
+            "RESTARTS",
             "READY",
         ],
         &rows,
     ));
+    for p in &st.pods {
+        if let Some(e) = &p.last_exit {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(e.at_unix_ms);
+            out.push_str(&format!(
+                "{}/{}: {} ({} restart(s)); its {} last exited at {}: {}\n",
+                p.namespace,
+                p.name,
+                p.state.as_str(),
+                p.restarts,
+                e.role.as_str(),
+                humantime::format_rfc3339_seconds(at),
+                e.status
+            ));
+        }
+    }
     if !st.services.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = st

@@ -8,7 +8,9 @@
 //!    namespace, a veth pair into the bridge, addresses and default route;
 //! 4. rules — `trellis-proxy init` (meshed pods), then the service DNAT rules;
 //! 5. proxies — started as uid 7102, waited on until `/ready`;
-//! 6. workloads — started as root, waited on until their ports listen.
+//! 6. workloads — started as root, waited on until their ports listen;
+//! 7. settle — every process must still run [`STARTUP_SETTLE`] later;
+//!    then the supervisor starts in the node namespace (see `supervise`).
 //!
 //! Any failure (or Ctrl-C) removes what was made, through `down`. Waiting
 //! for readiness is in `ready`.
@@ -24,7 +26,7 @@ use anyhow::{anyhow, bail, Context};
 
 use super::interrupt::{Interrupt, Interrupted};
 use super::plan::{self, Plan, PodPlan};
-use super::ready::{indent, wait_identity, wait_ready, Check, Started};
+use super::ready::{check_children, indent, wait_identity, wait_ready, Check, Started};
 use super::spec::Checked;
 use super::state::{self, Phase, ProcessRecord, Role, State, Store};
 use super::{down, files, sys, Progress};
@@ -38,6 +40,9 @@ pub(crate) const IDENTITY_BIN_ENV: &str = "TRELLIS_IDENTITY_BIN";
 /// `trellis`).
 pub(crate) const CONTROLLER_BIN_ENV: &str = "TRELLIS_CONTROLLER_BIN";
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long every process must keep running once the pods are ready for
+/// `up` to succeed (a command that exits during start-up fails `up`).
+pub(crate) const STARTUP_SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub(crate) struct UpOptions {
@@ -284,7 +289,7 @@ fn make(
             &BTreeMap::new(),
         )?);
         if let (Some(c), Some(bin)) = (&plan.controller, &bins.controller) {
-            write_cluster_file(&plan)?;
+            write_cluster_file(&plan, &store.state)?;
             let mut started = start_on_node(store, &plan, Role::Controller, bin, &[], &c.env)?;
             wait_identity(
                 "controller",
@@ -323,7 +328,29 @@ fn make(
         interrupt,
         progress,
         Check::Ports,
-    )
+    )?;
+    // A command that exits soon after it started fails `up`, with its log,
+    // rather than leaving a mesh whose pod is not running.
+    let settled = Instant::now() + STARTUP_SETTLE;
+    while Instant::now() < settled {
+        interrupted(interrupt)?;
+        check_children(&mut children)?;
+        interrupt.sleep(Duration::from_millis(100));
+    }
+    check_children(&mut children)?;
+    start_on_node(
+        store,
+        &plan,
+        Role::Supervisor,
+        &bins.trellis,
+        &["mesh", "supervise", "--name", &plan.mesh],
+        &BTreeMap::new(),
+    )?;
+    progress.step(&format!(
+        "every process still running after {STARTUP_SETTLE:?}; supervisor started (restarts pods' processes, logs in {})",
+        store.logs_dir().display()
+    ));
+    Ok(())
 }
 
 fn make_node(store: &mut Store, plan: &Plan, progress: &Progress) -> anyhow::Result<()> {
@@ -634,13 +661,19 @@ fn start_on_node(
     spawn(store, Place::Node(plan), role, argv, all)
 }
 
-/// Writes the controller's objects file (atomically: it is watched).
-pub(crate) fn write_cluster_file(plan: &Plan) -> anyhow::Result<()> {
+/// Writes the controller's objects file (atomically: it is watched), with
+/// the pods the supervisor has down (in `state`) not ready.
+pub(crate) fn write_cluster_file(plan: &Plan, state: &State) -> anyhow::Result<()> {
     let Some(c) = &plan.controller else {
         return Ok(());
     };
-    let objects =
-        super::cluster::cluster_objects(&plan.pods, &plan.services, &plan.routes, &plan.policies);
+    let objects = super::cluster::cluster_objects_with(
+        &plan.pods,
+        &plan.services,
+        &plan.routes,
+        &plan.policies,
+        &super::supervise::not_ready(&state.health),
+    );
     let tmp = c.file.with_extension("yaml.tmp");
     let bytes = serde_json::to_vec_pretty(&objects)?;
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -649,6 +682,16 @@ pub(crate) fn write_cluster_file(plan: &Plan) -> anyhow::Result<()> {
 }
 
 pub(super) fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyhow::Result<Started> {
+    let (argv, env) = proxy_command(pod, bin)?;
+    spawn(store, Place::Pod(pod), Role::Proxy, argv, env)
+}
+
+/// The command line and environment of a pod's proxy (as `up` starts it,
+/// and the supervisor restarts it).
+pub(super) fn proxy_command(
+    pod: &PodPlan,
+    bin: &Path,
+) -> anyhow::Result<(Vec<String>, BTreeMap<String, String>)> {
     let Some(proxy) = &pod.proxy else {
         bail!("pod {} is not meshed", pod.qualified_name());
     };
@@ -668,10 +711,16 @@ pub(super) fn start_proxy(store: &mut Store, pod: &PodPlan, bin: &Path) -> anyho
     let mut env = base_env();
     env.insert("HOME".into(), "/".into());
     env.extend(proxy.env.clone());
-    spawn(store, Place::Pod(pod), Role::Proxy, argv.to_vec(), env)
+    Ok((argv.to_vec(), env))
 }
 
 pub(super) fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result<Started> {
+    let (argv, env) = workload_command(pod);
+    spawn(store, Place::Pod(pod), Role::Workload, argv, env)
+}
+
+/// The command line and environment of a pod's workload.
+pub(super) fn workload_command(pod: &PodPlan) -> (Vec<String>, BTreeMap<String, String>) {
     let mut argv = vec![
         "ip".to_string(),
         "netns".into(),
@@ -681,5 +730,5 @@ pub(super) fn start_workload(store: &mut Store, pod: &PodPlan) -> anyhow::Result
     argv.extend(pod.command.iter().cloned());
     let mut env = base_env();
     env.extend(pod.env.clone());
-    spawn(store, Place::Pod(pod), Role::Workload, argv, env)
+    (argv, env)
 }

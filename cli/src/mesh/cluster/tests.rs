@@ -180,6 +180,31 @@ fn services_and_their_endpoint_slices() {
 }
 
 #[test]
+fn a_pod_that_is_down_is_not_ready_and_not_a_ready_endpoint() {
+    let p = plan::build(&spec::parse(FILE, "t").unwrap(), "/bin/trellis").unwrap();
+    let web1 = p.pods.iter().find(|x| x.name == "web-1").unwrap();
+    let down = BTreeSet::from([web1.netns.clone()]);
+    let l = cluster_objects_with(&p.pods, &p.services, &p.routes, &p.policies, &down);
+    let ready = |pod: &str| find(&l, "Pod", pod)["status"]["conditions"][0]["status"].clone();
+    assert_eq!(ready("web-0"), "True");
+    assert_eq!(ready("web-1"), "False");
+    let slice = find(&l, "EndpointSlice", "web-local");
+    let endpoints: Vec<(Value, Value)> = slice["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["addresses"][0].clone(), e["conditions"]["ready"].clone()))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            (json!("10.77.0.2"), json!(true)),
+            (json!("10.77.0.3"), json!(false))
+        ]
+    );
+}
+
+#[test]
 fn routes_become_gateway_api_objects_in_file_order() {
     let l = list();
     let (a, b) = (find(&l, "HTTPRoute", "slow"), find(&l, "GRPCRoute", "rpc"));

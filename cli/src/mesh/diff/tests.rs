@@ -172,14 +172,69 @@ fn what_cannot_change_in_place_is_refused_naming_the_field() {
             Ok(c) => panic!("{extra}: accepted: {c:?}"),
             Err(r) => {
                 assert!(!field.is_empty(), "refused: {r}");
-                assert!(
-                    r.0.iter().any(|l| l.starts_with(&format!("{field}:"))),
-                    "{extra}: {r}"
-                );
+                // Only the field that changed: not what follows from it
+                // (identities, addresses, the services' settings).
+                assert_eq!(r.0.len(), 1, "{extra}: {r}");
+                assert!(r.0[0].starts_with(&format!("{field}:")), "{extra}: {r}");
                 assert!(r.to_string().contains("trellis mesh down"), "{r}");
             }
         }
     }
+}
+
+#[test]
+fn refusals_list_only_what_changed_with_advice_that_can_help() {
+    let old = plan_of(&file(2, "", ""), None);
+    let text = FILE
+        .replace("{web}", "2")
+        .replace("{services}", "")
+        .replace("{extra}", "");
+    let command = text.replace(
+        "\"0.0.0.0:8080\", --name",
+        "\"0.0.0.0:8080\", --verbose, --name",
+    );
+    // (file, the problems' leading words, in order)
+    let cases: [(String, &[&str]); 5] = [
+        (
+            format!("trustDomain: other.local\n{text}"),
+            &["trustDomain: cannot change in place (cluster.local → other.local)"],
+        ),
+        (
+            format!("podCidr: 10.78.0.0/16\n{text}"),
+            &["podCidr: cannot change in place"],
+        ),
+        (
+            format!("trustDomain: other.local\ndefaultInboundPolicy: deny\n{text}"),
+            &["trustDomain:", "defaultInboundPolicy:"],
+        ),
+        (
+            format!("trustDomain: other.local\n{command}"),
+            &["trustDomain:", "workload demo/web: command would change"],
+        ),
+        (
+            format!("certLifetime: 2h\n{text}"),
+            &["certLifetime: the identity service's setting cannot change in place"],
+        ),
+    ];
+    for (yaml, want) in &cases {
+        let new = plan_of(&spec::parse(yaml, "t").unwrap(), Some(&old));
+        let err = diff(&old, &new).unwrap_err();
+        assert_eq!(err.0.len(), want.len(), "want {want:?}, got {err}");
+        for (line, w) in err.0.iter().zip(want.iter()) {
+            assert!(line.starts_with(w), "want {w:?}, got {line:?}");
+        }
+        assert!(
+            !err.to_string()
+                .contains("(all-authenticated → all-authenticated)"),
+            "{err}"
+        );
+    }
+    // The advice for a template names what can help, not scaling to 0.
+    let new = plan_of(&spec::parse(&command, "t").unwrap(), Some(&old));
+    let err = diff(&old, &new).unwrap_err().to_string();
+    assert!(!err.contains("scale the workload to 0"), "{err}");
+    assert!(err.contains("new name"), "{err}");
+    assert!(err.contains("`trellis mesh down` then `up`"), "{err}");
 }
 
 #[test]
