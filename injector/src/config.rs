@@ -84,7 +84,7 @@ pub struct InitConfig {
 impl Default for InjectorConfig {
     fn default() -> Self {
         Self {
-            control_plane_namespace: "trellis".into(),
+            control_plane_namespace: "trellis-system".into(),
             trust_domain: "cluster.local".into(),
             excluded_namespaces: Vec::new(),
             proxy: ProxyConfig::default(),
