@@ -317,7 +317,10 @@ mod tests {
         assert_eq!(cfg.trust_roots_configmap, "trellis-trust-roots");
         assert!(cfg.distribute_trust_roots);
         let settings = cfg.trust_roots();
-        assert_eq!(settings.names.source(), "trellis/trellis-trust-roots");
+        assert_eq!(
+            settings.names.source(),
+            "trellis-system/trellis-trust-roots"
+        );
 
         let cfg = Config::from_source(&MapSource::new([
             (NAMESPACE, "mesh-system"),
