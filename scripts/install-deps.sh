@@ -4,13 +4,16 @@
 # packages already installed are skipped, and `apt-get update` runs only when
 # something must be installed.
 #
-#   sudo scripts/install-deps.sh
+#   sudo scripts/install-deps.sh           everything the test suite uses
+#   sudo scripts/install-deps.sh --demo    only what `trellis demo` needs
+#                                          (scripts/demo.sh): the first three
 #
 # What is installed, and why:
 #
 #   iptables          the proxy's traffic-capture rules (`trellis-proxy init`)
 #   iproute2          `ip netns`, veth and bridge: the local mesh's pods
 #   util-linux        `setpriv`: runs the proxy as uid 7102 in a pod
+#   --- the rest only for tests ---
 #   curl              HTTP/1.1 requests in end-to-end tests
 #   nghttp2-client    `nghttp` (h2c requests) and `h2load` (HTTP/2 load)
 #   prometheus        only for `promtool check metrics` on /metrics output
@@ -38,10 +41,26 @@ TRELLIS_PYTHON=/usr/bin/python3
 say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] error: %s\n' "$*" >&2; exit 1; }
 
-packages=(
+demo_only=false
+case "${1:-}" in
+  "") ;;
+  --demo) demo_only=true ;;
+  -h | --help)
+    sed -n '2,12p' "$0"
+    exit 0
+    ;;
+  *) die "unknown argument: $1 (expected --demo or nothing)" ;;
+esac
+
+# What the local mesh and `trellis demo` need (its workloads are `trellis app`
+# servers and clients: no other tools).
+demo_packages=(
   iptables
   iproute2
   util-linux
+)
+# What the test suite needs besides.
+test_packages=(
   curl
   nghttp2-client
   prometheus
@@ -51,6 +70,10 @@ packages=(
   python3-websockets
   python3-yaml
 )
+packages=("${demo_packages[@]}")
+if ! $demo_only; then
+  packages+=("${test_packages[@]}")
+fi
 
 installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
@@ -105,6 +128,7 @@ check() {
 check iptables iptables --version
 check ip ip -V
 check setpriv setpriv --version
+if ! $demo_only; then
 check curl curl --version
 check nghttp nghttp --version
 check h2load h2load --version
@@ -113,6 +137,7 @@ check openssl openssl version
 check python3-grpcio "$TRELLIS_PYTHON" -c 'import grpc, sys; print("grpc", grpc.__version__, "on python", sys.version.split()[0], "at", sys.executable)'
 check python3-websockets "$TRELLIS_PYTHON" -c 'import websockets; print("websockets", websockets.__version__)'
 check python3-yaml "$TRELLIS_PYTHON" -c 'import yaml; print("PyYAML", yaml.__version__)'
+fi
 
 # Rust: present, never installed from here.
 cargo_bin=$(command -v cargo || true)
@@ -137,4 +162,8 @@ printf '%s\n' "${summary[@]}"
 if [ "$failures" -gt 0 ]; then
   die "$failures tool(s) missing or broken (see above)"
 fi
-say "all tools present (python for gRPC/WebSocket tests: $TRELLIS_PYTHON)"
+if $demo_only; then
+  say "all tools the demo needs are present (the test suite needs more: run without --demo)"
+else
+  say "all tools present (python for gRPC/WebSocket tests: $TRELLIS_PYTHON)"
+fi

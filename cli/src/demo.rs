@@ -5,11 +5,14 @@
 //!    real identity service and controller in the node namespace);
 //! 2. bounded rounds of `trellis app load` (HTTP/1.1 and HTTP/2) and
 //!    `trellis app banner-client` (opaque TCP) inside the `client` pod;
-//! 3. every `--interval`, each proxy's `/metrics`, summed per workload on the
-//!    inbound side: request rate, success rate, p50/p99, TCP connections, and
-//!    TLS — the share of that traffic that arrived over mutual TLS from
-//!    another sidecar (the proxies' `tls="true"` label) — plus how many
-//!    proxies hold a certificate from the mesh's identity service;
+//! 3. every `--interval`, each proxy's `/metrics`, on the inbound side; per
+//!    workload, what its replicas counted since the previous scrape (each
+//!    proxy's increase on its own, so a restarted proxy's reset is seen):
+//!    request rate, success rate, p50/p99, TCP connections opened, bytes/s of
+//!    opaque TCP, and TLS — the share of that traffic that arrived over
+//!    mutual TLS from another sidecar (the proxies' `tls="true"` label) —
+//!    plus how many proxies hold a certificate from the mesh's identity
+//!    service. The first screen shows counts since the start, no rates;
 //! 4. on `--duration`, Ctrl-C, SIGTERM or an error: `mesh down`.
 
 use std::collections::BTreeMap;
@@ -30,8 +33,8 @@ use crate::mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
 const DEMO_MESH: &str = include_str!("../../examples/demo.yaml");
 /// The longest load round; rounds repeat until the demo ends.
 const ROUND: Duration = Duration::from_secs(10);
-/// What the TLS column means.
-const TLS_NOTE: &str = "TLS: share of inbound traffic that arrived over mutual TLS from a sidecar (true = all of it, false = plaintext); `trellis mesh status --name demo` shows each proxy's certificate";
+/// Where to see more than the certificate count.
+const CERT_NOTE: &str = "`trellis mesh status --name demo` shows each proxy's certificate";
 
 /// Start a built-in local mesh, send traffic through it, show golden metrics.
 #[derive(clap::Args, Debug)]
@@ -168,7 +171,10 @@ impl<'a> Traffic<'a> {
                 g.running = None;
             }
             let round = left.map_or(ROUND, |l| l.min(ROUND));
-            if round < Duration::from_secs(1) {
+            // A timed round under a second is not worth starting; an untimed
+            // one (a banner exchange, milliseconds) still gives the last
+            // window its connection.
+            if g.timed && round < Duration::from_secs(1) {
                 continue;
             }
             let mut argv = g.argv.clone();
@@ -239,28 +245,64 @@ impl Drop for Traffic<'_> {
     }
 }
 
-/// Per workload (`namespace/name`): its inbound counters, or why they
-/// could not be read.
+/// Per meshed pod (by name): its proxy's inbound counters, or why they
+/// could not be read. Kept per pod so that a restarted proxy's reset is
+/// seen on its own, not hidden in a sum over replicas.
 type Scrape = BTreeMap<String, Result<Counters, String>>;
 
-/// Inbound counters of each workload, summed over its meshed replicas.
 fn scrape(mesh: &Mesh) -> Scrape {
-    let mut out = Scrape::new();
-    for pod in mesh.pods().iter().filter(|p| p.meshed) {
-        let key = format!("{}/{}", pod.namespace, pod.workload);
-        let got = mesh
-            .fetch_metrics(pod)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|text| golden::parse(&text).map_err(|e| e.to_string()))
-            .map(|samples| Counters::from_samples(&samples, "inbound"));
-        let entry = out.entry(key).or_insert_with(|| Ok(Counters::default()));
-        match (entry.as_mut(), got) {
-            (Ok(sum), Ok(c)) => sum.add(&c),
-            (Ok(_), Err(e)) => *entry = Err(format!("{}: {e}", pod.name)),
-            (Err(_), _) => {}
+    mesh.pods()
+        .iter()
+        .filter(|p| p.meshed)
+        .map(|pod| {
+            let got = mesh
+                .fetch_metrics(pod)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|text| golden::parse(&text).map_err(|e| e.to_string()))
+                .map(|samples| Counters::from_samples(&samples, "inbound"));
+            (pod.name.clone(), got)
+        })
+        .collect()
+}
+
+/// A workload's row: its replicas' counters now and, when there was an
+/// earlier scrape `seconds` ago, what they counted since.
+fn workload_row(workload: &Workload, now: &Scrape, earlier: Option<(&Scrape, f64)>) -> golden::Row {
+    let mut replicas = Vec::new();
+    for pod in &workload.pods {
+        match now.get(pod) {
+            Some(Ok(c)) => {
+                let then = earlier.and_then(|(e, _)| e.get(pod)?.as_ref().ok());
+                replicas.push((c, then));
+            }
+            // Unmeshed, or a failed scrape (reported under the table):
+            // nothing to show for this workload.
+            _ => {
+                return golden::row(
+                    &workload.key,
+                    workload.meshed,
+                    workload.pods.len(),
+                    &Counters::default(),
+                    None,
+                )
+            }
         }
     }
-    out
+    let (total, increase) = golden::increase(replicas);
+    golden::row(
+        &workload.key,
+        workload.meshed,
+        workload.pods.len(),
+        &total,
+        earlier.map(|(_, secs)| (&increase, secs)),
+    )
+}
+
+/// A workload (`namespace/name`) and its pods, in file order.
+struct Workload {
+    key: String,
+    meshed: bool,
+    pods: Vec<String>,
 }
 
 /// `mTLS: 6/6 proxies hold a certificate (…)`, naming those that do not.
@@ -294,13 +336,17 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
     let trellis = std::env::current_exe().context("cannot find the trellis binary itself")?;
     let mut traffic = Traffic::new(mesh, client, &trellis.to_string_lossy(), args.rps)?;
 
-    // Workloads in file order, with their replica counts.
-    let mut workloads: Vec<(String, bool, usize)> = Vec::new();
+    // Workloads in file order, with their pods.
+    let mut workloads: Vec<Workload> = Vec::new();
     for p in mesh.pods() {
         let key = format!("{}/{}", p.namespace, p.workload);
-        match workloads.iter_mut().find(|(k, _, _)| *k == key) {
-            Some((_, _, n)) => *n += 1,
-            None => workloads.push((key, p.meshed, 1)),
+        match workloads.iter_mut().find(|w| w.key == key) {
+            Some(w) => w.pods.push(p.name.clone()),
+            None => workloads.push(Workload {
+                key,
+                meshed: p.meshed,
+                pods: vec![p.name.clone()],
+            }),
         }
     }
 
@@ -325,19 +371,12 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
         }
         let now = Instant::now();
         let scraped = scrape(mesh);
+        let earlier = previous
+            .as_ref()
+            .map(|(m, at)| (m, now.duration_since(*at).as_secs_f64()));
         let rows: Vec<golden::Row> = workloads
             .iter()
-            .map(|(key, meshed, replicas)| {
-                let current = scraped.get(key).and_then(|r| r.as_ref().ok());
-                let before = previous.as_ref().and_then(|(m, at)| {
-                    let c = m.get(key)?.as_ref().ok()?;
-                    Some((c, now.duration_since(*at).as_secs_f64()))
-                });
-                match current {
-                    Some(c) => golden::row(key, *meshed, *replicas, c, before),
-                    None => golden::row(key, *meshed, *replicas, &Counters::default(), None),
-                }
-            })
+            .map(|w| workload_row(w, &scraped, earlier))
             .collect();
         let errors: Vec<String> = scraped
             .iter()
@@ -370,9 +409,11 @@ fn drive(mesh: &Mesh, args: &DemoArgs, interrupt: &Interrupt) -> anyhow::Result<
         screen.push('\n');
         screen.push_str(&traffic.summary());
         screen.push('\n');
+        screen.push_str(golden::LEGEND);
+        screen.push('\n');
         screen.push_str(&certificates(mesh));
         screen.push('\n');
-        screen.push_str(TLS_NOTE);
+        screen.push_str(CERT_NOTE);
         screen.push('\n');
         for e in errors {
             screen.push_str(&format!("scrape error: {e}\n"));

@@ -57,7 +57,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     (
         NAMESPACE,
-        "trellis",
+        "trellis-system",
         "the control plane's own namespace (the chart sets it from the pod's metadata.namespace): where the trust roots source is, never given a copy",
     ),
     (
@@ -166,7 +166,7 @@ impl Config {
             ),
             default_inbound_policy: r
                 .get(DEFAULT_INBOUND_POLICY, DefaultPolicy::AllUnauthenticated),
-            namespace: r.parse_with(NAMESPACE, "trellis".into(), check_namespace),
+            namespace: r.parse_with(NAMESPACE, "trellis-system".into(), check_namespace),
             trust_roots_configmap: r.parse_with(
                 TRUST_ROOTS_CONFIGMAP,
                 "trellis-trust-roots".into(),
@@ -313,11 +313,14 @@ mod tests {
     #[test]
     fn trust_roots() {
         let cfg = Config::from_source(&MapSource::default()).unwrap();
-        assert_eq!(cfg.namespace, "trellis");
+        assert_eq!(cfg.namespace, "trellis-system");
         assert_eq!(cfg.trust_roots_configmap, "trellis-trust-roots");
         assert!(cfg.distribute_trust_roots);
         let settings = cfg.trust_roots();
-        assert_eq!(settings.names.source(), "trellis/trellis-trust-roots");
+        assert_eq!(
+            settings.names.source(),
+            "trellis-system/trellis-trust-roots"
+        );
 
         let cfg = Config::from_source(&MapSource::new([
             (NAMESPACE, "mesh-system"),

@@ -95,7 +95,7 @@ pub struct InitConfig {
 impl Default for InjectorConfig {
     fn default() -> Self {
         Self {
-            control_plane_namespace: "trellis".into(),
+            control_plane_namespace: "trellis-system".into(),
             trust_domain: "cluster.local".into(),
             excluded_namespaces: Vec::new(),
             proxy: ProxyConfig::default(),
@@ -115,9 +115,9 @@ impl Default for ProxyConfig {
             native_sidecar: true,
             log_level: "info".into(),
             resources: Resources::default(),
-            identity_addr: "trellis-identity.trellis.svc.cluster.local:7155".into(),
+            identity_addr: "trellis-identity.trellis-system.svc.cluster.local:7155".into(),
             identity_server_id: String::new(),
-            controller_addr: "trellis-controller.trellis.svc.cluster.local:7156".into(),
+            controller_addr: "trellis-controller.trellis-system.svc.cluster.local:7156".into(),
             trust_roots_config_map: "trellis-trust-roots".into(),
             default_inbound_policy: DefaultPolicy::AllUnauthenticated,
             outbound_mtls: OutboundMtls::Opportunistic,
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(InjectorConfig::from_yaml(""), Ok(InjectorConfig::default()));
         assert_eq!(
             InjectorConfig::default().identity_server_id(),
-            "spiffe://cluster.local/ns/trellis/sa/trellis-identity"
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity"
         );
     }
 

@@ -14,6 +14,11 @@ use trellis_core::admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// Every path the admin server answers: [`trellis_core::admin`]'s four and
+/// `/identity`. README, ARCHITECTURE.md and `--help` (the admin listen
+/// variable) list them all; tests check both the docs and the router.
+pub const PATHS: [&str; 5] = ["/metrics", "/ready", "/live", "/config", "/identity"];
+
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,

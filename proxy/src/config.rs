@@ -31,11 +31,12 @@ impl NonEmptyPath for String {
 }
 
 /// Every variable the proxy reads: name, default, meaning (with unit).
-/// README and `trellis-proxy --help` print this table.
+/// `trellis-proxy --help` prints this table, and README's "Configuration of
+/// the proxy" is this table too (a test keeps them equal).
 pub const VARIABLES: &[Variable] = &[
     (OUTBOUND_LISTEN, "127.0.0.1:7140", "address of the outbound listener (connections redirected from the pod)"),
     (INBOUND_LISTEN, "0.0.0.0:7143", "address of the inbound listener (connections redirected to the pod)"),
-    (ADMIN_LISTEN, "0.0.0.0:7191", "address of the admin server (/metrics, /ready, /live, /config)"),
+    (ADMIN_LISTEN, "0.0.0.0:7191", "address of the admin server: /metrics, /ready, /live to any client; /config, /identity only to clients on this host"),
     (IPV6, "auto", "also listen on IPv6 ([::1] outbound, [::] inbound, same ports): on, off, or auto (when this host has IPv6)"),
     (DETECT_TIMEOUT, "300ms", "how long to wait for a client's first bytes before treating the connection as opaque TCP (duration: ms, s, m)"),
     (OPAQUE_PORTS, "", "destination ports that skip protocol detection and are proxied as opaque TCP (e.g. 25,3306,4000-4010)"),
@@ -53,10 +54,10 @@ pub const VARIABLES: &[Variable] = &[
     (IDENTITY, "", "this workload's SPIFFE ID (spiffe://TD/ns/NS/sa/SA); required with an identity service"),
     (IDENTITY_TOKEN_FILE, "/var/run/secrets/tokens/trellis-identity", "the projected ServiceAccount token (audience identity.trellis.dev)"),
     (TRUST_ROOTS_FILE, "/var/run/trellis/roots.pem", "PEM bundle of the mesh's trust roots; reloaded when it changes"),
-    (DESTINATIONS_FILE, "", "JSON list of meshed destinations and their identities (local mesh; the controller takes over in issue 4)"),
+    (DESTINATIONS_FILE, "", "JSON list of meshed destinations (addresses) and their identities; reloaded when it changes. With a controller, consulted for what the controller does not know or has not answered about"),
     (POLICY_FILE, "", "JSON inbound policy of this pod; reloaded when it changes"),
     (DEFAULT_INBOUND_POLICY, "all-unauthenticated", "inbound policy when no policy file is given: all-unauthenticated, all-authenticated, deny, audit"),
-    (CONTROLLER_ADDR, "", "controller address (host:port): destinations, routes and the inbound policy come from it (the files above stay as fallback); unset: files only"),
+    (CONTROLLER_ADDR, "", "controller address (host:port): services, endpoints with their identities, routes and the inbound policy come from it; its policy replaces the policy file's until the file changes again; unset: the files only"),
     (POD_NAMESPACE, "", "this pod's namespace (required with a controller)"),
     (POD_NAME, "", "this pod's name (required with a controller)"),
     (OUTBOUND_MTLS, "opportunistic", "outbound mutual TLS: opportunistic (mTLS to every destination the controller names with an identity, and never plaintext again to one seen meshed) or required (nothing leaves in plaintext but to PLAINTEXT_DESTINATIONS; refusals are counted)"),
@@ -365,6 +366,90 @@ mod tests {
             assert!(name.starts_with("TRELLIS_PROXY_"), "{name}");
             let _ = default;
         }
+    }
+
+    fn repo_file(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// README's proxy variable table, as it must read: [`VARIABLES`],
+    /// which `--help` prints.
+    fn readme_table() -> String {
+        let mut out = String::from("| variable | default | meaning |\n|---|---|---|\n");
+        for (name, default, meaning) in VARIABLES {
+            let default = if default.is_empty() {
+                "(none)".to_string()
+            } else {
+                format!("`{default}`")
+            };
+            out.push_str(&format!("| `{name}` | {default} | {meaning} |\n"));
+        }
+        out
+    }
+
+    #[test]
+    fn readme_lists_the_variables_help_prints() {
+        let readme = repo_file("README.md");
+        let begin = "<!-- proxy-variables:begin -->\n";
+        let start = readme
+            .find(begin)
+            .expect("README has no proxy-variables:begin")
+            + begin.len();
+        let len = readme[start..]
+            .find("<!-- proxy-variables:end -->")
+            .expect("README has no proxy-variables:end");
+        let want = readme_table();
+        assert!(
+            readme[start..start + len] == want,
+            "README's proxy variable table differs from VARIABLES (what --help prints); it should read:\n{want}"
+        );
+        for (name, default, meaning) in VARIABLES {
+            assert!(
+                !meaning.contains('|') && !default.contains('|'),
+                "{name}: a '|' breaks the table"
+            );
+            assert!(
+                !meaning.contains("issue "),
+                "{name}: describe the behaviour, not an issue number"
+            );
+        }
+    }
+
+    #[test]
+    fn docs_and_help_list_every_admin_path() {
+        let readme = repo_file("README.md");
+        let architecture = repo_file("ARCHITECTURE.md");
+        let help = VARIABLES
+            .iter()
+            .find(|(name, _, _)| *name == ADMIN_LISTEN)
+            .map(|(_, _, meaning)| *meaning)
+            .unwrap();
+        let ports_row = architecture
+            .lines()
+            .find(|l| l.starts_with("| 7191 "))
+            .expect("ARCHITECTURE.md has no 7191 row");
+        for path in crate::admin::PATHS {
+            assert!(
+                readme.contains(&format!("`{path}`")),
+                "README leaves out {path}"
+            );
+            assert!(
+                ports_row.contains(&format!("`{path}`")),
+                "ARCHITECTURE.md's 7191 row leaves out {path}"
+            );
+            assert!(
+                help.contains(path),
+                "--help ({ADMIN_LISTEN}) leaves out {path}"
+            );
+        }
+        // What answers remote clients is said too.
+        for open in trellis_core::admin::OPEN_PATHS {
+            assert!(crate::admin::PATHS.contains(&open), "{open}");
+        }
+        assert!(help.contains("only to clients on this host"), "{help}");
     }
 
     #[test]

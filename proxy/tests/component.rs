@@ -319,12 +319,16 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 async fn admin_endpoints() {
     let up = http_upstream().await;
     let proxy = start_proxy(up, &[]).await;
-    for (path, want) in [
-        ("/ready", "200"),
-        ("/live", "200"),
-        ("/config", "200"),
-        ("/nope", "404"),
-    ] {
+    // Every documented path answers; without identity `/identity` says so
+    // (404 with a body), unlike an unknown path (the router's empty 404).
+    let documented = trellis_proxy::admin::PATHS.map(|p| {
+        let want = match p {
+            "/identity" => "404",
+            _ => "200",
+        };
+        (p, want)
+    });
+    for (path, want) in documented.into_iter().chain([("/nope", "404")]) {
         let mut s = TcpStream::connect(proxy.admin).await.unwrap();
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -337,6 +341,11 @@ async fn admin_endpoints() {
             out.starts_with(&format!("HTTP/1.1 {want}")),
             "{path}: {out}"
         );
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert_eq!(body.is_empty(), path == "/nope", "{path}: {out}");
+        if path == "/identity" {
+            assert!(out.contains("runs without identity"), "{out}");
+        }
         if path == "/config" {
             assert!(out.contains(r#""detect_timeout":"100ms""#), "{out}");
         }

@@ -320,6 +320,11 @@ fn netns_mesh_up_status_exec_down_leaves_nothing_behind() {
     assert_eq!(pods[0]["proxyReady"], true);
     assert_eq!(pods[3]["meshed"], false);
     assert_eq!(pods[3]["proxyReady"], Value::Null);
+    assert_eq!(
+        pods[3]["identity"],
+        Value::Null,
+        "an unmeshed pod has no identity"
+    );
 
     // Meshed client → its outbound proxy → VIP DNAT → a web pod's inbound
     // proxy → the app.

@@ -276,3 +276,26 @@ fn the_route_annotation_table_is_the_controllers() {
         assert!(errors.is_empty(), "{}={}: {errors:?}", r[0], r[1]);
     }
 }
+
+/// README names every `trellis mesh` subcommand clap knows (hidden ones,
+/// such as the node agent `up` starts, aside).
+#[test]
+fn readme_names_every_mesh_subcommand() {
+    use clap::Subcommand as _;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // README wraps lines: compare with runs of whitespace as one space.
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mesh = super::MeshCommand::augment_subcommands(clap::Command::new("mesh"));
+    let names: Vec<&str> = mesh
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name())
+        .collect();
+    assert!(names.len() >= 7, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`trellis mesh {name}")),
+            "README does not name `trellis mesh {name}`"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::fmt;
 pub(crate) const REQUESTS: &str = "trellis_http_requests_total";
 pub(crate) const DURATION_BUCKETS: &str = "trellis_http_request_duration_seconds_bucket";
 pub(crate) const TCP_CONNECTIONS: &str = "trellis_tcp_connections_total";
+pub(crate) const TCP_BYTES: &str = "trellis_tcp_bytes_total";
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +123,7 @@ fn parse_labels(mut s: &str) -> Result<(BTreeMap<String, String>, &str), String>
 pub(crate) type Buckets = Vec<(f64, f64)>;
 
 /// Cumulative golden counters of one direction, summed over series (routes,
-/// peers) and over replicas.
+/// peers) and, with [`Counters::add`], over replicas.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Counters {
     pub requests: f64,
@@ -130,8 +131,12 @@ pub(crate) struct Counters {
     /// Requests whose `tls` label was `true`.
     pub tls_requests: f64,
     pub buckets: Buckets,
+    /// Connections accepted (every protocol: HTTP and opaque TCP).
     pub tcp_connections: f64,
     pub tls_connections: f64,
+    /// Bytes both ways. The proxy adds a connection's bytes when it closes.
+    pub tcp_bytes: f64,
+    pub tls_bytes: f64,
 }
 
 impl Counters {
@@ -142,13 +147,14 @@ impl Counters {
             if !s.value.is_finite() {
                 continue;
             }
+            let tls = s.label("tls") == "true";
             match s.name.as_str() {
                 REQUESTS => {
                     c.requests += s.value;
                     if s.label("classification") == "success" {
                         c.successes += s.value;
                     }
-                    if s.label("tls") == "true" {
+                    if tls {
                         c.tls_requests += s.value;
                     }
                 }
@@ -159,8 +165,14 @@ impl Counters {
                 }
                 TCP_CONNECTIONS => {
                     c.tcp_connections += s.value;
-                    if s.label("tls") == "true" {
+                    if tls {
                         c.tls_connections += s.value;
+                    }
+                }
+                TCP_BYTES => {
+                    c.tcp_bytes += s.value;
+                    if tls {
+                        c.tls_bytes += s.value;
                     }
                 }
                 _ => {}
@@ -169,51 +181,80 @@ impl Counters {
         c
     }
 
-    /// Adds another replica's counters.
+    /// Adds another replica's counters (or another replica's increase).
     pub(crate) fn add(&mut self, other: &Counters) {
         self.requests += other.requests;
         self.successes += other.successes;
         self.tls_requests += other.tls_requests;
         self.tcp_connections += other.tcp_connections;
         self.tls_connections += other.tls_connections;
+        self.tcp_bytes += other.tcp_bytes;
+        self.tls_bytes += other.tls_bytes;
         for &(le, n) in &other.buckets {
             add_bucket(&mut self.buckets, le, n);
         }
     }
 
-    /// What happened between `earlier` and `self`. A counter that went down
-    /// was reset (a restarted proxy): its current value is the increase.
+    /// Whether these counters, of one proxy, restarted from zero since
+    /// `earlier`: any counter went down. A proxy's counters all restart
+    /// together, so one that fell is enough to know.
+    pub(crate) fn reset_since(&self, earlier: &Counters) -> bool {
+        let fell = |now: f64, then: f64| now < then;
+        fell(self.requests, earlier.requests)
+            || fell(self.successes, earlier.successes)
+            || fell(self.tls_requests, earlier.tls_requests)
+            || fell(self.tcp_connections, earlier.tcp_connections)
+            || fell(self.tls_connections, earlier.tls_connections)
+            || fell(self.tcp_bytes, earlier.tcp_bytes)
+            || fell(self.tls_bytes, earlier.tls_bytes)
+            || earlier
+                .buckets
+                .iter()
+                .any(|&(le, then)| fell(bucket_at(&self.buckets, le), then))
+    }
+
+    /// What one proxy counted between `earlier` and `self`. After a reset
+    /// (a restarted proxy) the counters started again from zero, so their
+    /// current values are the increase, as Prometheus' `increase()` takes
+    /// them. Only meaningful for one proxy's counters: sum replicas'
+    /// increases with [`increase`], not the increase of sums.
     pub(crate) fn since(&self, earlier: &Counters) -> Counters {
-        let d = |now: f64, then: f64| if now >= then { now - then } else { now };
-        let reset = self.requests < earlier.requests;
+        if self.reset_since(earlier) {
+            return self.clone();
+        }
         Counters {
-            requests: d(self.requests, earlier.requests),
-            successes: if reset {
-                self.successes
-            } else {
-                d(self.successes, earlier.successes)
-            },
-            tls_requests: if reset {
-                self.tls_requests
-            } else {
-                d(self.tls_requests, earlier.tls_requests)
-            },
+            requests: self.requests - earlier.requests,
+            successes: self.successes - earlier.successes,
+            tls_requests: self.tls_requests - earlier.tls_requests,
             buckets: self
                 .buckets
                 .iter()
-                .map(|&(le, n)| {
-                    let then = if reset {
-                        0.0
-                    } else {
-                        bucket_at(&earlier.buckets, le)
-                    };
-                    (le, d(n, then))
-                })
+                .map(|&(le, n)| (le, n - bucket_at(&earlier.buckets, le)))
                 .collect(),
-            tcp_connections: d(self.tcp_connections, earlier.tcp_connections),
-            tls_connections: d(self.tls_connections, earlier.tls_connections),
+            tcp_connections: self.tcp_connections - earlier.tcp_connections,
+            tls_connections: self.tls_connections - earlier.tls_connections,
+            tcp_bytes: self.tcp_bytes - earlier.tcp_bytes,
+            tls_bytes: self.tls_bytes - earlier.tls_bytes,
         }
     }
+}
+
+/// A workload's counters summed over its replicas, and what they counted
+/// in the window: each replica's `(now, at the window's start)`. A replica
+/// not scraped at the start (new in the window) counted all it has in it.
+pub(crate) fn increase<'a>(
+    replicas: impl IntoIterator<Item = (&'a Counters, Option<&'a Counters>)>,
+) -> (Counters, Counters) {
+    let mut total = Counters::default();
+    let mut increase = Counters::default();
+    for (now, then) in replicas {
+        total.add(now);
+        match then {
+            Some(then) => increase.add(&now.since(then)),
+            None => increase.add(now),
+        }
+    }
+    (total, increase)
 }
 
 fn add_bucket(buckets: &mut Buckets, le: f64, n: f64) {
@@ -295,58 +336,63 @@ fn tls_of(tls: f64, total: f64) -> Tls {
     }
 }
 
-/// One line of the golden table.
+/// One line of the golden table. Every number covers the same span: the
+/// window between two scrapes, or, on the first screen, everything since
+/// the proxies started (then there are counts but no rates yet).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Row {
     pub workload: String,
     pub meshed: bool,
     pub replicas: usize,
-    /// Requests per second over the window; `None` before a window exists.
+    /// Requests per second; `None` without a window, or for a workload that
+    /// never served HTTP (opaque TCP only has no request rate, not 0).
     pub rps: Option<f64>,
-    /// Share of successful requests (window, or everything so far).
+    /// Share of successful requests.
     pub success: Option<f64>,
     pub p50: Option<f64>,
     pub p99: Option<f64>,
-    /// Connections accepted so far.
-    pub tcp_connections: f64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Bytes per second (both ways) of opaque TCP connections; `None`
+    /// without a window or for an HTTP workload (whose connections are
+    /// long-lived and count their bytes only when they close).
+    pub bytes_per_second: Option<f64>,
+    /// Share of the traffic that came over mutual TLS: requests for HTTP,
+    /// connections for opaque TCP.
     pub tls: Tls,
 }
 
-/// A row from the counters now and, when there is one, the counters
-/// `seconds` earlier: rates and latencies then cover just that window.
+/// A row from a workload's counters: `total` (since its proxies started)
+/// and, when a window exists, what they counted in it over `seconds`.
 pub(crate) fn row(
     workload: &str,
     meshed: bool,
     replicas: usize,
-    now: &Counters,
-    earlier: Option<(&Counters, f64)>,
+    total: &Counters,
+    window: Option<(&Counters, f64)>,
 ) -> Row {
-    let (window, rps) = match earlier {
-        Some((then, secs)) if secs > 0.0 => {
-            let w = now.since(then);
-            // Opaque-only workloads have no request rate, not a rate of 0.
-            let rps = (now.requests > 0.0).then(|| w.requests / secs);
-            (w, rps)
-        }
-        _ => (now.clone(), None),
+    let (seen, seconds) = match window {
+        Some((w, secs)) if secs > 0.0 => (w, Some(secs)),
+        _ => (total, None),
     };
-    let has = window.requests > 0.0;
-    let tls = if window.requests > 0.0 {
-        tls_of(window.tls_requests, window.requests)
-    } else if now.requests > 0.0 {
-        tls_of(now.tls_requests, now.requests)
+    let http = total.requests > 0.0;
+    let rate = |n: f64| seconds.map(|secs| n / secs);
+    let has = seen.requests > 0.0;
+    let tls = if has {
+        tls_of(seen.tls_requests, seen.requests)
     } else {
-        tls_of(now.tls_connections, now.tcp_connections)
+        tls_of(seen.tls_connections, seen.tcp_connections)
     };
     Row {
         workload: workload.to_string(),
         meshed,
         replicas,
-        rps,
-        success: has.then(|| window.successes / window.requests),
-        p50: quantile(&window.buckets, 0.5),
-        p99: quantile(&window.buckets, 0.99),
-        tcp_connections: now.tcp_connections,
+        rps: if http { rate(seen.requests) } else { None },
+        success: has.then(|| seen.successes / seen.requests),
+        p50: quantile(&seen.buckets, 0.5),
+        p99: quantile(&seen.buckets, 0.99),
+        connections: seen.tcp_connections.max(0.0).round() as u64,
+        bytes_per_second: if http { None } else { rate(seen.tcp_bytes) },
         tls,
     }
 }
@@ -363,6 +409,21 @@ pub(crate) fn format_latency(seconds: f64) -> String {
     }
 }
 
+/// `512B`, `12.3KiB`, `4.5MiB` (a rate adds its own `/s`).
+pub(crate) fn format_bytes(bytes: f64) -> String {
+    const KIB: f64 = 1024.0;
+    if bytes < KIB {
+        format!("{bytes:.0}B")
+    } else if bytes < KIB * KIB {
+        format!("{:.1}KiB", bytes / KIB)
+    } else {
+        format!("{:.1}MiB", bytes / (KIB * KIB))
+    }
+}
+
+/// What the columns mean, for under the table.
+pub(crate) const LEGEND: &str = "RPS, SUCCESS, P50, P99: HTTP requests; CONNS: TCP connections opened; BYTES/S: bytes both ways of opaque TCP connections, counted when a connection closes; TLS: share of the requests (HTTP) or connections (opaque TCP) that came over mutual TLS from a sidecar (true = all, false = none)";
+
 pub(crate) fn render(rows: &[Row]) -> String {
     let dash = || "-".to_string();
     let cells: Vec<Vec<String>> = rows
@@ -378,22 +439,17 @@ pub(crate) fn render(rows: &[Row]) -> String {
                     .unwrap_or_else(dash),
                 r.p50.map(format_latency).unwrap_or_else(dash),
                 r.p99.map(format_latency).unwrap_or_else(dash),
-                format!("{}", r.tcp_connections as u64),
+                r.connections.to_string(),
+                r.bytes_per_second
+                    .map(|v| format!("{}/s", format_bytes(v)))
+                    .unwrap_or_else(dash),
                 r.tls.to_string(),
             ]
         })
         .collect();
     super::table::render(
         &[
-            "WORKLOAD",
-            "MESHED",
-            "PODS",
-            "RPS",
-            "SUCCESS",
-            "P50",
-            "P99",
-            "TCP CONNS",
-            "TLS",
+            "WORKLOAD", "MESHED", "PODS", "RPS", "SUCCESS", "P50", "P99", "CONNS", "BYTES/S", "TLS",
         ],
         &cells,
     )

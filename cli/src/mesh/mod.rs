@@ -70,7 +70,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use trellis_core::{errln, out, outln};
@@ -449,21 +449,28 @@ fn exec_command(pod: &PodPlan, command: &[String]) -> Command {
     cmd
 }
 
-/// One line per step, to stderr.
+/// One line per step, to stderr, each with the time since the operation
+/// (`up`, `apply`, `down`) began: `mesh demo: [  1.3s] …`.
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
     prefix: String,
+    started: Instant,
 }
 
 impl Progress {
     pub(crate) fn new(mesh: &str) -> Self {
         Self {
             prefix: format!("mesh {mesh}: "),
+            started: Instant::now(),
         }
     }
 
     pub(crate) fn step(&self, msg: &str) {
-        errln!("{}{msg}", self.prefix);
+        errln!("{}", self.line(self.started.elapsed(), msg));
+    }
+
+    fn line(&self, elapsed: Duration, msg: &str) -> String {
+        format!("{}[{:>5.1}s] {msg}", self.prefix, elapsed.as_secs_f64())
     }
 }
 
@@ -539,5 +546,23 @@ impl Mesh {
     /// `mesh down`.
     pub(crate) fn down(self) -> anyhow::Result<()> {
         down::teardown(self.store, &self.progress)
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn steps_carry_the_time_since_the_start() {
+        let p = Progress::new("demo");
+        assert_eq!(
+            p.line(Duration::from_millis(2345), "pod demo/web-0 made"),
+            "mesh demo: [  2.3s] pod demo/web-0 made"
+        );
+        assert_eq!(
+            p.line(Duration::from_secs(125), "x"),
+            "mesh demo: [125.0s] x"
+        );
     }
 }

@@ -58,6 +58,18 @@ pub(super) fn probes_failing(node_netns: &str, pod: &PodPlan) -> Option<String> 
     })
 }
 
+/// `, waited 1.2s` when this wait took a noticeable time; nothing when what
+/// it waited for was already ready (it started while earlier steps ran).
+/// Each progress line carries the time since start-up began.
+fn waited(start: Instant) -> String {
+    let secs = start.elapsed().as_secs_f64();
+    if secs < 0.05 {
+        String::new()
+    } else {
+        format!(", waited {secs:.1}s")
+    }
+}
+
 /// Waits until the identity service's `/ready` answers 200.
 pub(super) fn wait_identity(
     what: &str,
@@ -74,10 +86,7 @@ pub(super) fn wait_identity(
         check_children(std::slice::from_mut(started))?;
         let why = match http::get(node_netns, admin, "/ready", PROBE_TIMEOUT) {
             Ok(r) if r.status == 200 => {
-                progress.step(&format!(
-                    "{what} ready on {admin} after {:.1}s",
-                    start.elapsed().as_secs_f64()
-                ));
+                progress.step(&format!("{what} ready on {admin}{}", waited(start)));
                 return Ok(());
             }
             Ok(r) => format!("/ready answers {}", r.status),
@@ -186,10 +195,10 @@ pub(super) fn wait_ready(
                     String::new()
                 };
                 progress.step(&format!(
-                    "{ns}/{name}: {what} ({}/{} replicas{ports}) after {:.1}s",
+                    "{ns}/{name}: {what} ({}/{} replicas{ports}){}",
                     members.len(),
                     members.len(),
-                    start.elapsed().as_secs_f64()
+                    waited(start)
                 ));
             }
         }

@@ -50,7 +50,9 @@ pub(crate) struct PodStatus {
     pub ip: String,
     pub ipv6: Option<String>,
     pub meshed: bool,
-    pub identity: String,
+    /// The pod's SPIFFE ID; `None` for an unmeshed pod, which has no proxy
+    /// and so no identity (its ServiceAccount alone proves nothing).
+    pub identity: Option<String>,
     /// The default inbound policy in force: the policy file's, else the plan's.
     pub inbound_policy: String,
     pub admin_url: Option<String>,
@@ -272,7 +274,7 @@ fn pod_status(state: &State, pod: &PodPlan) -> PodStatus {
         ip: pod.ip.to_string(),
         ipv6: pod.ipv6.map(|v| v.to_string()),
         meshed: pod.meshed,
-        identity: pod.identity.clone(),
+        identity: pod.meshed.then(|| pod.identity.clone()),
         inbound_policy: in_force.to_string(),
         admin_url: pod.proxy.as_ref().map(|p| format!("http://{}", p.admin)),
         ready: exists
@@ -392,7 +394,7 @@ pub(crate) fn render(st: &MeshStatus) -> String {
                 p.netns.clone(),
                 p.ip.clone(),
                 yes_no(p.meshed),
-                p.identity.clone(),
+                p.identity.clone().unwrap_or_else(|| "-".into()),
                 cert,
                 if p.meshed {
                     p.inbound_policy.clone()

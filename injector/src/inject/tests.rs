@@ -320,11 +320,11 @@ fn the_proxy_gets_its_identity_addresses_and_token() {
     );
     assert_eq!(
         env["TRELLIS_PROXY_IDENTITY_SERVER_ID"],
-        "spiffe://cluster.local/ns/trellis/sa/trellis-identity"
+        "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity"
     );
     assert_eq!(
         env["TRELLIS_PROXY_CONTROLLER_ADDR"],
-        "trellis-controller.trellis.svc.cluster.local:7156"
+        "trellis-controller.trellis-system.svc.cluster.local:7156"
     );
     // $(VAR) only expands variables defined earlier in the list.
     let order: Vec<&str> = proxy

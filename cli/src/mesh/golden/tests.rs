@@ -15,6 +15,7 @@ trellis_http_request_duration_seconds_sum{direction="inbound",service="web",rout
 trellis_http_request_duration_seconds_count{direction="inbound",service="web",route="default",tls="false",peer=""} 100
 trellis_tcp_connections_total{direction="inbound",peer="",tls="false"} 12 1700000000000
 trellis_tcp_connections_total{direction="outbound",peer="",tls="false"} 3
+trellis_tcp_bytes_total{direction="inbound",peer="spiffe://cluster.local/ns/demo/sa/client",tls="true"} 4096
 process_open_fds 17
 # EOF
 "#;
@@ -22,7 +23,7 @@ process_open_fds 17
 #[test]
 fn parses_prometheus_and_openmetrics_text() {
     let samples = parse(SCRAPE).unwrap();
-    assert_eq!(samples.len(), 13);
+    assert_eq!(samples.len(), 14);
     assert_eq!(samples[0].name, REQUESTS);
     assert_eq!(samples[0].label("status_code"), "200");
     assert_eq!(samples[0].label("peer"), "");
@@ -31,8 +32,8 @@ fn parses_prometheus_and_openmetrics_text() {
     assert_eq!(samples[3].value, 1.7e9);
     assert_eq!(samples[7].label("le"), "+Inf");
     assert_eq!(samples[10].value, 12.0, "timestamp ignored");
-    assert_eq!(samples[12].name, "process_open_fds");
-    assert!(samples[12].labels.is_empty());
+    assert_eq!(samples[13].name, "process_open_fds");
+    assert!(samples[13].labels.is_empty());
 }
 
 #[test]
@@ -65,6 +66,7 @@ fn sums_one_direction() {
     assert_eq!(c.successes, 90.0);
     assert_eq!(c.tls_requests, 0.0);
     assert_eq!(c.tcp_connections, 12.0);
+    assert_eq!((c.tcp_bytes, c.tls_bytes), (4096.0, 4096.0));
     assert_eq!(
         c.buckets,
         vec![
@@ -118,79 +120,153 @@ fn quantiles_interpolate_like_prometheus() {
     assert_eq!(quantile(&b, 1.5), None);
 }
 
-#[test]
-fn windows_subtract_and_survive_resets() {
-    let then = Counters {
-        requests: 100.0,
-        successes: 90.0,
-        buckets: vec![(0.001, 50.0), (f64::INFINITY, 100.0)],
-        tcp_connections: 5.0,
+fn web(requests: f64, successes: f64, fast: f64, connections: f64) -> Counters {
+    Counters {
+        requests,
+        successes,
+        tls_requests: requests,
+        buckets: vec![(0.001, fast), (f64::INFINITY, requests)],
+        tcp_connections: connections,
+        tls_connections: connections,
         ..Default::default()
-    };
-    let now = Counters {
-        requests: 150.0,
-        successes: 140.0,
-        buckets: vec![(0.001, 60.0), (f64::INFINITY, 150.0)],
-        tcp_connections: 6.0,
+    }
+}
+
+fn mail(connections: f64, tls_connections: f64, bytes: f64) -> Counters {
+    Counters {
+        tcp_connections: connections,
+        tls_connections,
+        tcp_bytes: bytes,
+        tls_bytes: bytes * tls_connections / connections.max(1.0),
         ..Default::default()
-    };
-    let w = now.since(&then);
-    assert_eq!(
-        (w.requests, w.successes, w.tcp_connections),
-        (50.0, 50.0, 1.0)
-    );
-    assert_eq!(w.buckets, vec![(0.001, 10.0), (f64::INFINITY, 50.0)]);
-    let restarted = Counters {
-        requests: 4.0,
-        successes: 3.0,
-        buckets: vec![(0.001, 4.0), (f64::INFINITY, 4.0)],
-        ..Default::default()
-    };
-    let w = restarted.since(&then);
-    assert_eq!((w.requests, w.successes), (4.0, 3.0));
-    assert_eq!(w.buckets, vec![(0.001, 4.0), (f64::INFINITY, 4.0)]);
+    }
 }
 
 #[test]
-fn rows_and_table() {
+fn windows_subtract() {
+    let then = web(100.0, 90.0, 50.0, 5.0);
+    let now = web(150.0, 140.0, 60.0, 6.0);
+    assert!(!now.reset_since(&then));
+    let w = now.since(&then);
+    assert_eq!(
+        (w.requests, w.successes, w.tls_requests, w.tcp_connections),
+        (50.0, 50.0, 50.0, 1.0)
+    );
+    assert_eq!(w.buckets, vec![(0.001, 10.0), (f64::INFINITY, 50.0)]);
+    // Nothing happened: an empty window, not a negative one.
+    assert_eq!(now.since(&now), web(0.0, 0.0, 0.0, 0.0));
+    let w = mail(10.0, 10.0, 4096.0).since(&mail(4.0, 4.0, 1024.0));
+    assert_eq!((w.tcp_connections, w.tcp_bytes), (6.0, 3072.0));
+}
+
+#[test]
+fn a_reset_counts_from_zero() {
+    let then = web(100.0, 90.0, 50.0, 5.0);
+    // A restarted proxy: fewer requests than before.
+    let restarted = web(4.0, 3.0, 4.0, 1.0);
+    assert!(restarted.reset_since(&then));
+    assert_eq!(restarted.since(&then), restarted);
+    // Any one counter that fell is a reset, even when others grew.
+    let mut bytes_fell = mail(10.0, 10.0, 100.0);
+    let before = mail(5.0, 5.0, 5000.0);
+    assert!(bytes_fell.reset_since(&before));
+    assert_eq!(bytes_fell.since(&before).tcp_bytes, 100.0);
+    // A histogram bucket that fell, too.
+    bytes_fell = web(100.0, 90.0, 40.0, 5.0);
+    assert!(bytes_fell.reset_since(&then));
+}
+
+#[test]
+fn replicas_increase_on_their_own() {
+    // web-0 restarted in the window (12 -> 2), web-1 served 10 more. The
+    // sum went from 112 to 112: a sum-level delta would say 0.
+    let (w0_then, w1_then) = (web(12.0, 12.0, 12.0, 1.0), web(100.0, 100.0, 100.0, 1.0));
+    let (w0, w1) = (web(2.0, 2.0, 2.0, 1.0), web(110.0, 110.0, 110.0, 1.0));
+    let (total, inc) = increase([(&w0, Some(&w0_then)), (&w1, Some(&w1_then))]);
+    assert_eq!(total.requests, 112.0);
+    assert_eq!(inc.requests, 12.0);
+    assert_eq!(inc.tcp_connections, 1.0);
+    // A replica new in the window counted everything it has in it.
+    let (_, new) = increase([(&w0, None)]);
+    assert_eq!(new, w0);
+}
+
+#[test]
+fn rows_cover_the_window() {
     let then = Counters::from_samples(&parse(SCRAPE).unwrap(), "inbound");
     let mut now = then.clone();
-    now.add(&then); // another 100 requests, same shape
-    let r = row("demo/web", true, 2, &now, Some((&then, 10.0)));
+    now.add(&then); // another 100 requests, same shape, 12 connections
+    let w = now.since(&then);
+    let r = row("demo/web", true, 2, &now, Some((&w, 10.0)));
     assert_eq!(r.rps, Some(10.0));
     assert_eq!(r.success, Some(0.9));
     assert!((r.p50.unwrap() - 0.001).abs() < 1e-12);
     assert_eq!(r.tls, Tls::None);
-    assert_eq!(r.tcp_connections, 24.0);
+    assert_eq!(r.connections, 12, "opened in the window, not 24 so far");
+    assert_eq!(r.bytes_per_second, None, "an HTTP workload");
 
+    // The first screen: counts since the start, no rates.
     let first = row("demo/web", true, 2, &then, None);
     assert_eq!(first.rps, None);
     assert_eq!(first.success, Some(0.9));
+    assert_eq!(first.connections, 12);
 
-    let idle = row(
+    // A quiet HTTP window: a rate of 0, no success rate or latency.
+    let quiet = row("demo/web", true, 2, &now, Some((&now.since(&now), 2.0)));
+    assert_eq!(quiet.rps, Some(0.0));
+    assert_eq!(
+        (quiet.success, quiet.p50, quiet.tls),
+        (None, None, Tls::Unknown)
+    );
+}
+
+#[test]
+fn opaque_rows_show_connections_bytes_and_tls() {
+    let total = mail(20.0, 20.0, 8192.0);
+    let w = mail(4.0, 3.0, 2048.0);
+    let r = row("demo/mail", true, 1, &total, Some((&w, 2.0)));
+    assert_eq!(r.rps, None, "no request rate for opaque TCP");
+    assert_eq!(r.success, None);
+    assert_eq!(r.connections, 4);
+    assert_eq!(r.bytes_per_second, Some(1024.0));
+    assert_eq!(r.tls, Tls::Some(0.75));
+    let first = row("demo/mail", true, 1, &total, None);
+    assert_eq!((first.connections, first.bytes_per_second), (20, None));
+    assert_eq!(first.tls, Tls::All);
+    let nothing = row("demo/client", true, 1, &Counters::default(), None);
+    assert_eq!(nothing.tls, Tls::Unknown);
+    // A zero-length window is no window.
+    assert_eq!(row("demo/mail", true, 1, &total, Some((&w, 0.0))).rps, None);
+}
+
+#[test]
+fn table() {
+    let then = Counters::from_samples(&parse(SCRAPE).unwrap(), "inbound");
+    let mut now = then.clone();
+    now.add(&then);
+    let web_row = row("demo/web", true, 2, &now, Some((&now.since(&then), 10.0)));
+    let mail_row = row(
         "demo/mail",
         true,
         1,
-        &Counters {
-            tcp_connections: 3.0,
-            ..Default::default()
-        },
-        None,
+        &mail(3.0, 0.0, 600.0),
+        Some((&mail(3.0, 0.0, 600.0), 2.0)),
     );
-    assert_eq!((idle.success, idle.p99), (None, None));
-    assert_eq!(idle.tls, Tls::None);
-    let nothing = row("demo/client", true, 1, &Counters::default(), None);
-    assert_eq!(nothing.tls, Tls::Unknown);
-
-    let table = render(&[r, idle]);
+    let table = render(&[web_row, mail_row]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("WORKLOAD"), "{table}");
+    assert!(
+        lines[0].contains("CONNS") && lines[0].contains("BYTES/S"),
+        "{table}"
+    );
     assert!(
         lines[1].contains("10.0") && lines[1].contains("90.00%") && lines[1].contains("1.00ms"),
         "{table}"
     );
     assert!(
-        lines[2].starts_with("demo/mail") && lines[2].ends_with("false"),
+        lines[2].starts_with("demo/mail")
+            && lines[2].contains("300B/s")
+            && lines[2].ends_with("false"),
         "{table}"
     );
 }
@@ -202,4 +278,7 @@ fn tls_shares_and_latency_format() {
     assert_eq!(format_latency(0.000_42), "0.42ms");
     assert_eq!(format_latency(0.0123), "12.3ms");
     assert_eq!(format_latency(1.5), "1.50s");
+    assert_eq!(format_bytes(512.0), "512B");
+    assert_eq!(format_bytes(12.3 * 1024.0), "12.3KiB");
+    assert_eq!(format_bytes(4.5 * 1024.0 * 1024.0), "4.5MiB");
 }
