@@ -44,3 +44,42 @@ impl fmt::Display for DefaultPolicy {
         })
     }
 }
+
+/// Whether a proxy may send plaintext (`TRELLIS_PROXY_OUTBOUND_MTLS`, the
+/// `config.trellis.dev/outbound-mtls` annotation, the chart's
+/// `proxy.outboundMtls`, the mesh file's `outboundMtls`). Ordered from
+/// weakest to strictest, as a floor compares them.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboundMtls {
+    /// Mutual TLS to every destination known as meshed; plaintext to the
+    /// rest.
+    #[default]
+    Opportunistic,
+    /// No plaintext, but to the operator's listed exceptions.
+    Required,
+}
+
+impl FromStr for OutboundMtls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "opportunistic" => Ok(Self::Opportunistic),
+            "required" => Ok(Self::Required),
+            other => Err(format!(
+                "{other:?} is not an outbound mTLS mode: use opportunistic or required"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OutboundMtls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Opportunistic => "opportunistic",
+            Self::Required => "required",
+        })
+    }
+}

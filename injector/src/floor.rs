@@ -37,39 +37,7 @@ pub const FLOOR_ANNOTATIONS: [&str; 6] = [
     FLOOR_ALLOW_OPT_OUT,
 ];
 
-/// `TRELLIS_PROXY_OUTBOUND_MTLS`: whether the proxy may send plaintext.
-/// Ordered from weakest to strictest.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutboundMtls {
-    #[default]
-    Opportunistic,
-    Required,
-}
-
-impl FromStr for OutboundMtls {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "opportunistic" => Ok(Self::Opportunistic),
-            "required" => Ok(Self::Required),
-            other => Err(format!(
-                "{other:?} is not an outbound mTLS mode: use opportunistic or required"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for OutboundMtls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Opportunistic => "opportunistic",
-            Self::Required => "required",
-        })
-    }
-}
+pub use trellis_core::policy::OutboundMtls;
 
 /// What the injector does with an override below the floor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

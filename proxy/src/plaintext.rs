@@ -19,40 +19,11 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-/// The outbound mTLS mode (`TRELLIS_PROXY_OUTBOUND_MTLS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutboundMtls {
-    #[default]
-    Opportunistic,
-    Required,
-}
-
-impl FromStr for OutboundMtls {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "opportunistic" => Ok(Self::Opportunistic),
-            "required" => Ok(Self::Required),
-            other => Err(format!(
-                "unknown outbound mTLS mode {other:?}: use opportunistic or required"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for OutboundMtls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Opportunistic => "opportunistic",
-            Self::Required => "required",
-        })
-    }
-}
+pub use trellis_core::policy::OutboundMtls;
 
 /// Why a connection would go out in plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -105,9 +105,11 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The kubelet's part: `fieldRef`s from the pod, then `$(VAR)` references
-/// to variables defined earlier in the list.
-fn resolve_env(pod: &Value, env: &Value) -> Vec<(String, String)> {
+/// The kubelet's part: `fieldRef`s from the pod (`status.hostIP`: the
+/// node's address, `host_ip`), then `$(VAR)` references to variables
+/// defined earlier in the list.
+fn resolve_env(pod: &Value, env: &Value, host_ip: &str) -> Vec<(String, String)> {
+    let host_ip = Value::String(host_ip.to_string());
     let mut out: Vec<(String, String)> = Vec::new();
     for e in env.as_array().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
@@ -116,6 +118,7 @@ fn resolve_env(pod: &Value, env: &Value) -> Vec<(String, String)> {
                 "metadata.namespace" => &pod["metadata"]["namespace"],
                 "metadata.name" => &pod["metadata"]["name"],
                 "spec.serviceAccountName" => &pod["spec"]["serviceAccountName"],
+                "status.hostIP" => &host_ip,
                 other => panic!("the patch uses fieldRef {other}, which this test cannot resolve"),
             };
             v.as_str().unwrap().to_string()
@@ -292,7 +295,12 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
     // 4. The proxy container: its command, as its runAsUser, with exactly
     //    the patch's environment (plus PATH, which an image provides).
     let uid = proxy["securityContext"]["runAsUser"].as_u64().unwrap();
-    let env = resolve_env(&pod, &proxy["env"]);
+    // The node's address as the pod sees it: the mesh's gateway, the first
+    // address of its pod range.
+    let cidr = mesh.status()["podCidr"].as_str().unwrap().to_string();
+    let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    let host_ip = std::net::Ipv4Addr::from(u32::from(net) + 1).to_string();
+    let env = resolve_env(&pod, &proxy["env"], &host_ip);
     let vars: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(
         vars["TRELLIS_PROXY_IDENTITY"],

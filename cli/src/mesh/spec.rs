@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use trellis_controller::index::annotations::{edit_distance, RETRY_PREFIX, TIMEOUT_PREFIX};
+use trellis_controller::index::annotations::{unknown_key_message, RETRY_PREFIX, TIMEOUT_PREFIX};
 use trellis_core::config::parse_ports;
 use trellis_injector::floor::{policy_rank, OutboundMtls, PortAllowance};
 
@@ -810,17 +810,7 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
 /// Why `key` (under `config.trellis.dev/`) is refused: the closest known
 /// key, and all of them.
 fn unknown_config_annotation(key: &str) -> String {
-    let closest = CONFIG_ANNOTATIONS
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .min()
-        .filter(|(d, _)| *d <= 4)
-        .map(|(_, k)| format!(" (did you mean {k}?)"))
-        .unwrap_or_default();
-    format!(
-        "unknown annotation {key:?}{closest}; known: {}",
-        CONFIG_ANNOTATIONS.join(", ")
-    )
+    unknown_key_message(key, &CONFIG_ANNOTATIONS)
 }
 
 /// Network namespace and interface names are derived from several names

@@ -129,6 +129,12 @@ pub fn is_unknown_route_annotation(key: &str) -> bool {
 /// key, and all of them.
 pub fn unknown_route_annotation_message(key: &str) -> String {
     let known: Vec<&str> = ROUTE_ANNOTATIONS.iter().map(|a| a.key).collect();
+    unknown_key_message(key, &known)
+}
+
+/// "unknown annotation KEY (did you mean …?); known: …": the closest of
+/// `known` (within four edits), and all of them.
+pub fn unknown_key_message(key: &str, known: &[&str]) -> String {
     let closest = known
         .iter()
         .map(|k| (edit_distance(key, k), *k))
