@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use ipnet::IpNet;
 
@@ -59,7 +59,9 @@ pub struct PlaintextPolicy {
     mode: OutboundMtls,
     /// Plaintext is allowed to these under `required`.
     exceptions: Vec<IpNet>,
-    known_meshed: Mutex<HashSet<SocketAddr>>,
+    /// Read on every request to a meshed endpoint, written once per new
+    /// destination: a read lock on the hot path.
+    known_meshed: RwLock<HashSet<SocketAddr>>,
 }
 
 impl PlaintextPolicy {
@@ -67,7 +69,7 @@ impl PlaintextPolicy {
         Self {
             mode,
             exceptions,
-            known_meshed: Mutex::default(),
+            known_meshed: RwLock::default(),
         }
     }
 
@@ -77,7 +79,12 @@ impl PlaintextPolicy {
 
     /// `dst` was reached over mutual TLS: never plaintext from now on.
     pub fn seen_meshed(&self, dst: SocketAddr) {
-        let mut known = self.known_meshed.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.known_meshed.read().unwrap_or_else(|p| p.into_inner());
+        if known.contains(&dst) {
+            return;
+        }
+        drop(known);
+        let mut known = self.known_meshed.write().unwrap_or_else(|p| p.into_inner());
         if known.len() >= MAX_KNOWN_MESHED && !known.contains(&dst) {
             known.clear();
         }
@@ -93,7 +100,7 @@ impl PlaintextPolicy {
         match self.mode {
             OutboundMtls::Required => Err(why.refusal()),
             OutboundMtls::Opportunistic => {
-                let known = self.known_meshed.lock().unwrap_or_else(|p| p.into_inner());
+                let known = self.known_meshed.read().unwrap_or_else(|p| p.into_inner());
                 if matches!(why, Why::Unresolved | Why::Unknown | Why::NoIdentity)
                     && known.contains(&dst)
                 {

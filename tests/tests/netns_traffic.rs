@@ -133,8 +133,15 @@ fn up(prefix: &str, yaml: &str) -> Mesh {
     Mesh::up(prefix, yaml)
 }
 
-/// `trellis app load` from `client`, bounded by `requests` at `rps`.
+/// `trellis app load` from `client`, bounded by `requests` at `rps`,
+/// eight at a time.
 fn load(mesh: &Mesh, url: &str, rps: u32, requests: u32) -> Value {
+    load_with(mesh, url, rps, requests, 8)
+}
+
+/// [`load`] with `concurrency` requests (and HTTP/1.1 keep-alive
+/// connections) at a time.
+fn load_with(mesh: &Mesh, url: &str, rps: u32, requests: u32, concurrency: u32) -> Value {
     let trellis = bin("trellis");
     let child = mesh.spawn(
         "client",
@@ -149,7 +156,7 @@ fn load(mesh: &Mesh, url: &str, rps: u32, requests: u32) -> Value {
             "--requests",
             &requests.to_string(),
             "--concurrency",
-            "8",
+            &concurrency.to_string(),
         ],
     );
     let summary = json_summary(child, "trellis app load");
@@ -453,24 +460,7 @@ fn netns_traffic_balancing_reaches_every_replica_evenly_and_avoids_a_slow_one() 
     // One kept-alive connection, one request at a time: balanced per
     // request, just as evenly.
     let before = inbound_counts(&mesh, &all);
-    let trellis = bin("trellis");
-    let child = mesh.spawn(
-        "client",
-        &[
-            trellis.to_str().unwrap(),
-            "app",
-            "load",
-            "--url",
-            WEB_URL,
-            "--rps",
-            "0",
-            "--requests",
-            "600",
-            "--concurrency",
-            "1",
-        ],
-    );
-    let s = json_summary(child, "trellis app load");
+    let s = load_with(&mesh, WEB_URL, 0, 600, 1);
     assert_eq!(ok(&s), 600, "{s}");
     assert_even_split(&mesh, &all, &before, 600.0, "one kept-alive connection");
 

@@ -26,11 +26,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use trellis_core::errln;
 
 use super::plan::PodPlan;
@@ -344,17 +344,7 @@ fn restart(
         pod.qualified_name()
     )
     .with_context(|| format!("writing {}", log.display()))?;
-    let err = out.try_clone()?;
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
-    let child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
+    let child = super::up::spawn_logged(&argv, &env, out)
         .with_context(|| format!("starting the {} of {}", role.as_str(), pod.qualified_name()))?;
     let pid = child.id();
     let start = sys::start_time(pid);

@@ -608,17 +608,7 @@ fn spawn(
         })
     })?;
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
-    let child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
+    let child = spawn_logged(&argv, &env, out)
         .with_context(|| format!("starting the {} of {}", role.as_str(), place.label()))?;
     let pid = child.id();
     let start = sys::start_time(pid);
@@ -731,4 +721,26 @@ pub(super) fn workload_command(pod: &PodPlan) -> (Vec<String>, BTreeMap<String, 
     let mut env = base_env();
     env.extend(pod.env.clone());
     (argv, env)
+}
+
+/// Starts `argv` with exactly `env`, no stdin, stdout and stderr into
+/// `out`, in a process group of its own (so a terminal's Ctrl-C reaches
+/// `trellis`, which stops it in order). `up` and the supervisor start every
+/// mesh process this way.
+pub(crate) fn spawn_logged<'a>(
+    argv: &[String],
+    env: impl IntoIterator<Item = (&'a String, &'a String)>,
+    out: File,
+) -> anyhow::Result<std::process::Child> {
+    let err = out.try_clone()?;
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    Ok(Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()?)
 }
