@@ -11,6 +11,7 @@
 //! controller's `/routes`, the proxy's `/identity`) into the axum router
 //! it returns, and [`serve`] runs it as a task of the [`Shutdown`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Encode = Arc<dyn Fn() -> Result<String, fmt::Error> + Send + Sync>;
-type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+type Check = Arc<dyn Fn() -> Result<(), Cow<'static, str>> + Send + Sync>;
 
 /// Builds the admin endpoints: `Router::new(encode).ready(check).config(config)`,
 /// then [`Router::into_router`].
@@ -59,12 +60,13 @@ impl Router {
     }
 
     /// `/ready` runs `check`: `Ok` is 200 `ready`, `Err(line)` is 503 with
-    /// `line` (e.g. `not ready: not serving`) as the body.
-    pub fn ready(
+    /// `line` (e.g. `not ready: not serving`, or a reason made at the time
+    /// of the request) as the body.
+    pub fn ready<E: Into<Cow<'static, str>>>(
         mut self,
-        check: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
+        check: impl Fn() -> Result<(), E> + Send + Sync + 'static,
     ) -> Self {
-        self.ready = Arc::new(check);
+        self.ready = Arc::new(move || check().map_err(Into::into));
         self
     }
 
@@ -137,7 +139,7 @@ fn metrics(encode: &Encode, prometheus_text: bool, headers: &HeaderMap) -> Respo
     }
 }
 
-fn readiness(check: Result<(), &'static str>) -> Response {
+fn readiness(check: Result<(), Cow<'static, str>>) -> Response {
     match check {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("{line}\n")).into_response(),

@@ -1,7 +1,11 @@
 //! The admin server (port 7191): `/metrics`, `/ready`, `/live`, `/config`
 //! (from [`trellis_core::admin`]), and the proxy's own `/identity`.
+//!
+//! It answers from the moment the proxy starts, before the certificate and
+//! the inbound policy have arrived: `/live` 200, `/ready` 503 naming what
+//! the proxy still waits for ([`crate::startup`]), `/identity` why there is
+//! no certificate yet.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -13,6 +17,7 @@ use trellis_core::admin;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::startup::Startup;
 
 /// Every path the admin server answers: [`trellis_core::admin`]'s four and
 /// `/identity`. README, ARCHITECTURE.md and `--help` (the admin listen
@@ -22,25 +27,19 @@ pub const PATHS: [&str; 5] = ["/metrics", "/ready", "/live", "/config", "/identi
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
-    /// Set once every listener is bound and serving; cleared on shutdown.
-    pub ready: AtomicBool,
+    /// What the proxy still waits for; `/ready` answers from it.
+    pub startup: Arc<Startup>,
     pub mesh: Arc<crate::mesh::Mesh>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let metrics = state.metrics.clone();
-    let ready = state.clone();
+    let startup = state.startup.clone();
     admin::Router::new(move || metrics.encode())
         // OpenMetrics for scrapers that ask for it (Prometheus does), the
         // Prometheus text format for everyone else.
         .prometheus_text_fallback()
-        .ready(move || {
-            if ready.ready.load(Ordering::Acquire) {
-                Ok(())
-            } else {
-                Err("not ready")
-            }
-        })
+        .ready(move || startup.check())
         // Nothing in the proxy's config is secret yet; when credentials
         // arrive they are skipped in serialization.
         .config(state.config.clone())
@@ -52,8 +51,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
 }
 
-/// This proxy's identity and current certificate; 503 until it has one,
-/// 404 when it runs without identity.
+/// This proxy's identity and current certificate; 503 until it has one
+/// (`state: pending`, with where it asks and the last error), 404 when it
+/// runs without identity.
 async fn identity(State(s): State<Arc<AdminState>>) -> Response {
     let Some(creds) = &s.mesh.creds else {
         return (
@@ -63,14 +63,19 @@ async fn identity(State(s): State<Arc<AdminState>>) -> Response {
             .into_response();
     };
     match creds.info() {
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({
-                "identity": creds.id().to_string(),
-                "state": "pending",
-            })),
-        )
-            .into_response(),
+        None => {
+            let awaited = s.startup.certificate.as_ref();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({
+                    "identity": creds.id().to_string(),
+                    "state": "pending",
+                    "identityService": s.config.identity.as_ref().map(|i| &i.addr),
+                    "lastError": awaited.and_then(|a| a.last_error()),
+                })),
+            )
+                .into_response()
+        }
         Some(info) => axum::Json(serde_json::json!({
             "identity": creds.id().to_string(),
             "state": "ready",

@@ -286,8 +286,15 @@ impl Discovery {
         watches.retain(|_, w| now.duration_since(w.last_used) < IDLE_EVICT);
     }
 
-    /// Follows this pod's inbound policy, handing each one to `apply`.
-    pub fn follow_inbound(&self, pod: String, apply: impl Fn(Policy) + Send + 'static) {
+    /// Follows this pod's inbound policy, handing each one to `apply`, and
+    /// each failure to get one (the stream would not open, broke or was
+    /// closed, a policy was refused) to `failed`.
+    pub fn follow_inbound(
+        &self,
+        pod: String,
+        apply: impl Fn(Policy) + Send + 'static,
+        failed: impl Fn(&str) + Send + 'static,
+    ) {
         let mut client = self.client.clone();
         let namespace = self.namespace.clone();
         let stats = self.stats.clone();
@@ -313,12 +320,20 @@ impl Discovery {
                                     Err(e) => {
                                         stats.refused.inc();
                                         tracing::warn!(error = %e, "inbound policy refused; keeping the current one");
+                                        failed(&format!("inbound policy refused: {e}"));
                                     }
                                 },
-                                Ok(None) => break,
+                                Ok(None) => {
+                                    failed("the controller ended the inbound policy stream");
+                                    break;
+                                }
                                 Err(e) => {
                                     stats.stream_errors.inc();
                                     tracing::debug!(error = %e, "inbound policy stream ended");
+                                    failed(&format!(
+                                        "the inbound policy stream broke: {}",
+                                        status_reason(&e)
+                                    ));
                                     break;
                                 }
                             }
@@ -327,6 +342,10 @@ impl Discovery {
                     Err(e) => {
                         stats.stream_errors.inc();
                         tracing::debug!(error = %e, "cannot open the inbound policy stream");
+                        failed(&format!(
+                            "cannot open the inbound policy stream: {}",
+                            status_reason(&e)
+                        ));
                     }
                 }
                 tokio::time::sleep(backoff).await;
@@ -334,6 +353,26 @@ impl Discovery {
             }
         });
     }
+}
+
+/// A gRPC status in a few words, with the transport error behind it (tonic
+/// says only "transport error" or "tcp connect error" at the top).
+fn status_reason(status: &tonic::Status) -> String {
+    let mut out = format!("{:?}", status.code());
+    if !status.message().is_empty() {
+        out.push_str(": ");
+        out.push_str(status.message());
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Runs a background task until it ends or shutdown begins (these tasks

@@ -30,6 +30,7 @@ use trellis_core::tls::{CertInfo, Credentials, TlsError};
 
 use crate::config::IdentityConfig;
 use crate::metrics::{Metrics, RenewalLabels};
+use crate::startup::Awaited;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -60,10 +61,13 @@ const BACKOFF_MAX_UNCERTIFIED: Duration = Duration::from_secs(10);
 /// How long one attempt (connect, handshake, `Certify`) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Obtains and renews this proxy's certificate until shutdown.
+/// Obtains and renews this proxy's certificate until shutdown, telling
+/// `certificate` when the first one has arrived and, until then, why each
+/// attempt failed.
 pub async fn run(
     config: IdentityConfig,
     creds: Arc<Credentials>,
+    certificate: Arc<Awaited>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
@@ -86,6 +90,7 @@ pub async fn run(
                     not_after = unix_secs(info.not_after), key = %info.key_fingerprint,
                     "certificate issued"
                 );
+                certificate.arrived();
                 backoff = BACKOFF_MIN;
                 let now = SystemTime::now();
                 renew_after(&info, now, now, jitter())
@@ -100,6 +105,7 @@ pub async fn run(
                     error = %e, keeping_current = creds.is_ready(),
                     "certificate request failed"
                 );
+                certificate.failed(&e);
                 let wait = retry_wait(backoff, creds.info().as_ref(), SystemTime::now(), jitter());
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait

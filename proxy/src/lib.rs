@@ -7,11 +7,13 @@
 //! check) → detect (HTTP/1, HTTP/2, TLS, or opaque) → forward (HTTP via
 //! [`http`], opaque TCP via [`io`]) → record ([`metrics`], access log).
 //! The admin server ([`admin`], port 7191) serves `/metrics`, `/ready`,
-//! `/live` and `/config`.
+//! `/live`, `/config` and `/identity`.
 //!
 //! [`Proxy::bind`] binds every listener eagerly (a bind error fails start-up);
-//! [`Proxy::run`] serves until the [`Shutdown`] begins, then stops accepting
-//! and lets connections finish.
+//! [`Proxy::run`] answers on the admin port at once, accepts traffic once
+//! the certificate and the inbound policy have arrived ([`startup`]), serves
+//! until the [`Shutdown`] begins, then stops accepting and lets connections
+//! finish.
 
 // `println!`/`eprintln!` panic on a closed pipe: print through
 // trellis_core::{out, outln, errln}.
@@ -37,11 +39,11 @@ pub mod policy;
 pub mod probe;
 pub mod routes;
 pub mod service;
+pub mod startup;
 pub mod traffic;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -54,6 +56,7 @@ use conn::ListenerContext;
 use mesh::Mesh;
 use metrics::{Direction, Label, Metrics};
 use orig_dst::OrigDstLookup;
+use startup::Awaited;
 use std::path::PathBuf;
 use trellis_core::tls;
 
@@ -161,42 +164,20 @@ impl Proxy {
 
     /// Serves until `shutdown` begins; then stops accepting. Connections
     /// already open are tracked by `shutdown`, whose `drained` waits for them.
+    ///
+    /// The admin server answers at once; the listeners accept only once
+    /// the certificate and the inbound policy have arrived ([`startup`]).
     pub async fn run(self, shutdown: Shutdown) {
+        let (services, policy) = self.start_discovery(&shutdown);
+        self.watch_files(&shutdown);
+        let certificate = self.start_identity(&shutdown);
+        let startup = Arc::new(startup::Startup::new(certificate, policy));
+
         let upstreams = Arc::new(upstream::Upstreams::new(
             self.config.connect_timeout,
             self.config.pool_idle_timeout,
         ));
         let own_ports = vec![self.outbound_addr().port(), self.inbound_addr().port()];
-        let (policy_tx, mut policy_rx) = tokio::sync::watch::channel(false);
-        let services = self.config.controller.as_ref().and_then(|cc| {
-            let discovery = discovery::Discovery::new(
-                &cc.addr,
-                &cc.pod_namespace,
-                self.metrics.traffic.discovery.clone(),
-                shutdown.clone(),
-            );
-            match discovery {
-                Ok(d) => {
-                    // The controller's policy replaces the file's when it
-                    // arrives; a later change of the file applies again.
-                    let mesh = self.mesh.clone();
-                    d.follow_inbound(cc.pod_name.clone(), move |p| {
-                        mesh.set_policy(p);
-                        policy_tx.send_replace(true);
-                    });
-                    let balancer = traffic::balance::BalancerConfig {
-                        decay: cc.balancer_decay,
-                        ..Default::default()
-                    };
-                    Some(Arc::new(service::Services::new(d, balancer)))
-                }
-                Err(e) => {
-                    // The config reader checked the address; this is a bug.
-                    tracing::error!(error = %e, "controller client not started");
-                    None
-                }
-            }
-        });
         let probe_sources = Arc::new(probe::ProbeSources::resolve(&self.config.probe_sources));
         tracing::info!(nets = ?probe_sources.nets(), "probes accepted from these sources");
         let ctx = |direction| {
@@ -215,87 +196,136 @@ impl Proxy {
                 services: services.clone(),
             })
         };
-        self.watch_files(&shutdown);
-        if let Some(identity) = &self.config.identity {
-            let creds = self.mesh.creds.clone();
-            if let Some(creds) = creds {
-                let stop = shutdown.clone();
-                shutdown.spawn(tls::watch_roots(
-                    creds.roots().clone(),
-                    identity.trust_roots_file.clone(),
-                    FILE_POLL,
-                    async move { stop.signaled().await },
-                ));
-                shutdown.spawn(identity::run(
-                    identity.clone(),
-                    creds.clone(),
-                    self.metrics.clone(),
-                    shutdown.clone(),
-                ));
-                // Serve no traffic before this proxy has its certificate:
-                // connections wait in the listeners' backlog meanwhile.
-                tracing::info!(identity = %creds.id(), "waiting for a certificate");
-                let ready = async {
-                    while !creds.is_ready() {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = ready => {}
-                    _ = shutdown.signaled() => return,
-                }
-            }
-        }
-        if services.is_some() {
-            // Nor before the controller has said what this pod's inbound
-            // policy is: a default could be weaker than the real one.
-            tracing::info!("waiting for the inbound policy from the controller");
-            tokio::select! {
-                _ = policy_rx.wait_for(|ready| *ready) => {}
-                _ = shutdown.signaled() => return,
-            }
-        }
+        let (outbound, inbound) = (ctx(Direction::Outbound), ctx(Direction::Inbound));
         let listen_addrs = self.listen_addrs();
-        let mut loops = Vec::new();
-        for l in self.outbound {
-            loops.push(accept_loop(l, ctx(Direction::Outbound)));
-        }
-        for l in self.inbound {
-            loops.push(accept_loop(l, ctx(Direction::Inbound)));
-        }
-
         let admin_state = Arc::new(admin::AdminState {
             metrics: self.metrics.clone(),
             config: self.config.clone(),
-            ready: false.into(),
+            startup: startup.clone(),
             mesh: self.mesh.clone(),
         });
-        let admin_shutdown = shutdown.clone();
-        let admin = axum::serve(
-            self.admin,
-            trellis_core::admin::guarded(admin::router(admin_state.clone())),
-        )
-        .with_graceful_shutdown(async move { admin_shutdown.signaled().await });
-        admin_state.ready.store(true, Ordering::Release);
         tracing::info!(
-            listeners = ?listen_addrs,
             admin = %self.config.admin_listen,
             workload = %self.config.workload,
-            "proxy ready"
+            "admin server answering"
         );
-        let not_ready = {
-            let s = shutdown.clone();
-            let st = admin_state.clone();
-            async move {
-                s.signaled().await;
-                st.ready.store(false, Ordering::Release);
+        let listeners = (self.outbound.into_iter().map(|l| (l, outbound.clone())))
+            .chain(self.inbound.into_iter().map(|l| (l, inbound.clone())))
+            .collect();
+        let traffic = serve_traffic(listeners, listen_addrs, &startup, &shutdown);
+        let admin = serve_admin(self.admin, admin_state, shutdown.clone());
+        let stopping = async {
+            shutdown.signaled().await;
+            startup.stopping();
+        };
+        // `traffic` first: a proxy with nothing to wait for serves before
+        // its admin server has answered any `/ready`.
+        tokio::join!(biased; traffic, admin, stopping);
+    }
+
+    /// Starts the controller client, if there is a controller: the services
+    /// it resolves, and the inbound policy the proxy awaits from it.
+    fn start_discovery(
+        &self,
+        shutdown: &Shutdown,
+    ) -> (Option<Arc<service::Services>>, Option<Arc<Awaited>>) {
+        let Some(cc) = &self.config.controller else {
+            return (None, None);
+        };
+        let discovery = match discovery::Discovery::new(
+            &cc.addr,
+            &cc.pod_namespace,
+            self.metrics.traffic.discovery.clone(),
+            shutdown.clone(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // The config reader checked the address; this is a bug.
+                tracing::error!(error = %e, "controller client not started");
+                return (None, None);
             }
         };
-        let (_, admin_result, _) =
-            tokio::join!(futures_util::future::join_all(loops), admin, not_ready);
-        if let Err(e) = admin_result {
-            tracing::warn!(error = %e, "admin server stopped");
-        }
+        let policy = Awaited::new(format!("inbound policy from the controller at {}", cc.addr));
+        tracing::info!(controller = %cc.addr, "waiting for the inbound policy");
+        // The controller's policy replaces the file's when it arrives; a
+        // later change of the file applies again.
+        let mesh = self.mesh.clone();
+        let (arrived, failed) = (policy.clone(), policy.clone());
+        discovery.follow_inbound(
+            cc.pod_name.clone(),
+            move |p| {
+                mesh.set_policy(p);
+                arrived.arrived();
+            },
+            move |e| failed.failed(&e),
+        );
+        let balancer = traffic::balance::BalancerConfig {
+            decay: cc.balancer_decay,
+            ..Default::default()
+        };
+        let services = Arc::new(service::Services::new(discovery, balancer));
+        (Some(services), Some(policy))
+    }
+
+    /// Starts obtaining and renewing the certificate, and watching the
+    /// trust roots, if the proxy has an identity service: the certificate
+    /// is then awaited.
+    fn start_identity(&self, shutdown: &Shutdown) -> Option<Arc<Awaited>> {
+        let identity = self.config.identity.as_ref()?;
+        let creds = self.mesh.creds.clone()?;
+        let certificate = Awaited::new(format!(
+            "workload certificate for {} from the identity service at {}",
+            creds.id(),
+            identity.addr
+        ));
+        let stop = shutdown.clone();
+        shutdown.spawn(tls::watch_roots(
+            creds.roots().clone(),
+            identity.trust_roots_file.clone(),
+            FILE_POLL,
+            async move { stop.signaled().await },
+        ));
+        tracing::info!(identity = %creds.id(), "waiting for a certificate");
+        shutdown.spawn(identity::run(
+            identity.clone(),
+            creds,
+            certificate.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        Some(certificate)
+    }
+}
+
+/// Serves no traffic before `startup`'s dependencies have arrived:
+/// connections wait in the listeners' backlog meanwhile, and none is
+/// served in plaintext for want of a certificate. Then accepts on every
+/// listener until shutdown.
+async fn serve_traffic(
+    listeners: Vec<(TcpListener, Arc<ListenerContext>)>,
+    listen_addrs: Vec<SocketAddr>,
+    startup: &startup::Startup,
+    shutdown: &Shutdown,
+) {
+    tokio::select! {
+        () = startup.arrived() => {}
+        () = shutdown.signaled() => return,
+    }
+    startup.serving();
+    tracing::info!(listeners = ?listen_addrs, "proxy ready");
+    let loops = listeners.into_iter().map(|(l, ctx)| accept_loop(l, ctx));
+    futures_util::future::join_all(loops).await;
+}
+
+/// Serves the admin port until shutdown begins, guarded
+/// ([`trellis_core::admin::guarded`]: only `/metrics`, `/live` and `/ready`
+/// answer remote clients).
+async fn serve_admin(listener: TcpListener, state: Arc<admin::AdminState>, shutdown: Shutdown) {
+    let served = axum::serve(listener, trellis_core::admin::guarded(admin::router(state)))
+        .with_graceful_shutdown(async move { shutdown.signaled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "admin server stopped");
     }
 }
 

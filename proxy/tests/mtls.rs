@@ -305,65 +305,15 @@ async fn an_authorization_lets_one_identity_in_and_keeps_another_out() {
 /// and the old certificate serves until the new one is in place.
 #[tokio::test]
 async fn each_renewal_brings_a_new_key_and_the_old_one_serves_until_then() {
-    use trellis_core::test_support::{http_get, TempDir};
-    use trellis_identity::config as idcfg;
-    use trellis_identity::token::{DEFAULT_AUDIENCE, DEFAULT_TOKEN_ISSUER};
+    use trellis_core::test_support::http_get;
 
-    let dir = TempDir::new("proxy-renewal");
-    let day = Duration::from_secs(86_400);
-    let bundle = trellis_identity::bootstrap("cluster.local", day * 10, day * 5).unwrap();
-    let tokens = trellis_identity::LocalIssuer::generate(DEFAULT_TOKEN_ISSUER).unwrap();
-    let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    dir.write("issuer.crt", &bundle.issuer_cert_pem);
-    dir.write("issuer.key", &bundle.issuer_key_pem);
-    dir.write("roots.pem", &bundle.roots_pem);
-    dir.write("jwks.json", &tokens.jwks());
-    let token = tokens
-        .sign(
-            "demo",
-            "web",
-            "web-0",
-            DEFAULT_AUDIENCE,
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    dir.write("token", &token);
-    let config = trellis_identity::Config::from_source(&trellis_core::config::MapSource::new([
-        (idcfg::LISTEN, "127.0.0.1:0".to_string()),
-        (idcfg::ADMIN_LISTEN, "127.0.0.1:0".to_string()),
-        (idcfg::ISSUER_CERT_FILE, path("issuer.crt")),
-        (idcfg::ISSUER_KEY_FILE, path("issuer.key")),
-        (idcfg::TRUST_ROOTS_FILE, path("roots.pem")),
-        (idcfg::TOKEN_VERIFIER, "jwks".to_string()),
-        (idcfg::JWKS_FILE, path("jwks.json")),
-        (idcfg::CERT_LIFETIME, "10s".to_string()),
-    ]))
-    .unwrap();
-    let verifier = trellis_identity::verifier_from_config(&config)
-        .await
-        .unwrap();
-    let identity = trellis_identity::Server::bind(config, verifier)
-        .await
-        .unwrap();
-    let identity_addr = identity.local_addr().to_string();
-    let server_id = identity.server_identity().to_string();
-    let issued = identity.metrics();
-    let identity_shutdown = trellis_core::shutdown::Shutdown::new();
-    let identity_task = tokio::spawn(identity.run(identity_shutdown.clone()));
-
+    let identity = support::identity::TestIdentity::start("10s").await;
+    identity.write_token();
+    let issued = identity.metrics.clone();
     let app = http_upstream().await;
-    let (token_file, roots_file) = (path("token"), path("roots.pem"));
-    let proxy = start_proxy(
-        app,
-        &[
-            ("TRELLIS_PROXY_IDENTITY_ADDR", &identity_addr),
-            ("TRELLIS_PROXY_IDENTITY_SERVER_ID", &server_id),
-            ("TRELLIS_PROXY_IDENTITY", SERVER),
-            ("TRELLIS_PROXY_IDENTITY_TOKEN_FILE", &token_file),
-            ("TRELLIS_PROXY_TRUST_ROOTS_FILE", &roots_file),
-        ],
-    )
-    .await;
+    let vars = identity.proxy_vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxy = start_proxy(app, &vars).await;
 
     // (serial, key fingerprint) from /identity; None while pending.
     let current = async || {
@@ -403,7 +353,6 @@ async fn each_renewal_brings_a_new_key_and_the_old_one_serves_until_then() {
     assert!(issued.issued_total() >= 3);
 
     proxy.shutdown.begin();
-    identity_shutdown.begin();
     let _ = proxy.task.await;
-    identity_task.await.unwrap().unwrap();
+    identity.stop().await;
 }

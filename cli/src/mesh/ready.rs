@@ -110,7 +110,12 @@ pub(super) fn not_ready(node_netns: &str, pod: &PodPlan, check: Check) -> Option
             let proxy = pod.proxy.as_ref()?;
             match http::get(node_netns, proxy.admin, "/ready", PROBE_TIMEOUT) {
                 Ok(r) if r.status == 200 => None,
-                Ok(r) => Some(format!("proxy /ready answers {}", r.status)),
+                // The proxy's body names what it still waits for.
+                Ok(r) => Some(format!(
+                    "proxy /ready answers {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body).trim()
+                )),
                 Err(e) => Some(format!("proxy admin {}: {e}", proxy.admin)),
             }
         }

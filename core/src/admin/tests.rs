@@ -90,6 +90,27 @@ async fn ready_answers_what_the_check_says() {
     serving.store(true, Ordering::Release);
     let (status, _, body) = get(router, "/ready", None).await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    // A reason made at the time of the request.
+    let waiting = Arc::new(std::sync::Mutex::new(vec!["a certificate", "a policy"]));
+    let left = waiting.clone();
+    let router = Router::new(encode)
+        .ready(move || {
+            let left = left.lock().unwrap();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not ready, waiting for: {}", left.join("; ")))
+            }
+        })
+        .into_router();
+    let (status, _, body) = get(router.clone(), "/ready", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready, waiting for: a certificate; a policy\n")
+    );
+    waiting.lock().unwrap().clear();
+    assert_eq!(get(router, "/ready", None).await.0, 200);
 }
 
 #[tokio::test]

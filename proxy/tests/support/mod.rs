@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod controller;
+pub mod identity;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
