@@ -17,7 +17,8 @@
 #      resources without a bundled schema (SKIP_KINDS below) are only checked
 #      to parse and to have apiVersion, kind and metadata.name, and each is
 #      listed as skipped. Invariants of the chart are checked too
-#      (security contexts, probes, env names, RBAC rules, the webhook, the
+#      (security contexts, probes, env names, RBAC rules, the identity's
+#      token verifier (TokenReview), the webhook, the
 #      injector config's keys, generated certificates), and each profile's
 #      injector config (the ConfigMap's config.yaml) is fed to the
 #      injector's own logic, `trellis inject --config ... --strict`, on a
@@ -379,6 +380,12 @@ if a.chart_invariants:
     issuer = find("Secret", "trellis-identity-issuer", ns)
     ident = find("Deployment", "trellis-identity")
     vols = {v["name"]: v for v in ident["spec"]["template"]["spec"]["volumes"]} if ident else {}
+    # Tokens are verified by TokenReview in every profile: the API server
+    # also refuses the token of a deleted pod; jwks would not (values.yaml).
+    if ident:
+        ienv = {e["name"]: e.get("value") for e in ident["spec"]["template"]["spec"]["containers"][0].get("env") or []}
+        check(ienv.get("TRELLIS_IDENTITY_TOKEN_VERIFIER") == "kubernetes",
+              "trellis-identity: TRELLIS_IDENTITY_TOKEN_VERIFIER %r, want kubernetes (TokenReview)" % ienv.get("TRELLIS_IDENTITY_TOKEN_VERIFIER"))
     if issuer is not None:
         crt = base64.b64decode(issuer["data"]["issuer.crt"]).decode()
         key = base64.b64decode(issuer["data"]["issuer.key"]).decode()

@@ -62,7 +62,7 @@ pub const VARIABLES: &[Variable] = &[
     (
         TOKEN_VERIFIER,
         "kubernetes",
-        "how tokens are verified: kubernetes (TokenReview) or jwks (local, against JWKS_FILE)",
+        "how tokens are verified: kubernetes (TokenReview, one API call per new token; the API server also refuses the token of a deleted pod or ServiceAccount) or jwks (locally against JWKS_FILE, no API server, as in the local mesh; the token of a deleted pod or ServiceAccount keeps getting certificates until it expires)",
     ),
     (
         JWKS_FILE,
@@ -148,12 +148,15 @@ const MAX_SKEW: Duration = Duration::from_secs(3600);
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_REFUSAL_TTL: Duration = Duration::from_secs(600);
 
-/// How ServiceAccount tokens are verified.
+/// How ServiceAccount tokens are verified (see [`crate::token`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifierKind {
-    /// TokenReview against the API server.
+    /// TokenReview against the API server: the default. The API server
+    /// also checks that the pod and ServiceAccount the token is bound to
+    /// still exist, so a deleted pod's token is refused.
     Kubernetes,
-    /// Locally, against a JWKS file.
+    /// Locally, against a JWKS file: no API server (the local mesh), and
+    /// no such check: a deleted pod's token is accepted until it expires.
     Jwks,
 }
 
@@ -390,6 +393,18 @@ mod tests {
                 let explicit = Config::from_source(&MapSource::new([(*name, *default)]));
                 assert!(explicit.is_ok(), "{name}={default}: {explicit:?}");
             }
+        }
+        // The safer mode is the default, and `--help` says why.
+        let (_, default, meaning) = VARIABLES
+            .iter()
+            .find(|(name, _, _)| *name == TOKEN_VERIFIER)
+            .unwrap();
+        assert_eq!(*default, "kubernetes");
+        for trade_off in [
+            "the API server also refuses the token of a deleted pod or ServiceAccount",
+            "the token of a deleted pod or ServiceAccount keeps getting certificates until it expires",
+        ] {
+            assert!(meaning.contains(trade_off), "{meaning}");
         }
         let json = serde_json::to_value(&cfg).unwrap();
         assert_eq!(json["cert_lifetime"], "86400s");

@@ -82,6 +82,12 @@ pub async fn verifier_from_config(config: &Config) -> Result<AnyVerifier, StartE
                 .ok_or_else(|| StartError::Verifier("no JWKS file configured".into()))?;
             let v = JwksVerifier::from_file(path, &config.token_issuer, &config.audience)
                 .map_err(|e| StartError::Verifier(e.to_string()))?;
+            tracing::info!(
+                jwks = %path.display(),
+                "verifying tokens locally against the JWKS: the token of a deleted pod or \
+                 ServiceAccount keeps getting certificates until it expires \
+                 (TRELLIS_IDENTITY_TOKEN_VERIFIER=kubernetes refuses it)"
+            );
             Ok(AnyVerifier::Jwks(v))
         }
         VerifierKind::Kubernetes => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod floor;
 pub mod inject;
 pub mod manifest;
+pub mod pod_security;
 mod quantity;
 pub mod webhook;
 

@@ -509,3 +509,98 @@ async fn a_pod_below_a_warn_floor_is_injected_with_the_floor_and_warned() {
     );
     assert_eq!(r.metrics.reviews("injected", "injected"), 0);
 }
+
+/// A namespace's labels, as (key, value) pairs.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// A namespace with these labels (and `trellis.dev/inject: enabled`).
+fn labelled(name: &str, labels: &[(&str, &str)]) -> trellis_injector::NamespaceInfo {
+    let mut ns = namespace(name, &[("trellis.dev/inject", "enabled")]);
+    ns.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ns
+}
+
+/// Pod Security `baseline` or `restricted` enforced: the pod is still
+/// injected (never left unmeshed), the answer says the API server will
+/// refuse it and what to do, and the review is counted as
+/// `injected_pod_security_refused`, not `injected`. `privileged`, `warn`
+/// and `audit` get no warning and count as injected.
+#[tokio::test]
+async fn warns_and_counts_when_pod_security_will_refuse_the_injected_pod() {
+    let r = start(&[]).await;
+    let cases: &[(&str, Labels, &str)] = &[
+        (
+            "ps-baseline",
+            &[("pod-security.kubernetes.io/enforce", "baseline")],
+            "trellis: namespace ps-baseline enforces Pod Security \"baseline\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
+        ),
+        (
+            "ps-restricted",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+            "trellis: namespace ps-restricted enforces Pod Security \"restricted\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW and runs as root. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
+        ),
+        // warn refuses nothing; the API server's own warning names
+        // trellis-init.
+        (
+            "ps-warn",
+            &[
+                ("pod-security.kubernetes.io/enforce", "privileged"),
+                ("pod-security.kubernetes.io/warn", "baseline"),
+            ],
+            "",
+        ),
+        (
+            "ps-privileged",
+            &[("pod-security.kubernetes.io/enforce", "privileged")],
+            "",
+        ),
+        (
+            "ps-audit",
+            &[("pod-security.kubernetes.io/audit", "restricted")],
+            "",
+        ),
+    ];
+    for (name, labels, warning) in cases {
+        r.namespaces.insert(labelled(name, labels));
+        let resp = review(&r, with_namespace(&sample("pod-create.json"), name)).await;
+        let answer = &resp["response"];
+        assert_eq!(answer["allowed"], true, "{name}: {resp}");
+        assert_eq!(answer["patchType"], "JSONPatch", "{name}: {resp}");
+        if warning.is_empty() {
+            assert!(answer.get("warnings").is_none(), "{name}: {resp}");
+        } else {
+            assert_eq!(answer["warnings"], serde_json::json!([warning]), "{name}");
+        }
+    }
+    assert_eq!(
+        r.metrics
+            .reviews("injected_pod_security_refused", "pod_security_baseline"),
+        1
+    );
+    assert_eq!(
+        r.metrics
+            .reviews("injected_pod_security_refused", "pod_security_restricted"),
+        1
+    );
+    assert_eq!(r.metrics.reviews("injected", "injected"), 3);
+    let (_, text) = admin_get(&r, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"trellis_injector_reviews_total{outcome="injected_pod_security_refused",reason="pod_security_baseline"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"trellis_injector_review_duration_seconds_count{outcome="injected_pod_security_refused"}"#
+        ),
+        2.0,
+        "{text}"
+    );
+}

@@ -1,6 +1,6 @@
 //! `UnverifiedClaims::peek` on arbitrary text (a caller's token, read
-//! before any verification): never panics, and a `sub` it returns is
-//! non-empty and bounded.
+//! before any verification): never panics, and what it returns (`sub`,
+//! audiences, namespace, pod) is non-empty and bounded.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
         let claims = UnverifiedClaims::peek(s);
         if let Some(sub) = claims.sub {
             assert!(!sub.is_empty() && sub.len() <= 600);
+        }
+        assert!(claims.aud.len() <= trellis_identity::token::MAX_AUDIENCES);
+        for name in claims.aud.iter().chain(&claims.namespace).chain(&claims.pod) {
+            assert!(!name.is_empty() && name.len() <= 253);
         }
     }
 });

@@ -92,6 +92,20 @@ fn fixture_with(
             "old".to_string(),
             Err(TokenError::Expired { exp: 1, now: 2 }),
         ),
+        (
+            "gone-pod".to_string(),
+            Err(TokenError::PodDeleted {
+                pod: "demo/web-0".into(),
+                detail: "service account token has been invalidated".into(),
+            }),
+        ),
+        (
+            "gone-sa".to_string(),
+            Err(TokenError::ServiceAccountDeleted {
+                service_account: "demo/web".into(),
+                detail: "serviceaccounts \"web\" not found".into(),
+            }),
+        ),
     ]);
     table.extend(more.iter().cloned());
     let verifier = Arc::new(FakeVerifier {
@@ -150,6 +164,36 @@ async fn identity_is_derived_from_the_token() {
     assert_eq!(x509.validity().not_after.timestamp(), resp.not_after_unix);
 }
 
+/// What a caller reads for each refusal of its token: the reason, then
+/// why in words (the real-API tests check these against a kube-apiserver).
+#[tokio::test]
+async fn token_refusals_say_why() {
+    let f = fixture();
+    for (token, says) in [
+        ("old", "expired_token: the token expired at 1 (unix seconds; now 2)"),
+        (
+            "gone-pod",
+            "pod_deleted: the pod the token is bound to, demo/web-0, was deleted, which invalidates the token",
+        ),
+        (
+            "gone-sa",
+            "service_account_deleted: the token's ServiceAccount demo/web was deleted",
+        ),
+    ] {
+        let status = f
+            .certifier
+            .certify(Request::new(req(token, csr().1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{token}");
+        assert!(
+            status.message().starts_with(says),
+            "{token}: {}",
+            status.message()
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_refusal_has_its_code_and_reason() {
     let f = fixture();
@@ -168,6 +212,16 @@ async fn each_refusal_has_its_code_and_reason() {
             "bad_signature",
         ),
         (req("old", csr().1), Code::Unauthenticated, "expired_token"),
+        (
+            req("gone-pod", csr().1),
+            Code::Unauthenticated,
+            "pod_deleted",
+        ),
+        (
+            req("gone-sa", csr().1),
+            Code::Unauthenticated,
+            "service_account_deleted",
+        ),
         (
             req("down", csr().1),
             Code::Unavailable,

@@ -144,20 +144,32 @@ pub fn check_claims(
     Ok(sa)
 }
 
-/// What a token *claims*, read without verifying anything: the `sub` and
-/// `exp` of a JWT payload. Only for uses where a lie cannot help the liar:
-/// choosing which rate-limit bucket a request draws from, shortening how
-/// long a reviewed token is cached, and shortening (never lengthening) the
-/// lifetime of a certificate issued after the token *was* verified.
+/// What a token *claims*, read without verifying anything: the `sub`,
+/// `exp`, `aud` and bound pod of a JWT payload. Only for uses where a lie
+/// cannot help the liar: choosing which rate-limit bucket a request draws
+/// from, shortening how long a reviewed token is cached, shortening (never
+/// lengthening) the lifetime of a certificate issued after the token *was*
+/// verified, and naming, in a refusal the API server decided, what the
+/// token said it was.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnverifiedClaims {
     pub sub: Option<String>,
     pub exp: Option<i64>,
+    /// At most [`MAX_AUDIENCES`], each a bounded string.
+    pub aud: Vec<String>,
+    /// `kubernetes.io.namespace` and `kubernetes.io.pod.name`.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
 }
 
 /// A `sub` longer than this is ignored (a ServiceAccount username is at
 /// most `system:serviceaccount:` plus two 253-byte names).
 const MAX_SUB_BYTES: usize = 600;
+/// Longer audiences, namespaces and pod names are ignored (a Kubernetes
+/// name is at most 253 bytes).
+const MAX_NAME_BYTES: usize = 253;
+/// Audiences past this many are ignored.
+pub const MAX_AUDIENCES: usize = 8;
 
 impl UnverifiedClaims {
     /// Reads the payload of `header.payload.signature`; anything unreadable
@@ -172,6 +184,20 @@ impl UnverifiedClaims {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             return Self::default();
         };
+        let name = |v: Option<&serde_json::Value>| {
+            v.and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= MAX_NAME_BYTES)
+                .map(str::to_string)
+        };
+        let aud = match v.get("aud") {
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .take(MAX_AUDIENCES)
+                .filter_map(|a| name(Some(a)))
+                .collect(),
+            one => name(one).into_iter().collect(),
+        };
+        let k8s = v.get("kubernetes.io");
         Self {
             sub: v
                 .get("sub")
@@ -179,6 +205,9 @@ impl UnverifiedClaims {
                 .filter(|s| !s.is_empty() && s.len() <= MAX_SUB_BYTES)
                 .map(str::to_string),
             exp: v.get("exp").and_then(|e| e.as_i64()),
+            aud,
+            namespace: name(k8s.and_then(|k| k.get("namespace"))),
+            pod: name(k8s.and_then(|k| k.get("pod")).and_then(|p| p.get("name"))),
         }
     }
 }

@@ -5,6 +5,15 @@
 //! The JWKS comes from a file (the API server's
 //! `/openid/v1/jwks`, or the local mesh's [`super::LocalIssuer`]) and is
 //! re-read by [`JwksVerifier::reload`]; a bad new file keeps the old keys.
+//!
+//! What it cannot see: whether the pod and ServiceAccount the token is
+//! bound to (`kubernetes.io.pod`, `.serviceaccount`, with their uids) still
+//! exist. The API server checks that on every TokenReview; here the token
+//! of a deleted pod keeps getting certificates until its `exp` (an hour
+//! for the injector's tokens). Checking would need `get` on pods and
+//! ServiceAccounts (or a watch of every pod in the cluster) and would
+//! bring back the API server this mode exists to do without; that is the
+//! TokenReview verifier's job, and why it is the default.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,19 @@
 //! ServiceAccount token verification: who is asking for a certificate.
 //!
 //! One trait, [`TokenVerifier`], with two real implementations:
+//! - [`TokenReviewVerifier`] asks the API server (TokenReview): the
+//!   default, and the chart's only mode. Besides signature, issuer,
+//!   audience and expiry, the API server checks that the objects the token
+//!   is bound to still exist with the uids it names: the token of a deleted
+//!   pod or ServiceAccount is refused ([`TokenError::PodDeleted`],
+//!   [`TokenError::ServiceAccountDeleted`]) — up to
+//!   [`REVIEW_CACHE_TTL`] late, for a token reviewed just before.
+//!   One API call per token not in the cache.
 //! - [`JwksVerifier`] checks projected ServiceAccount JWTs locally against
-//!   the API server's JWKS (a file, reloaded when it changes);
-//! - [`TokenReviewVerifier`] asks the API server (TokenReview).
+//!   the issuer's JWKS (a file, reloaded when it changes): no API server,
+//!   which is what the local mesh has. It sees only the token: the token of
+//!   a deleted pod or ServiceAccount keeps getting certificates until it
+//!   expires (one hour for the injector's tokens).
 //!
 //! Both cache what they verified (bounded, until the token expires), and
 //! both refuse with a typed [`TokenError`] whose [`TokenError::reason`] is
@@ -21,11 +31,13 @@ use std::future::Future;
 
 pub use claims::{
     check_claims, Audiences, Expectations, KubernetesClaims, NamedRef, ProjectedClaims,
-    UnverifiedClaims,
+    UnverifiedClaims, MAX_AUDIENCES,
 };
 pub use jwks::JwksVerifier;
 pub use local::{write_token_key, LocalIssuer};
-pub use review::{interpret_review, TokenReviewVerifier};
+pub use review::{
+    api_refusal, interpret_review, ApiRefusal, TokenReviewVerifier, REVIEW_CACHE_TTL,
+};
 
 /// The audience tokens must be minted for.
 pub const DEFAULT_AUDIENCE: &str = "identity.trellis.dev";
@@ -86,6 +98,17 @@ pub enum TokenError {
     WrongIssuer { got: String, want: String },
     #[error("the token's claims disagree: {0}")]
     ClaimsMismatch(String),
+    /// The API server (TokenReview) found the token's ServiceAccount gone.
+    #[error("the token's ServiceAccount {service_account} was deleted (one made again under the same name is another account, which does not revive the token); the API server said: {detail}")]
+    ServiceAccountDeleted {
+        service_account: String,
+        detail: String,
+    },
+    /// The API server (TokenReview) found the pod the token is bound to
+    /// gone. A JWKS verifier cannot know (see [`JwksVerifier`]).
+    #[error("the pod the token is bound to, {pod}, was deleted, which invalidates the token (a pod made again under the same name does not revive it); the API server said: {detail}")]
+    PodDeleted { pod: String, detail: String },
+    /// The API server refused the token for another reason, in its words.
     #[error("the API server did not authenticate the token: {0}")]
     NotAuthenticated(String),
     #[error("the token could not be reviewed: {0}")]
@@ -103,6 +126,8 @@ impl TokenError {
             Self::WrongAudience { .. } => "wrong_audience",
             Self::WrongIssuer { .. } => "wrong_issuer",
             Self::ClaimsMismatch(_) => "claims_mismatch",
+            Self::ServiceAccountDeleted { .. } => "service_account_deleted",
+            Self::PodDeleted { .. } => "pod_deleted",
             Self::NotAuthenticated(_) => "not_authenticated",
             Self::Unavailable(_) => "token_review_unavailable",
         }

@@ -2,6 +2,15 @@
 //! [`super::DEFAULT_AUDIENCE`] (configurable). The answer is interpreted by
 //! the pure [`interpret_review`]; results are cached briefly so a burst of
 //! renewals is not a burst of reviews.
+//!
+//! The API server says why it refused a token only in words
+//! (`status.error`, e.g. `[invalid bearer token, service account token has
+//! been invalidated]`). [`api_refusal`] reads the causes a caller can act
+//! on from them — wrong audience, expired, ServiceAccount deleted, bound pod
+//! deleted — so that each is refused with its own reason and message, the
+//! API server's words kept; anything else stays `not_authenticated` with
+//! those words. Reading them decides only how a refusal is named, never
+//! whether a token is accepted.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +22,8 @@ use super::{check_size, ServiceAccount, TokenError, TokenVerifier, UnverifiedCla
 use crate::clock::unix_secs;
 
 /// How long a positive review is trusted (a deleted pod's token stops
-/// working within this time), at most until the token's own `exp`.
+/// getting certificates within this time), at most until the token's own
+/// `exp`.
 pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -54,12 +64,12 @@ impl TokenVerifier for TokenReviewVerifier {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
-        let sa = interpret_review(reviewed.status.as_ref(), &self.audience)?;
+        // What the token says of itself, unverified: it names a refusal the
+        // API server decided, and can only shorten the cache entry.
+        let claimed = UnverifiedClaims::peek(token);
+        let sa = interpret_review(reviewed.status.as_ref(), &self.audience, &claimed, now)?;
         let ttl = i64::try_from(REVIEW_CACHE_TTL.as_secs()).unwrap_or(60);
-        // The token's own exp, unverified: it can only shorten the entry.
-        let until = UnverifiedClaims::peek(token)
-            .exp
-            .map_or(now + ttl, |exp| exp.min(now + ttl));
+        let until = claimed.exp.map_or(now + ttl, |exp| exp.min(now + ttl));
         self.cache.insert(key, sa.clone(), until, now);
         Ok(sa)
     }
@@ -67,19 +77,23 @@ impl TokenVerifier for TokenReviewVerifier {
 
 /// What a TokenReview's status means for us: authenticated, for our
 /// audience (an audience-unaware answer is refused), and a ServiceAccount
-/// username `system:serviceaccount:NS:SA`.
+/// username `system:serviceaccount:NS:SA`. A refusal is named by
+/// [`api_refusal`], with what the token `claimed` (unverified) filling in
+/// the names, at `now` (unix seconds).
 pub fn interpret_review(
     status: Option<&TokenReviewStatus>,
     audience: &str,
+    claimed: &UnverifiedClaims,
+    now: i64,
 ) -> Result<ServiceAccount, TokenError> {
     let status =
         status.ok_or_else(|| TokenError::Unavailable("the TokenReview has no status".into()))?;
     if status.authenticated != Some(true) {
-        let why = status
+        let detail = status
             .error
             .clone()
             .unwrap_or_else(|| "not authenticated".into());
-        return Err(TokenError::NotAuthenticated(why));
+        return Err(refusal(&detail, audience, claimed, now));
     }
     let audiences = status.audiences.clone().unwrap_or_default();
     if !audiences.iter().any(|a| a == audience) {
@@ -98,188 +112,84 @@ pub fn interpret_review(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::authentication::v1::UserInfo;
+/// A cause of refusal the API server states in `status.error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRefusal {
+    WrongAudience,
+    Expired,
+    ServiceAccountDeleted,
+    PodDeleted,
+    /// Another, or none recognised.
+    Other,
+}
 
-    fn status(auth: Option<bool>, auds: Option<&[&str]>, user: Option<&str>) -> TokenReviewStatus {
-        TokenReviewStatus {
-            authenticated: auth,
-            audiences: auds.map(|a| a.iter().map(|s| s.to_string()).collect()),
-            user: user.map(|u| UserInfo {
-                username: Some(u.to_string()),
-                ..Default::default()
-            }),
-            error: None,
-        }
-    }
-
-    #[test]
-    fn review_interpretation_table() {
-        let aud = "identity.trellis.dev";
-        let ok = status(
-            Some(true),
-            Some(&[aud]),
-            Some("system:serviceaccount:demo:web"),
-        );
-        assert_eq!(
-            interpret_review(Some(&ok), aud),
-            Ok(ServiceAccount {
-                namespace: "demo".into(),
-                name: "web".into()
-            })
-        );
-        let cases: &[(Option<TokenReviewStatus>, &str)] = &[
-            (None, "token_review_unavailable"),
-            (
-                Some(status(Some(false), Some(&[aud]), None)),
-                "not_authenticated",
-            ),
-            (
-                Some(status(
-                    None,
-                    Some(&[aud]),
-                    Some("system:serviceaccount:a:b"),
-                )),
-                "not_authenticated",
-            ),
-            (
-                Some(status(Some(true), None, Some("system:serviceaccount:a:b"))),
-                "wrong_audience",
-            ),
-            (
-                Some(status(
-                    Some(true),
-                    Some(&["other"]),
-                    Some("system:serviceaccount:a:b"),
-                )),
-                "wrong_audience",
-            ),
-            (
-                Some(status(Some(true), Some(&[aud]), Some("alice"))),
-                "claims_mismatch",
-            ),
-            (
-                Some(status(
-                    Some(true),
-                    Some(&[aud]),
-                    Some("system:serviceaccount:a"),
-                )),
-                "claims_mismatch",
-            ),
-            (
-                Some(status(
-                    Some(true),
-                    Some(&[aud]),
-                    Some("system:serviceaccount:a:b:c"),
-                )),
-                "claims_mismatch",
-            ),
-            (
-                Some(status(Some(true), Some(&[aud]), None)),
-                "claims_mismatch",
-            ),
-        ];
-        for (s, want) in cases {
-            let got = interpret_review(s.as_ref(), aud).unwrap_err();
-            assert_eq!(got.reason(), *want, "{s:?}: {got}");
-        }
-    }
-
-    type Mock = tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<String>>;
-
-    /// A verifier whose API server is a kube-rs mock service: the test
-    /// sees each request and answers it.
-    fn mock_verifier() -> (TokenReviewVerifier, Mock) {
-        let (svc, handle) = tower_test::mock::pair();
-        let client = kube::Client::new(svc, "default");
-        (
-            TokenReviewVerifier::new(client, "identity.trellis.dev"),
-            handle,
-        )
-    }
-
-    /// Takes the next request, checks it is the TokenReview kube-rs must
-    /// send for `token`, and answers `status` with HTTP `code`.
-    async fn answer_review(
-        handle: &mut Mock,
-        token: &str,
-        code: u16,
-        status: Option<TokenReviewStatus>,
-    ) {
-        let (req, send) = handle.next_request().await.expect("a TokenReview request");
-        assert_eq!(req.method(), http::Method::POST);
-        assert_eq!(
-            req.uri().path(),
-            "/apis/authentication.k8s.io/v1/tokenreviews"
-        );
-        let body = req.into_body().collect_bytes().await.unwrap();
-        let review: TokenReview = serde_json::from_slice(&body).unwrap();
-        assert_eq!(review.spec.token, token);
-        assert_eq!(
-            review.spec.audiences,
-            Some(vec!["identity.trellis.dev".to_string()])
-        );
-        let body = if code == 201 {
-            serde_json::to_string(&TokenReview { status, ..review }).unwrap()
-        } else {
-            // What the API server sends on refusal: a Status object.
-            serde_json::json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "tokenreviews.authentication.k8s.io is forbidden",
-                "reason": "Forbidden", "code": code
-            })
-            .to_string()
-        };
-        send.send_response(http::Response::builder().status(code).body(body).unwrap());
-    }
-
-    #[tokio::test]
-    async fn reviews_through_the_api_server_and_caches_the_answer() {
-        let (verifier, mut api) = mock_verifier();
-        let sa = ServiceAccount {
-            namespace: "demo".into(),
-            name: "web".into(),
-        };
-        let ok = status(
-            Some(true),
-            Some(&["identity.trellis.dev"]),
-            Some("system:serviceaccount:demo:web"),
-        );
-        let (got, ()) = tokio::join!(
-            verifier.verify("token-a"),
-            answer_review(&mut api, "token-a", 201, Some(ok))
-        );
-        assert_eq!(got, Ok(sa.clone()));
-        // The same token again: answered from the cache, no request.
-        assert_eq!(verifier.verify("token-a").await, Ok(sa));
-
-        // Refused by the API server, and the API server refusing us.
-        let no = status(Some(false), None, None);
-        let (got, ()) = tokio::join!(
-            verifier.verify("token-b"),
-            answer_review(&mut api, "token-b", 201, Some(no))
-        );
-        assert_eq!(got.unwrap_err().reason(), "not_authenticated");
-        let (got, ()) = tokio::join!(
-            verifier.verify("token-c"),
-            answer_review(&mut api, "token-c", 403, None)
-        );
-        let err = got.unwrap_err();
-        assert_eq!(err.reason(), "token_review_unavailable");
-        assert!(err.to_string().contains("forbidden"), "{err}");
-        // The verifier caches no refusal (the service does, for the
-        // caller's faults only; see `admission`): the next try asks again.
-        let ok = status(
-            Some(true),
-            Some(&["identity.trellis.dev"]),
-            Some("system:serviceaccount:demo:api"),
-        );
-        let (got, ()) = tokio::join!(
-            verifier.verify("token-c"),
-            answer_review(&mut api, "token-c", 201, Some(ok))
-        );
-        assert_eq!(got.unwrap().name, "api");
+/// Reads the cause out of a TokenReview's `status.error`. The API server
+/// joins its authenticators' errors (`[invalid bearer token, …]`); the
+/// ServiceAccount authenticator's are, by Kubernetes version:
+///
+/// | cause | words |
+/// |---|---|
+/// | audience | `token audiences ["a"] is invalid for the target audiences ["b"]` |
+/// | expired | `service account token has expired`; before 1.23 `Token has expired.` |
+/// | ServiceAccount deleted | `serviceaccounts "web" not found` (or `serviceaccount …`), `service account UID (…) does not match claim (…)`, `service account NS/NAME has been deleted` (`ServiceAccount …` before 1.23) |
+/// | bound pod deleted | `service account token has been invalidated`, `pod UID (…) does not match service account pod ref claim (…)` |
+pub fn api_refusal(error: &str) -> ApiRefusal {
+    let e = error.to_ascii_lowercase();
+    let has = |needle: &str| e.contains(needle);
+    if has("token audiences") && has("is invalid for the target audiences") {
+        ApiRefusal::WrongAudience
+    } else if has("token has expired") {
+        ApiRefusal::Expired
+    } else if ((has("serviceaccount \"") || has("serviceaccounts \"")) && has("not found"))
+        || (has("service account uid") && has("does not match claim"))
+        || ((has("service account ") || has("serviceaccount ")) && has("has been deleted"))
+    {
+        ApiRefusal::ServiceAccountDeleted
+    } else if has("service account token has been invalidated")
+        || (has("pod uid") && has("does not match service account pod ref claim"))
+    {
+        ApiRefusal::PodDeleted
+    } else {
+        ApiRefusal::Other
     }
 }
+
+/// The refusal for the API server's `detail`, named by [`api_refusal`] and
+/// the token's claims; `not_authenticated` with the API server's words
+/// when the claims cannot fill in the names.
+fn refusal(detail: &str, audience: &str, claimed: &UnverifiedClaims, now: i64) -> TokenError {
+    let not_authenticated = || TokenError::NotAuthenticated(detail.to_string());
+    match api_refusal(detail) {
+        ApiRefusal::WrongAudience => TokenError::WrongAudience {
+            got: claimed.aud.clone(),
+            want: audience.to_string(),
+        },
+        ApiRefusal::Expired => match claimed.exp {
+            Some(exp) => TokenError::Expired { exp, now },
+            None => not_authenticated(),
+        },
+        ApiRefusal::ServiceAccountDeleted => TokenError::ServiceAccountDeleted {
+            service_account: claimed
+                .sub
+                .as_deref()
+                .and_then(ServiceAccount::from_username)
+                .map_or_else(
+                    || "(not named in the token)".to_string(),
+                    |sa| format!("{}/{}", sa.namespace, sa.name),
+                ),
+            detail: detail.to_string(),
+        },
+        ApiRefusal::PodDeleted => match (&claimed.namespace, &claimed.pod) {
+            (Some(ns), Some(pod)) => TokenError::PodDeleted {
+                pod: format!("{ns}/{pod}"),
+                detail: detail.to_string(),
+            },
+            // Bound to another kind of object (a Secret).
+            _ => not_authenticated(),
+        },
+        ApiRefusal::Other => not_authenticated(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -324,4 +324,27 @@ fn unverified_claims_read_only_well_formed_payloads() {
     let got = UnverifiedClaims::peek(&token);
     assert_eq!(got.sub.as_deref(), Some("system:serviceaccount:demo:web"));
     assert!(got.exp.is_some_and(|e| (e - now() - 3600).abs() <= 5));
+    assert_eq!(got.aud, [AUD]);
+    assert_eq!(
+        (got.namespace.as_deref(), got.pod.as_deref()),
+        (Some("demo"), Some("web-0"))
+    );
+}
+
+#[test]
+fn unverified_audiences_and_pod_are_bounded() {
+    let enc = |json: &str| format!("h.{}.s", URL_SAFE_NO_PAD.encode(json));
+    let got = UnverifiedClaims::peek(&enc(r#"{"aud":"one"}"#));
+    assert_eq!(got.aud, ["one"]);
+    let many: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    let got = UnverifiedClaims::peek(&enc(&serde_json::json!({"aud": many}).to_string()));
+    assert_eq!(got.aud.len(), MAX_AUDIENCES);
+    let long = "x".repeat(300);
+    let got = UnverifiedClaims::peek(&enc(&serde_json::json!({
+        "aud": [long.clone(), 7, "ok"],
+        "kubernetes.io": {"namespace": "demo", "pod": {"name": long}},
+    })
+    .to_string()));
+    assert_eq!(got.aud, ["ok"]);
+    assert_eq!((got.namespace.as_deref(), got.pod), (Some("demo"), None));
 }

@@ -70,6 +70,8 @@ pub(super) struct Decided {
     pub settings: Settings,
     pub violations: Vec<Violation>,
     pub enforcement: Enforcement,
+    /// Whether the pod may opt out (the floor does not forbid it).
+    pub opt_out_allowed: bool,
 }
 
 pub(super) fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Result<Decided, Stop> {
@@ -187,6 +189,7 @@ pub(super) fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Res
         settings: resolved.settings,
         violations,
         enforcement: floor.enforcement,
+        opt_out_allowed: floor.no_opt_out.is_none(),
     })
 }
 

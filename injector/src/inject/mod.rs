@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::InjectorConfig;
 pub use crate::floor::{Enforcement, Refusal, Violation};
+use crate::pod_security;
 
 mod build;
 mod decide;
@@ -45,10 +46,14 @@ pub enum Outcome {
     /// it applied (what `trellis inject` prints).
     /// `warnings`: what fell below the floor and was raised to it
     /// (`enforcement: warn`); empty otherwise.
+    /// `pod_security`: the namespace enforces a Pod Security level that
+    /// forbids what injection adds ([`pod_security::check`]): the API
+    /// server will refuse the injected pod.
     Injected {
         patch: json_patch::Patch,
         pod: Box<Pod>,
         warnings: Vec<Violation>,
+        pod_security: Option<Box<pod_security::Conflict>>,
     },
     /// Leave the pod as it is.
     Skipped(SkipReason),
@@ -141,9 +146,18 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
     let settings = decided.settings;
     let injected = build::injected_pod(pod, &settings, cfg);
     let patch = patch::patch(pod, &injected, settings.native_sidecar);
+    // Still injected when Pod Security will refuse it: admitting the pod
+    // without its proxy would run it outside the mesh, unseen.
+    let pod_security = pod_security::check(
+        ns,
+        &injected,
+        &[INIT_CONTAINER, PROXY_CONTAINER],
+        decided.opt_out_allowed,
+    );
     Outcome::Injected {
         patch,
         pod: Box::new(injected),
         warnings: decided.violations,
+        pod_security: pod_security.map(Box::new),
     }
 }

@@ -117,19 +117,34 @@ fn golden() {
                 let outcome = inject(&case.pod, &case.ns, &cfg);
                 let expected = match &outcome {
                     Outcome::Injected {
-                        patch, warnings, ..
+                        patch,
+                        warnings,
+                        pod_security,
+                        ..
                     } => {
                         let pod = applied(&case.pod_json, patch);
                         check_golden(
                             &dir.join("injected.yaml"),
                             &serde_yaml_ng::to_string(&pod).unwrap(),
                         );
-                        if warnings.is_empty() {
-                            json!({"outcome": "injected", "patch": patch})
-                        } else {
-                            let warnings: Vec<String> =
-                                warnings.iter().map(floor_warning).collect();
-                            json!({"outcome": "injected", "warnings": warnings, "patch": patch})
+                        // As the webhook answers: the Pod Security warning
+                        // first, then the floor's.
+                        let mut said: Vec<String> =
+                            pod_security.iter().map(|c| c.warning()).collect();
+                        said.extend(warnings.iter().map(floor_warning));
+                        match pod_security {
+                            Some(c) => json!({
+                                "outcome": "injected",
+                                "pod_security": {"level": c.level.as_str(), "reason": c.label()},
+                                "warnings": said,
+                                "patch": patch,
+                            }),
+                            None if said.is_empty() => {
+                                json!({"outcome": "injected", "patch": patch})
+                            }
+                            None => {
+                                json!({"outcome": "injected", "warnings": said, "patch": patch})
+                            }
                         }
                     }
                     Outcome::Skipped(r) => {
@@ -698,4 +713,52 @@ fn outbound_mtls_and_probe_sources_reach_the_proxy() {
         env["TRELLIS_PROXY_PROBE_SOURCES"],
         "gateway,$(TRELLIS_NODE_IP)"
     );
+}
+
+/// `trellis inject` reads the Pod Security labels of a Namespace in the
+/// manifest, injects, and reports what the API server will do.
+#[test]
+fn manifests_report_pod_security_refusals() {
+    let input = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    pod-security.kubernetes.io/enforce: baseline
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: cart
+  namespace: shop
+spec:
+  selector: {matchLabels: {app: cart}}
+  template:
+    metadata: {labels: {app: cart}}
+    spec:
+      containers:
+      - name: app
+        image: example.com/cart:1
+";
+    let out = inject_manifest(input, &InjectorConfig::default(), "default").unwrap();
+    let report = out
+        .reports
+        .iter()
+        .find(|r| r.object == "deployment/cart")
+        .unwrap();
+    let crate::manifest::Outcome::PodSecurity { conflict, floored } = &report.outcome else {
+        panic!("{report}")
+    };
+    assert!(floored.is_empty());
+    assert_eq!(conflict.label(), "pod_security_baseline");
+    assert!(!report.outcome.left_alone());
+    let text = report.to_string();
+    assert!(
+        text.starts_with(
+            "document 2: deployment/cart (namespace shop): injected (warning): namespace shop enforces Pod Security \"baseline\""
+        ),
+        "{text}"
+    );
+    assert!(out.text.contains("trellis-init"), "injected all the same");
 }

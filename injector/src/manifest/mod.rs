@@ -43,6 +43,7 @@ use serde_yaml_ng::Value as Yaml;
 
 use crate::config::InjectorConfig;
 use crate::inject::{Refusal, SkipReason, Violation};
+use crate::pod_security::Conflict;
 
 pub use object::{classify, Class, WORKLOADS};
 
@@ -72,6 +73,13 @@ pub enum Outcome {
     /// Injected, with overrides below the floor raised to it
     /// (`enforcement: warn`).
     Floored(Vec<Violation>),
+    /// Injected, in a namespace (defined in the manifest) that enforces a
+    /// Pod Security level forbidding what injection adds: the API server
+    /// will refuse the pod. `floored`: as in [`Outcome::Floored`].
+    PodSecurity {
+        conflict: Box<Conflict>,
+        floored: Vec<Violation>,
+    },
     /// Refused by the floor (`enforcement: deny`); printed unchanged.
     Refused(Refusal),
     /// The injector left the pod template alone.
@@ -173,7 +181,7 @@ impl Outcome {
     /// nothing. Objects without pods do not count.
     pub fn left_alone(&self) -> bool {
         match self {
-            Self::Injected | Self::Floored(_) | Self::Failed(_) => false,
+            Self::Injected | Self::Floored(_) | Self::PodSecurity { .. } | Self::Failed(_) => false,
             Self::Refused(_) => true,
             Self::Skipped(r) => *r != SkipReason::AlreadyInjected,
             Self::Unchanged(u) => *u != Unchanged::NoPodTemplate,
@@ -202,6 +210,17 @@ impl fmt::Display for Outcome {
                     "injected with the floor applied (warning): {}",
                     all.join("; ")
                 )
+            }
+            Self::PodSecurity { conflict, floored } => {
+                // The warning starts with "trellis: ".
+                let warning = conflict.warning();
+                let warning = warning.strip_prefix("trellis: ").unwrap_or(&warning);
+                write!(f, "injected (warning): {warning}")?;
+                if !floored.is_empty() {
+                    let all: Vec<String> = floored.iter().map(ToString::to_string).collect();
+                    write!(f, "; with the floor applied: {}", all.join("; "))?;
+                }
+                Ok(())
             }
             Self::Refused(r) => write!(f, "{r}; printed unchanged"),
             Self::Skipped(r) => write!(f, "skipped: {r}"),

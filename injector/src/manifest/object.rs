@@ -169,7 +169,10 @@ impl<'a> Run<'a> {
                 let mut r = report(Some(namespace.clone()), Outcome::Injected);
                 let changed = match self.workload(obj, path, &namespace) {
                     Ok(outcome) => {
-                        let changed = matches!(outcome, Outcome::Injected | Outcome::Floored(_));
+                        let changed = matches!(
+                            outcome,
+                            Outcome::Injected | Outcome::Floored(_) | Outcome::PodSecurity { .. }
+                        );
                         r.outcome = outcome;
                         changed
                     }
@@ -221,7 +224,10 @@ impl<'a> Run<'a> {
             .or_insert_with(|| "enabled".to_string());
         match inject(&pod, &ns, self.cfg) {
             crate::inject::Outcome::Injected {
-                patch, warnings, ..
+                patch,
+                warnings,
+                pod_security,
+                ..
             } => {
                 let mut patched = target.clone();
                 if let Some(t) = patched.as_object_mut() {
@@ -231,10 +237,13 @@ impl<'a> Run<'a> {
                 json_patch::patch(&mut patched, &patch)
                     .map_err(|e| DocError::Patch(e.to_string()))?;
                 *target = patched;
-                Ok(if warnings.is_empty() {
-                    Outcome::Injected
-                } else {
-                    Outcome::Floored(warnings)
+                Ok(match (pod_security, warnings.is_empty()) {
+                    (Some(conflict), _) => Outcome::PodSecurity {
+                        conflict,
+                        floored: warnings,
+                    },
+                    (None, true) => Outcome::Injected,
+                    (None, false) => Outcome::Floored(warnings),
                 })
             }
             crate::inject::Outcome::Skipped(reason) => Ok(Outcome::Skipped(reason)),

@@ -61,7 +61,7 @@ impl Metrics {
         let reviews = Family::<ReviewLabels, Counter>::default();
         registry.register(
             "trellis_injector_reviews",
-            "Admission reviews answered, by outcome (injected, skipped, error) and reason (the skip reason, or the kind of error)",
+            "Admission reviews answered, by outcome (injected; injected_pod_security_refused: injected, but the namespace's Pod Security level will make the API server refuse the pod; skipped; refused; error) and reason (injected, the skip reason, floor_*, pod_security_<level>, or the kind of error)",
             reviews.clone(),
         );
         let duration: HistogramFamily<OutcomeLabels> =

@@ -16,6 +16,7 @@
 //! | pod CREATE, injected | allowed, JSONPatch | `injected`/`injected` |
 //! | pod CREATE, below the floor, `enforcement: warn` | allowed, JSONPatch with the floor applied, a warning per value | `injected`/`floor_*` ([`crate::floor::FloorKind::label`]) |
 //! | pod CREATE, below the floor, `enforcement: deny` | refused, status 403 naming annotation, value and floor | `refused`/`floor_*` |
+//! | pod CREATE, injected, in a namespace whose Pod Security `enforce` level forbids what injection adds | allowed, JSONPatch, and a warning first: the API server will refuse the pod, why, and what to do ([`crate::pod_security`]) | `injected_pod_security_refused`/`pod_security_baseline` or `pod_security_restricted` |
 //! | pod CREATE, skipped | allowed, no patch; a warning when [`SkipReason::is_warning`] | `skipped`/[`SkipReason::label`] |
 //! | not a `v1` Pod, or a subresource | allowed unchanged, with a warning | `error`/`wrong_kind` |
 //! | an operation other than CREATE | allowed unchanged, with a warning | `error`/`wrong_operation` |
@@ -34,6 +35,7 @@ use kube::core::Status;
 use serde_json::Value;
 
 use crate::inject::floor_warning;
+use crate::pod_security::Conflict;
 use crate::{inject, InjectorConfig, NamespaceInfo, Outcome, Refusal, SkipReason};
 
 #[cfg(test)]
@@ -126,6 +128,9 @@ pub enum Verdict {
     /// Injected with values below the floor raised to it; the reason of
     /// the first (by kind).
     Floored(&'static str),
+    /// Injected, and the namespace's Pod Security level will make the API
+    /// server refuse the injected pod (warned about in the answer).
+    PodSecurityRefused(Box<Conflict>),
     Skipped(SkipReason),
     /// Refused by the floor.
     Refused(Refusal),
@@ -136,6 +141,7 @@ impl Verdict {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Injected | Self::Floored(_) => "injected",
+            Self::PodSecurityRefused(_) => "injected_pod_security_refused",
             Self::Skipped(_) => "skipped",
             Self::Refused(_) => "refused",
             Self::Error(_) => "error",
@@ -146,6 +152,7 @@ impl Verdict {
         match self {
             Self::Injected => "injected",
             Self::Floored(label) => label,
+            Self::PodSecurityRefused(conflict) => conflict.label(),
             Self::Skipped(r) => r.label(),
             Self::Refused(r) => r.label(),
             Self::Error(e) => e.classify().label,
@@ -370,15 +377,21 @@ pub fn respond(req: PodRequest, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Rev
     let answer = AdmissionResponse::from(&req.request);
     match inject(&req.pod, ns, cfg) {
         Outcome::Injected {
-            patch, warnings, ..
+            patch,
+            warnings,
+            pod_security,
+            ..
         } => match answer.with_patch(patch) {
             Ok(mut answer) => {
-                let verdict = match warnings.iter().map(|w| w.kind).min() {
-                    Some(kind) => Verdict::Floored(kind.label()),
-                    None => Verdict::Injected,
+                let verdict = match (&pod_security, warnings.iter().map(|w| w.kind).min()) {
+                    (Some(conflict), _) => Verdict::PodSecurityRefused(conflict.clone()),
+                    (None, Some(kind)) => Verdict::Floored(kind.label()),
+                    (None, None) => Verdict::Injected,
                 };
-                if !warnings.is_empty() {
-                    answer.warnings = Some(warnings.iter().map(floor_warning).collect());
+                let mut said: Vec<String> = pod_security.iter().map(|c| c.warning()).collect();
+                said.extend(warnings.iter().map(floor_warning));
+                if !said.is_empty() {
+                    answer.warnings = Some(said);
                 }
                 finish(uid, verdict, answer)
             }

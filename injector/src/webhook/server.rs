@@ -259,6 +259,17 @@ fn log(reviewed: &Reviewed, pod: &str, namespace: &str) {
                 "injected with the floor applied to overrides below it"
             )
         }
+        Verdict::PodSecurityRefused(conflict) => {
+            tracing::warn!(
+                uid,
+                pod,
+                namespace,
+                outcome,
+                reason,
+                "injected, but the API server will refuse the pod: {}",
+                conflict.warning()
+            )
+        }
         Verdict::Refused(refusal) => {
             tracing::warn!(uid, pod, namespace, outcome, reason, "refused: {refusal}")
         }

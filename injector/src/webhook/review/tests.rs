@@ -142,6 +142,114 @@ fn the_namespace_comes_from_the_request_and_is_set_on_the_pod() {
     assert_refused(&r, UID, "malformed", "request.namespace is missing");
 }
 
+/// A namespace's labels, as (key, value) pairs.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// The warning the injector gives in namespace `demo` under Pod Security
+/// `baseline`, enforced (the API server refuses the injected pod).
+const BASELINE_ENFORCED: &str = "trellis: namespace demo enforces Pod Security \"baseline\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled";
+const RESTRICTED_ENFORCED: &str = "trellis: namespace demo enforces Pod Security \"restricted\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW and runs as root. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled";
+
+/// Each Pod Security label value: the pod is injected either way (never
+/// left unmeshed); the answer warns, and the verdict counts it apart, only
+/// when the API server will refuse the injected pod (`enforce`).
+#[test]
+fn pod_security_levels_are_warned_about_and_counted() {
+    let cases: &[(Labels, (&str, &str), &[&str])] = &[
+        (&[], ("injected", "injected"), &[]),
+        (
+            &[("pod-security.kubernetes.io/enforce", "privileged")],
+            ("injected", "injected"),
+            &[],
+        ),
+        (
+            &[("pod-security.kubernetes.io/enforce", "baseline")],
+            ("injected_pod_security_refused", "pod_security_baseline"),
+            &[BASELINE_ENFORCED],
+        ),
+        (
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+            ("injected_pod_security_refused", "pod_security_restricted"),
+            &[RESTRICTED_ENFORCED],
+        ),
+        (
+            &[("pod-security.kubernetes.io/warn", "baseline")],
+            ("injected", "injected"),
+            &[],
+        ),
+        (
+            &[("pod-security.kubernetes.io/audit", "restricted")],
+            ("injected", "injected"),
+            &[],
+        ),
+    ];
+    for (labels, (outcome, reason), warnings) in cases {
+        let mut namespace = ns("demo", Some("enabled"));
+        namespace.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = review(
+            &Received::Complete(Bytes::copy_from_slice(POD_CREATE.as_bytes())),
+            |_| namespace.clone(),
+            &InjectorConfig::default(),
+        );
+        let resp = response(&r);
+        assert_eq!(resp["allowed"], true, "{labels:?}: {resp}");
+        assert_eq!(resp["patchType"], "JSONPatch", "{labels:?}: {resp}");
+        assert_eq!(
+            (r.verdict.outcome(), r.verdict.reason()),
+            (*outcome, *reason),
+            "{labels:?}"
+        );
+        let got: Vec<&str> = resp["warnings"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, *warnings, "{labels:?}");
+    }
+}
+
+/// Under a warn floor too: the Pod Security warning comes first, the
+/// floor's after it, and the review counts as refused by Pod Security.
+#[test]
+fn the_pod_security_warning_comes_before_the_floors() {
+    let mut v: Value = serde_json::from_str(POD_CREATE).unwrap();
+    v["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"config.trellis.dev/skip-inbound-ports": "22"});
+    let mut namespace = ns("demo", Some("enabled"));
+    namespace.annotations.extend([
+        (
+            "config.trellis.dev/floor-enforcement".to_string(),
+            "warn".to_string(),
+        ),
+        (
+            "config.trellis.dev/floor-skip-inbound-ports".to_string(),
+            "none".to_string(),
+        ),
+    ]);
+    namespace.labels.insert(
+        "pod-security.kubernetes.io/enforce".into(),
+        "baseline".into(),
+    );
+    let r = review(
+        &Received::Complete(Bytes::from(v.to_string())),
+        |_| namespace.clone(),
+        &InjectorConfig::default(),
+    );
+    let warnings = response(&r)["warnings"].as_array().unwrap().clone();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings[0], BASELINE_ENFORCED);
+    assert!(
+        warnings[1]
+            .as_str()
+            .unwrap()
+            .starts_with("trellis: below the floor"),
+        "{warnings:?}"
+    );
+    assert_eq!(r.verdict.outcome(), "injected_pod_security_refused");
+}
+
 #[test]
 fn malformed_bodies_are_refused_with_400() {
     assert_refused(
