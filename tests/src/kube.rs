@@ -372,14 +372,15 @@ impl Cluster {
         let bins = KubeBins::locate();
         let root = std::env::temp_dir().join("trellis-kube");
         remove_stale(&root);
-        let dir = root.join(format!("{}-{}", std::process::id(), unique("c")));
-        std::fs::create_dir_all(&dir).unwrap();
         let started = Instant::now();
         let mut last = String::new();
         // Ports are the OS's choice; another process may take one between
-        // the choice and the bind, so a failed start is retried.
+        // the choice and the bind, so a failed start is retried (in a
+        // directory of its own: a failed attempt's logs are kept).
         for _attempt in 0..3 {
-            match Cluster::try_start(bins.clone(), dir.clone()) {
+            let dir = root.join(format!("{}-{}", std::process::id(), unique("c")));
+            std::fs::create_dir_all(&dir).unwrap();
+            match Cluster::try_start(bins.clone(), dir) {
                 Ok(c) => {
                     eprintln!(
                         "[kube] cluster {} ({}) ready in {:.1} s",
@@ -1073,7 +1074,9 @@ impl Cluster {
                         let value = match item["fieldRef"]["fieldPath"].as_str() {
                             Some("metadata.namespace") => ns,
                             Some("metadata.name") => bound_pod.unwrap_or("local"),
-                            _ => panic!("downwardAPI item {item} is not supported by run_container"),
+                            _ => {
+                                panic!("downwardAPI item {item} is not supported by run_container")
+                            }
                         };
                         std::fs::write(dir.join(item["path"].as_str().unwrap()), value).unwrap();
                     }
@@ -1083,6 +1086,17 @@ impl Cluster {
             }
         } else {
             panic!("volume {vol} is not supported by run_container");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops its processes; removes its files unless the test failed (then
+    /// they stay for reading, until the next run's clean-up).
+    fn drop(&mut self) {
+        self.procs.lock().unwrap().clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -406,10 +406,7 @@ fn kube_injection_of_bare_pods_deployments_and_dry_runs() {
     // The injector counted what it did.
     let m = Metrics(http_get(p.injector.port("admin"), "/metrics").unwrap().1);
     assert!(
-        m.sum(
-            "trellis_injector_reviews_total",
-            &[("outcome", "injected")]
-        ) >= 5.0,
+        m.sum("trellis_injector_reviews_total", &[("outcome", "injected")]) >= 5.0,
         "injector metrics:\n{}",
         m.0
     );
@@ -495,7 +492,8 @@ fn kube_injection_with_the_injector_down_follows_the_failure_policy() {
                     "failurePolicy Fail let the pod through"
                 );
                 assert!(
-                    stderr.contains("failed calling webhook") && stderr.contains("inject.trellis.dev"),
+                    stderr.contains("failed calling webhook")
+                        && stderr.contains("inject.trellis.dev"),
                     "the refusal names the webhook: {stderr}"
                 );
                 assert!(c.get(&["pod", "web", "-n", &ns]).is_none());
@@ -541,7 +539,8 @@ fn kube_injection_warns_where_pod_security_will_refuse_the_pod() {
             stderr.contains("Warning:")
                 && stderr.contains("Pod Security")
                 && stderr.contains(level),
-            "{level}: no warning from the injector: {stderr}"
+            "{level}: no warning from the injector: {stderr}\ninjector log:\n{}",
+            p.injector.output()
         );
         assert!(
             stderr.contains("trellis-init"),
@@ -686,25 +685,47 @@ fn kube_identity_certifies_exactly_the_tokens_identity_in_both_modes() {
             want,
             "{mode}"
         );
-        for (what, token) in [("wrong audience", &wrong_audience), ("expired", &expired)] {
-            let err =
-                certify(addr, &p.roots_pem, token).expect_err(&format!("{mode}: {what} accepted"));
+        let refusals = [
+            ("wrong audience", &wrong_audience, "wrong_audience"),
+            ("expired", &expired, "expired_token"),
+            ("deleted pod", &of_deleted_pod, "pod_deleted"),
+            (
+                "deleted ServiceAccount",
+                &of_deleted_sa,
+                "service_account_deleted",
+            ),
+        ];
+        for (what, token, reason) in refusals {
+            let got = certify(addr, &p.roots_pem, token);
+            // JWKS mode verifies tokens without the API server, so it cannot
+            // know that a token's pod or ServiceAccount is gone: the
+            // trade-off ARCHITECTURE.md and the chart README state, and why
+            // TokenReview is the default. This holds it to that.
+            let offline_blind_spot = mode == "jwks" && what.starts_with("deleted");
+            if offline_blind_spot {
+                let sa = if what.ends_with("ServiceAccount") {
+                    "gone"
+                } else {
+                    "web"
+                };
+                let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+                assert_eq!(
+                    got.as_deref().ok(),
+                    Some(id.as_str()),
+                    "{mode}: {what}: {got:?}"
+                );
+                continue;
+            }
+            let err = got.expect_err(&format!("{mode}: the token ({what}) was accepted"));
             assert_eq!(
                 err.code(),
                 tonic::Code::Unauthenticated,
                 "{mode}: {what}: {err:?}"
             );
-        }
-        for (what, token) in [
-            ("deleted pod", &of_deleted_pod),
-            ("deleted ServiceAccount", &of_deleted_sa),
-        ] {
-            let got = certify(addr, &p.roots_pem, token);
-            let err = got.expect_err(&format!("{mode}: the token of a {what} was accepted"));
-            assert_eq!(
-                err.code(),
-                tonic::Code::Unauthenticated,
-                "{mode}: {what}: {err:?}"
+            assert!(
+                err.message().starts_with(reason),
+                "{mode}: {what}: the refusal says why ({reason}): {}",
+                err.message()
             );
         }
     }
