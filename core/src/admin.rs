@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | 200, OpenMetrics text; 500 `metrics encoding failed` |
-//! | `/ready` | 200 `ready`; 503 with the reason the check gives |
+//! | `/ready` | 200 `ready` (and any notes the check adds); 503 with the reason the check gives |
 //! | `/live` | 200 `live` |
 //! | `/config` | 200, the config as JSON |
 //!
@@ -27,7 +27,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Encode = Arc<dyn Fn() -> Result<String, fmt::Error> + Send + Sync>;
-type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+/// `Ok(body)`: 200; `Err(body)`: 503.
+type Check = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// Builds the admin endpoints: `Router::new(encode).ready(check).config(config)`,
 /// then [`Router::into_router`].
@@ -46,7 +47,7 @@ impl Router {
         Self {
             encode: Arc::new(encode),
             prometheus_text: false,
-            ready: Arc::new(|| Ok(())),
+            ready: Arc::new(|| Ok("ready".into())),
             config: axum::Router::new(),
         }
     }
@@ -63,6 +64,17 @@ impl Router {
     pub fn ready(
         mut self,
         check: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.ready = Arc::new(move || check().map(|()| "ready".into()).map_err(str::to_string));
+        self
+    }
+
+    /// `/ready` runs `check`, whose answer is the whole body: `Ok(body)` is
+    /// 200 (the body's first line `ready`, then notes such as what is
+    /// degraded), `Err(body)` is 503 (its first line the reason).
+    pub fn ready_report(
+        mut self,
+        check: impl Fn() -> Result<String, String> + Send + Sync + 'static,
     ) -> Self {
         self.ready = Arc::new(check);
         self
@@ -137,10 +149,10 @@ fn metrics(encode: &Encode, prometheus_text: bool, headers: &HeaderMap) -> Respo
     }
 }
 
-fn readiness(check: Result<(), &'static str>) -> Response {
+fn readiness(check: Result<String, String>) -> Response {
     match check {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("{line}\n")).into_response(),
+        Ok(body) => (StatusCode::OK, format!("{body}\n")).into_response(),
+        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")).into_response(),
     }
 }
 
