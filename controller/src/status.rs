@@ -130,6 +130,9 @@ impl StatusWriter {
                 now - *since < AWAIT_WATCH
                     && snap.objects().resource_version(*kind, key).as_ref() == Some(rv)
             });
+            state
+                .recent
+                .retain(|_, writes| writes.back().is_some_and(|t| now - *t < LOOP_WINDOW));
             let mut failed = false;
             for w in writes {
                 let id = (w.kind, w.key.clone());
