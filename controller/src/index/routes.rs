@@ -62,6 +62,10 @@ pub(crate) struct InvalidRule {
     /// Its index in `spec.rules`.
     pub index: usize,
     pub reasons: Vec<String>,
+    /// Its backends and timeouts, checked all the same (so that one fix
+    /// does not just uncover the next mistake).
+    pub backends: Vec<BackendTarget>,
+    pub timeouts: Option<pb::Timeouts>,
 }
 
 /// What a route's references resolve to, for its status.
@@ -503,6 +507,8 @@ fn compile<'a, R, M>(
             invalid_rules.push(InvalidRule {
                 index,
                 reasons: std::mem::take(&mut p.rule_invalid),
+                backends,
+                timeouts,
             });
             continue;
         }
@@ -837,6 +843,9 @@ pub(crate) fn check_references(
         Rules::Grpc(rules) => rules
             .iter()
             .for_each(|r| check_rule(&r.backends, r.timeouts.as_ref())),
+    }
+    for r in &route.invalid_rules {
+        check_rule(&r.backends, r.timeouts.as_ref());
     }
     verdict
 }

@@ -11,7 +11,7 @@
 //! | `Accepted` | `True`, `Accepted` | the Service (and the port or port name the ref names) exists and a rule is served |
 //! | | `False`, `NoMatchingParent` | no such Service, or no such port of it |
 //! | | `False`, `UnsupportedValue` | no rule is valid (each has a filter, a bad regex or a path without `/`): nothing is served |
-//! | `ResolvedRefs` | `True`, `ResolvedRefs` | every backendRef of the served rules is a Service port that exists |
+//! | `ResolvedRefs` | `True`, `ResolvedRefs` | every backendRef (of every rule, served or left out) is a Service port that exists |
 //! | | `False`, `InvalidKind` | a backendRef is not a Service (requests for it fail) |
 //! | | `False`, `BackendNotFound` | a backendRef names a Service, or a port of it, that does not exist |
 //! | `PartiallyInvalid` | `True`, `UnsupportedValue` | some rules are invalid and left out, others served (absent otherwise) |
