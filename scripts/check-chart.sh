@@ -206,6 +206,7 @@ ENV = {
         "TRELLIS_CONTROLLER_TRUST_DOMAIN", "TRELLIS_CONTROLLER_CLUSTER_DOMAIN",
         "TRELLIS_CONTROLLER_DEFAULT_INBOUND_POLICY", "TRELLIS_CONTROLLER_NAMESPACE",
         "TRELLIS_CONTROLLER_TRUST_ROOTS_CONFIGMAP", "TRELLIS_CONTROLLER_DISTRIBUTE_TRUST_ROOTS",
+        "TRELLIS_CONTROLLER_TRUST_ROOTS_OWNER",
         "TRELLIS_CONTROLLER_LOG", "TRELLIS_CONTROLLER_LOG_FORMAT"},
     "trellis-injector": {
         "TRELLIS_INJECTOR_LISTEN", "TRELLIS_INJECTOR_ADMIN_LISTEN", "TRELLIS_INJECTOR_TLS_CERT_FILE",
@@ -220,11 +221,15 @@ RULES = {
         ("", {"namespaces", "pods", "services"}, {"get", "list", "watch"}),
         ("discovery.k8s.io", {"endpointslices"}, {"get", "list", "watch"}),
         ("gateway.networking.k8s.io", {"httproutes", "grpcroutes"}, {"get", "list", "watch"}),
+        # route status (controller/src/status.rs): merge patches only
+        ("gateway.networking.k8s.io", {"httproutes/status", "grpcroutes/status"}, {"patch"}),
         ("policy.trellis.dev", {"authorizationpolicies"}, {"get", "list", "watch"}),
         # the trust roots copies (controller.distributeTrustRoots): by name
-        # where Kubernetes allows it
+        # where Kubernetes allows it; their owner, the controller's own
+        # ClusterRole, watched by name
         ("", {"configmaps"}, {"list", "watch", "patch", "delete"}, ["trellis-trust-roots"]),
-        ("", {"configmaps"}, {"create"})],
+        ("", {"configmaps"}, {"create"}),
+        ("rbac.authorization.k8s.io", {"clusterroles"}, {"list", "watch"}, ["trellis-controller"])],
 }
 # injector/src/config.rs, InjectorConfig (camelCase, deny_unknown_fields)
 INJECTOR_CONFIG_KEYS = {
@@ -374,6 +379,11 @@ if a.chart_invariants:
             env = {e["name"]: e.get("value") for e in ctl["spec"]["template"]["spec"]["containers"][0]["env"]}
             check(env.get("TRELLIS_CONTROLLER_DEFAULT_INBOUND_POLICY") == cfg["proxy"]["defaultInboundPolicy"],
                   "controller and injector must agree on the default inbound policy")
+            # helm uninstall removes the trust roots copies only if their
+            # owner is a ClusterRole the chart makes (and the controller may watch)
+            owner = env.get("TRELLIS_CONTROLLER_TRUST_ROOTS_OWNER")
+            check(find("ClusterRole", owner) is not None,
+                  "TRELLIS_CONTROLLER_TRUST_ROOTS_OWNER %s is not a ClusterRole of the chart" % owner)
     # the CA
     roots = find("ConfigMap", "trellis-trust-roots", ns)
     check(roots is not None and "BEGIN CERTIFICATE" in roots["data"].get("roots.pem", ""), "ConfigMap trellis-trust-roots with roots.pem")

@@ -1,5 +1,7 @@
 //! The admin server (port 7196): `/metrics` (OpenMetrics), `/ready` (the
-//! source's first complete state is in and gRPC serves), `/live`,
+//! source's first complete state is in and gRPC serves; the body then
+//! names every failing Kubernetes watch, one line each:
+//! `watch failing: RESOURCE (WATCHER): REASON`), `/live`,
 //! `/config` (from [`trellis_core::admin`]), and the controller's own
 //! `/routes` (every route, the services it attaches to, its warnings) and
 //! `/warnings` (every bad value the controller worked around).
@@ -16,6 +18,7 @@ use trellis_core::admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::watches::Watches;
 
 pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -33,8 +36,9 @@ pub(crate) fn router(state: AdminState) -> Router {
         serving,
     } = state;
     let ready_store = store.clone();
+    let watches = metrics.watches().clone();
     admin::Router::new(move || metrics.encode())
-        .ready(move || ready(&ready_store, &serving))
+        .ready_report(move || ready(&ready_store, &serving, &watches))
         .config(config)
         .into_router()
         .merge(
@@ -45,14 +49,29 @@ pub(crate) fn router(state: AdminState) -> Router {
         )
 }
 
-fn ready(store: &Store, serving: &AtomicBool) -> Result<(), &'static str> {
-    if !store.current().synced {
+/// Ready once the source's first complete state is in and gRPC serves. A
+/// watch failing after that keeps the controller ready (proxies get the
+/// last good state, which beats no controller at all) and is named in the
+/// body, as it is before.
+pub(crate) fn ready(
+    store: &Store,
+    serving: &AtomicBool,
+    watches: &Watches,
+) -> Result<String, String> {
+    let verdict = if !store.current().synced {
         Err("not ready: the source has not delivered a complete state yet")
     } else if !serving.load(Ordering::Acquire) {
         Err("not ready: not serving")
     } else {
-        Ok(())
-    }
+        Ok("ready")
+    };
+    let with_notes = |first: &str| {
+        std::iter::once(first.to_string())
+            .chain(watches.report())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    verdict.map(with_notes).map_err(with_notes)
 }
 
 async fn routes(State(store): State<Arc<Store>>) -> Response {

@@ -71,11 +71,20 @@ pub const VARIABLES: &[Variable] = &[
         "with SOURCE=kubernetes: copy the trust roots ConfigMap into every namespace that may hold injected pods and keep the copies current (true or false)",
     ),
     (
+        TRUST_ROOTS_OWNER,
+        "trellis-controller",
+        "the ClusterRole every trust roots copy names as its owner (an ownerReference), so that deleting it (helm uninstall) has the garbage collector delete the copies; empty: no owner",
+    ),
+    (
         SHUTDOWN_GRACE,
         "10s",
         "after SIGTERM, how long open streams may take to end (duration)",
     ),
-    (LOG, "info", "log filter, tracing-subscriber syntax"),
+    (
+        LOG,
+        "info",
+        "log filter, tracing-subscriber syntax; kube_client and kube_runtime are held at error unless the filter names them (the controller logs each watch's failures itself, once per change)",
+    ),
     (LOG_FORMAT, "plain", "log format: plain or json"),
 ];
 
@@ -92,9 +101,16 @@ pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_CONTROLLER_DEFAULT_INBOUND_POL
 pub const NAMESPACE: &str = "TRELLIS_CONTROLLER_NAMESPACE";
 pub const TRUST_ROOTS_CONFIGMAP: &str = "TRELLIS_CONTROLLER_TRUST_ROOTS_CONFIGMAP";
 pub const DISTRIBUTE_TRUST_ROOTS: &str = "TRELLIS_CONTROLLER_DISTRIBUTE_TRUST_ROOTS";
+pub const TRUST_ROOTS_OWNER: &str = "TRELLIS_CONTROLLER_TRUST_ROOTS_OWNER";
 pub const SHUTDOWN_GRACE: &str = "TRELLIS_CONTROLLER_SHUTDOWN_GRACE";
 pub const LOG: &str = "TRELLIS_CONTROLLER_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_CONTROLLER_LOG_FORMAT";
+
+/// Added to the log filter unless it names these targets: kube-client logs
+/// every refused request at WARN (`Unsuccessful data error parse: 404 page
+/// not found`) and kube-runtime every 403, once per retry; the controller
+/// says the same once per change of a watch's state ([`crate::watches`]).
+pub const QUIET_KUBE: &str = "kube_client=error,kube_runtime=error";
 
 /// Where the controller's objects come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +155,9 @@ pub struct Config {
     pub namespace: String,
     pub trust_roots_configmap: String,
     pub distribute_trust_roots: bool,
-    /// `SHUTDOWN_GRACE`, `LOG`, `LOG_FORMAT`.
+    /// The trust roots copies' owner ClusterRole; `None`: no owner.
+    pub trust_roots_owner: Option<String>,
+    /// `SHUTDOWN_GRACE`, `LOG` (with [`QUIET_KUBE`] added), `LOG_FORMAT`.
     #[serde(flatten)]
     pub service: ServiceSettings,
 }
@@ -148,7 +166,7 @@ impl Config {
     /// Reads the configuration, reporting every bad variable together.
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
         let mut r = Reader::new(src);
-        let cfg = Config {
+        let mut cfg = Config {
             source: r.get(SOURCE, SourceKind::Kubernetes),
             file: r.parse_with(
                 FILE,
@@ -173,8 +191,20 @@ impl Config {
                 check_object_name,
             ),
             distribute_trust_roots: r.get(DISTRIBUTE_TRUST_ROOTS, true),
+            trust_roots_owner: r.parse_with(
+                TRUST_ROOTS_OWNER,
+                Some("trellis-controller".into()),
+                |s| {
+                    if s.is_empty() {
+                        Ok(None)
+                    } else {
+                        check_object_name(s).map(Some)
+                    }
+                },
+            ),
             service: ServiceSettings::read(&mut r, PREFIX, Duration::from_secs(10)),
         };
+        cfg.service.log = quiet_kube(&cfg.service.log);
         if cfg.source == SourceKind::File && cfg.file.is_none() {
             r.invalid(FILE, "", format!("is required with {SOURCE}=file"));
         }
@@ -205,6 +235,16 @@ impl Config {
     /// source when `distribute_trust_roots`).
     pub fn trust_roots(&self) -> crate::roots::Settings {
         crate::roots::Settings::new(&self.namespace, &self.trust_roots_configmap)
+            .with_owner(self.trust_roots_owner.clone())
+    }
+}
+
+/// `filter` with [`QUIET_KUBE`] added, unless it names either target.
+fn quiet_kube(filter: &str) -> String {
+    if filter.contains("kube_client") || filter.contains("kube_runtime") {
+        filter.to_string()
+    } else {
+        format!("{filter},{QUIET_KUBE}")
     }
 }
 
@@ -222,7 +262,7 @@ fn check_object_name(s: &str) -> Result<String, String> {
     if s.len() <= 253 && s.split('.').all(dns_label) {
         Ok(s.to_string())
     } else {
-        Err("not a ConfigMap name (lower-case DNS labels separated by '.', at most 253)".into())
+        Err("not an object name (lower-case DNS labels separated by '.', at most 253)".into())
     }
 }
 
@@ -276,6 +316,8 @@ mod tests {
                 assert!(explicit.is_ok(), "{name}={default}: {explicit:?}");
             }
         }
+        assert_eq!(cfg.service.log, "info,kube_client=error,kube_runtime=error");
+        assert_eq!(cfg.trust_roots_owner.as_deref(), Some("trellis-controller"));
         let json = serde_json::to_value(&cfg).unwrap();
         assert_eq!(json["source"], "kubernetes");
         assert_eq!(json["default_inbound_policy"], "all-unauthenticated");
@@ -330,19 +372,44 @@ mod tests {
         .unwrap();
         assert!(!cfg.distribute_trust_roots);
         assert_eq!(cfg.trust_roots().names.source(), "mesh-system/mesh.roots");
+        assert_eq!(
+            cfg.trust_roots().owner.as_deref(),
+            Some("trellis-controller")
+        );
+        let cfg = Config::from_source(&MapSource::new([(TRUST_ROOTS_OWNER, "")])).unwrap();
+        assert_eq!(cfg.trust_roots().owner, None);
 
         let errs = Config::from_source(&MapSource::new([
             (NAMESPACE, "Trellis"),
             (TRUST_ROOTS_CONFIGMAP, "roots/pem"),
             (DISTRIBUTE_TRUST_ROOTS, "yes"),
+            (TRUST_ROOTS_OWNER, "Trellis Controller"),
         ]))
         .unwrap_err();
         let keys = errs.keys();
         assert_eq!(
             keys,
-            [NAMESPACE, TRUST_ROOTS_CONFIGMAP, DISTRIBUTE_TRUST_ROOTS],
+            [
+                NAMESPACE,
+                TRUST_ROOTS_CONFIGMAP,
+                DISTRIBUTE_TRUST_ROOTS,
+                TRUST_ROOTS_OWNER
+            ],
             "{errs}"
         );
+    }
+
+    #[test]
+    fn kube_client_warnings_are_quiet_unless_asked_for() {
+        let log = |v: &str| {
+            Config::from_source(&MapSource::new([(LOG, v)]))
+                .unwrap()
+                .service
+                .log
+        };
+        assert_eq!(log("debug"), "debug,kube_client=error,kube_runtime=error");
+        assert_eq!(log("info,kube_client=debug"), "info,kube_client=debug");
+        assert_eq!(log("kube_runtime=trace"), "kube_runtime=trace");
     }
 
     #[test]

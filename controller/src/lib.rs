@@ -23,7 +23,14 @@
 //!   `/metrics`, `/ready`, `/live`, `/config`, `/routes`, `/warnings`);
 //! - [`roots`]: the trust roots distributor (Kubernetes source only): a
 //!   copy of the trust roots ConfigMap in every namespace that may hold
-//!   injected pods, kept current;
+//!   injected pods, kept current, owned by the chart's ClusterRole so
+//!   that `helm uninstall` removes them;
+//! - [`status`]: the route status writer (Kubernetes source only): each
+//!   HTTPRoute's and GRPCRoute's `status.parents` entries for its Service
+//!   parents (`Accepted`, `ResolvedRefs`, `PartiallyInvalid`);
+//! - [`watches`]: every Kubernetes watch's retries (one growing, jittered
+//!   [`backoff`]) and health, logged once per change of state, in the
+//!   metrics and at `/ready`;
 //! - [`crd`]: the `policy.trellis.dev/v1alpha1` `AuthorizationPolicy`
 //!   resource and its CRD ([`crd::crd_yaml`], `trellis-controller crd`);
 //! - [`config`], [`metrics`], [`cli`].
@@ -40,6 +47,7 @@
 // trellis_core::{out, outln, errln}.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crd;
@@ -48,10 +56,14 @@ pub mod metrics;
 pub mod objects;
 pub mod roots;
 pub mod source;
+pub mod status;
 pub mod store;
+pub mod watches;
 
 mod admin;
 mod service;
+#[cfg(test)]
+mod test_logs;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -116,11 +128,16 @@ pub async fn source_from_config(config: &Config) -> Result<AnySource, StartError
 }
 
 /// Binds, starts the configured source (and, with the Kubernetes source,
-/// the trust roots distributor) and serves until `shutdown`.
+/// the route status writer and the trust roots distributor) and serves
+/// until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let source = source_from_config(&config).await?;
     let roots = config.distribute_trust_roots.then(|| config.trust_roots());
     let controller = Controller::bind(config).await?;
+    if let AnySource::Kubernetes(k) = &source {
+        let writer = status::StatusWriter::new(k.client().clone(), controller.metrics());
+        shutdown.spawn(writer.run(controller.store(), shutdown.clone()));
+    }
     match (&source, roots) {
         (AnySource::Kubernetes(k), Some(settings)) => {
             let distributor =
@@ -174,6 +191,11 @@ impl Controller {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The store the source feeds (the route status writer follows it).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
     }
 
     /// The snapshots as they are published.

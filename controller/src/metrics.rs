@@ -1,6 +1,8 @@
 //! The controller's metrics. Label values come from fixed sets (RPC names,
 //! kinds, the annotation vocabulary), never from callers.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,6 +12,7 @@ use trellis_core::telemetry;
 
 use crate::index::{Problem, Snapshot};
 use crate::objects::Kind;
+use crate::watches::Watches;
 
 /// The two streaming RPCs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +62,32 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusWriteLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// How one route status write ended (the `result` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    Written,
+    /// The route changed since the controller saw it (409): written again
+    /// from the next version, if still needed.
+    Conflict,
+    Failed,
+}
+
+impl StatusWrite {
+    fn as_str(self) -> &'static str {
+        match self {
+            StatusWrite::Written => "written",
+            StatusWrite::Conflict => "conflict",
+            StatusWrite::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     streams_open: Family<RpcLabels, Gauge>,
@@ -73,6 +102,8 @@ pub struct Metrics {
     trust_roots_copies: Gauge,
     trust_roots_foreign: Gauge,
     trust_roots_sync_errors: Family<OperationLabels, Counter>,
+    route_status_writes: Family<StatusWriteLabels, Counter>,
+    watches: Arc<Watches>,
 }
 
 impl Default for Metrics {
@@ -156,6 +187,13 @@ impl Metrics {
             "Failures of the trust roots distributor, by operation (create, update, delete, watch, source: the source ConfigMap went missing or unusable)",
             trust_roots_sync_errors.clone(),
         );
+        let route_status_writes = Family::<StatusWriteLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_route_status_writes",
+            "Writes of routes' status.parents, by kind and result (written, conflict: the route changed meanwhile, failed)",
+            route_status_writes.clone(),
+        );
+        let watches = Arc::new(Watches::new(&mut registry));
         Self {
             registry,
             streams_open,
@@ -170,7 +208,33 @@ impl Metrics {
             trust_roots_copies,
             trust_roots_foreign,
             trust_roots_sync_errors,
+            route_status_writes,
+            watches,
         }
+    }
+
+    /// The state of every Kubernetes watch (its metrics are in this
+    /// registry).
+    pub fn watches(&self) -> &Arc<Watches> {
+        &self.watches
+    }
+
+    pub fn route_status_write(&self, kind: Kind, result: StatusWrite) {
+        self.route_status_writes
+            .get_or_create(&StatusWriteLabels {
+                kind: kind.as_str(),
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn route_status_writes(&self, kind: Kind, result: StatusWrite) -> u64 {
+        self.route_status_writes
+            .get_or_create(&StatusWriteLabels {
+                kind: kind.as_str(),
+                result: result.as_str(),
+            })
+            .get()
     }
 
     /// A stream opened; it counts as open until the guard is dropped.

@@ -61,6 +61,20 @@ impl Kind {
         }
     }
 
+    /// The resource as `kubectl` and RBAC name it: plural, then the API
+    /// group (`httproutes.gateway.networking.k8s.io`; core: `pods`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Pod => "pods",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+            Kind::HttpRoute => "httproutes.gateway.networking.k8s.io",
+            Kind::GrpcRoute => "grpcroutes.gateway.networking.k8s.io",
+            Kind::AuthorizationPolicy => "authorizationpolicies.policy.trellis.dev",
+        }
+    }
+
     pub fn namespaced(self) -> bool {
         self != Kind::Namespace
     }

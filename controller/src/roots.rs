@@ -13,10 +13,12 @@
 //! ```text
 //!  watch: Namespaces (metadata only) ──┐
 //!                                       ├─► plan::plan (pure) ─► Vec<Action> ─► apply::execute
-//!  watch: ConfigMaps named NAME, every  ┘   (source, namespaces,    create / update / delete
-//!  namespace (fieldSelector              existing ConfigMaps)    (POST / merge patch / DELETE,
-//!  metadata.name=NAME): the source,                                each guarded)
-//!  our copies, anyone else's
+//!  watch: ConfigMaps named NAME, every  │   (source, namespaces,    create / update / delete
+//!  namespace (fieldSelector             │    existing ConfigMaps,   (POST / merge patch / DELETE,
+//!  metadata.name=NAME): the source,     │    owner)                  each guarded)
+//!  our copies, anyone else's            │
+//!  watch: the owner ClusterRole OWNER ──┘
+//!  (fieldSelector metadata.name=OWNER)
 //! ```
 //!
 //! - One ConfigMap watch, by name across namespaces, sees the source, our
@@ -38,9 +40,23 @@
 //!   pods starting and peers trusted until the source is back (a source
 //!   deleted for good leaves the copies to be removed by hand:
 //!   `kubectl delete cm -A -l app.kubernetes.io/managed-by=trellis-controller`).
+//! - Copies carry an ownerReference to the cluster-scoped owner
+//!   (`TRELLIS_CONTROLLER_TRUST_ROOTS_OWNER`, the chart's
+//!   `trellis-controller` ClusterRole), so `helm uninstall`, which deletes
+//!   the ClusterRole, has the garbage collector (kube-controller-manager)
+//!   delete every copy; copies without it are adopted (a guarded merge
+//!   patch). The owner is watched by name, so a ClusterRole made again
+//!   (new uid) is followed. The copies also carry
+//!   `app.kubernetes.io/part-of: trellis`. While the owner is unknown (its
+//!   watch refused, or no such ClusterRole) copies are still made — pods
+//!   need them — without the reference, and adopted once it is seen.
+//! - The watches retry through [`crate::watches::watch`] (growing,
+//!   jittered backoff; one WARN per change of state; shown at `/ready`
+//!   and in `trellis_controller_watch_*{watcher="trust_roots"}`).
 //! - A failed write is logged (once per namespace, operation and reason),
 //!   counted in `trellis_controller_trust_roots_sync_errors_total{operation}`
-//!   and retried with exponential backoff; the controller never stops for it.
+//!   and retried with the controller's jittered backoff
+//!   ([`crate::backoff`]); the controller never stops for it.
 //! - Several replicas (the HA profile) may all run it: every write is
 //!   guarded (create-only POST, resourceVersion and uid preconditions), so
 //!   the losers of a race get a 409, which is not an error.
@@ -59,6 +75,10 @@
 //! - apiGroups: [""]
 //!   resources: ["configmaps"]
 //!   verbs: ["create"]                 # create cannot be limited by name
+//! - apiGroups: ["rbac.authorization.k8s.io"]
+//!   resources: ["clusterroles"]
+//!   resourceNames: ["trellis-controller"]   # OWNER
+//!   verbs: ["list", "watch"]
 //! ```
 //!
 //! `list`/`watch` limited by `resourceNames` work because every list and
@@ -77,16 +97,25 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use tokio::time::Instant;
 use trellis_core::shutdown::Shutdown;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::watches;
 use apply::Outcome;
 use plan::{Action, SourceState, World};
+
+/// The `watcher` label of the distributor's watches.
+pub const WATCHER: &str = "trust_roots";
+const NAMESPACES: &str = "namespaces";
+const CONFIGMAPS: &str = "configmaps";
+const CLUSTERROLES: &str = "clusterroles.rbac.authorization.k8s.io";
 
 /// How long a namespace just written waits for the watch to report the
 /// write before it is planned for again (the watch normally reports at
@@ -97,10 +126,12 @@ const AWAIT_WATCH: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub names: Names,
-    /// First wait before a failed write is retried; doubled per failed
-    /// pass, up to `retry_max`.
-    pub retry_min: Duration,
-    pub retry_max: Duration,
+    /// The ClusterRole every copy names as its owner; `None`: copies have
+    /// no owner (and outlive `helm uninstall`).
+    pub owner: Option<String>,
+    /// The wait before a failed pass is retried (1 s at first, doubling,
+    /// at most 60 s, jittered).
+    pub retry: Backoff,
 }
 
 impl Settings {
@@ -110,9 +141,15 @@ impl Settings {
                 control_plane_namespace: control_plane_namespace.into(),
                 configmap: configmap.into(),
             },
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
+            owner: None,
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         }
+    }
+
+    /// Copies name the ClusterRole `name` as their owner.
+    pub fn with_owner(mut self, name: Option<String>) -> Self {
+        self.owner = name;
+        self
     }
 }
 
@@ -133,10 +170,10 @@ enum Change {
         namespace: Option<String>,
         listed: bool,
     },
-    WatchFailed {
-        resource: &'static str,
-        error: watcher::Error,
-    },
+    /// An owner watch event; `true` when a listing is complete.
+    Owner { listed: bool },
+    /// A watch failed (logged and counted by the watch itself).
+    WatchFailed { resource: &'static str },
 }
 
 impl Distributor {
@@ -156,57 +193,89 @@ impl Distributor {
             source = %names.source(),
             "trust roots distributor starting"
         );
-        let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-        let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
+        let watches = self.metrics.watches();
+        let (ns_store, mut ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let (cm_store, mut cm_writer) = reflector::store::<ConfigMap>();
+        let (owner_store, mut owner_writer) = reflector::store::<PartialObjectMeta<ClusterRole>>();
         let ns_api: Api<PartialObjectMeta<Namespace>> = Api::all(self.client.clone());
         let cm_api: Api<ConfigMap> = Api::all(self.client.clone());
         let by_name =
             watcher::Config::default().fields(&format!("metadata.name={}", names.configmap));
-        let ns_events = watcher(ns_api, watcher::Config::default())
-            .default_backoff()
-            .modify(|n| n.metadata.managed_fields = None)
-            .reflect(ns_writer)
-            .map(|e| match e {
-                Ok(e) => Change::Namespaces {
-                    listed: matches!(e, Event::InitDone),
-                },
-                Err(error) => Change::WatchFailed {
-                    resource: "namespaces",
-                    error,
-                },
-            });
-        let cm_events = watcher(cm_api, by_name)
-            .default_backoff()
-            .modify(|c| c.metadata.managed_fields = None)
-            .reflect(cm_writer)
-            .map(|e| match e {
-                Ok(Event::Apply(c) | Event::Delete(c)) => Change::ConfigMap {
-                    namespace: c.metadata.namespace,
-                    listed: false,
-                },
-                Ok(Event::InitDone) => Change::ConfigMap {
-                    namespace: None,
-                    listed: true,
-                },
-                Ok(Event::Init | Event::InitApply(_)) => Change::ConfigMap {
-                    namespace: None,
-                    listed: false,
-                },
-                Err(error) => Change::WatchFailed {
-                    resource: "configmaps",
-                    error,
+        let handle = watches.register(WATCHER, NAMESPACES);
+        let ns_events =
+            watches::watch(ns_api, watcher::Config::default(), handle).map(move |e| match e {
+                Ok(e) => {
+                    let e = e.modify(|n| n.metadata.managed_fields = None);
+                    ns_writer.apply_watcher_event(&e);
+                    Change::Namespaces {
+                        listed: matches!(e, Event::InitDone),
+                    }
+                }
+                Err(_) => Change::WatchFailed {
+                    resource: NAMESPACES,
                 },
             });
+        let handle = watches.register(WATCHER, CONFIGMAPS);
+        let cm_events = watches::watch(cm_api, by_name, handle).map(move |e| match e {
+            Ok(e) => {
+                let e = e.modify(|c| c.metadata.managed_fields = None);
+                cm_writer.apply_watcher_event(&e);
+                match e {
+                    Event::Apply(c) | Event::Delete(c) => Change::ConfigMap {
+                        namespace: c.metadata.namespace,
+                        listed: false,
+                    },
+                    Event::InitDone => Change::ConfigMap {
+                        namespace: None,
+                        listed: true,
+                    },
+                    Event::Init | Event::InitApply(_) => Change::ConfigMap {
+                        namespace: None,
+                        listed: false,
+                    },
+                }
+            }
+            Err(_) => Change::WatchFailed {
+                resource: CONFIGMAPS,
+            },
+        });
+        let owner_events: BoxStream<'static, Change> = match &self.settings.owner {
+            Some(owner) => {
+                let api: Api<PartialObjectMeta<ClusterRole>> = Api::all(self.client.clone());
+                let by_name = watcher::Config::default().fields(&format!("metadata.name={owner}"));
+                let handle = watches.register(WATCHER, CLUSTERROLES);
+                watches::watch(api, by_name, handle)
+                    .map(move |e| match e {
+                        Ok(e) => {
+                            owner_writer.apply_watcher_event(&e);
+                            Change::Owner {
+                                listed: matches!(e, Event::InitDone),
+                            }
+                        }
+                        Err(_) => Change::WatchFailed {
+                            resource: CLUSTERROLES,
+                        },
+                    })
+                    .boxed()
+            }
+            None => futures_util::stream::pending().boxed(),
+        };
         let mut changes: BoxStream<'static, Change> =
-            futures_util::stream::select(ns_events, cm_events).boxed();
-        let mut state = LoopState::default();
+            futures_util::stream::select_all([ns_events.boxed(), cm_events.boxed(), owner_events])
+                .boxed();
+        let mut state = LoopState::new(self.settings.retry.clone(), self.settings.owner.is_some());
+        let stores = Stores {
+            namespaces: ns_store,
+            configmaps: cm_store,
+            owner: owner_store,
+        };
         loop {
             let change = tokio::select! {
                 () = shutdown.signaled() => return,
                 c = changes.next() => c,
                 () = sleep_until(state.retry_at), if state.retry_at.is_some() => {
                     state.retry_at = None;
-                    self.pass(&mut state, &ns_store, &cm_store, &shutdown).await;
+                    self.pass(&mut state, &stores, &shutdown).await;
                     continue;
                 }
             };
@@ -220,25 +289,21 @@ impl Distributor {
                 dirty |= state.take(c, &self.metrics);
             }
             if dirty && state.listed() {
-                self.pass(&mut state, &ns_store, &cm_store, &shutdown).await;
+                self.pass(&mut state, &stores, &shutdown).await;
             }
         }
     }
 
     /// Plans from the watches' caches and executes the plan.
-    async fn pass(
-        &self,
-        state: &mut LoopState,
-        ns_store: &Store<PartialObjectMeta<Namespace>>,
-        cm_store: &Store<ConfigMap>,
-        shutdown: &Shutdown,
-    ) {
+    async fn pass(&self, state: &mut LoopState, stores: &Stores, shutdown: &Shutdown) {
         let names = &self.settings.names;
-        let namespaces = ns_store.state();
-        let configmaps = cm_store.state();
+        let namespaces = stores.namespaces.state();
+        let configmaps = stores.configmaps.state();
+        let owner = self.owner(stores, state);
         let world = World {
             namespaces: namespaces.iter().map(|n| &n.metadata).collect(),
             configmaps: configmaps.iter().map(AsRef::as_ref).collect(),
+            owner: owner.as_ref(),
         };
         let plan = plan::plan(names, &world);
         state.report_source(&plan.source, names, &self.metrics);
@@ -279,9 +344,11 @@ impl Distributor {
                 }
             }
         }
-        state.failed_passes = if failed { state.failed_passes + 1 } else { 0 };
+        if !failed {
+            state.retry.reset();
+        }
         state.retry_at = if failed {
-            Some(Instant::now() + self.backoff(state.failed_passes))
+            Some(Instant::now() + state.retry.next_wait())
         } else if deferred {
             Some(Instant::now() + AWAIT_WATCH)
         } else {
@@ -289,13 +356,47 @@ impl Distributor {
         };
     }
 
-    fn backoff(&self, failed_passes: u32) -> Duration {
-        let factor = 1u32 << failed_passes.saturating_sub(1).min(16);
-        self.settings
-            .retry_min
-            .saturating_mul(factor)
-            .min(self.settings.retry_max)
+    /// The owner reference every copy must carry, from the owner watch;
+    /// a change of what it shows is logged once.
+    fn owner(&self, stores: &Stores, state: &mut LoopState) -> Option<OwnerReference> {
+        let name = self.settings.owner.as_deref()?;
+        if !state.owner_listed {
+            return None;
+        }
+        let found = stores
+            .owner
+            .state()
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .and_then(|c| c.metadata.uid.clone())
+            .map(|uid| OwnerReference {
+                api_version: "rbac.authorization.k8s.io/v1".into(),
+                kind: "ClusterRole".into(),
+                name: name.into(),
+                uid,
+                ..OwnerReference::default()
+            });
+        let uid = found.as_ref().map(|o| o.uid.clone());
+        if state.owner_seen.as_ref() != Some(&uid) {
+            match &uid {
+                Some(uid) => {
+                    tracing::info!(owner = %name, uid = %uid, "trust roots copies are owned by ClusterRole {name}: deleting it (helm uninstall) deletes them")
+                }
+                None => {
+                    tracing::warn!(owner = %name, "ClusterRole {name} not found: trust roots copies are made without an owner reference, and outlive helm uninstall, until it exists")
+                }
+            }
+            state.owner_seen = Some(uid);
+        }
+        found
     }
+}
+
+/// The watches' caches.
+struct Stores {
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    configmaps: Store<ConfigMap>,
+    owner: Store<PartialObjectMeta<ClusterRole>>,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -306,16 +407,22 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// What the loop remembers between passes.
-#[derive(Default)]
 struct LoopState {
     namespaces_listed: bool,
     configmaps_listed: bool,
+    /// An owner is configured: the first pass waits for its listing, unless
+    /// its watch fails (copies are then made without the reference).
+    owner_wanted: bool,
+    owner_listed: bool,
+    owner_failing: bool,
+    /// The owner's uid at the last pass (`Some(None)`: listed, absent).
+    owner_seen: Option<Option<String>>,
     /// Namespaces written (or found ahead of the watch), until the watch
     /// reports on them: not planned for meanwhile.
     awaiting: BTreeMap<String, Instant>,
     /// (operation, namespace) → reason of the last failure, logged once.
     failing: BTreeMap<(&'static str, String), String>,
-    failed_passes: u32,
+    retry: Backoff,
     retry_at: Option<Instant>,
     /// The source's state at the last pass (`None` before the first).
     source: Option<SourceState>,
@@ -324,8 +431,26 @@ struct LoopState {
 }
 
 impl LoopState {
+    fn new(retry: Backoff, owner_wanted: bool) -> Self {
+        Self {
+            namespaces_listed: false,
+            configmaps_listed: false,
+            owner_wanted,
+            owner_listed: false,
+            owner_failing: false,
+            owner_seen: None,
+            awaiting: BTreeMap::new(),
+            failing: BTreeMap::new(),
+            retry,
+            retry_at: None,
+            source: None,
+            foreign: BTreeSet::new(),
+        }
+    }
+
     fn listed(&self) -> bool {
-        self.namespaces_listed && self.configmaps_listed
+        let owner = !self.owner_wanted || self.owner_listed || self.owner_failing;
+        self.namespaces_listed && self.configmaps_listed && owner
     }
 
     /// Takes one watch event; whether a new plan is due.
@@ -345,10 +470,22 @@ impl LoopState {
                 }
                 true
             }
-            Change::WatchFailed { resource, error } => {
-                tracing::warn!(resource, error = %error, "trust roots watch failed; retrying with backoff, keeping the last state");
+            Change::Owner { listed } => {
+                if listed {
+                    self.owner_listed = true;
+                    self.owner_failing = false;
+                }
+                true
+            }
+            Change::WatchFailed { resource } => {
                 metrics.trust_roots_sync_error("watch");
-                false
+                // Without the owner, copies are made without its reference
+                // rather than not at all.
+                let first_owner_failure = resource == CLUSTERROLES && !self.owner_failing;
+                if resource == CLUSTERROLES {
+                    self.owner_failing = true;
+                }
+                first_owner_failure && !self.owner_listed
             }
         }
     }

@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | 200, OpenMetrics text; 500 `metrics encoding failed` |
-//! | `/ready` | 200 `ready`; 503 with the reason the check gives |
+//! | `/ready` | 200 `ready` (and any notes the check adds); 503 with the reason the check gives |
 //! | `/live` | 200 `live` |
 //! | `/config` | 200, the config as JSON |
 //!
@@ -28,7 +28,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Encode = Arc<dyn Fn() -> Result<String, fmt::Error> + Send + Sync>;
-type Check = Arc<dyn Fn() -> Result<(), Cow<'static, str>> + Send + Sync>;
+/// `Ok(body)`: 200; `Err(body)`: 503.
+type Check = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// Builds the admin endpoints: `Router::new(encode).ready(check).config(config)`,
 /// then [`Router::into_router`].
@@ -47,7 +48,7 @@ impl Router {
         Self {
             encode: Arc::new(encode),
             prometheus_text: false,
-            ready: Arc::new(|| Ok(())),
+            ready: Arc::new(|| Ok("ready".into())),
             config: axum::Router::new(),
         }
     }
@@ -66,7 +67,22 @@ impl Router {
         mut self,
         check: impl Fn() -> Result<(), E> + Send + Sync + 'static,
     ) -> Self {
-        self.ready = Arc::new(move || check().map_err(Into::into));
+        self.ready = Arc::new(move || {
+            check()
+                .map(|()| "ready".to_string())
+                .map_err(|e| e.into().into_owned())
+        });
+        self
+    }
+
+    /// `/ready` runs `check`, whose answer is the whole body: `Ok(body)` is
+    /// 200 (the body's first line `ready`, then notes such as what is
+    /// degraded), `Err(body)` is 503 (its first line the reason).
+    pub fn ready_report(
+        mut self,
+        check: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.ready = Arc::new(check);
         self
     }
 
@@ -139,10 +155,10 @@ fn metrics(encode: &Encode, prometheus_text: bool, headers: &HeaderMap) -> Respo
     }
 }
 
-fn readiness(check: Result<(), Cow<'static, str>>) -> Response {
+fn readiness(check: Result<String, String>) -> Response {
     match check {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("{line}\n")).into_response(),
+        Ok(body) => (StatusCode::OK, format!("{body}\n")).into_response(),
+        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")).into_response(),
     }
 }
 

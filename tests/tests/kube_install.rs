@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use trellis_e2e::kube::Cluster;
-use trellis_e2e::{bin, eventually};
+use trellis_e2e::kube::{http_get, Cluster, Proc};
+use trellis_e2e::{bin, eventually, Metrics};
 
 const NS: &str = "trellis-system";
 
@@ -88,7 +88,6 @@ fn leftovers(c: &Cluster) -> Vec<String> {
 #[test]
 fn kube_install_upgrade_and_uninstall_leave_nothing() {
     let c = Cluster::start();
-    c.install_gateway_api();
 
     // Install with the default values: every object accepted.
     c.install_chart(&[], &[]);
@@ -115,6 +114,10 @@ fn kube_install_upgrade_and_uninstall_leave_nothing() {
         controller.output()
     );
 
+    // The Gateway API is not installed yet: the watches of HTTPRoute and
+    // GRPCRoute fail, say so once, back off, and show it.
+    gateway_api_installed_later(&c, &controller, &app);
+
     // Upgrade to the HA profile: accepted, scaled, the CA kept.
     c.install_chart(&["values-ha.yaml"], &[]);
     assert_all_stored(&c, "upgrade to values-ha.yaml");
@@ -138,6 +141,100 @@ fn kube_install_upgrade_and_uninstall_leave_nothing() {
         clean,
         "helm uninstall left these behind:\n  {}\n(controller log:\n{})",
         left.join("\n  "),
+        controller.output()
+    );
+}
+
+const HTTPROUTES: &str = "httproutes.gateway.networking.k8s.io";
+
+/// The controller started before the Gateway API's CRDs: its route watches
+/// fail as "not installed", it is ready all the same (routes are optional),
+/// it retries with backoff and logs once per change of state, not once per
+/// retry; installed later, the CRDs are picked up within the backoff's cap.
+fn gateway_api_installed_later(c: &Cluster, controller: &Proc, app: &str) {
+    let admin = controller.port("admin");
+    let metrics = || Metrics(http_get(admin, "/metrics").unwrap().1);
+    let failing = |m: &Metrics| {
+        m.sum(
+            "trellis_controller_watch_failing",
+            &[("resource", HTTPROUTES), ("reason", "not_installed")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || failing(&metrics()) == 1.0),
+        "the failing watch is not in the metrics:\n{}",
+        metrics().0
+    );
+    let (status, body) = http_get(admin, "/ready").unwrap();
+    assert_eq!(status, 200, "routes are optional: {body}");
+    assert!(
+        body.contains(&format!("watch failing: {HTTPROUTES}")) && body.contains("not installed"),
+        "/ready names the failing watch: {body}"
+    );
+
+    // Attempts back off: three more failed attempts take at least 3.5 s
+    // (waits of 0.5–1 s doubling, or 5–10 s at the cap), where a retry
+    // without backoff (1.6 a second before) takes under 2 s.
+    let errors = |m: &Metrics| {
+        m.sum(
+            "trellis_controller_watch_errors_total",
+            &[("resource", HTTPROUTES)],
+        )
+    };
+    let before = errors(&metrics());
+    let window = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(40), || errors(&metrics())
+            >= before + 3.0),
+        "the watch is not retried:\n{}",
+        metrics().0
+    );
+    assert!(
+        window.elapsed() >= Duration::from_secs(3),
+        "3 failed attempts within {:?}: no backoff",
+        window.elapsed()
+    );
+    let log = controller.output();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings.iter().filter(|l| l.contains(HTTPROUTES)).count() == 1
+            && !log.contains("Unsuccessful data error parse"),
+        "one warning per failing watch, not one per retry:\n{}",
+        warnings.join("\n")
+    );
+
+    // Installed now: picked up within the backoff's cap (10 s), and a route
+    // is served.
+    c.install_gateway_api();
+    c.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {app}\nspec:\n  ports:\n  - {{name: http, port: 80}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: late\n  namespace: {app}\nspec:\n  \
+         parentRefs:\n  - {{group: \"\", kind: Service, name: web, port: 80}}\n  rules:\n  - backendRefs:\n    - {{name: web, port: 80}}\n"
+    ));
+    let routes = || {
+        http_get(admin, "/routes")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || routes().contains("late")),
+        "the route made after the CRDs were installed is not served: {}\n{}",
+        routes(),
+        controller.output()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || failing(&metrics()) == 0.0),
+        "the watch still shows failing:\n{}",
+        metrics().0
+    );
+    let (_, body) = http_get(admin, "/ready").unwrap();
+    assert!(
+        !body.contains("watch failing"),
+        "/ready after recovery: {body}"
+    );
+    assert!(
+        controller.output().contains("watch recovered"),
+        "the recovery is logged once:\n{}",
         controller.output()
     );
 }

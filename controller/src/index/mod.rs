@@ -28,7 +28,8 @@ use serde::Serialize;
 
 pub use inbound::{inbound, DefaultPolicy};
 pub use resolve::resolve;
-use routes::{CompiledRoute, Rules};
+use routes::Rules;
+pub(crate) use routes::{CompiledRoute, ParentRef, ParentVerdict};
 
 use crate::objects::{Key, Kind, Objects};
 use annotations::{
@@ -166,28 +167,31 @@ impl Snapshot {
             }
         }
 
-        let mut routes: Vec<Arc<CompiledRoute>> = Vec::new();
+        let mut compiled: Vec<CompiledRoute> = Vec::new();
         for r in objects.http_routes.values() {
-            routes.push(Arc::new(routes::compile_http(r, &mut problems)));
+            compiled.push(routes::compile_http(r, &mut problems));
         }
         for r in objects.grpc_routes.values() {
-            routes.push(Arc::new(routes::compile_grpc(r, &mut problems)));
+            compiled.push(routes::compile_grpc(r, &mut problems));
         }
         let service_ports = |key: &Key| {
             objects.services.get(key).map(|svc| {
                 svc.spec
                     .iter()
                     .flat_map(|s| s.ports.iter().flatten())
-                    .filter_map(|p| u16::try_from(p.port).ok())
-                    .collect::<Vec<u16>>()
+                    .filter_map(|p| Some((u16::try_from(p.port).ok()?, p.name.clone())))
+                    .collect::<routes::ServicePorts>()
             })
         };
-        for r in &routes {
-            routes::check_references(r, &service_ports, &mut problems);
+        for r in &mut compiled {
+            r.verdict = routes::check_references(r, &service_ports, &mut problems);
         }
+        let mut routes: Vec<Arc<CompiledRoute>> = compiled.into_iter().map(Arc::new).collect();
         routes.sort_by(|a, b| routes::precedence(a, b));
         let mut routes_by_parent: HashMap<Key, Vec<Arc<CompiledRoute>>> = HashMap::new();
-        for r in &routes {
+        // A route none of whose rules is valid is not attached (its status
+        // says `Accepted: False`).
+        for r in routes.iter().filter(|r| r.serves()) {
             let services: BTreeSet<&Key> = r.parents.iter().map(|p| &p.service).collect();
             for s in services {
                 routes_by_parent
@@ -242,6 +246,12 @@ impl Snapshot {
                 (p.clone(), self.objects.resource_version(p.kind, &key))
             })
             .collect()
+    }
+
+    /// Every route, compiled, in precedence order (the route status
+    /// writer reads their verdicts).
+    pub(crate) fn routes(&self) -> &[Arc<CompiledRoute>] {
+        &self.routes
     }
 
     /// The routes and the services they attach to (for `/routes`).

@@ -2,7 +2,13 @@
 //! snapshot into what the wire needs: matches as protobuf, backends as
 //! service references, timeouts, and the retry policy of the route's
 //! annotations. What cannot be used is recorded as a [`Problem`] and left
-//! out (a value), never the whole route.
+//! out: a bad value (the rule applies without it), or a whole rule that
+//! cannot be served as written — a filter (Trellis applies none yet), a
+//! regular expression that does not compile, a path that does not start
+//! with `/` — as the Gateway API asks: an invalid rule is dropped, never
+//! served half. What the route's status says (`status.rs`) comes from the
+//! same facts: the rules dropped ([`CompiledRoute::invalid_rules`]) and
+//! what its references resolve to ([`Verdict`]).
 
 use std::collections::BTreeMap;
 
@@ -28,9 +34,83 @@ pub(crate) struct CompiledRoute {
     pub kind: Kind,
     pub key: Key,
     pub created: Option<Time>,
+    /// `metadata.generation` (the status's `observedGeneration`).
+    pub generation: Option<i64>,
     /// Its Service parents (other parents, such as Gateways, are not ours).
     pub parents: Vec<Parent>,
+    /// The rules served: the spec's, less the invalid ones.
     pub rules: Rules,
+    /// How many rules the spec has (0: the Gateway API's default rule).
+    pub spec_rules: usize,
+    /// The spec's rules left out, and why.
+    pub invalid_rules: Vec<InvalidRule>,
+    /// What its references resolve to (set by [`check_references`]).
+    pub verdict: Verdict,
+}
+
+impl CompiledRoute {
+    /// Whether any rule is served (a route whose every rule is invalid is
+    /// not attached: `Accepted: False`).
+    pub fn serves(&self) -> bool {
+        self.spec_rules == 0 || self.invalid_rules.len() < self.spec_rules
+    }
+}
+
+/// A rule of the spec that is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InvalidRule {
+    /// Its index in `spec.rules`.
+    pub index: usize,
+    pub reasons: Vec<String>,
+    /// Its backends and timeouts, checked all the same (so that one fix
+    /// does not just uncover the next mistake).
+    pub backends: Vec<BackendTarget>,
+    pub timeouts: Option<pb::Timeouts>,
+}
+
+/// What a route's references resolve to, for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// One per [`CompiledRoute::parents`], in order.
+    pub parents: Vec<ParentVerdict>,
+    /// The backendRefs that do not resolve, in spec order.
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// Whether a Service parent exists and has the port the ref names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParentVerdict {
+    Attached,
+    /// No such Service.
+    NoService,
+    /// The Service has no port of this number (or name, for a
+    /// `sectionName`).
+    NoPort(String),
+}
+
+/// A backendRef that does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unresolved {
+    pub reason: UnresolvedReason,
+    pub message: String,
+}
+
+/// The Gateway API's reasons for `ResolvedRefs: False`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnresolvedReason {
+    /// Not a Service (`InvalidKind`).
+    InvalidKind,
+    /// No such Service, or no such port of it (`BackendNotFound`).
+    BackendNotFound,
+}
+
+impl UnresolvedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnresolvedReason::InvalidKind => "InvalidKind",
+            UnresolvedReason::BackendNotFound => "BackendNotFound",
+        }
+    }
 }
 
 /// A `parentRef` naming a Service.
@@ -41,6 +121,25 @@ pub(crate) struct Parent {
     pub port: Option<u16>,
     /// Only the service port of this name, when given.
     pub section: Option<String>,
+    /// The ref as the spec writes it (the status echoes it).
+    pub spec: ParentRef,
+}
+
+/// A `parentRef`, field for field as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ParentRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 impl Parent {
@@ -90,9 +189,20 @@ struct Problems<'a> {
     kind: Kind,
     key: &'a Key,
     out: &'a mut Vec<Problem>,
+    /// Why the rule being compiled is invalid (empty: it is not).
+    rule_invalid: Vec<String>,
 }
 
-impl Problems<'_> {
+impl<'a> Problems<'a> {
+    fn new(kind: Kind, key: &'a Key, out: &'a mut Vec<Problem>) -> Self {
+        Self {
+            kind,
+            key,
+            out,
+            rule_invalid: Vec::new(),
+        }
+    }
+
     fn push(&mut self, field: &'static str, value: impl Into<String>, message: impl Into<String>) {
         self.out.push(Problem {
             kind: self.kind,
@@ -103,6 +213,17 @@ impl Problems<'_> {
             message: message.into(),
         });
     }
+
+    /// A problem that makes the whole rule invalid: left out.
+    fn invalid_rule(&mut self, field: &'static str, value: impl Into<String>, why: String) {
+        let value = value.into();
+        self.push(
+            field,
+            value.clone(),
+            format!("{why}; this rule is left out"),
+        );
+        self.rule_invalid.push(format!("{field}={value:?}: {why}"));
+    }
 }
 
 /// The common shape of HTTPRoute and GRPCRoute references.
@@ -112,6 +233,19 @@ struct Ref<'a> {
     name: &'a str,
     namespace: Option<&'a str>,
     port: Option<i32>,
+}
+
+impl Ref<'_> {
+    fn spec(&self, section: Option<&str>) -> ParentRef {
+        ParentRef {
+            group: self.group.map(str::to_string),
+            kind: self.kind.map(str::to_string),
+            name: self.name.to_string(),
+            namespace: self.namespace.map(str::to_string),
+            port: self.port,
+            section_name: section.map(str::to_string),
+        }
+    }
 }
 
 fn is_core_group(group: Option<&str>) -> bool {
@@ -147,6 +281,7 @@ fn parents<'a>(
             service: Key::new(r.namespace.unwrap_or(route_ns), r.name),
             port,
             section: section.map(str::to_string),
+            spec: r.spec(section),
         };
         if !out.contains(&parent) {
             out.push(parent);
@@ -213,24 +348,21 @@ fn backend(
 }
 
 /// Filters (header modifiers, redirects, rewrites, mirrors) are not
-/// applied by the proxy: said once per rule, the rule applies without them.
-fn unsupported_filters(count: usize, problems: &mut Problems<'_>) {
-    if count > 0 {
-        problems.push(
+/// applied by the proxy: a rule with any is invalid (serving it without
+/// them would do something else than it says), said once per rule.
+fn unsupported_filters(types: Vec<String>, problems: &mut Problems<'_>) {
+    if !types.is_empty() {
+        problems.invalid_rule(
             "spec.rules.filters",
-            count.to_string(),
-            "filters are not supported by Trellis yet; the rule applies without them",
+            types.join(", "),
+            "filters are not supported by Trellis yet".into(),
         );
     }
 }
 
 fn check_regex(problems: &mut Problems<'_>, field: &'static str, re: &str) {
     if let Err(e) = regex::Regex::new(re) {
-        problems.push(
-            field,
-            re,
-            format!("not a regular expression ({e}); the proxy leaves this rule out"),
-        );
+        problems.invalid_rule(field, re, format!("not a regular expression ({e})"));
     }
 }
 
@@ -308,16 +440,30 @@ macro_rules! gateway_ref {
     };
 }
 
-/// The filters of a rule and of its backends, of either route kind.
-macro_rules! filter_count {
+/// The types of the filters of a rule and of its backends, of either
+/// route kind (`RequestHeaderModifier`, …), in order.
+macro_rules! filter_types {
     ($rule:expr) => {
-        $rule.filters.as_ref().map_or(0, Vec::len)
-            + $rule
-                .backend_refs
-                .iter()
-                .flatten()
-                .map(|b| b.filters.as_ref().map_or(0, Vec::len))
-                .sum::<usize>()
+        $rule
+            .filters
+            .iter()
+            .flatten()
+            .map(|f| &f.r#type)
+            .map(|t| {
+                serde_json::to_value(t)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("{t:?}"))
+            })
+            .chain($rule.backend_refs.iter().flatten().flat_map(|b| {
+                b.filters.iter().flatten().map(|f| {
+                    serde_json::to_value(&f.r#type)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_else(|| format!("{:?}", f.r#type))
+                })
+            }))
+            .collect::<Vec<String>>()
     };
 }
 
@@ -343,29 +489,37 @@ fn compile<'a, R, M>(
     problems: &mut Vec<Problem>,
 ) -> CompiledRoute {
     let key = key_of(meta.namespace.as_ref(), meta.name.as_ref());
-    let mut p = Problems {
-        kind,
-        key: &key,
-        out: problems,
-    };
+    let mut p = Problems::new(kind, &key, problems);
     let ann = annotations_of(meta.annotations.as_ref(), &mut p);
     let parents = parents(parent_refs, &key.namespace, &mut p);
     let mut rules = Vec::new();
-    for r in spec_rules {
+    let mut invalid_rules = Vec::new();
+    for (index, r) in spec_rules.iter().enumerate() {
+        p.rule_invalid.clear();
         let parts = rule(r, &mut p);
         let backends = parts
             .backends
             .into_iter()
             .map(|(r, weight)| backend(r, weight, &key.namespace, &mut p))
             .collect();
+        let timeouts = timeouts(parts.timeouts, &ann, &mut p);
+        if !p.rule_invalid.is_empty() {
+            invalid_rules.push(InvalidRule {
+                index,
+                reasons: std::mem::take(&mut p.rule_invalid),
+                backends,
+                timeouts,
+            });
+            continue;
+        }
         rules.push(Rule {
             matches: parts.matches,
             backends,
-            timeouts: timeouts(parts.timeouts, &ann, &mut p),
+            timeouts,
             retry: ann.retry.clone(),
         });
     }
-    if rules.is_empty() {
+    if spec_rules.is_empty() {
         // The Gateway API's default: one rule matching every request.
         rules.push(Rule {
             matches: Vec::new(),
@@ -377,8 +531,12 @@ fn compile<'a, R, M>(
     CompiledRoute {
         kind,
         created: meta.creation_timestamp.clone(),
+        generation: meta.generation,
         parents,
         rules: wrap(rules),
+        spec_rules: spec_rules.len(),
+        invalid_rules,
+        verdict: Verdict::default(),
         key,
     }
 }
@@ -391,7 +549,7 @@ pub(crate) fn compile_http(route: &HttpRoute, problems: &mut Vec<Problem>) -> Co
         parent_refs.map(|r| (gateway_ref!(r), r.section_name.as_deref())),
         route.spec.rules.as_deref().unwrap_or_default(),
         |rule, p| {
-            unsupported_filters(filter_count!(rule), p);
+            unsupported_filters(filter_types!(rule), p);
             RuleParts {
                 matches: rule
                     .matches
@@ -427,10 +585,10 @@ fn http_match(m: &HttpRouteRulesMatches, p: &mut Problems<'_>) -> pb::HttpMatch 
         };
         if let PathKind::Exact(v) | PathKind::Prefix(v) = &kind {
             if !v.starts_with('/') {
-                p.push(
+                p.invalid_rule(
                     "spec.rules.matches.path",
                     v.clone(),
-                    "must start with '/'; the proxy leaves this rule out",
+                    "must start with '/'".into(),
                 );
             }
         }
@@ -505,7 +663,7 @@ pub(crate) fn compile_grpc(route: &GrpcRoute, problems: &mut Vec<Problem>) -> Co
         parent_refs.map(|r| (gateway_ref!(r), r.section_name.as_deref())),
         route.spec.rules.as_deref().unwrap_or_default(),
         |rule, p| {
-            unsupported_filters(filter_count!(rule), p);
+            unsupported_filters(filter_types!(rule), p);
             RuleParts {
                 matches: rule
                     .matches
@@ -559,58 +717,101 @@ fn grpc_match(m: &GrpcRouteRulesMatches, p: &mut Problems<'_>) -> pb::GrpcMatch 
     }
 }
 
+/// A Service's ports, for [`check_references`]: number and name.
+pub(crate) type ServicePorts = Vec<(u16, Option<String>)>;
+
 /// What a compiled route refers to that is not there, or cannot work:
 /// parents and backends naming no Service (or no port of it), rules whose
 /// backends all weigh 0, a per-try timeout longer than the whole request.
 /// The same mistakes `trellis mesh up` refuses in a mesh file; here they
 /// are reported and the route applies as compiled. `ports` gives each
-/// Service's ports.
+/// Service's ports. The answer is the route's [`Verdict`] (its status).
 pub(crate) fn check_references(
     route: &CompiledRoute,
-    ports: &impl Fn(&Key) -> Option<Vec<u16>>,
+    ports: &impl Fn(&Key) -> Option<ServicePorts>,
     problems: &mut Vec<Problem>,
-) {
-    let mut p = Problems {
-        kind: route.kind,
-        key: &route.key,
-        out: problems,
-    };
+) -> Verdict {
+    let mut p = Problems::new(route.kind, &route.key, problems);
+    let mut verdict = Verdict::default();
     for parent in &route.parents {
-        match ports(&parent.service) {
-            None => p.push(
-                "spec.parentRefs",
-                parent.service.to_string(),
-                "no such Service; the route applies to nothing",
-            ),
+        let found = match ports(&parent.service) {
+            None => {
+                p.push(
+                    "spec.parentRefs",
+                    parent.service.to_string(),
+                    "no such Service; the route applies to nothing",
+                );
+                ParentVerdict::NoService
+            }
             Some(have) => {
-                if let Some(port) = parent.port.filter(|port| !have.contains(port)) {
+                let numbers: Vec<u16> = have.iter().map(|(n, _)| *n).collect();
+                let by_name = |s: &str| have.iter().any(|(_, n)| n.as_deref() == Some(s));
+                if let Some(port) = parent.port.filter(|port| !numbers.contains(port)) {
                     p.push(
                         "spec.parentRefs.port",
                         format!("{}:{port}", parent.service),
-                        format!("the Service has no port {port}; accepted: {}", join(&have)),
+                        format!(
+                            "the Service has no port {port}; accepted: {}",
+                            join(&numbers)
+                        ),
                     );
+                    ParentVerdict::NoPort(port.to_string())
+                } else if let Some(section) = parent.section.as_deref().filter(|s| !by_name(s)) {
+                    p.push(
+                        "spec.parentRefs.sectionName",
+                        format!("{} {section}", parent.service),
+                        format!("the Service has no port named {section:?}; the route applies to none of its ports"),
+                    );
+                    ParentVerdict::NoPort(format!("{section:?}"))
+                } else {
+                    ParentVerdict::Attached
                 }
             }
-        }
+        };
+        verdict.parents.push(found);
     }
     let mut check_rule = |backends: &[BackendTarget], timeouts: Option<&pb::Timeouts>| {
         for b in backends {
-            let Target::Service { service, port } = &b.target else {
-                continue;
+            let (service, port) = match &b.target {
+                Target::Service { service, port } => (service, port),
+                Target::Invalid(what) => {
+                    let what = what.strip_prefix("invalid:").unwrap_or(what);
+                    verdict.unresolved.push(Unresolved {
+                        reason: UnresolvedReason::InvalidKind,
+                        message: format!(
+                            "backendRef {what} is not a Service (only Services are supported)"
+                        ),
+                    });
+                    continue;
+                }
             };
             match ports(service) {
-                None => p.push(
-                    "spec.rules.backendRefs",
-                    service.to_string(),
-                    "no such Service; requests for this backend fail",
-                ),
+                None => {
+                    p.push(
+                        "spec.rules.backendRefs",
+                        service.to_string(),
+                        "no such Service; requests for this backend fail",
+                    );
+                    verdict.unresolved.push(Unresolved {
+                        reason: UnresolvedReason::BackendNotFound,
+                        message: format!("Service {service} not found"),
+                    });
+                }
                 Some(have) => {
-                    if let Some(port) = port.filter(|port| !have.contains(port)) {
+                    let numbers: Vec<u16> = have.iter().map(|(n, _)| *n).collect();
+                    if let Some(port) = port.filter(|port| !numbers.contains(port)) {
                         p.push(
                             "spec.rules.backendRefs.port",
                             format!("{service}:{port}"),
-                            format!("the Service has no port {port}; accepted: {}", join(&have)),
+                            format!(
+                                "the Service has no port {port}; accepted: {}",
+                                join(&numbers)
+                            ),
                         );
+                        verdict.unresolved.push(Unresolved {
+                            reason: UnresolvedReason::BackendNotFound,
+                            message: format!("Service {service} has no port {port}"),
+                        });
                     }
                 }
             }
@@ -643,6 +844,10 @@ pub(crate) fn check_references(
             .iter()
             .for_each(|r| check_rule(&r.backends, r.timeouts.as_ref())),
     }
+    for r in &route.invalid_rules {
+        check_rule(&r.backends, r.timeouts.as_ref());
+    }
+    verdict
 }
 
 fn join(ports: &[u16]) -> String {

@@ -819,7 +819,7 @@ fn bad_annotation_values_leave_the_route_without_that_setting() {
 }
 
 #[test]
-fn bad_route_fields_are_reported_and_the_route_kept() {
+fn bad_route_fields_are_reported_and_invalid_rules_left_out() {
     let snap = snapshot(&http_route(
         "bad",
         "demo",
@@ -828,12 +828,22 @@ fn bad_route_fields_are_reported_and_the_route_kept() {
   - matches: [{path: {type: RegularExpression, value: "(unclosed"}}, {path: {type: Exact, value: nope}}]
     timeouts: {request: soon}
   - backendRefs: [{name: web-v2, port: 80, weight: -5}]
+  - backendRefs: [{name: web-v2, port: 80}]
     filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: y}]}}]"#,
     ));
+    // Rules 0 (bad matches) and 2 (a filter) are left out; rule 1 is
+    // served without its bad weight.
     let r = resolve(&snap, addr("10.96.0.10:80"), "");
-    assert_eq!(r.http_routes[0].rules.len(), 2);
-    assert_eq!(r.http_routes[0].rules[0].timeouts, None);
-    assert_eq!(r.http_routes[0].rules[1].backends[0].weight, 0);
+    assert_eq!(r.http_routes[0].rules.len(), 1);
+    assert_eq!(r.http_routes[0].rules[0].backends[0].weight, 0);
+    let route = &snap.routes()[0];
+    let invalid: Vec<usize> = route.invalid_rules.iter().map(|r| r.index).collect();
+    assert_eq!(invalid, [0, 2]);
+    assert_eq!(
+        route.invalid_rules[1].reasons,
+        ["spec.rules.filters=\"RequestHeaderModifier\": filters are not supported by Trellis yet"]
+    );
+    assert_eq!(route.invalid_rules[0].reasons.len(), 2);
     let mut fields: Vec<&str> = snap.problems().iter().map(|p| p.field).collect();
     fields.sort();
     assert_eq!(
@@ -852,6 +862,20 @@ fn bad_route_fields_are_reported_and_the_route_kept() {
     assert_eq!(summary[0].name, "bad");
     assert_eq!(summary[0].parents, ["demo/web"]);
     assert_eq!(summary[0].warnings.len(), 6);
+
+    // Every rule invalid: the route is not attached at all.
+    let snap = snapshot(&http_route(
+        "filtered",
+        "demo",
+        PARENT,
+        r#"rules:
+  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]"#,
+    ));
+    assert!(resolve(&snap, addr("10.96.0.10:80"), "")
+        .http_routes
+        .is_empty());
+    assert!(!snap.routes()[0].serves());
+    assert_eq!(snap.route_summaries()[0].name, "filtered");
 }
 
 #[test]

@@ -11,10 +11,18 @@
 //! | terminating | any | none: nothing can be created there, and its deletion removes the copy |
 //! | excluded (`kube-system`, labelled `trellis.dev/admission-webhooks: disabled`) | ours | delete (uid and resourceVersion preconditions) |
 //! | target | none | create, if the source is usable |
-//! | target | ours, different from the source | update, if the source is usable (resourceVersion precondition) |
+//! | target | ours, different from the source (or without the owner reference) | update, if the source is usable (resourceVersion precondition) |
 //! | target | ours, being deleted | none until it is gone, then create |
 //! | target | not ours (no managed-by label) | none; reported as foreign |
 //! | excluded | not ours | none |
+//!
+//! Every copy the plan creates or updates carries an ownerReference to
+//! the owner (the chart's `trellis-controller` ClusterRole, when the owner
+//! watch has seen it), so that deleting the owner — `helm uninstall` —
+//! has Kubernetes' garbage collector delete the copies; a copy of ours
+//! without it (made by an older controller, or before the owner was
+//! known) is adopted by an update. No `blockOwnerDeletion` (that would need
+//! the `finalizers` permission on the owner) and no `controller` flag.
 //!
 //! A missing or unusable source (no `roots.pem` holding a PEM certificate)
 //! stops creates and updates, and deletes nothing because of it: the copies
@@ -25,6 +33,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use serde_json::{json, Map, Value};
@@ -35,6 +44,10 @@ pub const ROOTS_KEY: &str = "roots.pem";
 /// of the same name is someone else's and never written to.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "trellis-controller";
+/// The label every copy carries besides: Trellis's, as on the chart's
+/// objects (`kubectl get cm -A -l app.kubernetes.io/part-of=trellis`).
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+pub const PART_OF: &str = "trellis";
 /// Annotation of every copy: `NAMESPACE/NAME` of the source.
 pub const SOURCE_ANNOTATION: &str = "trellis.dev/trust-roots-source";
 /// Namespace label that keeps the injector away (SPEC: always respected).
@@ -65,6 +78,10 @@ pub struct World<'a> {
     /// Every ConfigMap named [`Names::configmap`], in any namespace: the
     /// source, the copies, and foreign ones.
     pub configmaps: Vec<&'a ConfigMap>,
+    /// What every copy must name as its owner; `None`: not known (the
+    /// owner watch is off, failing, or has not seen it), copies are made
+    /// and kept without one.
+    pub owner: Option<&'a OwnerReference>,
 }
 
 /// The source's content, as every copy must hold it.
@@ -192,20 +209,49 @@ pub fn source_state(source: Option<&ConfigMap>) -> SourceState {
     }
 }
 
-/// The copy of `roots` that `namespace` must hold.
-pub fn desired(names: &Names, namespace: &str, roots: &Roots) -> ConfigMap {
+/// The labels of every copy.
+fn copy_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (PART_OF_LABEL.to_string(), PART_OF.to_string()),
+    ])
+}
+
+/// Whether `refs` hold `owner` (same uid).
+fn owned_by(refs: Option<&Vec<OwnerReference>>, owner: &OwnerReference) -> bool {
+    refs.is_some_and(|refs| refs.iter().any(|r| r.uid == owner.uid))
+}
+
+/// `refs` with `owner` in, in place of any reference to an object of the
+/// same kind and name (a ClusterRole deleted and made again has a new uid).
+fn with_owner(refs: Option<&Vec<OwnerReference>>, owner: &OwnerReference) -> Vec<OwnerReference> {
+    refs.into_iter()
+        .flatten()
+        .filter(|r| {
+            !(r.api_version == owner.api_version && r.kind == owner.kind && r.name == owner.name)
+        })
+        .cloned()
+        .chain(std::iter::once(owner.clone()))
+        .collect()
+}
+
+/// The copy of `roots` that `namespace` must hold, owned by `owner`.
+pub fn desired(
+    names: &Names,
+    namespace: &str,
+    roots: &Roots,
+    owner: Option<&OwnerReference>,
+) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(names.configmap.clone()),
             namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_string(),
-                MANAGED_BY.to_string(),
-            )])),
+            labels: Some(copy_labels()),
             annotations: Some(BTreeMap::from([(
                 SOURCE_ANNOTATION.to_string(),
                 names.source(),
             )])),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         data: (!roots.data.is_empty()).then(|| roots.data.clone()),
@@ -214,30 +260,43 @@ pub fn desired(names: &Names, namespace: &str, roots: &Roots) -> ConfigMap {
     }
 }
 
-/// The merge patch that makes our `copy` hold `roots`, or `None` when it
-/// already does (or has no resourceVersion to guard the write with).
-/// Keys the source no longer has are removed (`null`); labels and
-/// annotations others put on the copy are kept.
-pub fn update_patch(names: &Names, copy: &ConfigMap, roots: &Roots) -> Option<Value> {
+/// The merge patch that makes our `copy` hold `roots` (and name `owner`,
+/// when known), or `None` when it already does (or has no resourceVersion
+/// to guard the write with). Keys the source no longer has are removed
+/// (`null`); labels, annotations and owner references others put on the
+/// copy are kept.
+pub fn update_patch(
+    names: &Names,
+    copy: &ConfigMap,
+    roots: &Roots,
+    owner: Option<&OwnerReference>,
+) -> Option<Value> {
+    let meta = &copy.metadata;
     let data = copy.data.clone().unwrap_or_default();
     let binary = copy.binary_data.clone().unwrap_or_default();
-    let annotated = copy
-        .metadata
+    let annotated = meta
         .annotations
         .as_ref()
         .and_then(|a| a.get(SOURCE_ANNOTATION))
         == Some(&names.source());
-    if data == roots.data && binary == roots.binary_data && annotated {
+    let labelled = copy_labels()
+        .iter()
+        .all(|(k, v)| meta.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let adopted = owner.is_none_or(|o| owned_by(meta.owner_references.as_ref(), o));
+    if data == roots.data && binary == roots.binary_data && annotated && labelled && adopted {
         return None;
     }
-    let rv = copy.metadata.resource_version.as_ref()?;
+    let rv = meta.resource_version.as_ref()?;
     let mut patch = json!({
         "metadata": {
             "resourceVersion": rv,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": copy_labels(),
             "annotations": {SOURCE_ANNOTATION: names.source()},
         },
     });
+    if let Some(o) = owner.filter(|_| !adopted) {
+        patch["metadata"]["ownerReferences"] = json!(with_owner(meta.owner_references.as_ref(), o));
+    }
     if let Some(d) = map_patch(&data, &roots.data, |v| json!(v)) {
         patch["data"] = d;
     }
@@ -313,13 +372,21 @@ pub fn plan(names: &Names, world: &World<'_>) -> Plan {
             (Some(_), _) => {}
             (None, None) => {
                 if let Some(roots) = source.roots() {
-                    actions.push(Action::Create(Box::new(desired(names, name, roots))));
+                    actions.push(Action::Create(Box::new(desired(
+                        names,
+                        name,
+                        roots,
+                        world.owner,
+                    ))));
                 }
             }
             (None, Some(cm)) if !managed(cm) => foreign.push(name.to_string()),
             (None, Some(_)) if deleting => {}
             (None, Some(cm)) => {
-                if let Some(patch) = source.roots().and_then(|r| update_patch(names, cm, r)) {
+                let patch = source
+                    .roots()
+                    .and_then(|r| update_patch(names, cm, r, world.owner));
+                if let Some(patch) = patch {
                     actions.push(Action::Update {
                         namespace: name.to_string(),
                         patch,

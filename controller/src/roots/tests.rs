@@ -1,5 +1,5 @@
 //! The applier and the whole distributor against kube-rs's mock service: a
-//! small fake API server keeps Namespaces and ConfigMaps, answers LIST,
+//! small fake API server keeps Namespaces, ConfigMaps and ClusterRoles, answers LIST,
 //! WATCH (events pushed as objects change), POST, merge PATCH (with the
 //! resourceVersion precondition) and DELETE (with preconditions), and
 //! records every write.
@@ -37,6 +37,7 @@ struct Write {
 struct State {
     namespaces: BTreeMap<String, Value>,
     configmaps: BTreeMap<String, Value>,
+    clusterroles: BTreeMap<String, Value>,
     rv: u64,
     writes: Vec<Write>,
     /// Status codes the next writes of a method fail with.
@@ -94,6 +95,21 @@ impl Fake {
             "ADDED"
         };
         s.emit("configmaps", kind, cm);
+    }
+
+    /// Makes (or makes again, with a new uid) the ClusterRole `name`.
+    fn put_clusterrole(&self, name: &str, uid: &str) {
+        let mut s = self.lock();
+        let rv = s.next_rv();
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name, "uid": uid, "resourceVersion": rv},
+            "rules": [],
+        });
+        if let Some(old) = s.clusterroles.insert(name.into(), role.clone()) {
+            s.emit("clusterroles", "DELETED", old);
+        }
+        s.emit("clusterroles", "ADDED", role);
     }
 
     fn remove_configmap(&self, namespace: &str) {
@@ -158,6 +174,13 @@ impl State {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["api", "v1", "namespaces"]) => self.list_or_watch("namespaces", query, send),
+            ("GET", ["apis", "rbac.authorization.k8s.io", "v1", "clusterroles"]) => {
+                if !query.contains("fieldSelector=metadata.name%3Dtrellis-controller") {
+                    self.unexpected
+                        .push(format!("clusterroles without the name selector: {query}"));
+                }
+                self.list_or_watch("clusterroles", query, send)
+            }
             ("GET", ["api", "v1", "configmaps"]) => {
                 if !query.contains(&format!("fieldSelector=metadata.name%3D{NAME}")) {
                     self.unexpected
@@ -213,6 +236,7 @@ impl State {
         self.queued.remove(resource);
         let items: Vec<Value> = match resource {
             "namespaces" => self.namespaces.values().cloned().collect(),
+            "clusterroles" => self.clusterroles.values().cloned().collect(),
             _ => self.configmaps.values().cloned().collect(),
         };
         let list = json!({
@@ -342,7 +366,7 @@ fn helm() -> Value {
 }
 
 fn ours() -> Value {
-    json!({MANAGED_BY_LABEL: "trellis-controller"})
+    json!({MANAGED_BY_LABEL: "trellis-controller", "app.kubernetes.io/part-of": "trellis"})
 }
 
 /// Plans from the fake's objects, as the watches would show them.
@@ -361,6 +385,7 @@ fn plan_from(fake: &Fake) -> plan::Plan {
     let world = World {
         namespaces: namespaces.iter().collect(),
         configmaps: configmaps.iter().collect(),
+        owner: None,
     };
     plan::plan(&names(), &world)
 }
@@ -445,6 +470,7 @@ async fn the_applier_creates_updates_deletes_and_never_touches_a_foreign_configm
             data: BTreeMap::from([("roots.pem".into(), NEW_PEM.into())]),
             binary_data: BTreeMap::new(),
         },
+        None,
     )));
     assert!(matches!(
         apply::execute(&client, NAME, &racing).await,
@@ -502,8 +528,8 @@ async fn the_applier_creates_updates_deletes_and_never_touches_a_foreign_configm
 
 fn distributor(client: kube::Client, metrics: Arc<Metrics>) -> Distributor {
     let mut settings = Settings::new("trellis", NAME);
-    settings.retry_min = Duration::from_millis(10);
-    settings.retry_max = Duration::from_millis(100);
+    settings.retry =
+        crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
     Distributor::new(client, settings, metrics)
 }
 
@@ -622,6 +648,82 @@ async fn the_distributor_keeps_a_current_copy_in_every_target_namespace() {
         "{:?}",
         fake.writes()
     );
+    assert!(
+        fake.lock().unexpected.is_empty(),
+        "{:?}",
+        fake.lock().unexpected
+    );
+
+    shutdown.begin();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn copies_are_owned_by_the_cluster_role_and_older_ones_adopted() {
+    let fake = Fake::default();
+    for ns in ["trellis", "demo", "web"] {
+        fake.add_namespace(ns, json!({}), false);
+    }
+    fake.put_configmap("trellis", helm(), PEM);
+    // An older controller's copy: current roots, no owner reference.
+    fake.put_configmap("web", json!({MANAGED_BY_LABEL: "trellis-controller"}), PEM);
+    fake.put_clusterrole("trellis-controller", "role-1");
+    let (client, server) = start(&fake);
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = Shutdown::new();
+    let settings = Settings::new("trellis", NAME).with_owner(Some("trellis-controller".into()));
+    let task =
+        tokio::spawn(Distributor::new(client, settings, metrics.clone()).run(shutdown.clone()));
+
+    let owner = |uid: &str| {
+        json!([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "name": "trellis-controller", "uid": uid}])
+    };
+    let owned_by = |ns: &str, uid: &str| {
+        fake.configmap(ns)
+            .is_some_and(|c| c["metadata"]["ownerReferences"] == owner(uid))
+    };
+    eventually("a new copy owned, the older one adopted", async || {
+        (owned_by("demo", "role-1") && owned_by("web", "role-1")).then_some(())
+    })
+    .await;
+    let writes: Vec<Write> = fake.writes();
+    let touched: Vec<String> = writes
+        .iter()
+        .map(|w| format!("{} {}", w.method, w.namespace))
+        .collect();
+    assert_eq!(
+        touched,
+        ["POST demo", "PATCH web"],
+        "the owner is known before the first write"
+    );
+    assert_eq!(
+        writes[0].body["metadata"]["ownerReferences"],
+        owner("role-1")
+    );
+    assert_eq!(
+        writes[1].body["metadata"]["ownerReferences"],
+        owner("role-1"),
+        "the adoption: a merge patch, guarded by the copy's version"
+    );
+    assert!(writes[1].body["metadata"]["resourceVersion"].is_string());
+    for ns in ["demo", "web"] {
+        let labels = &fake.configmap(ns).unwrap()["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/part-of"], "trellis", "{ns}");
+        assert_eq!(labels[MANAGED_BY_LABEL], "trellis-controller", "{ns}");
+    }
+
+    // The ClusterRole is made again (a new uid): every copy follows, the
+    // stale reference replaced.
+    fake.put_clusterrole("trellis-controller", "role-2");
+    eventually("the copies owned by the new ClusterRole", async || {
+        (owned_by("demo", "role-2") && owned_by("web", "role-2")).then_some(())
+    })
+    .await;
     assert!(
         fake.lock().unexpected.is_empty(),
         "{:?}",

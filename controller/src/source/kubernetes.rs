@@ -5,29 +5,36 @@
 //! every kind consistently.
 //!
 //! Each watch lists, then watches from the list's resource version; a
-//! fresh listing (at start, or after the watch fell too far behind)
-//! replaces the kind's objects at once. The store is synced once every
-//! kind has been listed. A failing watch is logged, counted
-//! (`trellis_controller_source_errors_total{source="kubernetes"}`) and
-//! retried with kube-rs's default backoff, the last state kept meanwhile.
+//! fresh listing (at start, after a failure, or after the watch fell too
+//! far behind) replaces the kind's objects at once. The store is synced
+//! once every kind has been listed. A failing watch keeps the last state
+//! and is retried through [`crate::watches::watch`]: a growing, jittered
+//! backoff (at most 10 s apart), one WARN when it starts failing (naming
+//! the resource and the reason: `CRD httproutes.gateway.networking.k8s.io
+//! not installed`, `forbidden: RBAC …`), one INFO when it recovers, the
+//! state in `trellis_controller_watch_healthy` / `_watch_failing` and at
+//! `/ready`, every failed attempt counted in
+//! `trellis_controller_watch_errors_total` (and in
+//! `trellis_controller_source_errors_total{source="kubernetes"}`).
+//!
 //! The `policy.trellis.dev` CRD (the chart installs it) must be served:
 //! until it is, its watch fails and the controller is not ready. The
 //! Gateway API is optional: while the API server does not serve HTTPRoute
 //! or GRPCRoute (404: the CRDs are not installed), that kind counts as
 //! listed and empty — no routes, which is what a cluster without them
 //! means — so proxies are not held back; the watch keeps retrying and
-//! picks the routes up once the CRDs are installed.
+//! picks the routes up within 10 s of the CRDs being installed.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use futures_util::StreamExt;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::Api;
 use trellis_core::shutdown::Shutdown;
 
@@ -36,6 +43,7 @@ use crate::crd::AuthorizationPolicy;
 use crate::metrics::Metrics;
 use crate::objects::{Kind, Watched};
 use crate::store::Store;
+use crate::watches::{self, FailureKind};
 
 /// Watches the API server.
 pub struct KubernetesSource {
@@ -99,10 +107,11 @@ impl Source for KubernetesSource {
     }
 }
 
-use futures_util::FutureExt;
+/// The `watcher` label of the discovery source's watches.
+pub const WATCHER: &str = "discovery";
 
 /// Applies the events of one kind's watch to the store, until the watch
-/// ends (it does not: errors are retried).
+/// ends (it does not: failures are retried).
 async fn reflect<K: Watched>(
     client: &kube::Client,
     store: &Store,
@@ -110,10 +119,13 @@ async fn reflect<K: Watched>(
     listed: &Listed,
 ) {
     let api: Api<K> = Api::all(client.clone());
-    let events = watcher(api, watcher::Config::default()).default_backoff();
+    let handle = metrics.watches().register(WATCHER, K::KIND.resource());
+    let events = watches::watch(api, watcher::Config::default(), handle);
     futures_util::pin_mut!(events);
     let mut listing = Vec::new();
-    let mut not_served = false;
+    // An optional kind the API server does not serve: emptied once per
+    // episode.
+    let mut emptied = false;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => listing.clear(),
@@ -126,24 +138,19 @@ async fn reflect<K: Watched>(
                 );
                 store.replace_kind(K::KIND, std::mem::take(&mut listing));
                 listed.done(K::KIND, store);
+                emptied = false;
             }
             Ok(Event::Apply(o)) => store.apply(o.into_object()),
             Ok(Event::Delete(o)) => store.delete(K::KIND, &o.into_object().key()),
-            Err(e) if optional(K::KIND) && is_not_served(&e) => {
-                if !not_served {
-                    not_served = true;
-                    tracing::warn!(
-                        resource = K::KIND.as_str(),
-                        "the API server does not serve this kind (are the Gateway API CRDs installed?): no routes of it until it does"
-                    );
-                    metrics.source_error("kubernetes", K::KIND.as_str());
+            Err(failure) => {
+                metrics.source_error("kubernetes", K::KIND.as_str());
+                if optional(K::KIND) && failure.kind == FailureKind::NotInstalled && !emptied {
+                    // No such resource: no routes of it, which is all the
+                    // snapshot needs to be complete.
+                    emptied = true;
                     store.replace_kind(K::KIND, Vec::new());
                     listed.done(K::KIND, store);
                 }
-            }
-            Err(e) => {
-                tracing::warn!(resource = K::KIND.as_str(), error = %e, "watch failed; retrying with backoff, keeping the last state");
-                metrics.source_error("kubernetes", K::KIND.as_str());
             }
         }
     }
@@ -152,11 +159,6 @@ async fn reflect<K: Watched>(
 /// Kinds a cluster may well not have: the Gateway API's routes.
 fn optional(kind: Kind) -> bool {
     matches!(kind, Kind::HttpRoute | Kind::GrpcRoute)
-}
-
-/// A LIST refused with 404: the API server does not serve the resource.
-fn is_not_served(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
 
 #[cfg(test)]

@@ -114,6 +114,32 @@ async fn ready_answers_what_the_check_says() {
 }
 
 #[tokio::test]
+async fn a_ready_report_is_the_whole_body() {
+    let degraded = Arc::new(AtomicBool::new(false));
+    let flag = degraded.clone();
+    let router = Router::new(encode)
+        .ready_report(move || {
+            if flag.load(Ordering::Acquire) {
+                Ok("ready\nwatch failing: pods: forbidden".into())
+            } else {
+                Err("not ready: starting\nwatch failing: pods: forbidden".into())
+            }
+        })
+        .into_router();
+    let (status, _, body) = get(router.clone(), "/ready", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: starting\nwatch failing: pods: forbidden\n")
+    );
+    degraded.store(true, Ordering::Release);
+    let (status, _, body) = get(router, "/ready", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\nwatch failing: pods: forbidden\n")
+    );
+}
+
+#[tokio::test]
 async fn live_config_and_more_routes() {
     #[derive(Serialize)]
     struct Config {

@@ -38,9 +38,10 @@ fn ns(spec: &str) -> ObjectMeta {
 
 #[derive(Clone, Copy)]
 enum Owner {
-    /// Carries the managed-by label and the source annotation.
+    /// Carries both labels and the source annotation (no owner reference).
     Ours,
-    /// Carries the label, no annotation (an older controller's copy).
+    /// Carries the managed-by label only, no annotation (an older
+    /// controller's copy).
     OursUnannotated,
     /// Carries the label, and a deletionTimestamp.
     OursDeleting,
@@ -54,7 +55,7 @@ fn cm(namespace: &str, owner: Owner, pem: &str) -> ConfigMap {
     let mut deleting = None;
     match owner {
         Owner::Ours => {
-            labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
+            labels = json!({MANAGED_BY_LABEL: MANAGED_BY, PART_OF_LABEL: PART_OF});
             annotations = json!({SOURCE_ANNOTATION: "trellis/trellis-trust-roots"});
         }
         Owner::OursUnannotated => labels = json!({MANAGED_BY_LABEL: MANAGED_BY}),
@@ -236,6 +237,7 @@ fn plans() {
         let world = World {
             namespaces: namespaces.iter().collect(),
             configmaps: case.configmaps.iter().collect(),
+            owner: None,
         };
         let p = plan(&names(), &world);
         assert_eq!(summary(&p), case.actions, "{}: actions", case.name);
@@ -252,6 +254,7 @@ fn source_states() {
         let world = World {
             namespaces: namespaces.iter().collect(),
             configmaps: cms.iter().collect(),
+            owner: None,
         };
         plan(&n, &world).source
     };
@@ -288,20 +291,127 @@ fn the_copy_carries_the_label_the_annotation_and_every_key() {
     let SourceState::Ready(roots) = source_state(Some(&src)) else {
         panic!("usable source")
     };
-    let copy = serde_json::to_value(desired(&names(), "demo", &roots)).unwrap();
+    let copy = serde_json::to_value(desired(&names(), "demo", &roots, Some(&owner()))).unwrap();
     assert_eq!(
         copy,
         json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {
                 "name": "trellis-trust-roots", "namespace": "demo",
-                "labels": {"app.kubernetes.io/managed-by": "trellis-controller"},
+                "labels": {
+                    "app.kubernetes.io/managed-by": "trellis-controller",
+                    "app.kubernetes.io/part-of": "trellis",
+                },
                 "annotations": {"trellis.dev/trust-roots-source": "trellis/trellis-trust-roots"},
+                "ownerReferences": [{
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "name": "trellis-controller", "uid": "role-uid",
+                }],
             },
             "data": {"roots.pem": PEM, "extra.pem": NEW_PEM},
             "binaryData": {"der": "AQI="},
         })
     );
+    // The owner not known: no reference.
+    let copy = desired(&names(), "demo", &roots, None);
+    assert_eq!(copy.metadata.owner_references, None);
+}
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRole".into(),
+        name: "trellis-controller".into(),
+        uid: "role-uid".into(),
+        ..OwnerReference::default()
+    }
+}
+
+/// `cm` as the current controller writes it when the owner is known.
+fn owned(namespace: &str, pem: &str) -> ConfigMap {
+    let mut c = cm(namespace, Owner::Ours, pem);
+    c.metadata.owner_references = Some(vec![owner()]);
+    c
+}
+
+#[test]
+fn a_copy_without_the_owner_reference_is_adopted_and_others_references_kept() {
+    let roots = Roots {
+        data: BTreeMap::from([(ROOTS_KEY.into(), PEM.into())]),
+        binary_data: BTreeMap::new(),
+    };
+    // A copy made before the owner was known, with the current content;
+    // someone else's reference on it, and a stale one to a ClusterRole of
+    // the owner's name made before (another uid).
+    let mut old = cm("demo", Owner::Ours, PEM);
+    let theirs = OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "keeper".into(),
+        uid: "keeper-uid".into(),
+        ..OwnerReference::default()
+    };
+    let stale = OwnerReference {
+        uid: "old-role-uid".into(),
+        ..owner()
+    };
+    old.metadata.owner_references = Some(vec![theirs, stale]);
+    let patch = update_patch(&names(), &old, &roots, Some(&owner())).unwrap();
+    assert_eq!(
+        patch,
+        json!({
+            "metadata": {
+                "resourceVersion": "7",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "trellis-controller",
+                    "app.kubernetes.io/part-of": "trellis",
+                },
+                "annotations": {"trellis.dev/trust-roots-source": "trellis/trellis-trust-roots"},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": "keeper-uid"},
+                    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                     "name": "trellis-controller", "uid": "role-uid"},
+                ],
+            },
+        })
+    );
+    // Owned: nothing to write; the owner unknown: no reference is asked
+    // for (an older copy gets its labels and annotation only).
+    assert_eq!(
+        update_patch(&names(), &owned("demo", PEM), &roots, Some(&owner())),
+        None
+    );
+    assert_eq!(
+        update_patch(&names(), &owned("demo", PEM), &roots, None),
+        None
+    );
+    assert_eq!(
+        update_patch(&names(), &cm("demo", Owner::Ours, PEM), &roots, None),
+        None
+    );
+    let older = cm("demo", Owner::OursUnannotated, PEM);
+    let unowned = update_patch(&names(), &older, &roots, None).unwrap();
+    assert!(
+        unowned["metadata"].get("ownerReferences").is_none(),
+        "{unowned}"
+    );
+    assert_eq!(unowned["metadata"]["labels"][PART_OF_LABEL], PART_OF);
+
+    // The plan: a create carries the owner, an unowned copy is updated.
+    let namespaces = [ns("trellis"), ns("demo"), ns("web"), ns("done")];
+    let configmaps = [source(PEM), cm("web", Owner::Ours, PEM), owned("done", PEM)];
+    let o = owner();
+    let world = World {
+        namespaces: namespaces.iter().collect(),
+        configmaps: configmaps.iter().collect(),
+        owner: Some(&o),
+    };
+    let p = plan(&names(), &world);
+    assert_eq!(summary(&p), ["create demo", "update web"]);
+    let Action::Create(created) = &p.actions[0] else {
+        panic!("{p:?}")
+    };
+    assert_eq!(created.metadata.owner_references, Some(vec![owner()]));
 }
 
 #[test]
@@ -315,13 +425,16 @@ fn the_update_is_guarded_and_removes_keys_the_source_dropped() {
         data: BTreeMap::from([(ROOTS_KEY.into(), NEW_PEM.into())]),
         binary_data: BTreeMap::new(),
     };
-    let patch = update_patch(&names(), &copy, &roots).unwrap();
+    let patch = update_patch(&names(), &copy, &roots, None).unwrap();
     assert_eq!(
         patch,
         json!({
             "metadata": {
                 "resourceVersion": "7",
-                "labels": {"app.kubernetes.io/managed-by": "trellis-controller"},
+                "labels": {
+                    "app.kubernetes.io/managed-by": "trellis-controller",
+                    "app.kubernetes.io/part-of": "trellis",
+                },
                 "annotations": {"trellis.dev/trust-roots-source": "trellis/trellis-trust-roots"},
             },
             "data": {"roots.pem": NEW_PEM, "old.pem": null},
@@ -329,11 +442,11 @@ fn the_update_is_guarded_and_removes_keys_the_source_dropped() {
     );
     // In sync: nothing to write.
     let current = cm("demo", Owner::Ours, NEW_PEM);
-    assert_eq!(update_patch(&names(), &current, &roots), None);
+    assert_eq!(update_patch(&names(), &current, &roots, None), None);
     // No resourceVersion to guard the write with: not written.
     let mut unversioned = cm("demo", Owner::Ours, PEM);
     unversioned.metadata.resource_version = None;
-    assert_eq!(update_patch(&names(), &unversioned, &roots), None);
+    assert_eq!(update_patch(&names(), &unversioned, &roots, None), None);
 }
 
 #[test]
