@@ -62,7 +62,7 @@ go_get() {
   local out
   if ! out=$("$GO" get "$1" 2>&1); then
     printf '%s\n' "$out" >&2
-    die "go get $1 failed (see above: a 'not found' or 'unknown revision' there means the module proxy $("$GO" env GOPROXY) does not serve that version)"
+    die "go get $1 failed: see the go command's message above (a 403, 'not found' or 'unknown revision' there means the module proxy $("$GO" env GOPROXY) does not serve that module version)"
   fi
 }
 
@@ -128,14 +128,19 @@ build_kube() {
   prepare_kube_module
   mkdir -p "$kube_bin"
   say "building $cmd $KUBE_VERSION (several minutes cold on 2 cores; Go's build cache makes the next one quicker)"
-  local start=$SECONDS
-  (cd "$kube_src" && "$GO" build -trimpath -ldflags "$(kube_ldflags)" -o "$out.tmp" "k8s.io/kubernetes/cmd/$cmd") ||
-    die "go build k8s.io/kubernetes/cmd/$cmd failed (module $kube_src)"
+  go_build "$kube_src" "k8s.io/kubernetes/cmd/$cmd" "$(kube_ldflags)" "$out" "$KUBE_VERSION"
+}
+
+# go_build MODULE_DIR PACKAGE LDFLAGS OUT VERSION: builds PACKAGE in the
+# module at MODULE_DIR into OUT (atomically), checks the version it reports.
+go_build() {
+  local dir="$1" pkg="$2" ldflags="$3" out="$4" want="$5" start=$SECONDS got
+  (cd "$dir" && "$GO" build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg") ||
+    die "go build $pkg@$want failed (module $dir)"
   mv "$out.tmp" "$out"
-  local got
   got=$(version_of "$out")
-  [ "$got" = "$KUBE_VERSION" ] || die "$out reports version '$got', not $KUBE_VERSION"
-  say "built $cmd $KUBE_VERSION in $((SECONDS - start)) s"
+  [ "$got" = "$want" ] || die "$out reports version '$got', not $want"
+  say "built $(basename "$out") $want in $((SECONDS - start)) s"
 }
 
 etcd_src="$KUBE_CACHE/src/etcd-$ETCD_VERSION"
@@ -151,19 +156,12 @@ build_etcd() {
   fi
   $print_only && die "etcd $ETCD_VERSION is not built; run: bash scripts/build-kube.sh"
   say "building etcd $ETCD_VERSION (about a minute cold)"
-  local start=$SECONDS
   mkdir -p "$etcd_src" "$etcd_bin"
   if ! grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION" "$etcd_src/go.mod" 2>/dev/null; then
     (cd "$etcd_src" && rm -f go.mod go.sum && "$GO" mod init trellis.dev/etcd-build >/dev/null 2>&1 &&
       go_get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
   fi
-  (cd "$etcd_src" && "$GO" build -trimpath -ldflags "-s -w" -o "$out.tmp" go.etcd.io/etcd/server/v3) ||
-    die "go build go.etcd.io/etcd/server/v3@$ETCD_VERSION failed (module $etcd_src)"
-  mv "$out.tmp" "$out"
-  local got
-  got=$(version_of "$out")
-  [ "$got" = "$ETCD_VERSION" ] || die "$out reports version '$got', not $ETCD_VERSION"
-  say "built etcd $ETCD_VERSION in $((SECONDS - start)) s"
+  go_build "$etcd_src" go.etcd.io/etcd/server/v3 "-s -w" "$out" "$ETCD_VERSION"
 }
 
 gateway_crds="$KUBE_CACHE/gateway-api-$GATEWAY_API_VERSION/crds"
