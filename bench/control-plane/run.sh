@@ -3,7 +3,7 @@
 # as it ships) and the bench, then runs the file source at 1/10 and full
 # scale and the Kubernetes source at 1/10 (and full scale with --full-kube).
 #
-#   bench/control-plane/run.sh [--controller-bin PATH] [--out DIR] [--churn-secs N] [--full-kube] [--only SOURCE:SCALE ...]
+#   bench/control-plane/run.sh [--controller-bin PATH | --controller-profile release|demo] [--out DIR] [--churn-secs N] [--full-kube] [--only SOURCE:SCALE ...]
 #
 # --controller-bin: measure this binary instead of building one (e.g. an
 # older or newer controller); the results name it.
@@ -13,6 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/trellis/target-cpbench}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 controller=""
+profile=release
 out="bench/control-plane/results"
 churn=60
 full_kube=0
@@ -20,6 +21,7 @@ only=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --controller-bin) controller="$2"; shift 2 ;;
+    --controller-profile) profile="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --churn-secs) churn="$2"; shift 2 ;;
     --full-kube) full_kube=1; shift ;;
@@ -29,9 +31,10 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$controller" ]; then
-  echo "[run] building trellis-controller (release: fat LTO, slow when cold)"
-  cargo build --release -p trellis-controller
-  controller="$CARGO_TARGET_DIR/release/trellis-controller"
+  echo "[run] building trellis-controller (profile $profile; release is fat LTO, slow when cold)"
+  cargo build --profile "$profile" -p trellis-controller
+  dir="$profile"; [ "$profile" = dev ] && dir=debug
+  controller="$CARGO_TARGET_DIR/$dir/trellis-controller"
 fi
 # The bench itself: the demo profile (opt-level 3, no LTO) builds in a
 # fraction of release's time; it is the load client, not what is measured.
