@@ -47,7 +47,9 @@ pub enum Shows {
 impl Shows {
     pub fn holds(&self, a: &Answer) -> bool {
         match (self, a) {
-            (Shows::Endpoint(addr), Answer::Resolution(_, r)) => own_endpoints(r).any(|e| e == addr),
+            (Shows::Endpoint(addr), Answer::Resolution(_, r)) => {
+                own_endpoints(r).any(|e| e == addr)
+            }
             (Shows::NoEndpoint(addr), Answer::Resolution(_, r)) => {
                 !r.backends.is_empty() && !own_endpoints(r).any(|e| e == addr)
             }
@@ -86,9 +88,21 @@ pub enum Writes {
         endpoints: Value,
         delete: Vec<String>,
     },
-    Slice { namespace: String, slice: String, endpoints: Value },
-    HttpRoute { namespace: String, name: String, spec: Value },
-    Policy { namespace: String, name: String, spec: Value },
+    Slice {
+        namespace: String,
+        slice: String,
+        endpoints: Value,
+    },
+    HttpRoute {
+        namespace: String,
+        name: String,
+        spec: Value,
+    },
+    Policy {
+        namespace: String,
+        name: String,
+        spec: Value,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +142,11 @@ pub fn next(cluster: &mut Cluster, load: &Load, tally: &Tally, rng: &mut StdRng)
     let resolved: Vec<usize> = (0..cluster.services.len())
         .filter(|i| !load.resolving[*i].is_empty() && !busy.contains(i))
         .collect();
-    let roll: Vec<usize> = resolved.iter().copied().filter(|i| *i >= frontends).collect();
+    let roll: Vec<usize> = resolved
+        .iter()
+        .copied()
+        .filter(|i| *i >= frontends)
+        .collect();
     let routed: Vec<usize> = resolved
         .iter()
         .copied()
@@ -260,7 +278,11 @@ pub async fn await_change(change: Change, t0: Instant, load: Arc<Load>, tally: A
         }
     });
     let seen: Vec<Option<Duration>> = futures_util::future::join_all(waits).await;
-    let stream_ms: Vec<f64> = seen.iter().flatten().map(|d| d.as_secs_f64() * 1e3).collect();
+    let stream_ms: Vec<f64> = seen
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
     let missed = seen.len() - stream_ms.len();
     let all_ms = (missed == 0).then(|| stream_ms.iter().copied().fold(0.0, f64::max));
     tally

@@ -209,7 +209,8 @@ impl Cluster {
     pub fn pod(&self, s: &Service, slot: usize) -> Value {
         let mut pod = self.templates[s.idx % self.scale.namespaces].clone();
         pod["metadata"]["name"] = json!(s.pod_name(s.generation, slot));
-        pod["metadata"]["labels"] = json!({"app": s.name, "bench.trellis.dev/generation": s.generation.to_string()});
+        pod["metadata"]["labels"] =
+            json!({"app": s.name, "bench.trellis.dev/generation": s.generation.to_string()});
         pod
     }
 

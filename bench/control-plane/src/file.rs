@@ -42,7 +42,11 @@ impl FileSink {
         FileSink {
             path: path.to_path_buf(),
             namespaces: c.namespaces().iter().map(text).collect(),
-            services: Mutex::new((0..c.services.len()).map(|i| service_objects(c, i)).collect()),
+            services: Mutex::new(
+                (0..c.services.len())
+                    .map(|i| service_objects(c, i))
+                    .collect(),
+            ),
             pending: Mutex::new(Vec::new()),
             dirty: Notify::new(),
         }
@@ -50,7 +54,11 @@ impl FileSink {
 
     /// Writes the file as the model is now; returns its size in bytes.
     pub fn write(&self) -> anyhow::Result<usize> {
-        let services = self.services.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.write_objects(&services)
     }
 
@@ -94,7 +102,11 @@ impl FileSink {
             }
             let (batch, services) = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let services = self.services.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let services = self
+                    .services
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 (std::mem::take(&mut *pending), services)
             };
             let me = self.clone();

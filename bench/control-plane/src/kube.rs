@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -31,16 +33,30 @@ fn api_for(client: &Client, v: &Value) -> anyhow::Result<Api<DynamicObject>> {
     let kind = v["kind"].as_str().unwrap_or_default();
     let ns = v["metadata"]["namespace"].as_str();
     let r = match kind {
-        "Namespace" => return Ok(Api::all_with(client.clone(), &resource("", "v1", kind, "namespaces"))),
+        "Namespace" => {
+            return Ok(Api::all_with(
+                client.clone(),
+                &resource("", "v1", kind, "namespaces"),
+            ))
+        }
         "Service" => resource("", "v1", kind, "services"),
         "Pod" => resource("", "v1", kind, "pods"),
         "EndpointSlice" => resource("discovery.k8s.io", "v1", kind, "endpointslices"),
         "HTTPRoute" => resource("gateway.networking.k8s.io", "v1", kind, "httproutes"),
         "GRPCRoute" => resource("gateway.networking.k8s.io", "v1", kind, "grpcroutes"),
-        "AuthorizationPolicy" => resource("policy.trellis.dev", "v1alpha1", kind, "authorizationpolicies"),
+        "AuthorizationPolicy" => resource(
+            "policy.trellis.dev",
+            "v1alpha1",
+            kind,
+            "authorizationpolicies",
+        ),
         other => anyhow::bail!("no API for kind {other}"),
     };
-    Ok(Api::namespaced_with(client.clone(), ns.unwrap_or("default"), &r))
+    Ok(Api::namespaced_with(
+        client.clone(),
+        ns.unwrap_or("default"),
+        &r,
+    ))
 }
 
 fn ns_api(client: &Client, kind: &str, ns: &str) -> Api<DynamicObject> {
@@ -48,7 +64,12 @@ fn ns_api(client: &Client, kind: &str, ns: &str) -> Api<DynamicObject> {
         "Pod" => resource("", "v1", kind, "pods"),
         "EndpointSlice" => resource("discovery.k8s.io", "v1", kind, "endpointslices"),
         "HTTPRoute" => resource("gateway.networking.k8s.io", "v1", kind, "httproutes"),
-        _ => resource("policy.trellis.dev", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies"),
+        _ => resource(
+            "policy.trellis.dev",
+            "v1alpha1",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+        ),
     };
     Api::namespaced_with(client.clone(), ns, &r)
 }
@@ -80,15 +101,23 @@ async fn create(client: &Client, v: &Value, status: Option<&Value>) -> anyhow::R
     }
     if let Some(status) = status {
         let name = v["metadata"]["name"].as_str().unwrap_or_default();
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await?;
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// Creates `objects` (with a status to write after each, for pods),
 /// `PARALLEL` at a time, printing progress; returns objects per second.
-async fn create_all(client: &Client, what: &str, objects: Vec<(Value, Option<Value>)>) -> anyhow::Result<f64> {
+async fn create_all(
+    client: &Client,
+    what: &str,
+    objects: Vec<(Value, Option<Value>)>,
+) -> anyhow::Result<f64> {
     let total = objects.len();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -131,7 +160,9 @@ async fn create_all(client: &Client, what: &str, objects: Vec<(Value, Option<Val
 
 pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     Ok(Client::try_from(config)?)
 }
 
@@ -146,7 +177,12 @@ pub struct Populated {
 pub async fn populate(client: &Client, c: &Cluster) -> anyhow::Result<Populated> {
     let started = Instant::now();
     let none = |v: Value| (v, None);
-    create_all(client, "namespaces", c.namespaces().into_iter().map(none).collect()).await?;
+    create_all(
+        client,
+        "namespaces",
+        c.namespaces().into_iter().map(none).collect(),
+    )
+    .await?;
     let mut small = Vec::new();
     for s in &c.services {
         small.push(none(c.service(s)));
@@ -158,7 +194,9 @@ pub async fn populate(client: &Client, c: &Cluster) -> anyhow::Result<Populated>
     let pods = c
         .services
         .iter()
-        .flat_map(|s| (0..PODS_PER_SERVICE).map(move |slot| (c.pod(s, slot), Some(c.pod_status(s, slot)))))
+        .flat_map(|s| {
+            (0..PODS_PER_SERVICE).map(move |slot| (c.pod(s, slot), Some(c.pod_status(s, slot))))
+        })
         .collect();
     let pods_per_sec = create_all(client, "pods (create + status)", pods).await?;
     Ok(Populated {
@@ -171,28 +209,69 @@ pub async fn populate(client: &Client, c: &Cluster) -> anyhow::Result<Populated>
 pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<Tally>) {
     let measured = async {
         let t0 = match &change.writes {
-            Writes::Rolling { namespace, pods, slice, endpoints, .. } => {
-                let creates = pods.iter().map(|(pod, status)| create(&client, pod, Some(status)));
+            Writes::Rolling {
+                namespace,
+                pods,
+                slice,
+                endpoints,
+                ..
+            } => {
+                let creates = pods
+                    .iter()
+                    .map(|(pod, status)| create(&client, pod, Some(status)));
                 for r in futures_util::future::join_all(creates).await {
                     r?;
                 }
                 let t0 = Instant::now();
-                patch(&client, "EndpointSlice", namespace, slice, json!({"endpoints": endpoints})).await?;
+                patch(
+                    &client,
+                    "EndpointSlice",
+                    namespace,
+                    slice,
+                    json!({"endpoints": endpoints}),
+                )
+                .await?;
                 t0
             }
-            Writes::Slice { namespace, slice, endpoints } => {
+            Writes::Slice {
+                namespace,
+                slice,
+                endpoints,
+            } => {
                 let t0 = Instant::now();
-                patch(&client, "EndpointSlice", namespace, slice, json!({"endpoints": endpoints})).await?;
+                patch(
+                    &client,
+                    "EndpointSlice",
+                    namespace,
+                    slice,
+                    json!({"endpoints": endpoints}),
+                )
+                .await?;
                 t0
             }
-            Writes::HttpRoute { namespace, name, spec } => {
+            Writes::HttpRoute {
+                namespace,
+                name,
+                spec,
+            } => {
                 let t0 = Instant::now();
                 patch(&client, "HTTPRoute", namespace, name, json!({"spec": spec})).await?;
                 t0
             }
-            Writes::Policy { namespace, name, spec } => {
+            Writes::Policy {
+                namespace,
+                name,
+                spec,
+            } => {
                 let t0 = Instant::now();
-                patch(&client, "AuthorizationPolicy", namespace, name, json!({"spec": spec})).await?;
+                patch(
+                    &client,
+                    "AuthorizationPolicy",
+                    namespace,
+                    name,
+                    json!({"spec": spec}),
+                )
+                .await?;
                 t0
             }
         };
@@ -200,7 +279,10 @@ pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<T
     };
     match measured.await {
         Ok(t0) => {
-            if let Writes::Rolling { namespace, delete, .. } = &change.writes {
+            if let Writes::Rolling {
+                namespace, delete, ..
+            } = &change.writes
+            {
                 let api = ns_api(&client, "Pod", namespace);
                 let dp = DeleteParams::default();
                 let deletes = delete.iter().map(|name| api.delete(name, &dp));
@@ -214,13 +296,23 @@ pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<T
         }
         Err(e) => {
             eprintln!("[kube] a {:?} change failed: {e}", change.kind);
-            tally.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&change.service);
+            tally
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&change.service);
             tally.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-async fn patch(client: &Client, kind: &str, ns: &str, name: &str, body: Value) -> anyhow::Result<()> {
+async fn patch(
+    client: &Client,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    body: Value,
+) -> anyhow::Result<()> {
     ns_api(client, kind, ns)
         .patch(name, &PatchParams::default(), &Patch::Merge(body))
         .await?;

@@ -39,8 +39,16 @@ impl Answer {
 /// What one stream asks.
 #[derive(Debug, Clone)]
 pub enum Ask {
-    Resolve { service: usize, target: String, client_namespace: String },
-    Inbound { service: usize, namespace: String, pod: String },
+    Resolve {
+        service: usize,
+        target: String,
+        client_namespace: String,
+    },
+    Inbound {
+        service: usize,
+        namespace: String,
+        pod: String,
+    },
 }
 
 pub struct Stream {
@@ -185,9 +193,16 @@ async fn follow(
     };
     let result: Result<(), tonic::Status> = async {
         match ask {
-            Ask::Resolve { target, client_namespace, .. } => {
+            Ask::Resolve {
+                target,
+                client_namespace,
+                ..
+            } => {
                 let mut s = client
-                    .resolve(pb::ResolveRequest { target, client_namespace })
+                    .resolve(pb::ResolveRequest {
+                        target,
+                        client_namespace,
+                    })
                     .await?
                     .into_inner();
                 while let Some(m) = s.message().await? {

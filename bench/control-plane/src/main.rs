@@ -121,7 +121,10 @@ async fn main() -> anyhow::Result<()> {
             setup = serde_json::to_value(&populated)?;
             env.push(("TRELLIS_CONTROLLER_SOURCE".into(), "kubernetes".into()));
             env.push(("KUBECONFIG".into(), c.admin.display().to_string()));
-            env.push(("TRELLIS_CONTROLLER_DISTRIBUTE_TRUST_ROOTS".into(), "false".into()));
+            env.push((
+                "TRELLIS_CONTROLLER_DISTRIBUTE_TRUST_ROOTS".into(),
+                "false".into(),
+            ));
             kube_client = Some(client);
             _kube_cluster = Some(c);
         }
@@ -175,7 +178,12 @@ async fn main() -> anyhow::Result<()> {
         if let Some(sink) = &file_sink {
             sink.change(&cluster, change);
         } else if let Some(client) = &kube_client {
-            tokio::spawn(kube::apply(client.clone(), change, load.clone(), tally.clone()));
+            tokio::spawn(kube::apply(
+                client.clone(),
+                change,
+                load.clone(),
+                tally.clone(),
+            ));
         }
         if progress.elapsed() > Duration::from_secs(10) {
             progress = Instant::now();
@@ -199,7 +207,11 @@ async fn main() -> anyhow::Result<()> {
     load.counting.store(false, Ordering::Relaxed);
     let messages = load.messages.load(Ordering::Relaxed) - messages_before;
 
-    let outcomes = tally.outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let outcomes = tally
+        .outcomes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let mut over = 0u64;
     let mut over_streams = 0usize;
     for s in &load.streams {
@@ -274,7 +286,8 @@ async fn wait_ready(admin: SocketAddr, child: &mut Child, limit: Duration) -> an
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("the controller exited before /ready: {status}");
         }
-        let got = tokio::task::spawn_blocking(move || trellis_e2e::kube::http_get(admin, "/ready")).await?;
+        let got = tokio::task::spawn_blocking(move || trellis_e2e::kube::http_get(admin, "/ready"))
+            .await?;
         if matches!(got, Some((200, _))) {
             return Ok(started.elapsed().as_secs_f64());
         }
@@ -297,7 +310,10 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 fn summary(outcomes: &[churn::Outcome]) -> Value {
     let mut all: Vec<f64> = outcomes.iter().filter_map(|o| o.all_ms).collect();
     all.sort_by(f64::total_cmp);
-    let mut each: Vec<f64> = outcomes.iter().flat_map(|o| o.stream_ms.iter().copied()).collect();
+    let mut each: Vec<f64> = outcomes
+        .iter()
+        .flat_map(|o| o.stream_ms.iter().copied())
+        .collect();
     each.sort_by(f64::total_cmp);
     let mut by_kind = serde_json::Map::new();
     for kind in [
@@ -307,10 +323,17 @@ fn summary(outcomes: &[churn::Outcome]) -> Value {
         churn::Kind::RouteEdit,
         churn::Kind::PolicyEdit,
     ] {
-        let mut v: Vec<f64> = outcomes.iter().filter(|o| o.kind == kind).filter_map(|o| o.all_ms).collect();
+        let mut v: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.kind == kind)
+            .filter_map(|o| o.all_ms)
+            .collect();
         v.sort_by(f64::total_cmp);
         by_kind.insert(
-            serde_json::to_value(kind).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default(),
+            serde_json::to_value(kind)
+                .ok()
+                .and_then(|k| k.as_str().map(String::from))
+                .unwrap_or_default(),
             json!({"n": v.len(), "p50_ms": percentile(&v, 0.5), "p99_ms": percentile(&v, 0.99)}),
         );
     }
@@ -334,7 +357,10 @@ fn report(dir: &Path) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.to_string_lossy().ends_with("-objects.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with("-objects.json")
+        })
         .collect();
     paths.sort();
     let f = |v: &Value| v.as_f64().map_or("—".to_string(), |x| format!("{x:.0}"));
@@ -344,6 +370,12 @@ fn report(dir: &Path) -> anyhow::Result<String> {
         let r: Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
         let s = &r["summary"];
         let changes = r["changes"].as_f64().unwrap_or(0.0).max(1.0);
+        let per_change = format!(
+            "{:.1} / {:.1}",
+            r["updates_received"].as_f64().unwrap_or(0.0) / changes,
+            r["affected_total"].as_f64().unwrap_or(0.0) / changes
+        );
+        let incomplete = format!("{} of {}", s["changes_incomplete"], s["changes_measured"]);
         rows.push(format!(
             "| {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} |",
             r["source"].as_str().unwrap_or_default(),
@@ -359,8 +391,8 @@ fn report(dir: &Path) -> anyhow::Result<String> {
             f1(&r["churn_rate_target"]),
             f(&s["change_p50_ms"]), f(&s["change_p99_ms"]),
             f(&s["stream_p50_ms"]), f(&s["stream_p99_ms"]),
-            format!("{:.1} / {:.1}", r["updates_received"].as_f64().unwrap_or(0.0) / changes, r["affected_total"].as_f64().unwrap_or(0.0) / changes),
-            format!("{} of {}", s["changes_incomplete"], s["changes_measured"]),
+            per_change,
+            incomplete,
         ));
     }
     Ok(format!(
