@@ -61,6 +61,9 @@ pub mod store;
 pub mod watches;
 
 mod admin;
+mod answers;
+#[cfg(test)]
+mod scale;
 mod service;
 #[cfg(test)]
 mod test_logs;
@@ -221,8 +224,10 @@ impl Controller {
         tracing::info!(source = source.name(), "source starting");
         shutdown.spawn(source.run(self.store.clone(), self.metrics.clone(), shutdown.clone()));
 
+        let answers = answers::Answers::new(self.store.current(), self.metrics.clone());
+        shutdown.spawn(answers.clone().run(self.store.clone(), shutdown.clone()));
         let service = service::DiscoveryService {
-            store: self.store.clone(),
+            answers,
             metrics: self.metrics.clone(),
             shutdown: shutdown.clone(),
         };

@@ -1,6 +1,11 @@
 //! The Kubernetes objects the controller reads, kept by kind in one typed
 //! collection ([`Objects`]), and the trait ([`Watched`]) that both sources
-//! use to turn a typed object into an [`Object`].
+//! use to turn a typed object into an [`Object`]: projected, as it arrives,
+//! to the fields the index reads ([`project`]), the rest dropped at once.
+
+mod project;
+
+pub use project::PodInfo;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -116,7 +121,7 @@ impl std::fmt::Display for Key {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Arc<Namespace>),
-    Pod(Arc<Pod>),
+    Pod(Arc<PodInfo>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     HttpRoute(Arc<HttpRoute>),
@@ -146,7 +151,7 @@ impl Object {
         }
         match self {
             Object::Namespace(o) => Key::new("", &o.name_any()),
-            Object::Pod(o) => key(o.as_ref()),
+            Object::Pod(o) => Key::new(&o.namespace, &o.name),
             Object::Service(o) => key(o.as_ref()),
             Object::EndpointSlice(o) => key(o.as_ref()),
             Object::HttpRoute(o) => key(o.as_ref()),
@@ -161,8 +166,7 @@ pub trait Watched:
     kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const KIND: Kind;
-    /// The object, trimmed of what the controller never reads
-    /// (`managedFields`), for the store.
+    /// The object, projected to what the controller reads, for the store.
     fn into_object(self) -> Object;
 }
 
@@ -172,20 +176,23 @@ fn trim<K: kube::Resource>(mut o: K) -> K {
 }
 
 macro_rules! watched {
-    ($ty:ty, $kind:ident) => {
+    ($ty:ty, $kind:ident, $project:expr) => {
         impl Watched for $ty {
             const KIND: Kind = Kind::$kind;
             fn into_object(self) -> Object {
-                Object::$kind(Arc::new(trim(self)))
+                Object::$kind(Arc::new($project(self)))
             }
         }
     };
+    ($ty:ty, $kind:ident) => {
+        watched!($ty, $kind, trim);
+    };
 }
 
-watched!(Namespace, Namespace);
-watched!(Pod, Pod);
-watched!(Service, Service);
-watched!(EndpointSlice, EndpointSlice);
+watched!(Namespace, Namespace, project::namespace);
+watched!(Pod, Pod, |p: Pod| project::pod(&p));
+watched!(Service, Service, project::service);
+watched!(EndpointSlice, EndpointSlice, project::endpoint_slice);
 watched!(HttpRoute, HttpRoute);
 watched!(GrpcRoute, GrpcRoute);
 watched!(AuthorizationPolicy, AuthorizationPolicy);
@@ -195,7 +202,7 @@ watched!(AuthorizationPolicy, AuthorizationPolicy);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
     pub namespaces: BTreeMap<Key, Arc<Namespace>>,
-    pub pods: BTreeMap<Key, Arc<Pod>>,
+    pub pods: BTreeMap<Key, Arc<PodInfo>>,
     pub services: BTreeMap<Key, Arc<Service>>,
     pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
     pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
@@ -248,7 +255,7 @@ impl Objects {
     pub fn resource_version(&self, kind: Kind, key: &Key) -> Option<String> {
         let meta = match kind {
             Kind::Namespace => self.namespaces.get(key).map(|o| &o.metadata),
-            Kind::Pod => self.pods.get(key).map(|o| &o.metadata),
+            Kind::Pod => return self.pods.get(key)?.resource_version.clone(),
             Kind::Service => self.services.get(key).map(|o| &o.metadata),
             Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.metadata),
             Kind::HttpRoute => self.http_routes.get(key).map(|o| &o.metadata),
@@ -256,6 +263,41 @@ impl Objects {
             Kind::AuthorizationPolicy => self.authorization_policies.get(key).map(|o| &o.metadata),
         };
         meta.and_then(|m| m.resource_version.clone())
+    }
+
+    /// Replaces each object equal to `old`'s of its kind and key with
+    /// `old`'s copy (so both share it); whether every object was equal
+    /// and no object of `old` is missing.
+    pub fn share_unchanged(&mut self, old: &Objects) -> bool {
+        fn share<T: PartialEq>(
+            new: &mut BTreeMap<Key, Arc<T>>,
+            old: &BTreeMap<Key, Arc<T>>,
+        ) -> bool {
+            let mut same = new.len() == old.len();
+            for (k, v) in new.iter_mut() {
+                match old.get(k) {
+                    Some(o) if Arc::ptr_eq(o, v) => {}
+                    Some(o) if **o == **v => *v = o.clone(),
+                    _ => same = false,
+                }
+            }
+            same
+        }
+        // Every kind, whatever the first ones say.
+        [
+            share(&mut self.namespaces, &old.namespaces),
+            share(&mut self.pods, &old.pods),
+            share(&mut self.services, &old.services),
+            share(&mut self.endpoint_slices, &old.endpoint_slices),
+            share(&mut self.http_routes, &old.http_routes),
+            share(&mut self.grpc_routes, &old.grpc_routes),
+            share(
+                &mut self.authorization_policies,
+                &old.authorization_policies,
+            ),
+        ]
+        .iter()
+        .all(|s| *s)
     }
 
     /// How many objects of `kind` there are.

@@ -92,7 +92,11 @@ impl Store {
     pub fn replace_all(&self, objects: Objects) {
         {
             let mut inner = self.lock();
-            if inner.objects == objects && inner.synced {
+            let mut objects = objects;
+            // Unchanged objects keep the store's copy: the new file's is
+            // dropped now, not held beside it by the old snapshot.
+            let unchanged = objects.share_unchanged(&inner.objects);
+            if unchanged && inner.synced {
                 return;
             }
             inner.objects = objects;

@@ -13,6 +13,7 @@
 
 pub mod annotations;
 mod inbound;
+pub(crate) mod reads;
 mod resolve;
 mod routes;
 
@@ -23,11 +24,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
+pub(crate) use inbound::inbound_reading;
 pub use inbound::{inbound, DefaultPolicy};
 pub use resolve::resolve;
+pub(crate) use resolve::resolve_reading;
 use routes::Rules;
 pub(crate) use routes::{CompiledRoute, ParentRef, ParentVerdict};
 
@@ -40,7 +42,7 @@ use annotations::{
 /// The container the injector adds: a pod that has it is meshed.
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
 /// The label EndpointSlices name their service by.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the index needs besides the objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,14 +137,14 @@ impl Snapshot {
 
         let mut pods_by_ip = HashMap::new();
         for (key, pod) in &objects.pods {
-            if is_running(pod) {
-                for ip in pod_ips(pod) {
+            if pod.running {
+                for ip in pod.ips.iter().copied() {
                     // Two running pods with one IP: the first by name wins,
                     // so the answer does not flap.
                     pods_by_ip.entry(ip).or_insert_with(|| key.clone());
                 }
             }
-            let ann = pod.metadata.annotations.as_ref();
+            let ann = Some(&pod.annotations);
             check_opaque_ports(Kind::Pod, key, ann, &mut problems);
             check_inbound_annotations(Kind::Pod, key, ann, &mut problems);
         }
@@ -380,36 +382,4 @@ pub(crate) fn annotation<'a, K: kube::Resource>(o: &'a K, key: &str) -> Option<&
         .as_ref()
         .and_then(|a| a.get(key))
         .map(String::as_str)
-}
-
-/// Whether the pod has the proxy (as a container, or a native sidecar).
-pub(crate) fn is_meshed(pod: &Pod) -> bool {
-    pod.spec.as_ref().is_some_and(|s| {
-        s.containers
-            .iter()
-            .chain(s.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER)
-    })
-}
-
-fn is_running(pod: &Pod) -> bool {
-    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    running && !host_network
-}
-
-fn pod_ips(pod: &Pod) -> BTreeSet<IpAddr> {
-    let Some(status) = &pod.status else {
-        return BTreeSet::new();
-    };
-    status
-        .pod_ip
-        .iter()
-        .chain(status.pod_ips.iter().flatten().map(|p| &p.ip))
-        .filter_map(|ip| ip.parse().ok())
-        .collect()
 }

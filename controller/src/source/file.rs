@@ -53,8 +53,11 @@ pub enum FileError {
 }
 
 /// Reads the objects of a file's text. Pure.
+///
+/// Each item is projected (`objects::project`) as soon as it is read, its
+/// JSON dropped: the whole file is never held twice.
 pub fn parse(text: &str) -> Result<Objects, FileError> {
-    let mut items = Vec::new();
+    let mut items = Items::default();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value =
             Value::deserialize(doc).map_err(|source| FileError::Syntax { doc: i + 1, source })?;
@@ -62,34 +65,63 @@ pub fn parse(text: &str) -> Result<Objects, FileError> {
         match value {
             Value::Null => {}
             v if v.get("kind").and_then(Value::as_str) == Some("List") => {
-                let list = v.get("items").cloned().unwrap_or(Value::Array(Vec::new()));
+                let list = match v {
+                    Value::Object(mut m) => m.remove("items"),
+                    _ => None,
+                };
+                let list = list.unwrap_or(Value::Array(Vec::new()));
                 let Value::Array(list) = list else {
-                    return Err(FileError::Object {
+                    items.refuse(FileError::Object {
                         at,
                         message: "`items` of a List must be a sequence".into(),
                     });
+                    continue;
                 };
                 for (j, item) in list.into_iter().enumerate() {
-                    items.push((format!("{at}, items[{j}]"), item));
+                    items.add(format!("{at}, items[{j}]"), item);
                 }
             }
-            v => items.push((at, v)),
+            v => items.add(at, v),
         }
     }
-    let mut seen = BTreeSet::new();
-    let mut objects = Objects::default();
-    for (at, item) in items {
-        let o = object(&at, item)?;
+    // A syntax error anywhere comes first (returned above); then the
+    // first object refused.
+    match items.refused {
+        Some(e) => Err(e),
+        None => Ok(items.objects),
+    }
+}
+
+/// The objects read so far, and the first one refused.
+#[derive(Default)]
+struct Items {
+    seen: BTreeSet<(Kind, crate::objects::Key)>,
+    objects: Objects,
+    refused: Option<FileError>,
+}
+
+impl Items {
+    fn add(&mut self, at: String, item: Value) {
+        if self.refused.is_some() {
+            return;
+        }
+        let o = match object(&at, item) {
+            Ok(o) => o,
+            Err(e) => return self.refuse(e),
+        };
         let (kind, key) = (o.kind(), o.key());
-        if !seen.insert((kind, key.clone())) {
-            return Err(FileError::Object {
+        if !self.seen.insert((kind, key.clone())) {
+            return self.refuse(FileError::Object {
                 at,
                 message: format!("a second {kind} {key}"),
             });
         }
-        objects.insert(o);
+        self.objects.insert(o);
     }
-    Ok(objects)
+
+    fn refuse(&mut self, e: FileError) {
+        self.refused.get_or_insert(e);
+    }
 }
 
 /// One item: its apiVersion and kind say its type.
