@@ -111,14 +111,16 @@ impl<Q: Question> Default for Table<Q> {
 impl<Q: Question> Table<Q> {
     /// Computes `q`'s answer in `snap` and files it under what it read.
     fn compute(&mut self, q: &Q, snap: &Snapshot, metrics: &Metrics) -> Option<Q::Answer> {
+        // Before the source's first complete state there is no answer
+        // (and nothing read: the synced snapshot computes every one).
         let (answer, topics) = if snap.synced {
             let reads = Reads::new(snap);
             let answer = q.answer(&reads);
+            metrics.answer_computed(Q::RPC);
             (answer, reads.into_topics())
         } else {
             (None, BTreeSet::new())
         };
-        metrics.answer_computed(Q::RPC);
         let Some(entry) = self.entries.get_mut(q) else {
             return answer;
         };
