@@ -288,4 +288,4 @@ impl<Q: Question> Drop for Subscription<Q> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -197,17 +197,23 @@ watched!(HttpRoute, HttpRoute);
 watched!(GrpcRoute, GrpcRoute);
 watched!(AuthorizationPolicy, AuthorizationPolicy);
 
-/// Every object the controller knows, by kind, each map keyed and ordered
-/// by namespace and name. Values are shared: cloning is cheap.
+/// The objects of one kind, keyed and ordered by namespace and name. A
+/// snapshot shares it with the store until the store changes that kind
+/// (copy on write): publishing costs no copy, and a change copies only its
+/// own kind's map.
+pub type ByKey<T> = Arc<BTreeMap<Key, Arc<T>>>;
+
+/// Every object the controller knows, by kind. Values are shared: cloning
+/// is cheap.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
-    pub namespaces: BTreeMap<Key, Arc<Namespace>>,
-    pub pods: BTreeMap<Key, Arc<PodInfo>>,
-    pub services: BTreeMap<Key, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
-    pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
-    pub grpc_routes: BTreeMap<Key, Arc<GrpcRoute>>,
-    pub authorization_policies: BTreeMap<Key, Arc<AuthorizationPolicy>>,
+    pub namespaces: ByKey<Namespace>,
+    pub pods: ByKey<PodInfo>,
+    pub services: ByKey<Service>,
+    pub endpoint_slices: ByKey<EndpointSlice>,
+    pub http_routes: ByKey<HttpRoute>,
+    pub grpc_routes: ByKey<GrpcRoute>,
+    pub authorization_policies: ByKey<AuthorizationPolicy>,
 }
 
 impl Objects {
@@ -215,39 +221,43 @@ impl Objects {
     pub fn insert(&mut self, o: Object) {
         let key = o.key();
         match o {
-            Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
-            Object::Pod(o) => drop(self.pods.insert(key, o)),
-            Object::Service(o) => drop(self.services.insert(key, o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
-            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
-            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
-            Object::AuthorizationPolicy(o) => drop(self.authorization_policies.insert(key, o)),
+            Object::Namespace(o) => drop(Arc::make_mut(&mut self.namespaces).insert(key, o)),
+            Object::Pod(o) => drop(Arc::make_mut(&mut self.pods).insert(key, o)),
+            Object::Service(o) => drop(Arc::make_mut(&mut self.services).insert(key, o)),
+            Object::EndpointSlice(o) => {
+                drop(Arc::make_mut(&mut self.endpoint_slices).insert(key, o))
+            }
+            Object::HttpRoute(o) => drop(Arc::make_mut(&mut self.http_routes).insert(key, o)),
+            Object::GrpcRoute(o) => drop(Arc::make_mut(&mut self.grpc_routes).insert(key, o)),
+            Object::AuthorizationPolicy(o) => {
+                drop(Arc::make_mut(&mut self.authorization_policies).insert(key, o))
+            }
         }
     }
 
     /// Removes the object of `kind` with `key`; whether there was one.
     pub fn remove(&mut self, kind: Kind, key: &Key) -> bool {
         match kind {
-            Kind::Namespace => self.namespaces.remove(key).is_some(),
-            Kind::Pod => self.pods.remove(key).is_some(),
-            Kind::Service => self.services.remove(key).is_some(),
-            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
-            Kind::HttpRoute => self.http_routes.remove(key).is_some(),
-            Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
-            Kind::AuthorizationPolicy => self.authorization_policies.remove(key).is_some(),
+            Kind::Namespace => remove(&mut self.namespaces, key),
+            Kind::Pod => remove(&mut self.pods, key),
+            Kind::Service => remove(&mut self.services, key),
+            Kind::EndpointSlice => remove(&mut self.endpoint_slices, key),
+            Kind::HttpRoute => remove(&mut self.http_routes, key),
+            Kind::GrpcRoute => remove(&mut self.grpc_routes, key),
+            Kind::AuthorizationPolicy => remove(&mut self.authorization_policies, key),
         }
     }
 
     /// Removes every object of `kind`.
     pub fn clear(&mut self, kind: Kind) {
         match kind {
-            Kind::Namespace => self.namespaces.clear(),
-            Kind::Pod => self.pods.clear(),
-            Kind::Service => self.services.clear(),
-            Kind::EndpointSlice => self.endpoint_slices.clear(),
-            Kind::HttpRoute => self.http_routes.clear(),
-            Kind::GrpcRoute => self.grpc_routes.clear(),
-            Kind::AuthorizationPolicy => self.authorization_policies.clear(),
+            Kind::Namespace => self.namespaces = ByKey::default(),
+            Kind::Pod => self.pods = ByKey::default(),
+            Kind::Service => self.services = ByKey::default(),
+            Kind::EndpointSlice => self.endpoint_slices = ByKey::default(),
+            Kind::HttpRoute => self.http_routes = ByKey::default(),
+            Kind::GrpcRoute => self.grpc_routes = ByKey::default(),
+            Kind::AuthorizationPolicy => self.authorization_policies = ByKey::default(),
         }
     }
 
@@ -269,17 +279,21 @@ impl Objects {
     /// `old`'s copy (so both share it); whether every object was equal
     /// and no object of `old` is missing.
     pub fn share_unchanged(&mut self, old: &Objects) -> bool {
-        fn share<T: PartialEq>(
-            new: &mut BTreeMap<Key, Arc<T>>,
-            old: &BTreeMap<Key, Arc<T>>,
-        ) -> bool {
+        fn share<T: PartialEq>(new: &mut ByKey<T>, old: &ByKey<T>) -> bool {
+            if Arc::ptr_eq(new, old) {
+                return true;
+            }
             let mut same = new.len() == old.len();
-            for (k, v) in new.iter_mut() {
+            for (k, v) in Arc::make_mut(new).iter_mut() {
                 match old.get(k) {
                     Some(o) if Arc::ptr_eq(o, v) => {}
                     Some(o) if **o == **v => *v = o.clone(),
                     _ => same = false,
                 }
+            }
+            if same {
+                // The whole kind unchanged: share the map too.
+                *new = old.clone();
             }
             same
         }
@@ -322,4 +336,8 @@ impl Objects {
         }
         out
     }
+}
+
+fn remove<T>(map: &mut ByKey<T>, key: &Key) -> bool {
+    map.contains_key(key) && Arc::make_mut(map).remove(key).is_some()
 }

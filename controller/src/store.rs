@@ -20,7 +20,6 @@ pub struct Store {
     inner: Mutex<Inner>,
     dirty: Notify,
     tx: watch::Sender<Arc<Snapshot>>,
-    settings: Arc<Settings>,
 }
 
 #[derive(Default)]
@@ -38,7 +37,6 @@ impl Store {
             inner: Mutex::new(Inner::default()),
             dirty: Notify::new(),
             tx,
-            settings,
         })
     }
 
@@ -127,12 +125,8 @@ impl Store {
             inner.version += 1;
             (inner.objects.clone(), inner.synced, inner.version)
         };
-        let snap = Arc::new(Snapshot::new(
-            objects,
-            self.settings.clone(),
-            version,
-            synced,
-        ));
+        let prev = self.current();
+        let snap = Arc::new(Snapshot::next(&prev, objects, version, synced));
         self.tx.send_replace(snap.clone());
         snap
     }

@@ -73,8 +73,8 @@ fn policy(app: &str) -> String {
     )
 }
 
-/// Every version of every object the property test applies.
-fn pool() -> Vec<Object> {
+/// Every version of every object the property tests apply.
+pub(crate) fn pool() -> Vec<Object> {
     let docs = [
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n".to_string(),
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, annotations: {config.trellis.dev/opaque-ports: \"8080\", config.trellis.dev/default-inbound-policy: deny}}\n".to_string(),
@@ -89,6 +89,8 @@ fn pool() -> Vec<Object> {
         pod("web-1", "web", "10.0.0.11", "Running", ""),
         pod("api-0", "api", "10.0.0.20", "Running", ""),
         pod("api-0", "api", "10.0.0.20", "Running", "config.trellis.dev/opaque-ports: \"8080\""),
+        pod("api-0", "api", "10.0.0.20", "Running", "config.trellis.dev/opaque-ports: \"bad\""),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: client, annotations: {config.trellis.dev/default-inbound-policy: bad}}\n".to_string(),
         slice("web", "10.0.0.10", "web-0", true),
         slice("web", "10.0.0.11", "web-1", true),
         slice("web", "10.0.0.10", "web-0", false),

@@ -6,7 +6,7 @@
 //! again (`crate::answers`).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{CompiledRoute, Settings, Snapshot, SERVICE_NAME_LABEL};
 use crate::crd::AuthorizationPolicy;
-use crate::objects::{Key, PodInfo};
+use crate::objects::{ByKey, Key, PodInfo};
 
 /// One input of an answer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,7 +104,8 @@ impl<'a> Reads<'a> {
     pub fn routes_of(&self, service: &Key) -> impl Iterator<Item = &'a Arc<CompiledRoute>> {
         self.read(Topic::RoutesOf(service.clone()));
         self.snap
-            .routes_by_parent
+            .routes
+            .by_parent
             .get(service)
             .into_iter()
             .flatten()
@@ -169,16 +170,15 @@ pub(crate) fn changes(old: &Snapshot, new: &Snapshot) -> Option<HashSet<Topic>> 
             out.insert(Topic::Policies(k.namespace.clone()));
         },
     );
-    // Routes are compiled again in every snapshot: compare what each
-    // service has attached.
-    let parents: BTreeSet<&Key> = old
-        .routes_by_parent
-        .keys()
-        .chain(new.routes_by_parent.keys())
-        .collect();
-    for p in parents {
-        if old.routes_by_parent.get(p) != new.routes_by_parent.get(p) {
-            out.insert(Topic::RoutesOf(p.clone()));
+    // Routes are compiled again when they or the services change:
+    // compare what each service has attached.
+    if !Arc::ptr_eq(&old.routes, &new.routes) {
+        let (o, n) = (&old.routes.by_parent, &new.routes.by_parent);
+        let parents: BTreeSet<&Key> = o.keys().chain(n.keys()).collect();
+        for p in parents {
+            if o.get(p) != n.get(p) {
+                out.insert(Topic::RoutesOf(p.clone()));
+            }
         }
     }
     Some(out)
@@ -188,11 +188,10 @@ pub(crate) fn changes(old: &Snapshot, new: &Snapshot) -> Option<HashSet<Topic>> 
 /// object that differs between `old` and `new`: a merge of two ordered
 /// maps, where an object shared by both snapshots costs one pointer
 /// comparison.
-fn diff<T: PartialEq>(
-    old: &BTreeMap<Key, Arc<T>>,
-    new: &BTreeMap<Key, Arc<T>>,
-    mut changed: impl FnMut(&Key, &T),
-) {
+fn diff<T: PartialEq>(old: &ByKey<T>, new: &ByKey<T>, mut changed: impl FnMut(&Key, &T)) {
+    if Arc::ptr_eq(old, new) {
+        return;
+    }
     let mut o = old.iter().peekable();
     let mut n = new.iter().peekable();
     loop {
