@@ -221,17 +221,13 @@ impl Objects {
     pub fn insert(&mut self, o: Object) {
         let key = o.key();
         match o {
-            Object::Namespace(o) => drop(Arc::make_mut(&mut self.namespaces).insert(key, o)),
-            Object::Pod(o) => drop(Arc::make_mut(&mut self.pods).insert(key, o)),
-            Object::Service(o) => drop(Arc::make_mut(&mut self.services).insert(key, o)),
-            Object::EndpointSlice(o) => {
-                drop(Arc::make_mut(&mut self.endpoint_slices).insert(key, o))
-            }
-            Object::HttpRoute(o) => drop(Arc::make_mut(&mut self.http_routes).insert(key, o)),
-            Object::GrpcRoute(o) => drop(Arc::make_mut(&mut self.grpc_routes).insert(key, o)),
-            Object::AuthorizationPolicy(o) => {
-                drop(Arc::make_mut(&mut self.authorization_policies).insert(key, o))
-            }
+            Object::Namespace(o) => put(&mut self.namespaces, key, o),
+            Object::Pod(o) => put(&mut self.pods, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Object::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
+            Object::AuthorizationPolicy(o) => put(&mut self.authorization_policies, key, o),
         }
     }
 
@@ -336,6 +332,18 @@ impl Objects {
         }
         out
     }
+}
+
+/// Inserts `o`, unless an equal object is there already (then the map is
+/// not copied, and stays shared with the last snapshot).
+fn put<T: PartialEq>(map: &mut ByKey<T>, key: Key, o: Arc<T>) {
+    if map
+        .get(&key)
+        .is_some_and(|old| Arc::ptr_eq(old, &o) || **old == *o)
+    {
+        return;
+    }
+    Arc::make_mut(map).insert(key, o);
 }
 
 fn remove<T>(map: &mut ByKey<T>, key: &Key) -> bool {

@@ -5,9 +5,11 @@
 //! [`Store::replace_kind`], [`Store::replace_all`]); each change marks it
 //! dirty. The controller's publisher ([`Store::publish`], called whenever
 //! [`Store::changed`] resolves) builds one new [`Snapshot`] from the
-//! objects as they are then — changes that arrive while it builds are
-//! coalesced into the next one — and sends it on a `watch` channel that
-//! every stream task follows.
+//! objects as they are then and the last snapshot ([`Snapshot::next`]:
+//! each kind's map is shared until it changes, and so are the lookups built
+//! from it) — changes that arrive while it builds are coalesced into the
+//! next one — and sends it on a `watch` channel that the shared answers
+//! follow.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -2,7 +2,8 @@
 //! answers proxies ask for. No IO, no clock: everything here is decided
 //! from the objects alone and tested from tables (`tests.rs`).
 //!
-//! - [`Snapshot::new`] builds, once per change of the store, the lookups
+//! - [`Snapshot::new`] (or [`Snapshot::next`], keeping the last snapshot's
+//!   parts for kinds that did not change) builds, once per change of the store, the lookups
 //!   every answer needs (service by cluster IP and port, pod by IP,
 //!   EndpointSlices by service, routes by parent service, each route
 //!   compiled once) and the [`Problem`]s found on the way (bad annotation
@@ -10,6 +11,8 @@
 //!   shows at `/warnings`.
 //! - [`resolve`]: `Resolve(target, client_namespace)` → `Resolution`.
 //! - [`inbound()`]: `Inbound(namespace, pod)` → `InboundPolicy`.
+//! - `reads`: both read a snapshot only through `Reads`, which records
+//!   what each answer depends on.
 
 pub mod annotations;
 mod inbound;
