@@ -51,6 +51,10 @@ fn service_ip(s: usize) -> String {
 /// size (two containers with env, resources, probes, mounts; conditions
 /// and container statuses).
 fn pod(s: usize, p: usize, version: &str) -> Object {
+    typed::<k8s_openapi::api::core::v1::Pod>(pod_json(s, p, version))
+}
+
+fn pod_json(s: usize, p: usize, version: &str) -> serde_json::Value {
     let ns = format!("ns-{}", s % NAMESPACES);
     let container = |name: &str| {
         json!({
@@ -64,7 +68,7 @@ fn pod(s: usize, p: usize, version: &str) -> Object {
             "terminationMessagePath": "/dev/termination-log", "imagePullPolicy": "IfNotPresent",
         })
     };
-    typed::<k8s_openapi::api::core::v1::Pod>(json!({
+    json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": format!("svc-{s}-{p}"), "namespace": ns, "uid": format!("uid-{s}-{p}"),
@@ -84,21 +88,29 @@ fn pod(s: usize, p: usize, version: &str) -> Object {
             "conditions": (["Initialized", "Ready", "ContainersReady", "PodScheduled"].iter().map(|t| json!({"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"})).collect::<Vec<_>>()),
             "containerStatuses": (["app", "trellis-proxy"].iter().map(|n| json!({"name": n, "ready": true, "restartCount": 0, "image": "registry.example.com/x:v1", "imageID": "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "containerID": "containerd://0123456789abcdef", "started": true, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}})).collect::<Vec<_>>()),
         },
-    }))
+    })
 }
 
 fn service(s: usize) -> Object {
-    typed::<k8s_openapi::api::core::v1::Service>(json!({
+    typed::<k8s_openapi::api::core::v1::Service>(service_json(s))
+}
+
+fn service_json(s: usize) -> serde_json::Value {
+    json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{s}"), "namespace": format!("ns-{}", s % NAMESPACES), "resourceVersion": "1"},
         "spec": {"clusterIP": service_ip(s), "clusterIPs": [service_ip(s)], "selector": {"app": format!("svc-{s}")},
                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
-    }))
+    })
 }
 
 fn slice(s: usize, ready: bool) -> Object {
+    typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(slice_json(s, ready))
+}
+
+fn slice_json(s: usize, ready: bool) -> serde_json::Value {
     let ns = format!("ns-{}", s % NAMESPACES);
-    typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
+    json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("svc-{s}-abcde"), "namespace": ns, "resourceVersion": if ready { "1" } else { "2" },
                      "labels": {"kubernetes.io/service-name": format!("svc-{s}")}},
@@ -108,7 +120,7 @@ fn slice(s: usize, ready: bool) -> Object {
             "addresses": [pod_ip(s, p)], "conditions": {"ready": ready || p > 0},
             "targetRef": {"kind": "Pod", "name": format!("svc-{s}-{p}"), "namespace": ns}, "nodeName": "node-1"
         })).collect::<Vec<_>>(),
-    }))
+    })
 }
 
 fn namespace(n: usize) -> Object {
@@ -269,5 +281,64 @@ fn measure() {
         publish / CHANGES as u32,
         answer / CHANGES as u32,
         rss_mb()
+    );
+}
+
+/// The issue's file: 20,000 pods, 2,000 services and EndpointSlices of 10
+/// endpoints, loaded by the file source's parser, then one EndpointSlice
+/// changed and the file loaded again.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn measure_file() {
+    const FILE_SERVICES: usize = 2_000;
+    let file = |changed: bool| {
+        let mut items: Vec<serde_json::Value> = Vec::new();
+        items.extend((0..NAMESPACES).map(|n| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{n}")}})
+        }));
+        let mut text = String::from(r#"{"apiVersion": "v1", "kind": "List", "items": "#);
+        text.push_str(&serde_json::Value::Array(items).to_string());
+        text.truncate(text.len() - 1);
+        for s in 0..FILE_SERVICES {
+            for v in [service_json(s), slice_json(s, !(changed && s == 7))] {
+                text.push(',');
+                text.push_str(&v.to_string());
+            }
+            for p in 0..PODS_PER_SERVICE {
+                text.push(',');
+                text.push_str(&pod_json(s, p, "v1").to_string());
+            }
+        }
+        text.push_str("]}");
+        text
+    };
+    let before = rss_mb();
+    let store = Store::new(Settings {
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+        default_inbound: DefaultPolicy::AllUnauthenticated,
+    });
+    let text = file(false);
+    println!("file: {:.0} MB of JSON", text.len() as f64 / 1e6);
+    let start = Instant::now();
+    store.replace_all(crate::source::file::parse(&text).unwrap());
+    let snap = store.publish();
+    println!(
+        "file loaded and published in {:.2?}: RSS {:.0} MB (+{:.0} MB, the file's text included)",
+        start.elapsed(),
+        rss_mb(),
+        rss_mb() - before
+    );
+    drop(text);
+    let text = file(true);
+    let start = Instant::now();
+    store.replace_all(crate::source::file::parse(&text).unwrap());
+    let next = store.publish();
+    drop(snap);
+    println!(
+        "one EndpointSlice changed, file loaded again in {:.2?}: RSS {:.0} MB; {} objects",
+        start.elapsed(),
+        rss_mb(),
+        next.objects().count(crate::objects::Kind::Pod)
     );
 }

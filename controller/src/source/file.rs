@@ -58,38 +58,23 @@ pub enum FileError {
 /// JSON dropped: the whole file is never held twice.
 pub fn parse(text: &str) -> Result<Objects, FileError> {
     let mut items = Items::default();
+    // A JSON object (`kubectl get -o json`) is read by the JSON parser,
+    // several times leaner than the YAML parser's events for a large file;
+    // anything else, or JSON it refuses, by the YAML parser.
+    if text.trim_start().starts_with('{') {
+        if let Ok(value) = serde_json::from_str::<Value>(text) {
+            items.document(1, value);
+            return items.finish();
+        }
+    }
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value =
             Value::deserialize(doc).map_err(|source| FileError::Syntax { doc: i + 1, source })?;
-        let at = format!("document {}", i + 1);
-        match value {
-            Value::Null => {}
-            v if v.get("kind").and_then(Value::as_str) == Some("List") => {
-                let list = match v {
-                    Value::Object(mut m) => m.remove("items"),
-                    _ => None,
-                };
-                let list = list.unwrap_or(Value::Array(Vec::new()));
-                let Value::Array(list) = list else {
-                    items.refuse(FileError::Object {
-                        at,
-                        message: "`items` of a List must be a sequence".into(),
-                    });
-                    continue;
-                };
-                for (j, item) in list.into_iter().enumerate() {
-                    items.add(format!("{at}, items[{j}]"), item);
-                }
-            }
-            v => items.add(at, v),
-        }
+        items.document(i + 1, value);
     }
     // A syntax error anywhere comes first (returned above); then the
     // first object refused.
-    match items.refused {
-        Some(e) => Err(e),
-        None => Ok(items.objects),
-    }
+    items.finish()
 }
 
 /// The objects read so far, and the first one refused.
@@ -101,6 +86,38 @@ struct Items {
 }
 
 impl Items {
+    /// Document `n` (from 1): an object, a `List` of them, or nothing.
+    fn document(&mut self, n: usize, value: Value) {
+        let at = format!("document {n}");
+        match value {
+            Value::Null => {}
+            v if v.get("kind").and_then(Value::as_str) == Some("List") => {
+                let list = match v {
+                    Value::Object(mut m) => m.remove("items"),
+                    _ => None,
+                };
+                let list = list.unwrap_or(Value::Array(Vec::new()));
+                let Value::Array(list) = list else {
+                    return self.refuse(FileError::Object {
+                        at,
+                        message: "`items` of a List must be a sequence".into(),
+                    });
+                };
+                for (j, item) in list.into_iter().enumerate() {
+                    self.add(format!("{at}, items[{j}]"), item);
+                }
+            }
+            v => self.add(at, v),
+        }
+    }
+
+    fn finish(self) -> Result<Objects, FileError> {
+        match self.refused {
+            Some(e) => Err(e),
+            None => Ok(self.objects),
+        }
+    }
+
     fn add(&mut self, at: String, item: Value) {
         if self.refused.is_some() {
             return;
