@@ -4,10 +4,11 @@
 //! every RPC a stream of complete snapshots.
 //!
 //! ```text
-//!  source ──► store ──► publisher ──► watch<Arc<Snapshot>> ──► one task per stream:
-//!  (kubernetes    (objects   (Snapshot::new:       index::resolve / index::inbound,
-//!   watchers,      by kind)   lookups, compiled     sent when it differs from the
-//!   or a file)                routes, warnings)     last answer sent
+//!  source ──► store ──► publisher ──► watch<Arc<Snapshot>> ──► answers ──► one task per stream:
+//!  (kubernetes    (objects   (Snapshot::next:      (one per distinct      follows its question's
+//!   watchers,      by kind,   the last one's        question, computed     answer, sent when it
+//!   or a file)     projected) lookups kept for      again when a topic     differs from the last
+//!                             unchanged kinds)      it read changed)       one sent
 //! ```
 //!
 //! Modules, in the order data meets them:
@@ -16,9 +17,12 @@
 //!   Namespaces, Pods, Services, EndpointSlices, HTTPRoutes, GRPCRoutes,
 //!   AuthorizationPolicies) and [`source::FileSource`] (a file of the same
 //!   objects, as the local mesh writes it);
-//! - [`store`]: the objects, and the snapshots published on each change;
+//! - [`objects`]: the objects, projected as they arrive to what the index
+//!   reads; [`store`]: the objects, and the snapshots published on each change;
 //! - [`index`]: pure functions from a snapshot to a `Resolution` or an
 //!   `InboundPolicy`, and the warnings (bad annotation values) found;
+//! - the shared answers (`answers.rs`): one per distinct question, kept
+//!   up to date by what it read (`index::reads`);
 //! - the gRPC service (`service.rs`), the admin server (`admin.rs`:
 //!   `/metrics`, `/ready`, `/live`, `/config`, `/routes`, `/warnings`);
 //! - [`roots`]: the trust roots distributor (Kubernetes source only): a
@@ -61,6 +65,9 @@ pub mod store;
 pub mod watches;
 
 mod admin;
+mod answers;
+#[cfg(test)]
+mod scale;
 mod service;
 #[cfg(test)]
 mod test_logs;
@@ -221,8 +228,10 @@ impl Controller {
         tracing::info!(source = source.name(), "source starting");
         shutdown.spawn(source.run(self.store.clone(), self.metrics.clone(), shutdown.clone()));
 
+        let answers = answers::Answers::new(self.store.current(), self.metrics.clone());
+        shutdown.spawn(answers.clone().run(self.store.clone(), shutdown.clone()));
         let service = service::DiscoveryService {
-            store: self.store.clone(),
+            answers,
             metrics: self.metrics.clone(),
             shutdown: shutdown.clone(),
         };

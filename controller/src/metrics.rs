@@ -93,6 +93,8 @@ pub struct Metrics {
     streams_open: Family<RpcLabels, Gauge>,
     streams: Family<RpcLabels, Counter>,
     updates: Family<RpcLabels, Counter>,
+    answers_computed: Family<RpcLabels, Counter>,
+    questions: Family<RpcLabels, Gauge>,
     source_errors: Family<SourceLabels, Counter>,
     objects: Family<KindLabels, Gauge>,
     annotation_errors: Family<AnnotationLabels, Counter>,
@@ -132,6 +134,18 @@ impl Metrics {
             "trellis_controller_updates",
             "Snapshots sent on discovery streams (the first of each stream included), by RPC",
             updates.clone(),
+        );
+        let answers_computed = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "trellis_controller_answers_computed",
+            "Answers computed (for a new question, or because something it read changed), by RPC",
+            answers_computed.clone(),
+        );
+        let questions = Family::<RpcLabels, Gauge>::default();
+        registry.register(
+            "trellis_controller_questions",
+            "Distinct questions open streams ask (each answered once for all its streams), by RPC",
+            questions.clone(),
         );
         let source_errors = Family::<SourceLabels, Counter>::default();
         registry.register(
@@ -199,6 +213,8 @@ impl Metrics {
             streams_open,
             streams,
             updates,
+            answers_computed,
+            questions,
             source_errors,
             objects,
             annotation_errors,
@@ -256,6 +272,24 @@ impl Metrics {
         self.updates
             .get_or_create(&RpcLabels { rpc: rpc.as_str() })
             .get()
+    }
+
+    pub fn answer_computed(&self, rpc: Rpc) {
+        self.answers_computed
+            .get_or_create(&RpcLabels { rpc: rpc.as_str() })
+            .inc();
+    }
+
+    pub fn answers_computed(&self, rpc: Rpc) -> u64 {
+        self.answers_computed
+            .get_or_create(&RpcLabels { rpc: rpc.as_str() })
+            .get()
+    }
+
+    pub fn questions(&self, rpc: Rpc, open: usize) {
+        self.questions
+            .get_or_create(&RpcLabels { rpc: rpc.as_str() })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     pub fn source_error(&self, source: &'static str, resource: &'static str) {

@@ -1,6 +1,11 @@
 //! The Kubernetes objects the controller reads, kept by kind in one typed
 //! collection ([`Objects`]), and the trait ([`Watched`]) that both sources
-//! use to turn a typed object into an [`Object`].
+//! use to turn a typed object into an [`Object`]: projected, as it arrives,
+//! to the fields the index reads ([`project`]), the rest dropped at once.
+
+mod project;
+
+pub use project::PodInfo;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -116,7 +121,7 @@ impl std::fmt::Display for Key {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Arc<Namespace>),
-    Pod(Arc<Pod>),
+    Pod(Arc<PodInfo>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     HttpRoute(Arc<HttpRoute>),
@@ -146,7 +151,7 @@ impl Object {
         }
         match self {
             Object::Namespace(o) => Key::new("", &o.name_any()),
-            Object::Pod(o) => key(o.as_ref()),
+            Object::Pod(o) => Key::new(&o.namespace, &o.name),
             Object::Service(o) => key(o.as_ref()),
             Object::EndpointSlice(o) => key(o.as_ref()),
             Object::HttpRoute(o) => key(o.as_ref()),
@@ -161,8 +166,7 @@ pub trait Watched:
     kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const KIND: Kind;
-    /// The object, trimmed of what the controller never reads
-    /// (`managedFields`), for the store.
+    /// The object, projected to what the controller reads, for the store.
     fn into_object(self) -> Object;
 }
 
@@ -172,35 +176,44 @@ fn trim<K: kube::Resource>(mut o: K) -> K {
 }
 
 macro_rules! watched {
-    ($ty:ty, $kind:ident) => {
+    ($ty:ty, $kind:ident, $project:expr) => {
         impl Watched for $ty {
             const KIND: Kind = Kind::$kind;
             fn into_object(self) -> Object {
-                Object::$kind(Arc::new(trim(self)))
+                Object::$kind(Arc::new($project(self)))
             }
         }
     };
+    ($ty:ty, $kind:ident) => {
+        watched!($ty, $kind, trim);
+    };
 }
 
-watched!(Namespace, Namespace);
-watched!(Pod, Pod);
-watched!(Service, Service);
-watched!(EndpointSlice, EndpointSlice);
+watched!(Namespace, Namespace, project::namespace);
+watched!(Pod, Pod, |p: Pod| project::pod(&p));
+watched!(Service, Service, project::service);
+watched!(EndpointSlice, EndpointSlice, project::endpoint_slice);
 watched!(HttpRoute, HttpRoute);
 watched!(GrpcRoute, GrpcRoute);
 watched!(AuthorizationPolicy, AuthorizationPolicy);
 
-/// Every object the controller knows, by kind, each map keyed and ordered
-/// by namespace and name. Values are shared: cloning is cheap.
+/// The objects of one kind, keyed and ordered by namespace and name. A
+/// snapshot shares it with the store until the store changes that kind
+/// (copy on write): publishing costs no copy, and a change copies only its
+/// own kind's map.
+pub type ByKey<T> = Arc<BTreeMap<Key, Arc<T>>>;
+
+/// Every object the controller knows, by kind. Values are shared: cloning
+/// is cheap.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
-    pub namespaces: BTreeMap<Key, Arc<Namespace>>,
-    pub pods: BTreeMap<Key, Arc<Pod>>,
-    pub services: BTreeMap<Key, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
-    pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
-    pub grpc_routes: BTreeMap<Key, Arc<GrpcRoute>>,
-    pub authorization_policies: BTreeMap<Key, Arc<AuthorizationPolicy>>,
+    pub namespaces: ByKey<Namespace>,
+    pub pods: ByKey<PodInfo>,
+    pub services: ByKey<Service>,
+    pub endpoint_slices: ByKey<EndpointSlice>,
+    pub http_routes: ByKey<HttpRoute>,
+    pub grpc_routes: ByKey<GrpcRoute>,
+    pub authorization_policies: ByKey<AuthorizationPolicy>,
 }
 
 impl Objects {
@@ -208,39 +221,39 @@ impl Objects {
     pub fn insert(&mut self, o: Object) {
         let key = o.key();
         match o {
-            Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
-            Object::Pod(o) => drop(self.pods.insert(key, o)),
-            Object::Service(o) => drop(self.services.insert(key, o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
-            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
-            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
-            Object::AuthorizationPolicy(o) => drop(self.authorization_policies.insert(key, o)),
+            Object::Namespace(o) => put(&mut self.namespaces, key, o),
+            Object::Pod(o) => put(&mut self.pods, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Object::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
+            Object::AuthorizationPolicy(o) => put(&mut self.authorization_policies, key, o),
         }
     }
 
     /// Removes the object of `kind` with `key`; whether there was one.
     pub fn remove(&mut self, kind: Kind, key: &Key) -> bool {
         match kind {
-            Kind::Namespace => self.namespaces.remove(key).is_some(),
-            Kind::Pod => self.pods.remove(key).is_some(),
-            Kind::Service => self.services.remove(key).is_some(),
-            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
-            Kind::HttpRoute => self.http_routes.remove(key).is_some(),
-            Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
-            Kind::AuthorizationPolicy => self.authorization_policies.remove(key).is_some(),
+            Kind::Namespace => remove(&mut self.namespaces, key),
+            Kind::Pod => remove(&mut self.pods, key),
+            Kind::Service => remove(&mut self.services, key),
+            Kind::EndpointSlice => remove(&mut self.endpoint_slices, key),
+            Kind::HttpRoute => remove(&mut self.http_routes, key),
+            Kind::GrpcRoute => remove(&mut self.grpc_routes, key),
+            Kind::AuthorizationPolicy => remove(&mut self.authorization_policies, key),
         }
     }
 
     /// Removes every object of `kind`.
     pub fn clear(&mut self, kind: Kind) {
         match kind {
-            Kind::Namespace => self.namespaces.clear(),
-            Kind::Pod => self.pods.clear(),
-            Kind::Service => self.services.clear(),
-            Kind::EndpointSlice => self.endpoint_slices.clear(),
-            Kind::HttpRoute => self.http_routes.clear(),
-            Kind::GrpcRoute => self.grpc_routes.clear(),
-            Kind::AuthorizationPolicy => self.authorization_policies.clear(),
+            Kind::Namespace => self.namespaces = ByKey::default(),
+            Kind::Pod => self.pods = ByKey::default(),
+            Kind::Service => self.services = ByKey::default(),
+            Kind::EndpointSlice => self.endpoint_slices = ByKey::default(),
+            Kind::HttpRoute => self.http_routes = ByKey::default(),
+            Kind::GrpcRoute => self.grpc_routes = ByKey::default(),
+            Kind::AuthorizationPolicy => self.authorization_policies = ByKey::default(),
         }
     }
 
@@ -248,7 +261,7 @@ impl Objects {
     pub fn resource_version(&self, kind: Kind, key: &Key) -> Option<String> {
         let meta = match kind {
             Kind::Namespace => self.namespaces.get(key).map(|o| &o.metadata),
-            Kind::Pod => self.pods.get(key).map(|o| &o.metadata),
+            Kind::Pod => return self.pods.get(key)?.resource_version.clone(),
             Kind::Service => self.services.get(key).map(|o| &o.metadata),
             Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.metadata),
             Kind::HttpRoute => self.http_routes.get(key).map(|o| &o.metadata),
@@ -256,6 +269,45 @@ impl Objects {
             Kind::AuthorizationPolicy => self.authorization_policies.get(key).map(|o| &o.metadata),
         };
         meta.and_then(|m| m.resource_version.clone())
+    }
+
+    /// Replaces each object equal to `old`'s of its kind and key with
+    /// `old`'s copy (so both share it); whether every object was equal
+    /// and no object of `old` is missing.
+    pub fn share_unchanged(&mut self, old: &Objects) -> bool {
+        fn share<T: PartialEq>(new: &mut ByKey<T>, old: &ByKey<T>) -> bool {
+            if Arc::ptr_eq(new, old) {
+                return true;
+            }
+            let mut same = new.len() == old.len();
+            for (k, v) in Arc::make_mut(new).iter_mut() {
+                match old.get(k) {
+                    Some(o) if Arc::ptr_eq(o, v) => {}
+                    Some(o) if **o == **v => *v = o.clone(),
+                    _ => same = false,
+                }
+            }
+            if same {
+                // The whole kind unchanged: share the map too.
+                *new = old.clone();
+            }
+            same
+        }
+        // Every kind, whatever the first ones say.
+        [
+            share(&mut self.namespaces, &old.namespaces),
+            share(&mut self.pods, &old.pods),
+            share(&mut self.services, &old.services),
+            share(&mut self.endpoint_slices, &old.endpoint_slices),
+            share(&mut self.http_routes, &old.http_routes),
+            share(&mut self.grpc_routes, &old.grpc_routes),
+            share(
+                &mut self.authorization_policies,
+                &old.authorization_policies,
+            ),
+        ]
+        .iter()
+        .all(|s| *s)
     }
 
     /// How many objects of `kind` there are.
@@ -280,4 +332,20 @@ impl Objects {
         }
         out
     }
+}
+
+/// Inserts `o`, unless an equal object is there already (then the map is
+/// not copied, and stays shared with the last snapshot).
+fn put<T: PartialEq>(map: &mut ByKey<T>, key: Key, o: Arc<T>) {
+    if map
+        .get(&key)
+        .is_some_and(|old| Arc::ptr_eq(old, &o) || **old == *o)
+    {
+        return;
+    }
+    Arc::make_mut(map).insert(key, o);
+}
+
+fn remove<T>(map: &mut ByKey<T>, key: &Key) -> bool {
+    map.contains_key(key) && Arc::make_mut(map).remove(key).is_some()
 }

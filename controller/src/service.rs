@@ -1,25 +1,24 @@
 //! The `trellis.discovery.v1.Discovery` service. Each stream follows the
-//! store's snapshots: on every new snapshot it recomputes its answer with
-//! the index and sends it only if it differs from the last one sent. No
-//! stream answers before the source's first complete state.
+//! shared answer to its question (`crate::answers`): computed once for
+//! every stream that asks it, again only when something it read changed,
+//! and sent only when it differs from the last one sent. No stream answers
+//! before the source's first complete state.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use trellis_api::discovery::v1 as pb;
 use trellis_api::discovery::v1::discovery_server::Discovery;
 use trellis_core::shutdown::Shutdown;
 
-use crate::index::{self, Snapshot};
-use crate::metrics::{Metrics, OpenStream, Rpc};
-use crate::store::Store;
+use crate::answers::{Answers, InboundQuestion, Question, ResolveQuestion, Subscription};
+use crate::metrics::{Metrics, OpenStream};
 
 pub(crate) struct DiscoveryService {
-    pub store: Arc<Store>,
+    pub answers: Arc<Answers>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
 }
@@ -27,11 +26,9 @@ pub(crate) struct DiscoveryService {
 type Snapshots<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// One stream's state between items.
-struct Follow<T, F> {
-    rx: watch::Receiver<Arc<Snapshot>>,
-    answer: F,
-    last: Option<T>,
-    rpc: Rpc,
+struct Follow<Q: Question> {
+    sub: Subscription<Q>,
+    last: Option<Arc<Q::Answer>>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     ended: bool,
@@ -39,40 +36,36 @@ struct Follow<T, F> {
 }
 
 impl DiscoveryService {
-    /// A stream of `answer(snapshot)`, deduplicated; ends with UNAVAILABLE
+    /// A stream of the answers to `q`, deduplicated; ends with UNAVAILABLE
     /// when the controller shuts down.
-    fn follow<T, F>(&self, rpc: Rpc, answer: F) -> Snapshots<T>
+    fn follow<Q>(&self, q: Q) -> Snapshots<Q::Answer>
     where
-        T: Clone + PartialEq + Send + Sync + 'static,
-        F: Fn(&Snapshot) -> Option<T> + Send + Sync + 'static,
+        Q: Question,
+        Q::Answer: Clone,
     {
         let state = Follow {
-            rx: self.store.subscribe(),
-            answer,
+            sub: self.answers.subscribe(q),
             last: None,
-            rpc,
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             ended: false,
-            _open: self.metrics.stream_opened(rpc),
+            _open: self.metrics.stream_opened(Q::RPC),
         };
         Box::pin(futures_util::stream::unfold(state, |mut s| async move {
             if s.ended {
                 return None;
             }
             loop {
-                let snap = s.rx.borrow_and_update().clone();
-                if snap.synced {
-                    if let Some(now) = (s.answer)(&snap) {
-                        if s.last.as_ref() != Some(&now) {
-                            s.last = Some(now.clone());
-                            s.metrics.update_sent(s.rpc);
-                            return Some((Ok(now), s));
-                        }
+                let now = s.sub.rx.borrow_and_update().clone();
+                if let Some(now) = now {
+                    if s.last.as_deref() != Some(&*now) {
+                        s.last = Some(now.clone());
+                        s.metrics.update_sent(Q::RPC);
+                        return Some((Ok(Q::Answer::clone(&now)), s));
                     }
                 }
                 tokio::select! {
-                    changed = s.rx.changed() => if changed.is_err() { return None },
+                    changed = s.sub.rx.changed() => if changed.is_err() { return None },
                     () = s.shutdown.signaled() => {
                         s.ended = true;
                         return Some((Err(Status::unavailable("the controller is shutting down")), s));
@@ -98,8 +91,9 @@ impl Discovery for DiscoveryService {
         })?;
         let client_ns = req.client_namespace;
         tracing::debug!(dst.addr = %target, client.namespace = %client_ns, "resolve stream opened");
-        Ok(Response::new(self.follow(Rpc::Resolve, move |snap| {
-            Some(index::resolve(snap, target, &client_ns))
+        Ok(Response::new(self.follow(ResolveQuestion {
+            target,
+            client_namespace: client_ns,
         })))
     }
 
@@ -112,8 +106,9 @@ impl Discovery for DiscoveryService {
             return Err(Status::invalid_argument("namespace and pod are required"));
         }
         tracing::debug!(pod.namespace = %req.namespace, pod.name = %req.pod, "inbound stream opened");
-        Ok(Response::new(self.follow(Rpc::Inbound, move |snap| {
-            index::inbound(snap, &req.namespace, &req.pod)
+        Ok(Response::new(self.follow(InboundQuestion {
+            namespace: req.namespace,
+            pod: req.pod,
         })))
     }
 }

@@ -5,9 +5,11 @@
 //! [`Store::replace_kind`], [`Store::replace_all`]); each change marks it
 //! dirty. The controller's publisher ([`Store::publish`], called whenever
 //! [`Store::changed`] resolves) builds one new [`Snapshot`] from the
-//! objects as they are then — changes that arrive while it builds are
-//! coalesced into the next one — and sends it on a `watch` channel that
-//! every stream task follows.
+//! objects as they are then and the last snapshot ([`Snapshot::next`]:
+//! each kind's map is shared until it changes, and so are the lookups built
+//! from it) — changes that arrive while it builds are coalesced into the
+//! next one — and sends it on a `watch` channel that the shared answers
+//! follow.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,7 +22,6 @@ pub struct Store {
     inner: Mutex<Inner>,
     dirty: Notify,
     tx: watch::Sender<Arc<Snapshot>>,
-    settings: Arc<Settings>,
 }
 
 #[derive(Default)]
@@ -38,7 +39,6 @@ impl Store {
             inner: Mutex::new(Inner::default()),
             dirty: Notify::new(),
             tx,
-            settings,
         })
     }
 
@@ -92,7 +92,11 @@ impl Store {
     pub fn replace_all(&self, objects: Objects) {
         {
             let mut inner = self.lock();
-            if inner.objects == objects && inner.synced {
+            let mut objects = objects;
+            // Unchanged objects keep the store's copy: the new file's is
+            // dropped now, not held beside it by the old snapshot.
+            let unchanged = objects.share_unchanged(&inner.objects);
+            if unchanged && inner.synced {
                 return;
             }
             inner.objects = objects;
@@ -123,12 +127,8 @@ impl Store {
             inner.version += 1;
             (inner.objects.clone(), inner.synced, inner.version)
         };
-        let snap = Arc::new(Snapshot::new(
-            objects,
-            self.settings.clone(),
-            version,
-            synced,
-        ));
+        let prev = self.current();
+        let snap = Arc::new(Snapshot::next(&prev, objects, version, synced));
         self.tx.send_replace(snap.clone());
         snap
     }

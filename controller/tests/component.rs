@@ -301,3 +301,69 @@ async fn nothing_is_answered_before_the_first_good_file() {
     let r = next(&mut unknown, "the unknown answer").await;
     assert_eq!(r.kind, pb::resolution::Kind::Unknown as i32);
 }
+
+/// A second service, `api` (10.96.0.20:80 → 9090), with one endpoint.
+fn api(endpoint: &str) -> String {
+    format!(
+        r#"- apiVersion: v1
+  kind: Service
+  metadata: {{name: api, namespace: demo}}
+  spec: {{clusterIP: 10.96.0.20, ports: [{{name: http, port: 80}}]}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {{name: api-1, namespace: demo, labels: {{kubernetes.io/service-name: api}}}}
+  addressType: IPv4
+  ports: [{{name: http, port: 9090}}]
+  endpoints: [{{addresses: [{endpoint}], conditions: {{ready: true}}}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_change_to_one_service_reaches_only_its_streams() {
+    use trellis_controller::metrics::Rpc;
+    let c = start(
+        "only-affected",
+        Some(&objects(&["10.0.0.10"], &api("10.0.1.1"))),
+        &[],
+    )
+    .await;
+    let mut client = c.client().await;
+    let mut open = async |target: &str| {
+        client
+            .resolve(pb::ResolveRequest {
+                target: target.into(),
+                client_namespace: "demo".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut web = open("10.96.0.10:80").await;
+    let mut api_1 = open("10.96.0.20:80").await;
+    let mut api_2 = open("10.96.0.20:80").await;
+    assert_eq!(endpoints(&next(&mut web, "web").await), ["10.0.0.10:8080"]);
+    assert_eq!(endpoints(&next(&mut api_1, "api").await), ["10.0.1.1:9090"]);
+    assert_eq!(endpoints(&next(&mut api_2, "api").await), ["10.0.1.1:9090"]);
+    assert_eq!(
+        c.metrics.answers_computed(Rpc::Resolve),
+        2,
+        "one answer for both api streams"
+    );
+
+    // api's endpoint changes: its two streams are sent the change, once
+    // computed; web's answer is not computed, its stream sent nothing.
+    c.dir
+        .write(FILE, &objects(&["10.0.0.10"], &api("10.0.1.2")));
+    assert_eq!(endpoints(&next(&mut api_1, "api").await), ["10.0.1.2:9090"]);
+    assert_eq!(endpoints(&next(&mut api_2, "api").await), ["10.0.1.2:9090"]);
+    assert_eq!(c.metrics.answers_computed(Rpc::Resolve), 3);
+    assert_eq!(c.metrics.updates_sent(Rpc::Resolve), 5);
+
+    // web's next message is web's next change.
+    c.dir
+        .write(FILE, &objects(&["10.0.0.11"], &api("10.0.1.2")));
+    assert_eq!(endpoints(&next(&mut web, "web").await), ["10.0.0.11:8080"]);
+    assert_eq!(c.metrics.answers_computed(Rpc::Resolve), 4);
+    assert_eq!(c.metrics.updates_sent(Rpc::Resolve), 6);
+}

@@ -4,14 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use trellis_api::discovery::v1 as pb;
 use trellis_core::spiffe::SpiffeId;
 
 use super::annotations::{parse_port_policies, DEFAULT_INBOUND_POLICY, PORT_INBOUND_POLICY};
-use super::{annotation, Problem, Snapshot, PROXY_CONTAINER};
+use super::reads::Reads;
+use super::{annotation, Problem, Snapshot};
 use crate::crd::AuthorizationPolicy;
 use crate::objects::{Key, Kind};
 
@@ -21,31 +20,42 @@ pub use trellis_core::policy::DefaultPolicy;
 /// known (the proxy then keeps waiting: no default stands in for a policy
 /// that may be stricter).
 pub fn inbound(snap: &Snapshot, namespace: &str, name: &str) -> Option<pb::InboundPolicy> {
-    let pod = snap.objects.pods.get(&Key::new(namespace, name))?;
-    let ns = snap.objects.namespaces.get(&Key::new("", namespace));
+    inbound_reading(&Reads::new(snap), namespace, name)
+}
+
+/// [`inbound`], reading through `r`.
+pub(crate) fn inbound_reading(r: &Reads, namespace: &str, name: &str) -> Option<pb::InboundPolicy> {
+    let pod = r.pod(&Key::new(namespace, name))?;
+    let ns = r.namespace(namespace);
     let parse = |v: Option<&str>| v.and_then(|v| v.trim().parse::<DefaultPolicy>().ok());
-    let default = parse(annotation(pod.as_ref(), DEFAULT_INBOUND_POLICY))
+    let default = parse(pod.annotation(DEFAULT_INBOUND_POLICY))
         .or_else(|| parse(ns.and_then(|n| annotation(n.as_ref(), DEFAULT_INBOUND_POLICY))))
-        .unwrap_or(snap.settings.default_inbound);
-    let port_policies = annotation(pod.as_ref(), PORT_INBOUND_POLICY)
+        .unwrap_or(r.settings().default_inbound);
+    let port_policies = pod
+        .annotation(PORT_INBOUND_POLICY)
         .and_then(|v| parse_port_policies(v).ok())
         .unwrap_or_default()
         .into_iter()
         .map(|(port, p)| (u32::from(port), p.to_string()))
         .collect();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let authorizations = snap
-        .objects
-        .authorization_policies
-        .range(Key::new(namespace, "")..)
-        .take_while(|(k, _)| k.namespace == namespace)
-        .filter(|(_, p)| selects(&p.spec.pod_selector, &labels).unwrap_or(false))
-        .filter_map(|(_, p)| authorization(&snap.settings.trust_domain, p, &mut Vec::new()))
+    let labels = &pod.labels;
+    let trust_domain = &r.settings().trust_domain;
+    let authorizations = r
+        .policies_in(namespace)
+        .filter(|p| selects(&p.spec.pod_selector, labels).unwrap_or(false))
+        .filter_map(|p| authorization(trust_domain, p, &mut Vec::new()))
         .collect();
     Some(pb::InboundPolicy {
         default_policy: default.to_string(),
         port_policies,
-        probes: probes(pod),
+        probes: pod
+            .probes
+            .iter()
+            .map(|(port, path)| pb::Probe {
+                port: u32::from(*port),
+                path: path.clone(),
+            })
+            .collect(),
         authorizations,
     })
 }
@@ -79,76 +89,6 @@ pub(crate) fn selects(
         by_expression &= ok;
     }
     Ok(by_label && by_expression)
-}
-
-/// The path of a kubelet gRPC probe's request.
-const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
-
-/// The HTTP and gRPC probes of the pod's containers (and native sidecars), other
-/// than the proxy's own: kubelet requests to them are always let in.
-fn probes(pod: &Pod) -> Vec<pb::Probe> {
-    let Some(spec) = &pod.spec else {
-        return Vec::new();
-    };
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    let containers: Vec<&Container> = spec.containers.iter().chain(sidecars).collect();
-    let mut out = BTreeSet::new();
-    for c in &containers {
-        if c.name == PROXY_CONTAINER {
-            continue;
-        }
-        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
-        // A gRPC probe is the kubelet calling the standard health service
-        // over HTTP/2 on that port.
-        for grpc in probes
-            .iter()
-            .copied()
-            .flatten()
-            .filter_map(|p| p.grpc.as_ref())
-        {
-            if let Some(port) = u16::try_from(grpc.port).ok().filter(|p| *p != 0) {
-                out.insert((port, GRPC_HEALTH_CHECK.to_string()));
-            }
-        }
-        for get in probes
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.http_get.as_ref())
-        {
-            let port = match &get.port {
-                IntOrString::Int(n) => u16::try_from(*n).ok(),
-                IntOrString::String(s) => s
-                    .parse::<u16>()
-                    .ok()
-                    .or_else(|| named_port(c, s))
-                    .or_else(|| containers.iter().find_map(|o| named_port(o, s))),
-            };
-            let Some(port) = port.filter(|p| *p != 0) else {
-                continue;
-            };
-            let path = get.path.clone().filter(|p| !p.is_empty());
-            out.insert((port, path.unwrap_or_else(|| "/".into())));
-        }
-    }
-    out.into_iter()
-        .map(|(port, path)| pb::Probe {
-            port: u32::from(port),
-            path,
-        })
-        .collect()
-}
-
-/// The number of container port `name`.
-pub(crate) fn named_port(c: &Container, name: &str) -> Option<u16> {
-    c.ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref() == Some(name))
-        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 /// Compiles a policy into the proxy's `Authorization`, recording what is

@@ -12,20 +12,21 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use trellis_api::discovery::v1 as pb;
 use trellis_core::config::PortRange;
 
 use super::annotations::{parse_opaque_ports, OPAQUE_PORTS};
+use super::reads::Reads;
 use super::routes::{BackendTarget, Rules, Target};
-use super::{annotation, inbound, is_meshed, Settings, Snapshot};
-use crate::objects::Key;
+use super::{annotation, Settings, Snapshot};
+use crate::objects::{Key, PodInfo};
 
 /// The opaque ports of a pod: its annotation, else its namespace's.
-fn opaque_ports(snap: &Snapshot, namespace: &str, own: Option<&str>) -> Vec<PortRange> {
-    let ns = snap.objects.namespaces.get(&Key::new("", namespace));
+fn opaque_ports(r: &Reads, namespace: &str, own: Option<&str>) -> Vec<PortRange> {
+    let ns = r.namespace(namespace);
     own.or_else(|| ns.and_then(|n| annotation(n.as_ref(), OPAQUE_PORTS)))
         .and_then(|v| parse_opaque_ports(v).ok())
         .unwrap_or_default()
@@ -35,52 +36,18 @@ fn in_ranges(ranges: &[PortRange], port: u16) -> bool {
     ranges.iter().any(|r| r.contains(port))
 }
 
-/// The `workload` label of a pod's endpoints: `app.kubernetes.io/name`,
-/// else `app`, else its owner's name (a ReplicaSet's without the template
-/// hash), else the pod's own name.
-fn workload(pod: &Pod) -> String {
-    let labels = pod.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).cloned();
-    if let Some(w) = label("app.kubernetes.io/name").or_else(|| label("app")) {
-        return w;
-    }
-    let owner = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
-    if let Some(o) = owner {
-        if o.kind == "ReplicaSet" {
-            if let Some(hash) = label("pod-template-hash") {
-                if let Some(base) = o.name.strip_suffix(&format!("-{hash}")) {
-                    return base.to_string();
-                }
-            }
-        }
-        return o.name.clone();
-    }
-    pod.metadata.name.clone().unwrap_or_default()
-}
-
 /// The SPIFFE ID of a meshed pod; empty for a pod without the proxy.
-fn identity(settings: &Settings, pod: &Pod) -> String {
-    if !is_meshed(pod) {
+fn identity(settings: &Settings, pod: &PodInfo) -> String {
+    if !pod.meshed {
         return String::new();
     }
-    let spec = pod.spec.as_ref();
-    let sa = spec
-        .and_then(|s| {
-            s.service_account_name
-                .as_deref()
-                .or(s.service_account.as_deref())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    trellis_core::spiffe::SpiffeId::new(&settings.trust_domain, ns, sa)
-        .map(|id| id.to_string())
-        .unwrap_or_default()
+    trellis_core::spiffe::SpiffeId::new(
+        &settings.trust_domain,
+        &pod.namespace,
+        &pod.service_account,
+    )
+    .map(|id| id.to_string())
+    .unwrap_or_default()
 }
 
 /// `NAME.NS.svc.CLUSTER-DOMAIN:PORT`.
@@ -93,12 +60,7 @@ fn authority(settings: &Settings, service: &Key, port: u16) -> String {
 
 /// The protocol hint of a service port: its appProtocol, else the opaque
 /// ports of the Service (or its namespace).
-fn service_protocol(
-    snap: &Snapshot,
-    svc: &Service,
-    key: &Key,
-    port: &ServicePort,
-) -> pb::ProtocolHint {
+fn service_protocol(r: &Reads, svc: &Service, key: &Key, port: &ServicePort) -> pb::ProtocolHint {
     use pb::ProtocolHint as P;
     let by_app_protocol = match port.app_protocol.as_deref() {
         Some("kubernetes.io/h2c" | "h2c" | "http2") => Some(P::Http2),
@@ -110,7 +72,7 @@ fn service_protocol(
     if let Some(p) = by_app_protocol {
         return p;
     }
-    let opaque = opaque_ports(snap, &key.namespace, annotation(svc, OPAQUE_PORTS));
+    let opaque = opaque_ports(r, &key.namespace, annotation(svc, OPAQUE_PORTS));
     match u16::try_from(port.port) {
         Ok(n) if in_ranges(&opaque, n) => P::Opaque,
         _ => P::ProtocolUnknown,
@@ -119,19 +81,24 @@ fn service_protocol(
 
 /// Resolves `target` for a client in `client_namespace`.
 pub fn resolve(snap: &Snapshot, target: SocketAddr, client_namespace: &str) -> pb::Resolution {
-    if let Some((key, i)) = snap.services_by_addr.get(&(target.ip(), target.port())) {
-        let svc = snap.objects.services.get(key);
+    resolve_reading(&Reads::new(snap), target, client_namespace)
+}
+
+/// [`resolve`], reading through `r`.
+pub(crate) fn resolve_reading(
+    r: &Reads,
+    target: SocketAddr,
+    client_namespace: &str,
+) -> pb::Resolution {
+    if let Some((key, i)) = r.service_at(target.ip(), target.port()) {
+        let svc = r.service(key);
         let port = svc.and_then(|s| s.spec.as_ref()?.ports.as_ref()?.get(*i));
         if let (Some(svc), Some(port)) = (svc, port) {
-            return service_resolution(snap, key, svc, port, client_namespace);
+            return service_resolution(r, key, svc, port, client_namespace);
         }
     }
-    if let Some(pod) = snap
-        .pods_by_ip
-        .get(&target.ip())
-        .and_then(|k| snap.objects.pods.get(k))
-    {
-        let endpoint = endpoint(snap, pod, target, None);
+    if let Some(pod) = r.pod_at(target.ip()) {
+        let endpoint = endpoint(r, pod, target, None);
         let protocol = endpoint.protocol;
         return pb::Resolution {
             kind: pb::resolution::Kind::Endpoint as i32,
@@ -148,14 +115,9 @@ pub fn resolve(snap: &Snapshot, target: SocketAddr, client_namespace: &str) -> p
     pb::Resolution::default()
 }
 
-fn endpoint(
-    snap: &Snapshot,
-    pod: &Pod,
-    addr: SocketAddr,
-    service_hint: Option<i32>,
-) -> pb::Endpoint {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let opaque = opaque_ports(snap, &ns, annotation(pod, OPAQUE_PORTS));
+fn endpoint(r: &Reads, pod: &PodInfo, addr: SocketAddr, service_hint: Option<i32>) -> pb::Endpoint {
+    let ns = pod.namespace.clone();
+    let opaque = opaque_ports(r, &ns, pod.annotation(OPAQUE_PORTS));
     let protocol = if in_ranges(&opaque, addr.port()) {
         pb::ProtocolHint::Opaque as i32
     } else {
@@ -164,35 +126,32 @@ fn endpoint(
     pb::Endpoint {
         addr: addr.to_string(),
         weight: 1,
-        identity: identity(&snap.settings, pod),
-        workload: workload(pod),
-        pod: pod.metadata.name.clone().unwrap_or_default(),
+        identity: identity(r.settings(), pod),
+        workload: pod.workload.clone(),
+        pod: pod.name.clone(),
         namespace: ns,
         protocol,
     }
 }
 
 fn service_resolution(
-    snap: &Snapshot,
+    r: &Reads,
     key: &Key,
     svc: &Service,
     port: &ServicePort,
     client_namespace: &str,
 ) -> pb::Resolution {
     let number = u16::try_from(port.port).unwrap_or_default();
-    let protocol = service_protocol(snap, svc, key, port);
-    let own = authority(&snap.settings, key, number);
+    let protocol = service_protocol(r, svc, key, port);
+    let own = authority(r.settings(), key, number);
     let mut backends = vec![pb::Backend {
         authority: own.clone(),
-        endpoints: endpoints(snap, key, port, protocol as i32),
+        endpoints: endpoints(r, key, port, protocol as i32),
     }];
     let mut http_routes = Vec::new();
     let mut grpc_routes = Vec::new();
-    let applicable = snap
-        .routes_by_parent
-        .get(key)
-        .into_iter()
-        .flatten()
+    let applicable = r
+        .routes_of(key)
         .filter(|r| r.key.namespace == key.namespace || r.key.namespace == client_namespace)
         .filter(|r| {
             r.parents
@@ -204,7 +163,7 @@ fn service_resolution(
             targets
                 .iter()
                 .map(|t| pb::WeightedBackend {
-                    authority: backend_authority(snap, &t.target, number, &mut backends),
+                    authority: backend_authority(r, &t.target, number, &mut backends),
                     weight: t.weight,
                 })
                 .collect()
@@ -258,7 +217,7 @@ fn service_resolution(
 /// `backends` the first time it is named. A backend service or port that
 /// does not exist gets no entry: the proxy fails requests sent to it.
 fn backend_authority(
-    snap: &Snapshot,
+    r: &Reads,
     target: &Target,
     parent_port: u16,
     backends: &mut Vec<pb::Backend>,
@@ -267,11 +226,11 @@ fn backend_authority(
         Target::Invalid(name) => return name.clone(),
         Target::Service { service, port } => (service, port.unwrap_or(parent_port)),
     };
-    let authority = authority(&snap.settings, service, port);
+    let authority = authority(r.settings(), service, port);
     if backends.iter().any(|b| b.authority == authority) {
         return authority;
     }
-    let svc = snap.objects.services.get(service);
+    let svc = r.service(service);
     let found = svc.and_then(|s| {
         s.spec
             .as_ref()?
@@ -282,10 +241,10 @@ fn backend_authority(
             .map(|p| (s, p))
     });
     if let Some((svc, sp)) = found {
-        let protocol = service_protocol(snap, svc, service, sp);
+        let protocol = service_protocol(r, svc, service, sp);
         backends.push(pb::Backend {
             authority: authority.clone(),
-            endpoints: endpoints(snap, service, sp, protocol as i32),
+            endpoints: endpoints(r, service, sp, protocol as i32),
         });
     }
     authority
@@ -293,10 +252,9 @@ fn backend_authority(
 
 /// The ready endpoints of a service port, from its EndpointSlices, sorted
 /// by address (so equal states give equal answers).
-fn endpoints(snap: &Snapshot, key: &Key, port: &ServicePort, hint: i32) -> Vec<pb::Endpoint> {
+fn endpoints(r: &Reads, key: &Key, port: &ServicePort, hint: i32) -> Vec<pb::Endpoint> {
     let mut out: BTreeMap<SocketAddr, pb::Endpoint> = BTreeMap::new();
-    let slices = snap.slices_by_service.get(key).into_iter().flatten();
-    for slice in slices.filter_map(|k| snap.objects.endpoint_slices.get(k)) {
+    for slice in r.slices_of(key) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
@@ -309,17 +267,12 @@ fn endpoints(snap: &Snapshot, key: &Key, port: &ServicePort, hint: i32) -> Vec<p
             let pod = ep
                 .target_ref
                 .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    let ns = r.namespace.as_deref().unwrap_or(&key.namespace);
-                    snap.objects.pods.get(&Key::new(ns, r.name.as_deref()?))
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+                .and_then(|t| {
+                    let ns = t.namespace.as_deref().unwrap_or(&key.namespace);
+                    r.pod(&Key::new(ns, t.name.as_deref()?))
                 })
-                .or_else(|| {
-                    addrs
-                        .iter()
-                        .find_map(|ip| snap.pods_by_ip.get(ip))
-                        .and_then(|k| snap.objects.pods.get(k))
-                });
+                .or_else(|| addrs.iter().find_map(|ip| r.pod_at(*ip)));
             let Some(number) = slice_port.or_else(|| target_port(port, pod.map(Arc::as_ref)))
             else {
                 continue;
@@ -327,7 +280,7 @@ fn endpoints(snap: &Snapshot, key: &Key, port: &ServicePort, hint: i32) -> Vec<p
             for ip in addrs {
                 let addr = SocketAddr::new(ip, number);
                 let e = match pod {
-                    Some(pod) => endpoint(snap, pod, addr, Some(hint)),
+                    Some(pod) => endpoint(r, pod, addr, Some(hint)),
                     None => pb::Endpoint {
                         addr: addr.to_string(),
                         weight: 1,
@@ -359,16 +312,12 @@ fn slice_port(slice: &EndpointSlice, port: &ServicePort) -> Option<u16> {
 
 /// The service port's target port on `pod`: a number, or a named
 /// container port of the pod. Unset: the service port itself.
-fn target_port(port: &ServicePort, pod: Option<&Pod>) -> Option<u16> {
+fn target_port(port: &ServicePort, pod: Option<&PodInfo>) -> Option<u16> {
     match &port.target_port {
         None | Some(IntOrString::Int(0)) => u16::try_from(port.port).ok(),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-        Some(IntOrString::String(name)) => name.parse::<u16>().ok().or_else(|| {
-            pod?.spec
-                .as_ref()?
-                .containers
-                .iter()
-                .find_map(|c| inbound::named_port(c, name))
-        }),
+        Some(IntOrString::String(name)) => {
+            name.parse::<u16>().ok().or_else(|| pod?.named_port(name))
+        }
     }
 }

@@ -1286,3 +1286,66 @@ fn problems_are_reported_once_per_object_version() {
     assert_eq!(v2.difference(&v1).count(), 1);
     assert_eq!(v2.iter().next().unwrap().1.as_deref(), Some("2"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// A snapshot built from the last one (keeping the parts whose objects
+    /// did not change) is the snapshot built from scratch, after any
+    /// sequence of changes.
+    #[test]
+    fn a_snapshot_from_the_last_one_is_a_snapshot_from_scratch(
+        ops in proptest::collection::vec((0usize..64, proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()), 1..40)
+    ) {
+        let pool = crate::answers::tests::pool();
+        let store = crate::store::Store::new((*settings()).clone());
+        store.set_synced();
+        for (which, apply, publish) in ops {
+            let o = &pool[which % pool.len()];
+            if apply {
+                store.apply(o.clone());
+            } else {
+                store.delete(o.kind(), &o.key());
+            }
+            if !publish {
+                continue;
+            }
+            let kept = store.publish();
+            let fresh = Snapshot::new(kept.objects().clone(), settings(), kept.version, kept.synced);
+            proptest::prop_assert_eq!(&kept.services_by_addr, &fresh.services_by_addr);
+            proptest::prop_assert_eq!(&kept.pods_by_ip, &fresh.pods_by_ip);
+            proptest::prop_assert_eq!(&kept.slices_by_service, &fresh.slices_by_service);
+            proptest::prop_assert_eq!(&kept.routes, &fresh.routes);
+            proptest::prop_assert_eq!(kept.problems(), fresh.problems());
+        }
+    }
+}
+
+#[test]
+fn a_change_to_one_kind_rebuilds_only_its_part() {
+    let store = crate::store::Store::new((*settings()).clone());
+    for o in crate::answers::tests::pool().into_iter().take(12) {
+        store.apply(o);
+    }
+    let before = store.publish();
+    let slice = crate::answers::tests::pool()
+        .into_iter()
+        .find(|o| o.kind() == Kind::EndpointSlice)
+        .unwrap();
+    store.apply(slice);
+    let after = store.publish();
+    assert!(
+        Arc::ptr_eq(&before.objects.pods, &after.objects.pods),
+        "pods shared, not copied"
+    );
+    assert!(Arc::ptr_eq(&before.pods_by_ip, &after.pods_by_ip));
+    assert!(Arc::ptr_eq(
+        &before.services_by_addr,
+        &after.services_by_addr
+    ));
+    assert!(Arc::ptr_eq(&before.routes, &after.routes));
+    assert!(!Arc::ptr_eq(
+        &before.slices_by_service,
+        &after.slices_by_service
+    ));
+}

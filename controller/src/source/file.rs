@@ -53,43 +53,92 @@ pub enum FileError {
 }
 
 /// Reads the objects of a file's text. Pure.
+///
+/// Each item is projected (`objects::project`) as soon as it is read, its
+/// JSON dropped: the whole file is never held twice.
 pub fn parse(text: &str) -> Result<Objects, FileError> {
-    let mut items = Vec::new();
+    let mut items = Items::default();
+    // A JSON object (`kubectl get -o json`) is read by the JSON parser,
+    // several times leaner than the YAML parser's events for a large file;
+    // anything else, or JSON it refuses, by the YAML parser.
+    if text.trim_start().starts_with('{') {
+        if let Ok(value) = serde_json::from_str::<Value>(text) {
+            items.document(1, value);
+            return items.finish();
+        }
+    }
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value =
             Value::deserialize(doc).map_err(|source| FileError::Syntax { doc: i + 1, source })?;
-        let at = format!("document {}", i + 1);
+        items.document(i + 1, value);
+    }
+    // A syntax error anywhere comes first (returned above); then the
+    // first object refused.
+    items.finish()
+}
+
+/// The objects read so far, and the first one refused.
+#[derive(Default)]
+struct Items {
+    seen: BTreeSet<(Kind, crate::objects::Key)>,
+    objects: Objects,
+    refused: Option<FileError>,
+}
+
+impl Items {
+    /// Document `n` (from 1): an object, a `List` of them, or nothing.
+    fn document(&mut self, n: usize, value: Value) {
+        let at = format!("document {n}");
         match value {
             Value::Null => {}
             v if v.get("kind").and_then(Value::as_str) == Some("List") => {
-                let list = v.get("items").cloned().unwrap_or(Value::Array(Vec::new()));
+                let list = match v {
+                    Value::Object(mut m) => m.remove("items"),
+                    _ => None,
+                };
+                let list = list.unwrap_or(Value::Array(Vec::new()));
                 let Value::Array(list) = list else {
-                    return Err(FileError::Object {
+                    return self.refuse(FileError::Object {
                         at,
                         message: "`items` of a List must be a sequence".into(),
                     });
                 };
                 for (j, item) in list.into_iter().enumerate() {
-                    items.push((format!("{at}, items[{j}]"), item));
+                    self.add(format!("{at}, items[{j}]"), item);
                 }
             }
-            v => items.push((at, v)),
+            v => self.add(at, v),
         }
     }
-    let mut seen = BTreeSet::new();
-    let mut objects = Objects::default();
-    for (at, item) in items {
-        let o = object(&at, item)?;
+
+    fn finish(self) -> Result<Objects, FileError> {
+        match self.refused {
+            Some(e) => Err(e),
+            None => Ok(self.objects),
+        }
+    }
+
+    fn add(&mut self, at: String, item: Value) {
+        if self.refused.is_some() {
+            return;
+        }
+        let o = match object(&at, item) {
+            Ok(o) => o,
+            Err(e) => return self.refuse(e),
+        };
         let (kind, key) = (o.kind(), o.key());
-        if !seen.insert((kind, key.clone())) {
-            return Err(FileError::Object {
+        if !self.seen.insert((kind, key.clone())) {
+            return self.refuse(FileError::Object {
                 at,
                 message: format!("a second {kind} {key}"),
             });
         }
-        objects.insert(o);
+        self.objects.insert(o);
     }
-    Ok(objects)
+
+    fn refuse(&mut self, e: FileError) {
+        self.refused.get_or_insert(e);
+    }
 }
 
 /// One item: its apiVersion and kind say its type.

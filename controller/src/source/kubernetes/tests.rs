@@ -226,8 +226,8 @@ async fn watch_events_reach_the_store_and_the_index() {
         snap.objects()
             .pods
             .values()
-            .all(|p| p.metadata.managed_fields.is_none()),
-        "managedFields are not kept"
+            .all(|p| p.meshed && p.running && p.resource_version.as_deref() == Some("1")),
+        "pods are kept projected (what the index reads; no managedFields, no spec)"
     );
     let r = web(&snap);
     assert_eq!(r.kind, pb::resolution::Kind::Service as i32);
