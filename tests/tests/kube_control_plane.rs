@@ -733,6 +733,14 @@ struct Stream<T> {
 }
 
 impl<T: std::fmt::Debug> Stream<T> {
+    /// Makes `change`, then waits (at most [`WITHIN`]) for a snapshot for
+    /// which `check` holds; how long after the change began it arrived.
+    fn after(&mut self, change: impl FnOnce(), what: &str, check: impl Fn(&T) -> bool) -> Duration {
+        let since = Instant::now();
+        change();
+        self.until(since, WITHIN, what, check)
+    }
+
     /// Waits until `limit` after `since` (the change) for a snapshot for
     /// which `check` holds (the latest one counts); how long after `since`
     /// it arrived.
@@ -861,16 +869,20 @@ fn kube_controller_streams_every_change_within_two_seconds() {
         r.kind == pb::resolution::Kind::Service as i32
     }));
 
-    let t = Instant::now();
-    c.apply_ok(&slice_yaml(&ns, &["10.1.0.5"]));
-    took.push(r.until(t, WITHIN, "EndpointSlice created", |r| {
-        endpoints(r) == ["10.1.0.5:8080"]
-    }));
-    let t = Instant::now();
-    c.apply_ok(&slice_yaml(&ns, &["10.1.0.5", "10.1.0.6"]));
-    took.push(r.until(t, WITHIN, "EndpointSlice changed", |r| {
-        endpoints(r) == ["10.1.0.5:8080", "10.1.0.6:8080"]
-    }));
+    took.push(r.after(
+        || {
+            c.apply_ok(&slice_yaml(&ns, &["10.1.0.5"]));
+        },
+        "EndpointSlice created",
+        |r| endpoints(r) == ["10.1.0.5:8080"],
+    ));
+    took.push(r.after(
+        || {
+            c.apply_ok(&slice_yaml(&ns, &["10.1.0.5", "10.1.0.6"]));
+        },
+        "EndpointSlice changed",
+        |r| endpoints(r) == ["10.1.0.5:8080", "10.1.0.6:8080"],
+    ));
 
     let route = |kind: &str, path: &str| {
         let rules = match kind {
@@ -887,43 +899,67 @@ fn kube_controller_streams_every_change_within_two_seconds() {
             kind.to_lowercase()
         )
     };
-    let t = Instant::now();
-    c.apply_ok(&route("HTTPRoute", "/api"));
-    took.push(r.until(t, WITHIN, "HTTPRoute created", |r| {
-        r.http_routes
-            .iter()
-            .any(|h| h.name == "web-httproute" && format!("{h:?}").contains("/api"))
-    }));
-    let t = Instant::now();
-    c.apply_ok(&route("HTTPRoute", "/v2"));
-    took.push(r.until(t, WITHIN, "HTTPRoute changed", |r| {
-        r.http_routes
-            .iter()
-            .any(|h| h.name == "web-httproute" && format!("{h:?}").contains("/v2"))
-    }));
-    let t = Instant::now();
-    c.apply_ok(&route("GRPCRoute", "shop.Cart"));
-    took.push(r.until(t, WITHIN, "GRPCRoute created", |r| {
-        r.grpc_routes
-            .iter()
-            .any(|g| g.name == "web-grpcroute" && format!("{g:?}").contains("shop.Cart"))
-    }));
-    let t = Instant::now();
-    c.kubectl_ok(&["delete", "httproute", "web-httproute", "-n", &ns]);
-    took.push(r.until(t, WITHIN, "HTTPRoute deleted", |r| r.http_routes.is_empty()));
-    let t = Instant::now();
-    c.kubectl_ok(&["delete", "grpcroute", "web-grpcroute", "-n", &ns]);
-    took.push(r.until(t, WITHIN, "GRPCRoute deleted", |r| r.grpc_routes.is_empty()));
-    let t = Instant::now();
-    c.kubectl_ok(&["delete", "endpointslice", "web-1", "-n", &ns]);
-    took.push(r.until(t, WITHIN, "EndpointSlice deleted", |r| {
-        endpoints(r).is_empty()
-    }));
-    let t = Instant::now();
-    c.kubectl_ok(&["delete", "service", "web", "-n", &ns]);
-    took.push(r.until(t, WITHIN, "Service deleted", |r| {
-        r.kind != pb::resolution::Kind::Service as i32
-    }));
+    took.push(r.after(
+        || {
+            c.apply_ok(&route("HTTPRoute", "/api"));
+        },
+        "HTTPRoute created",
+        |r| {
+            r.http_routes
+                .iter()
+                .any(|h| h.name == "web-httproute" && format!("{h:?}").contains("/api"))
+        },
+    ));
+    took.push(r.after(
+        || {
+            c.apply_ok(&route("HTTPRoute", "/v2"));
+        },
+        "HTTPRoute changed",
+        |r| {
+            r.http_routes
+                .iter()
+                .any(|h| h.name == "web-httproute" && format!("{h:?}").contains("/v2"))
+        },
+    ));
+    took.push(r.after(
+        || {
+            c.apply_ok(&route("GRPCRoute", "shop.Cart"));
+        },
+        "GRPCRoute created",
+        |r| {
+            r.grpc_routes
+                .iter()
+                .any(|g| g.name == "web-grpcroute" && format!("{g:?}").contains("shop.Cart"))
+        },
+    ));
+    took.push(r.after(
+        || {
+            c.kubectl_ok(&["delete", "httproute", "web-httproute", "-n", &ns]);
+        },
+        "HTTPRoute deleted",
+        |r| r.http_routes.is_empty(),
+    ));
+    took.push(r.after(
+        || {
+            c.kubectl_ok(&["delete", "grpcroute", "web-grpcroute", "-n", &ns]);
+        },
+        "GRPCRoute deleted",
+        |r| r.grpc_routes.is_empty(),
+    ));
+    took.push(r.after(
+        || {
+            c.kubectl_ok(&["delete", "endpointslice", "web-1", "-n", &ns]);
+        },
+        "EndpointSlice deleted",
+        |r| endpoints(r).is_empty(),
+    ));
+    took.push(r.after(
+        || {
+            c.kubectl_ok(&["delete", "service", "web", "-n", &ns]);
+        },
+        "Service deleted",
+        |r| r.kind != pb::resolution::Kind::Service as i32,
+    ));
 
     // Inbound policy of a pod: AuthorizationPolicy created, changed, deleted.
     let t = Instant::now();
@@ -937,32 +973,36 @@ fn kube_controller_streams_every_change_within_two_seconds() {
         )
     };
     let web = format!("spiffe://cluster.local/ns/{ns}/sa/web");
-    let t = Instant::now();
-    c.apply_ok(&policy(&format!("\"{web}\"")));
-    took.push(
-        inbound.until(t, WITHIN, "AuthorizationPolicy created", |i| {
+    took.push(inbound.after(
+        || {
+            c.apply_ok(&policy(&format!("\"{web}\"")));
+        },
+        "AuthorizationPolicy created",
+        |i| {
             i.authorizations
                 .iter()
                 .any(|a| a.identities == [web.clone()])
-        }),
-    );
+        },
+    ));
     let admin = format!("spiffe://cluster.local/ns/{ns}/sa/admin");
-    let t = Instant::now();
-    c.apply_ok(&policy(&format!("\"{web}\", \"{admin}\"")));
-    took.push(
-        inbound.until(t, WITHIN, "AuthorizationPolicy changed", |i| {
+    took.push(inbound.after(
+        || {
+            c.apply_ok(&policy(&format!("\"{web}\", \"{admin}\"")));
+        },
+        "AuthorizationPolicy changed",
+        |i| {
             i.authorizations
                 .iter()
                 .any(|a| a.identities.contains(&admin))
-        }),
-    );
-    let t = Instant::now();
-    c.kubectl_ok(&["delete", "authorizationpolicy", "api-callers", "-n", &ns]);
-    took.push(
-        inbound.until(t, WITHIN, "AuthorizationPolicy deleted", |i| {
-            i.authorizations.is_empty()
-        }),
-    );
+        },
+    ));
+    took.push(inbound.after(
+        || {
+            c.kubectl_ok(&["delete", "authorizationpolicy", "api-callers", "-n", &ns]);
+        },
+        "AuthorizationPolicy deleted",
+        |i| i.authorizations.is_empty(),
+    ));
     // From before kubectl's request to the stream's new answer (kubectl's
     // own time included: about 80 ms, and a retry of about a second when
     // the controller's status write on the route raced its patch).
