@@ -205,6 +205,23 @@ pub async fn populate(client: &Client, c: &Cluster) -> anyhow::Result<Populated>
     })
 }
 
+/// Replaces the endpoints of EndpointSlice `namespace/slice`.
+async fn patch_slice(
+    client: &Client,
+    namespace: &str,
+    slice: &str,
+    endpoints: &Value,
+) -> anyhow::Result<()> {
+    patch(
+        client,
+        "EndpointSlice",
+        namespace,
+        slice,
+        json!({"endpoints": endpoints}),
+    )
+    .await
+}
+
 /// Makes `change` in the API server, then waits for its streams.
 pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<Tally>) {
     let measured = async {
@@ -223,14 +240,7 @@ pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<T
                     r?;
                 }
                 let t0 = Instant::now();
-                patch(
-                    &client,
-                    "EndpointSlice",
-                    namespace,
-                    slice,
-                    json!({"endpoints": endpoints}),
-                )
-                .await?;
+                patch_slice(&client, namespace, slice, endpoints).await?;
                 t0
             }
             Writes::Slice {
@@ -239,14 +249,7 @@ pub async fn apply(client: Client, change: Change, load: Arc<Load>, tally: Arc<T
                 endpoints,
             } => {
                 let t0 = Instant::now();
-                patch(
-                    &client,
-                    "EndpointSlice",
-                    namespace,
-                    slice,
-                    json!({"endpoints": endpoints}),
-                )
-                .await?;
+                patch_slice(&client, namespace, slice, endpoints).await?;
                 t0
             }
             Writes::HttpRoute {
