@@ -38,6 +38,11 @@ step "building the Kubernetes pieces of the integration tier (scripts/build-kube
 # 13 minutes on a cold 2-core machine, a second when cached.
 bash scripts/build-kube.sh
 
+step "building the CNI plugins and cnitool of the CNI tier (scripts/build-cni.sh)"
+# bridge, host-local, loopback and cnitool from their Go modules, cached
+# under /var/cache/trellis/cni: about 20 seconds cold, instant when cached.
+bash scripts/build-cni.sh
+
 step "building the workspace (cache: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 

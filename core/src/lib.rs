@@ -3,6 +3,8 @@
 //! - [`addr`]: newtypes for addresses that mean something specific.
 //! - [`admin`]: the admin endpoints (`/metrics`, `/ready`, `/live`,
 //!   `/config`) and their server.
+//! - [`capture`]: the pod's traffic-capture rules (`trellis-proxy init`
+//!   and the CNI plugin `trellis-cni` install the same ones).
 //! - [`config`]: reading typed configuration from a source (the environment,
 //!   or a map in tests), collecting every error before reporting; the
 //!   `--help` listing of the variables.
@@ -23,6 +25,7 @@
 
 pub mod addr;
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod policy;
 pub mod service;

@@ -28,7 +28,11 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod identity;
-pub mod init;
+pub mod init {
+    //! `trellis-proxy init`: the capture rules live in [`trellis_core::capture`],
+    //! shared with the CNI plugin (one source for the rules).
+    pub use trellis_core::capture::*;
+}
 pub mod io;
 pub mod mesh;
 pub mod metrics;

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use trellis_core::config::PortRange;
+use crate::config::PortRange;
 
 use super::Plan;
 

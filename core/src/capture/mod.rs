@@ -61,7 +61,7 @@ use std::io::{self, Write};
 use std::process::ExitStatus;
 
 use clap::builder::BoolishValueParser;
-use trellis_core::config::{parse_ports, PortRange};
+use crate::config::{parse_ports, PortRange};
 
 use self::rules::Family;
 
@@ -298,7 +298,7 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
             match print_script(&mut out, *family, &choice, current, script.as_deref()) {
                 Ok(()) => {}
                 // The reader is gone (`| head`): nothing more to print to.
-                Err(e) if trellis_core::stdio::is_broken_pipe(&e) => return Ok(()),
+                Err(e) if crate::stdio::is_broken_pipe(&e) => return Ok(()),
                 Err(e) => return Err(InitError::Print(e)),
             }
         }

@@ -1,0 +1,12 @@
+//! `trellis-cni` — a CNI plugin when the container runtime runs it
+//! (`CNI_COMMAND` set), else the node installer: `trellis-cni install`,
+//! `trellis-cni uninstall`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return trellis_cni::plugin::main();
+    }
+    ExitCode::FAILURE
+}
