@@ -353,6 +353,56 @@ fn init_redirects_connections_except_the_exempt_ones() {
 
 // ---- helpers ----
 
+#[test]
+fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
+    // A pod with a default route (as every pod has) through a veth whose
+    // peer namespace drops nothing and answers nothing on the probe port.
+    let pod = Netns::new(true);
+    let peer = Netns::new(true);
+    let (pod_if, peer_if) = (format!("tc{}", pod.id), format!("td{}", pod.id));
+    pod.ok(&[
+        "ip", "link", "add", &pod_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name,
+    ]);
+    pod.ok(&["ip", "addr", "add", "10.98.0.1/24", "dev", &pod_if]);
+    pod.ok(&["ip", "link", "set", &pod_if, "up"]);
+    pod.ok(&["ip", "route", "add", "default", "via", "10.98.0.2"]);
+    peer.ok(&["ip", "addr", "add", "10.98.0.2/24", "dev", &peer_if]);
+    peer.ok(&["ip", "link", "set", &peer_if, "up"]);
+    // No capability at all, as the CNI-mode trellis-init runs.
+    let unprivileged = |flags: &[&str]| {
+        let argv: Vec<&str> = [
+            "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+            "--inh-caps", "-all", "--bounding-set", "-all", BIN, "init", "--check",
+        ]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+        pod.exec(&argv, &[])
+    };
+
+    let before = unprivileged(&[]);
+    let stderr = String::from_utf8_lossy(&before.stderr);
+    assert_eq!(before.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this pod's traffic is not captured")
+            && stderr.contains("cni.enabled")
+            && stderr.contains("192.0.2.1:20001"),
+        "{stderr}"
+    );
+
+    pod.init(&["--iptables-mode", "nft", "--ipv6", "off", "--skip-outbound-ports", "20001"]);
+    // The probe picks the first port not skipped: 20002.
+    let after = unprivileged(&["--skip-outbound-ports", "20001"]);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert!(String::from_utf8_lossy(&after.stderr).contains("the capture rules are in place"));
+    // Nothing was installed or changed by the check.
+    assert_eq!(trellis_rules(&pod.nat("iptables-nft-save")).len(), DEFAULT_TRELLIS_RULES + 1);
+}
+
 /// The `-A` lines of a saved table that mention Trellis.
 fn trellis_rules(save: &str) -> Vec<String> {
     save.lines()

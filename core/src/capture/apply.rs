@@ -147,11 +147,13 @@ fn count_rules(variant: Variant) -> Option<usize> {
 }
 
 /// Whether this network namespace has IPv6: some address in
-/// `/proc/net/if_inet6` and `disable_ipv6` off. Both files are per namespace.
+/// `/proc/thread-self/net/if_inet6` and `disable_ipv6` off. Both files are
+/// those of the calling thread's namespace (the CNI plugin enters the pod's
+/// with `setns`, which moves one thread).
 pub(crate) fn ipv6_enabled() -> bool {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     ipv6_present(
-        read("/proc/net/if_inet6").as_deref(),
+        read("/proc/thread-self/net/if_inet6").as_deref(),
         read("/proc/sys/net/ipv6/conf/all/disable_ipv6").as_deref(),
     )
 }

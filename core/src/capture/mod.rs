@@ -52,6 +52,7 @@
 //! root, say) it assumes a fresh table and says so in a `#` comment line.
 
 mod apply;
+mod check;
 mod rules;
 
 #[cfg(test)]
@@ -130,6 +131,58 @@ pub struct InitArgs {
     /// Delete the Trellis chains and the jumps to them instead of installing.
     #[arg(long, env = "TRELLIS_INIT_REMOVE", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub(crate) remove: bool,
+
+    /// Install nothing: check, without privilege, that the rules these
+    /// flags describe are in place (the Trellis CNI plugin installed them)
+    /// by connecting to a documentation address and expecting to be
+    /// redirected to this process on the outbound port.
+    #[arg(long, env = "TRELLIS_INIT_CHECK", value_parser = BoolishValueParser::new(), default_value_t = false, conflicts_with_all = ["remove", "dry_run"])]
+    pub(crate) check: bool,
+}
+
+impl InitArgs {
+    /// Reads the arguments of a `trellis-init` container (`["init",
+    /// "--check", …]`, as the injector writes them), with the parser of
+    /// `trellis-proxy init` itself: the CNI plugin installs exactly what
+    /// these flags describe. `TRELLIS_INIT_*` variables of the calling
+    /// process are not consulted.
+    pub fn from_container_args(args: &[String]) -> Result<Self, String> {
+        #[derive(clap::Parser)]
+        #[command(name = "trellis-proxy", no_binary_name = true)]
+        enum Cli {
+            Init(InitArgs),
+        }
+        // clap falls back to TRELLIS_INIT_* variables for flags not given:
+        // the CNI plugin clears those from its environment first.
+        let parsed = <Cli as clap::Parser>::try_parse_from(args)
+            .map_err(|e| e.render().to_string().trim().to_string())?;
+        let Cli::Init(args) = parsed;
+        Ok(args)
+    }
+
+    /// Whether these arguments ask only for the unprivileged check, that is,
+    /// the pod's capture is the CNI plugin's job.
+    pub fn is_check(&self) -> bool {
+        self.check
+    }
+
+    /// The same rules, to be installed (not checked, printed or removed).
+    pub fn to_install(&self) -> Self {
+        Self {
+            check: false,
+            dry_run: false,
+            remove: false,
+            ..self.clone()
+        }
+    }
+
+    /// The same rules, to be removed.
+    pub fn to_remove(&self) -> Self {
+        Self {
+            remove: true,
+            ..self.to_install()
+        }
+    }
 }
 
 /// `--iptables-mode`.
@@ -176,6 +229,10 @@ pub enum InitError {
 
     #[error("could not print the rules: {0}")]
     Print(#[source] io::Error),
+
+    /// `--check`: the pod's traffic is not captured.
+    #[error("{0}")]
+    NotCaptured(String),
 }
 
 impl InitError {
@@ -269,6 +326,9 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
     // Decide: every script is written before any is applied, so a failure
     // to read the IPv6 rules cannot leave the IPv4 half installed.
     let plan = Plan::from_args(args)?;
+    if args.check {
+        return check::redirect_in_place(&plan);
+    }
     let choice = apply::choose_variant(args.iptables_mode);
     tracing::info!(variant = %choice.variant, reason = %choice.reason, "chose the iptables variant");
     let mut scripts = Vec::new();
@@ -304,17 +364,66 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
         }
         return Ok(());
     }
+    let mut installed = Vec::new();
     for (family, _, script) in scripts {
         let Some(script) = script else {
             tracing::info!(%family, "no Trellis rules to remove");
             continue;
         };
-        apply::restore(choice.variant, family, &script)?;
+        if let Err(error) = apply::restore(choice.variant, family, &script) {
+            // One restore is atomic; undo the families already installed so
+            // that nothing is left half-applied.
+            for family in installed {
+                undo(choice.variant, family);
+            }
+            return Err(error);
+        }
         let done = if args.remove { "removed" } else { "installed" };
         let tool = choice.variant.tool(family, "restore");
         tracing::info!(%family, %tool, "{done} the Trellis capture rules");
+        if !args.remove {
+            installed.push(family);
+        }
     }
     Ok(())
+}
+
+/// Removes the rules of one family after a later family failed; a failure
+/// here is logged (the first error is the one to report).
+fn undo(variant: apply::Variant, family: Family) {
+    let removal = apply::save(variant, family).map(|current| rules::removal(&current));
+    let result = match removal {
+        Ok(Some(script)) => apply::restore(variant, family, &script),
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => tracing::info!(%family, "removed the rules installed before the failure"),
+        Err(error) => tracing::warn!(%family, %error, "could not remove the rules installed before the failure"),
+    }
+}
+
+/// What differs between the rules `args` describe and those installed in
+/// the current network namespace, family by family (the CNI plugin's
+/// `CHECK`). Empty: every rule is in place, nothing else is in the Trellis
+/// chains.
+pub fn differences(args: &InitArgs) -> Result<Vec<String>, InitError> {
+    let plan = Plan::from_args(args)?;
+    let choice = apply::choose_variant(args.iptables_mode);
+    let mut problems = Vec::new();
+    for (family, required) in families(args) {
+        let current = match apply::save(choice.variant, family) {
+            Ok(text) => text,
+            Err(_) if !required => continue,
+            Err(error) => return Err(error),
+        };
+        problems.extend(
+            rules::differences(&plan, family, &current)
+                .into_iter()
+                .map(|p| format!("{family}: {p}")),
+        );
+    }
+    Ok(problems)
 }
 
 /// The address families to handle, each with whether failing to read its

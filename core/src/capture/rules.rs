@@ -207,6 +207,54 @@ pub(crate) fn removal(existing_save_output: &str) -> Option<String> {
     Some(script.text)
 }
 
+/// What differs between the capture rules `plan` asks for and the saved
+/// `nat` table (`iptables-save -t nat` output) of one family: each rule of
+/// a Trellis chain is known by its chain and comment (which name the ports
+/// it concerns), so a missing, extra or changed rule, or a missing jump,
+/// is one line of the answer. Empty: the rules are in place.
+pub(crate) fn differences(plan: &Plan, family: Family, save_output: &str) -> Vec<String> {
+    let current = NatTable::parse(save_output);
+    let wanted = rules(plan, family, "");
+    // Our own restore script has the shape of a saved table.
+    let wanted = NatTable::parse(&wanted);
+    let mut problems = Vec::new();
+    for chain in CHAINS {
+        if !current.chains.contains(&chain) {
+            problems.push(format!("chain {chain} is missing"));
+        }
+    }
+    let ours = |r: &&SavedRule<'_>| CHAINS.contains(&r.chain);
+    let key = |r: &SavedRule<'_>| (r.chain.to_string(), rule_comment(r.spec));
+    let have: Vec<_> = current.rules.iter().filter(ours).map(key).collect();
+    let want: Vec<_> = wanted.rules.iter().filter(ours).map(key).collect();
+    for (chain, comment) in &want {
+        if !have.contains(&(chain.clone(), comment.clone())) {
+            problems.push(format!("{chain} lacks the rule {comment:?}"));
+        }
+    }
+    for (chain, comment) in &have {
+        if !want.contains(&(chain.clone(), comment.clone())) {
+            problems.push(format!("{chain} holds an unexpected rule {comment:?}"));
+        }
+    }
+    for jump in &JUMPS {
+        if !current.has_jump(jump.from, jump.to) {
+            problems.push(format!("{} does not jump to {}", jump.from, jump.to));
+        }
+    }
+    problems
+}
+
+/// The text of a rule's `--comment`, or the whole spec when it has none.
+fn rule_comment(spec: &str) -> String {
+    let words = words(spec);
+    words
+        .iter()
+        .position(|w| w == "--comment")
+        .and_then(|i| words.get(i + 1).cloned())
+        .unwrap_or_else(|| spec.to_string())
+}
+
 /// A restore script being written.
 #[derive(Default)]
 struct Script {

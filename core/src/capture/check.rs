@@ -1,0 +1,105 @@
+//! `trellis-proxy init --check`: is this pod's traffic captured?
+//!
+//! In CNI mode the capture rules are written by the Trellis CNI plugin when
+//! the pod's network is set up, and `trellis-init` runs with no capability
+//! at all, so it cannot read the rules. It tests them instead, as the
+//! application's own traffic will meet them: it listens on the proxy's
+//! outbound port on loopback, connects to an address of the IPv4
+//! documentation range (TEST-NET-1, never a real host) and sends a random
+//! token. With the rules in place `OUTPUT` redirects the connection to the
+//! listener, which echoes the token; without them the connection goes
+//! nowhere (no route, refused, or time-out) and the pod fails with a
+//! message naming the fix. The kubelet then restarts the init container,
+//! so a pod that started before the plugin was installed on a fresh node
+//! recovers once it is.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use super::{InitError, Plan};
+
+/// Where the probe connects: 192.0.2.1, TEST-NET-1 (RFC 5737).
+const PROBE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The first destination port tried; the first one not skipped is used.
+const PROBE_PORT: u16 = 20_001;
+/// How long the connect and the echo may take each: the redirected
+/// connection is local, so seconds mean the rules are not there.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fails unless a connection from this process (not the proxy's user) to an
+/// outside address arrives at the outbound port.
+pub(crate) fn redirect_in_place(plan: &Plan) -> Result<(), InitError> {
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.outbound_port));
+    let listener = TcpListener::bind(listen).map_err(|e| {
+        InitError::NotCaptured(format!(
+            "could not listen on {listen} to check the capture rules: {e} (does another container of the pod use port {}?)",
+            plan.outbound_port
+        ))
+    })?;
+    let port = (PROBE_PORT..=u16::MAX)
+        .find(|p| !plan.skip_outbound.iter().any(|r| r.first <= *p && *p <= r.last))
+        .unwrap_or(PROBE_PORT);
+    let target = SocketAddr::from((PROBE_ADDR, port));
+    let token = format!("trellis-capture-check {:016x}\n", rand_u64());
+
+    // The echo side: one connection, bounded by the same time-out.
+    std::thread::spawn(move || echo_one(&listener));
+
+    match probe(target, &token) {
+        Ok(()) => {
+            tracing::info!(%target, redirected_to = %listen, "the capture rules are in place");
+            Ok(())
+        }
+        Err(e) => Err(InitError::NotCaptured(format!(
+            "this pod's traffic is not captured: a connection to {target} was not redirected to the proxy's outbound port {listen} ({e}). \
+             The pod was injected for capture by the Trellis CNI plugin (trellis-init runs `init --check`), and the plugin did not set up \
+             this pod's network. Is the trellis-cni DaemonSet running on this node (chart value cni.enabled=true), and is trellis-cni \
+             chained in the node's CNI configuration? Once it is, this container is retried and the pod starts. To capture with a \
+             privileged init container instead, install the chart with cni.enabled=false and re-create the pod."
+        ))),
+    }
+}
+
+fn probe(target: SocketAddr, token: &str) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.write_all(token.as_bytes())?;
+    let mut echoed = vec![0; token.len()];
+    stream.read_exact(&mut echoed)?;
+    if echoed != token.as_bytes() {
+        return Err(io::Error::other(
+            "something answered, but not this check: the connection reached another listener",
+        ));
+    }
+    Ok(())
+}
+
+fn echo_one(listener: &TcpListener) {
+    let Ok((mut stream, _)) = listener.accept() else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        match stream.read(&mut byte) {
+            Ok(1) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            _ => return,
+        }
+    }
+    let _ = stream.write_all(&line);
+}
+
+/// A token that another listener cannot guess: the time and the process id,
+/// hashed (no cryptographic strength is needed, only uniqueness).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+}
