@@ -14,12 +14,20 @@ pub struct InstallArgs {
     pub bin_dir: PathBuf,
 
     /// The node's CNI configuration directory, as mounted in the installer's pod.
-    #[arg(long, env = "TRELLIS_CNI_CONF_DIR", default_value = "/host/etc/cni/net.d")]
+    #[arg(
+        long,
+        env = "TRELLIS_CNI_CONF_DIR",
+        default_value = "/host/etc/cni/net.d"
+    )]
     pub conf_dir: PathBuf,
 
     /// The same directory as the node (and so the plugin) sees it: the
     /// plugin's kubeconfig path written into the conflist is under it.
-    #[arg(long, env = "TRELLIS_CNI_HOST_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(
+        long,
+        env = "TRELLIS_CNI_HOST_CONF_DIR",
+        default_value = "/etc/cni/net.d"
+    )]
     pub host_conf_dir: PathBuf,
 
     /// The installer's ServiceAccount token, copied for the plugin (kept

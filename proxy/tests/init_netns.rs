@@ -371,8 +371,19 @@ fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
     // No capability at all, as the CNI-mode trellis-init runs.
     let unprivileged = |flags: &[&str]| {
         let argv: Vec<&str> = [
-            "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-            "--inh-caps", "-all", "--bounding-set", "-all", BIN, "init", "--check",
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps",
+            "-all",
+            "--bounding-set",
+            "-all",
+            BIN,
+            "init",
+            "--check",
         ]
         .into_iter()
         .chain(flags.iter().copied())
@@ -390,7 +401,14 @@ fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
         "{stderr}"
     );
 
-    pod.init(&["--iptables-mode", "nft", "--ipv6", "off", "--skip-outbound-ports", "20001"]);
+    pod.init(&[
+        "--iptables-mode",
+        "nft",
+        "--ipv6",
+        "off",
+        "--skip-outbound-ports",
+        "20001",
+    ]);
     // The probe picks the first port not skipped: 20002.
     let after = unprivileged(&["--skip-outbound-ports", "20001"]);
     assert!(
@@ -400,7 +418,10 @@ fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
     );
     assert!(String::from_utf8_lossy(&after.stderr).contains("the capture rules are in place"));
     // Nothing was installed or changed by the check.
-    assert_eq!(trellis_rules(&pod.nat("iptables-nft-save")).len(), DEFAULT_TRELLIS_RULES + 1);
+    assert_eq!(
+        trellis_rules(&pod.nat("iptables-nft-save")).len(),
+        DEFAULT_TRELLIS_RULES + 1
+    );
 }
 
 /// The `-A` lines of a saved table that mention Trellis.

@@ -62,7 +62,12 @@ pub fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let outcome = std::io::stdin()
         .read_to_end(&mut stdin)
-        .map_err(|e| CniError::new(Code::IoFailure, format!("could not read the network configuration on stdin: {e}")))
+        .map_err(|e| {
+            CniError::new(
+                Code::IoFailure,
+                format!("could not read the network configuration on stdin: {e}"),
+            )
+        })
         .and_then(|_| run(&Env::from_process(), &stdin));
     match outcome {
         Ok(Some(result)) => {
@@ -103,7 +108,10 @@ impl Env {
         if value.is_empty() {
             return Err(CniError::new(
                 Code::InvalidEnv,
-                format!("{name} is not set: the container runtime must set it for {}", self.command),
+                format!(
+                    "{name} is not set: the container runtime must set it for {}",
+                    self.command
+                ),
             ));
         }
         Ok(())
@@ -199,7 +207,10 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     Err(CniError::new(
         Code::RulesDiffer,
-        format!("the capture rules of pod {} are not as trellis-cni installed them", record.pod),
+        format!(
+            "the capture rules of pod {} are not as trellis-cni installed them",
+            record.pod
+        ),
     )
     .with_details(problems.join("; ")))
 }

@@ -25,11 +25,16 @@ pub fn exists(path: &str) -> bool {
 
 /// Runs `work` with this thread in the network namespace at `path`.
 pub fn within<T>(path: &str, work: impl FnOnce() -> Result<T, InitError>) -> Result<T, Error> {
-    let enter = |what: &str, e: &dyn std::fmt::Display| Error::Enter(format!("could not {what}: {e}"));
-    let own = File::open("/proc/thread-self/ns/net").map_err(|e| enter("open this thread's network namespace", &e))?;
-    let target = File::open(path).map_err(|e| enter(&format!("open the network namespace {path}"), &e))?;
-    setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| enter(&format!("enter the network namespace {path}"), &e))?;
+    let enter =
+        |what: &str, e: &dyn std::fmt::Display| Error::Enter(format!("could not {what}: {e}"));
+    let own = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| enter("open this thread's network namespace", &e))?;
+    let target =
+        File::open(path).map_err(|e| enter(&format!("open the network namespace {path}"), &e))?;
+    setns(&target, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| enter(&format!("enter the network namespace {path}"), &e))?;
     let result = work();
-    setns(&own, CloneFlags::CLONE_NEWNET).map_err(|e| enter("return to this thread's network namespace", &e))?;
+    setns(&own, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| enter("return to this thread's network namespace", &e))?;
     result.map_err(Error::Capture)
 }

@@ -130,7 +130,9 @@ pub fn decide(pod: &Pod) -> Result<Capture, CniError> {
         .chain(&spec.containers)
         .find(|c| c.name == INIT_CONTAINER);
     let Some(init) = init else {
-        return Ok(Capture::None(format!("no {INIT_CONTAINER} container: not injected")));
+        return Ok(Capture::None(format!(
+            "no {INIT_CONTAINER} container: not injected"
+        )));
     };
     let argv = init_argv(init);
     let args = InitArgs::from_container_args(&argv).map_err(|e| {

@@ -27,7 +27,13 @@ pub struct Record {
 impl Record {
     pub fn init_args(&self) -> Result<InitArgs, CniError> {
         InitArgs::from_container_args(&self.args).map_err(|e| {
-            CniError::new(Code::PodConfig, format!("the record of pod {} holds arguments that no longer parse: {e}", self.pod))
+            CniError::new(
+                Code::PodConfig,
+                format!(
+                    "the record of pod {} holds arguments that no longer parse: {e}",
+                    self.pod
+                ),
+            )
         })
     }
 }
@@ -35,7 +41,13 @@ impl Record {
 impl State {
     pub fn open(dir: PathBuf) -> Result<Self, CniError> {
         std::fs::create_dir_all(&dir).map_err(|e| {
-            CniError::new(Code::IoFailure, format!("could not create the state directory {}: {e}", dir.display()))
+            CniError::new(
+                Code::IoFailure,
+                format!(
+                    "could not create the state directory {}: {e}",
+                    dir.display()
+                ),
+            )
         })?;
         Ok(State { dir })
     }
@@ -57,19 +69,29 @@ impl State {
     }
 
     /// Writes the record atomically (a temporary file renamed over).
-    pub fn record(&self, container_id: &str, pod: &PodRef, args: &[String]) -> Result<(), CniError> {
+    pub fn record(
+        &self,
+        container_id: &str,
+        pod: &PodRef,
+        args: &[String],
+    ) -> Result<(), CniError> {
         let path = self.path(container_id)?;
         let record = Record {
             pod: pod.clone(),
             args: args.to_vec(),
         };
         let io = |e: std::io::Error| {
-            CniError::new(Code::IoFailure, format!("could not record pod {pod} in {}: {e}", path.display()))
+            CniError::new(
+                Code::IoFailure,
+                format!("could not record pod {pod} in {}: {e}", path.display()),
+            )
         };
         let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
-        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io)?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }
 
@@ -79,11 +101,17 @@ impl State {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(CniError::new(Code::IoFailure, format!("could not read {}: {e}", path.display())))
+                return Err(CniError::new(
+                    Code::IoFailure,
+                    format!("could not read {}: {e}", path.display()),
+                ))
             }
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            CniError::new(Code::DecodeFailure, format!("the record {} is not valid: {e}", path.display()))
+            CniError::new(
+                Code::DecodeFailure,
+                format!("the record {} is not valid: {e}", path.display()),
+            )
         })
     }
 
@@ -105,7 +133,10 @@ impl State {
                 continue;
             };
             if !keep(id) {
-                tracing::info!(container = id, "forgetting the record of a container the runtime no longer has");
+                tracing::info!(
+                    container = id,
+                    "forgetting the record of a container the runtime no longer has"
+                );
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -43,11 +43,21 @@ fn error_of(command: &str, stdin: &[u8]) -> CniError {
 
 #[test]
 fn version_lists_1_0_and_1_1() {
-    let out: Value = serde_json::from_str(&run(&env("VERSION"), br#"{"cniVersion":"1.0.0"}"#).unwrap().unwrap()).unwrap();
+    let out: Value = serde_json::from_str(
+        &run(&env("VERSION"), br#"{"cniVersion":"1.0.0"}"#)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(out["cniVersion"], "1.0.0");
     assert_eq!(out["supportedVersions"], json!(["1.0.0", "1.1.0"]));
     // Asked in a version we do not speak: answered in ours.
-    let out: Value = serde_json::from_str(&run(&env("VERSION"), br#"{"cniVersion":"0.3.1"}"#).unwrap().unwrap()).unwrap();
+    let out: Value = serde_json::from_str(
+        &run(&env("VERSION"), br#"{"cniVersion":"0.3.1"}"#)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(out["cniVersion"], "1.1.0");
 }
 
@@ -56,7 +66,11 @@ fn an_unknown_version_is_error_1() {
     let stdin = br#"{"cniVersion":"0.4.0","name":"n","type":"trellis-cni"}"#;
     let e = error_of("ADD", stdin);
     assert_eq!(e.code, Code::IncompatibleVersion);
-    assert!(e.msg.contains("\"0.4.0\"") && e.msg.contains("1.0.0, 1.1.0"), "{}", e.msg);
+    assert!(
+        e.msg.contains("\"0.4.0\"") && e.msg.contains("1.0.0, 1.1.0"),
+        "{}",
+        e.msg
+    );
     let object: Value = serde_json::from_str(&e.to_json(stdin)).unwrap();
     assert_eq!(object["code"], 1);
     // Reported in the newest version, since 0.4.0 is not ours to speak.
@@ -78,7 +92,10 @@ fn add_without_prev_result_is_error_7_naming_the_chain() {
     assert_eq!(e.code, Code::InvalidConfig);
     assert!(e.msg.contains("chained plugin"), "{}", e.msg);
     let object: Value = serde_json::from_str(&e.to_json(stdin)).unwrap();
-    assert_eq!((object["cniVersion"].as_str(), object["code"].as_u64()), (Some("1.0.0"), Some(7)));
+    assert_eq!(
+        (object["cniVersion"].as_str(), object["code"].as_u64()),
+        (Some("1.0.0"), Some(7))
+    );
     assert!(object["msg"].as_str().unwrap().contains("prevResult"));
 }
 
@@ -133,16 +150,25 @@ fn cni_args_name_the_pod() {
         Some(PodRef { namespace: "shop".into(), name: "web-1".into() })
     );
     assert_eq!(PodRef::from_cni_args("K8S_POD_NAMESPACE=shop"), None);
-    assert_eq!(PodRef::from_cni_args("K8S_POD_NAMESPACE=;K8S_POD_NAME=x"), None);
+    assert_eq!(
+        PodRef::from_cni_args("K8S_POD_NAMESPACE=;K8S_POD_NAME=x"),
+        None
+    );
     assert_eq!(PodRef::from_cni_args(""), None);
 }
 
 fn pod(inits: Vec<Container>, host_network: bool) -> Pod {
     Pod {
-        metadata: kube::api::ObjectMeta { name: Some("web-1".into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some("web-1".into()),
+            ..Default::default()
+        },
         spec: Some(PodSpec {
             init_containers: Some(inits),
-            containers: vec![Container { name: "app".into(), ..Default::default() }],
+            containers: vec![Container {
+                name: "app".into(),
+                ..Default::default()
+            }],
             host_network: Some(host_network),
             ..Default::default()
         }),
@@ -161,7 +187,14 @@ fn init(args: &[&str]) -> Container {
 
 #[test]
 fn only_pods_injected_for_cni_capture_are_captured() {
-    let cni = init(&["init", "--check", "--proxy-uid", "7102", "--skip-inbound-ports", "22"]);
+    let cni = init(&[
+        "init",
+        "--check",
+        "--proxy-uid",
+        "7102",
+        "--skip-inbound-ports",
+        "22",
+    ]);
     match decide(&pod(vec![cni.clone()], false)).unwrap() {
         Capture::Cni { args, argv } => {
             assert!(args.is_check());
@@ -174,13 +207,20 @@ fn only_pods_injected_for_cni_capture_are_captured() {
         Capture::Cni { .. } => panic!("captured"),
     };
     assert!(none(&pod(vec![], false)).contains("not injected"));
-    assert!(none(&pod(vec![init(&["init", "--proxy-uid", "7102"])], false)).contains("init-container mode"));
+    assert!(
+        none(&pod(vec![init(&["init", "--proxy-uid", "7102"])], false))
+            .contains("init-container mode")
+    );
     assert!(none(&pod(vec![cni], true)).contains("host's network"));
 }
 
 #[test]
 fn a_trellis_init_with_bad_arguments_fails_the_pod() {
-    let err = decide(&pod(vec![init(&["init", "--check", "--inbound-port", "zero"])], false)).unwrap_err();
+    let err = decide(&pod(
+        vec![init(&["init", "--check", "--inbound-port", "zero"])],
+        false,
+    ))
+    .unwrap_err();
     assert_eq!(err.code, Code::PodConfig);
     assert!(err.details.contains("--inbound-port"), "{}", err.details);
 }
@@ -190,15 +230,24 @@ fn records_are_kept_per_container_and_collected() {
     let dir = trellis_core::test_support::TempDir::new("trellis-cni-state");
     let stdin = conf(json!({ "stateDir": dir.path() }));
     let state = NetConf::parse(&stdin).unwrap().state().unwrap();
-    let pod = PodRef { namespace: "shop".into(), name: "web-1".into() };
+    let pod = PodRef {
+        namespace: "shop".into(),
+        name: "web-1".into(),
+    };
     let args: Vec<String> = ["init", "--check"].map(String::from).to_vec();
     state.record("a1", &pod, &args).unwrap();
     state.record("b2", &pod, &args).unwrap();
     let record = state.read("a1").unwrap().unwrap();
-    assert_eq!((record.pod.clone(), record.args.clone()), (pod.clone(), args.clone()));
+    assert_eq!(
+        (record.pod.clone(), record.args.clone()),
+        (pod.clone(), args.clone())
+    );
     assert!(record.init_args().unwrap().is_check());
     assert!(state.read("zz").unwrap().is_none());
-    assert_eq!(state.record("../etc", &pod, &args).unwrap_err().code, Code::InvalidEnv);
+    assert_eq!(
+        state.record("../etc", &pod, &args).unwrap_err().code,
+        Code::InvalidEnv
+    );
 
     // GC keeps what the runtime lists, and without a list keeps all.
     let gc = |valid: Option<Value>| {
@@ -217,9 +266,15 @@ fn records_are_kept_per_container_and_collected() {
     // DEL of a container this plugin never set up touches nothing.
     let mut del = env("DEL");
     del.container_id = "never".into();
-    assert_eq!(run(&del, &conf(json!({ "stateDir": dir.path() }))).unwrap(), None);
+    assert_eq!(
+        run(&del, &conf(json!({ "stateDir": dir.path() }))).unwrap(),
+        None
+    );
     // DEL of a recorded one whose namespace is gone forgets it.
     del.container_id = "b2".into();
-    assert_eq!(run(&del, &conf(json!({ "stateDir": dir.path() }))).unwrap(), None);
+    assert_eq!(
+        run(&del, &conf(json!({ "stateDir": dir.path() }))).unwrap(),
+        None
+    );
     assert!(state.read("b2").unwrap().is_none());
 }

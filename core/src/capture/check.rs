@@ -38,7 +38,12 @@ pub(crate) fn redirect_in_place(plan: &Plan) -> Result<(), InitError> {
         ))
     })?;
     let port = (PROBE_PORT..=u16::MAX)
-        .find(|p| !plan.skip_outbound.iter().any(|r| r.first <= *p && *p <= r.last))
+        .find(|p| {
+            !plan
+                .skip_outbound
+                .iter()
+                .any(|r| r.first <= *p && *p <= r.last)
+        })
         .unwrap_or(PROBE_PORT);
     let target = SocketAddr::from((PROBE_ADDR, port));
     let token = format!("trellis-capture-check {:016x}\n", rand_u64());

@@ -61,8 +61,8 @@ mod tests;
 use std::io::{self, Write};
 use std::process::ExitStatus;
 
-use clap::builder::BoolishValueParser;
 use crate::config::{parse_ports, PortRange};
+use clap::builder::BoolishValueParser;
 
 use self::rules::Family;
 
@@ -399,7 +399,9 @@ fn undo(variant: apply::Variant, family: Family) {
     };
     match result {
         Ok(()) => tracing::info!(%family, "removed the rules installed before the failure"),
-        Err(error) => tracing::warn!(%family, %error, "could not remove the rules installed before the failure"),
+        Err(error) => {
+            tracing::warn!(%family, %error, "could not remove the rules installed before the failure")
+        }
     }
 }
 

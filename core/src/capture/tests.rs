@@ -473,17 +473,24 @@ fn every_flag_also_reads_a_trellis_init_variable() {
 
 /// The arguments the injector gives `trellis-init` in CNI mode.
 fn cni_container_args(extra: &[&str]) -> Vec<String> {
-    ["init", "--check", "--proxy-uid", "7102", "--iptables-mode", "auto"]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "init",
+        "--check",
+        "--proxy-uid",
+        "7102",
+        "--iptables-mode",
+        "auto",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[test]
 fn container_args_parse_with_the_init_parser() {
-    let args =
-        InitArgs::from_container_args(&cni_container_args(&["--skip-inbound-ports", "22"])).unwrap();
+    let args = InitArgs::from_container_args(&cni_container_args(&["--skip-inbound-ports", "22"]))
+        .unwrap();
     assert!(args.is_check());
     let plan = Plan::from_args(&args).unwrap();
     assert_eq!(plan.skip_inbound, parse_ports("22").unwrap());
@@ -495,7 +502,9 @@ fn container_args_parse_with_the_init_parser() {
     assert!(args.to_remove().remove);
 
     let init_mode: Vec<String> = ["init", "--proxy-uid", "7102"].map(String::from).to_vec();
-    assert!(!InitArgs::from_container_args(&init_mode).unwrap().is_check());
+    assert!(!InitArgs::from_container_args(&init_mode)
+        .unwrap()
+        .is_check());
 }
 
 #[test]
@@ -512,15 +521,20 @@ fn container_args_that_are_not_init_are_refused_with_the_reason() {
 
 #[test]
 fn check_finds_no_difference_in_the_rules_it_asked_for() {
-    let plan = plan(&["--skip-inbound-ports", "22,4000-4010", "--skip-outbound-ports", "25"]);
+    let plan = plan(&[
+        "--skip-inbound-ports",
+        "22,4000-4010",
+        "--skip-outbound-ports",
+        "25",
+    ]);
     let saved = saved_after(&rules(&plan, Family::V4, ""));
     assert_eq!(differences(&plan, Family::V4, &saved), Vec::<String>::new());
 }
 
 #[test]
 fn check_names_each_missing_changed_or_extra_rule() {
-    let plan = plan(&["--skip-inbound-ports", "22"]);
-    let saved = saved_after(&rules(&plan, Family::V4, ""));
+    let asked = plan(&["--skip-inbound-ports", "22"]);
+    let saved = saved_after(&rules(&asked, Family::V4, ""));
 
     // A rule deleted by hand.
     let without_uid: String = saved
@@ -529,7 +543,7 @@ fn check_names_each_missing_changed_or_extra_rule() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert_eq!(
-        differences(&plan, Family::V4, &without_uid),
+        differences(&asked, Family::V4, &without_uid),
         ["TRELLIS_OUTBOUND lacks the rule \"trellis/outbound: skip traffic of the proxy user (uid 7102)\""]
     );
 
@@ -537,8 +551,14 @@ fn check_names_each_missing_changed_or_extra_rule() {
     let other = plan(&["--skip-inbound-ports", "23"]);
     let found = differences(&other, Family::V4, &saved);
     assert_eq!(found.len(), 2, "{found:?}");
-    assert!(found[0].contains("lacks") && found[0].contains("skip-inbound-ports 23"), "{found:?}");
-    assert!(found[1].contains("unexpected") && found[1].contains("skip-inbound-ports 22"), "{found:?}");
+    assert!(
+        found[0].contains("lacks") && found[0].contains("skip-inbound-ports 23"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("unexpected") && found[1].contains("skip-inbound-ports 22"),
+        "{found:?}"
+    );
 
     // The jump from OUTPUT gone.
     let no_jump: String = saved
@@ -546,12 +566,23 @@ fn check_names_each_missing_changed_or_extra_rule() {
         .filter(|l| !l.starts_with("-A OUTPUT"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_eq!(differences(&plan, Family::V4, &no_jump), ["OUTPUT does not jump to TRELLIS_OUTBOUND"]);
+    assert_eq!(
+        differences(&asked, Family::V4, &no_jump),
+        ["OUTPUT does not jump to TRELLIS_OUTBOUND"]
+    );
 
     // Nothing at all.
-    let found = differences(&plan, Family::V4, "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
-    assert_eq!(found.iter().filter(|p| p.ends_with("is missing")).count(), 4, "{found:?}");
-    assert_eq!(found.iter().filter(|p| p.contains("does not jump")).count(), 2, "{found:?}");
+    let found = differences(&asked, Family::V4, "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+    assert_eq!(
+        found.iter().filter(|p| p.ends_with("is missing")).count(),
+        4,
+        "{found:?}"
+    );
+    assert_eq!(
+        found.iter().filter(|p| p.contains("does not jump")).count(),
+        2,
+        "{found:?}"
+    );
 }
 
 // ---- variant, IPv6, reporting ----
