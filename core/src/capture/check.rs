@@ -9,9 +9,9 @@
 //! token. With the rules in place `OUTPUT` redirects the connection to the
 //! listener, which echoes the token; without them the connection goes
 //! nowhere (no route, refused, or time-out) and the pod fails with a
-//! message naming the fix. The kubelet then restarts the init container,
-//! so a pod that started before the plugin was installed on a fresh node
-//! recovers once it is.
+//! message naming the fix. Retrying does not help such a pod (its network
+//! was set up once, without the plugin, typically on a fresh node before
+//! the installer ran there): it has to be deleted and created again.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -60,8 +60,9 @@ pub(crate) fn redirect_in_place(plan: &Plan) -> Result<(), InitError> {
             "this pod's traffic is not captured: a connection to {target} was not redirected to the proxy's outbound port {listen} ({e}). \
              The pod was injected for capture by the Trellis CNI plugin (trellis-init runs `init --check`), and the plugin did not set up \
              this pod's network. Is the trellis-cni DaemonSet running on this node (chart value cni.enabled=true), and is trellis-cni \
-             chained in the node's CNI configuration? Once it is, this container is retried and the pod starts. To capture with a \
-             privileged init container instead, install the chart with cni.enabled=false and re-create the pod."
+             chained in the node's CNI configuration? A pod's network is set up once, when it is created: once the plugin is in place, \
+             delete this pod so that it is created again. To capture with a privileged init container instead, install the \
+             chart with cni.enabled=false and re-create the pod."
         ))),
     }
 }
