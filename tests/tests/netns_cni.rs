@@ -149,6 +149,22 @@ metadata: {{name: {role}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
 subjects:
 - {{kind: ServiceAccount, name: trellis-cni, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: trellis-cni, namespace: {ns}}}
+rules:
+- apiGroups: [apps]
+  resources: [daemonsets]
+  resourceNames: [trellis-cni]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: trellis-cni, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: trellis-cni}}
+subjects:
+- {{kind: ServiceAccount, name: trellis-cni, namespace: {ns}}}
 "#
         ));
         assert!(!cluster.can_i(&ns, "trellis-cni", "list", "pods", None));
@@ -185,8 +201,10 @@ subjects:
     }
 }
 
-/// A conflist `bridge` (+ `host-local`) → `trellis-cni`, in a directory of
-/// its own, with the plugin's state in another; run with `cnitool`.
+/// A node's CNI setup: a conflist with `bridge` (+ `host-local`), into which
+/// `trellis-cni install` (the chart's DaemonSet's command) chains the plugin
+/// and for which it writes the plugin's kubeconfig, from the ServiceAccount
+/// token and CA it is given; run with `cnitool` as a runtime runs it.
 struct Chain {
     dir: PathBuf,
     net: String,
@@ -198,54 +216,93 @@ struct Chain {
 }
 
 impl Chain {
-    fn new(kubeconfig: &Path) -> Chain {
+    fn new(pods: &Pods) -> Chain {
         let (plugins, cnitool) = cni_pieces();
         let net = unique("trellis-cni-test-");
         let dir = std::env::temp_dir().join(&net);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("net.d")).unwrap();
-        std::fs::create_dir_all(dir.join("bin")).unwrap();
-        std::os::unix::fs::symlink(bin("trellis-cni"), dir.join("bin/trellis-cni")).unwrap();
+        for sub in ["net.d", "bin", "sa"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
         let n = std::process::id() as usize + net.len() * 7 + unique("").len();
         let prefix = format!("10.{}.{}", 200 + n % 50, (n / 50) % 250);
         let bridge = unique("trcb");
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": net,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "subnet": format!("{prefix}.0/24"),
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": dir.join("ipam"),
-                    },
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": format!("{prefix}.0/24"),
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.join("ipam"),
                 },
-                {
-                    "type": "trellis-cni",
-                    "kubeconfig": kubeconfig,
-                    "stateDir": dir.join("state"),
-                    "logLevel": "debug",
-                },
-            ],
+            }],
         });
         std::fs::write(dir.join("net.d/10-test.conflist"), conflist.to_string()).unwrap();
         // Runtimes bring up a sandbox's `lo` with the loopback plugin, apart
-        // from the pod network's conflist.
+        // from the pod network's conflist (which sorts first, so it is the
+        // one the installer chains into).
         let lo = json!({"cniVersion": "1.0.0", "name": format!("{net}-lo"), "plugins": [{"type": "loopback"}]});
         std::fs::write(dir.join("net.d/99-loopback.conflist"), lo.to_string()).unwrap();
-        Chain {
+        let chain = Chain {
             cni_path: format!("{}:{}", plugins.display(), dir.join("bin").display()),
             dir,
             net,
             bridge,
             cnitool,
             prefix,
-        }
+        };
+        let out = run(&mut chain.installer(pods, &["--once"]));
+        assert!(
+            out.status.success(),
+            "trellis-cni install --once failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        chain
+    }
+
+    /// `trellis-cni install` for this node, as the DaemonSet runs it (the
+    /// node's directories under this test's own), with the ServiceAccount
+    /// token and CA of `pods`' plugin account.
+    fn installer(&self, pods: &Pods, extra: &[&str]) -> Command {
+        let token = self.dir.join("sa/token");
+        std::fs::write(
+            &token,
+            pods.cluster
+                .token(&pods.ns, "trellis-cni", None, 3600, None),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("trellis-cni"));
+        cmd.arg("install")
+            .arg("--bin-dir")
+            .arg(self.dir.join("bin"))
+            .arg("--conf-dir")
+            .arg(self.dir.join("net.d"))
+            .arg("--host-conf-dir")
+            .arg(self.dir.join("net.d"))
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--ca-file")
+            .arg(pods.cluster.dir.join("ca.crt"))
+            .arg("--api-server")
+            .arg(&pods.cluster.server)
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra);
+        cmd
+    }
+
+    /// The conflist the pod network comes from, as it is now.
+    fn conflist(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("net.d/10-test.conflist")).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Sets up a sandbox as a runtime does: `lo`, then the pod network;
@@ -289,10 +346,17 @@ impl Chain {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn records(&self) -> usize {
-        std::fs::read_dir(self.dir.join("state"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+    /// The plugin's records (in its default state directory) of pods of
+    /// namespace `ns`.
+    fn records(&self, ns: &str) -> usize {
+        let Ok(dir) = std::fs::read_dir("/var/lib/trellis-cni") else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| serde_json::from_str::<Value>(&text).ok())
+            .filter(|record| record["pod"]["namespace"] == ns)
+            .count()
     }
 }
 
@@ -328,8 +392,11 @@ fn pod_ip(result: &str) -> Ipv4Addr {
 fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
     require_root("network namespaces, a bridge and iptables");
     let pods = Pods::new();
-    let chain = Chain::new(&pods.kubeconfig);
+    let chain = Chain::new(&pods);
     let ns = pods.ns.as_str();
+    let plugins = chain.conflist()["plugins"].clone();
+    assert_eq!(plugins.as_array().unwrap().len(), 2, "{plugins}");
+    assert_eq!(plugins[1]["type"], "trellis-cni", "{plugins}");
     pods.create(
         "meshed",
         Some(&[
@@ -376,7 +443,7 @@ fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
     );
     assert_eq!(plain.trellis_rules(), Vec::<String>::new());
     assert_eq!(init_mode.trellis_rules(), Vec::<String>::new());
-    assert_eq!(chain.records(), 1);
+    assert_eq!(chain.records(ns), 1);
 
     // What the pod's trellis-init does in CNI mode, without privilege: the
     // outbound redirect is in place.
@@ -495,9 +562,83 @@ fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
     chain.cnitool_ok("del", &plain, Some((ns, "plain")));
     assert_eq!(meshed.trellis_rules(), Vec::<String>::new());
     assert_eq!(init_mode.trellis_rules(), before);
-    assert_eq!(chain.records(), 0);
+    assert_eq!(chain.records(ns), 0);
     // DEL again (the runtime may repeat it) is fine.
     chain.cnitool_ok("del", &meshed, Some((ns, "meshed")));
+}
+
+#[test]
+fn the_installer_keeps_the_plugin_through_an_update_and_takes_it_out_on_removal() {
+    require_root("a bridge for the node's conflist");
+    let pods = Pods::new();
+    let ns = pods.ns.as_str();
+    let chain = Chain::new(&pods);
+    let daemonset = format!("{ns}/trellis-cni");
+    pods.cluster.apply_ok(&format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: trellis-cni, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: trellis-cni}}}}
+  template:
+    metadata: {{labels: {{app: trellis-cni}}}}
+    spec:
+      containers: [{{name: install, image: ghcr.io/trellis-mesh/trellis-cni:0.1.0}}]
+"#
+    ));
+    let chained = |chain: &Chain| chain.conflist()["plugins"].as_array().unwrap().len() == 2;
+    // Running its watch (its signal handlers in place), the entry in.
+    let watching = |p: &Proc| p.output().contains("trellis-cni is chained");
+    let installer = |run: usize| {
+        let mut cmd = chain.installer(
+            &pods,
+            &["--daemonset", &daemonset, "--poll-interval", "50ms"],
+        );
+        cmd.env("KUBECONFIG", &pods.kubeconfig);
+        Proc::start(
+            "trellis-cni install",
+            cmd,
+            chain.dir.join(format!("install-{run}.log")),
+        )
+    };
+
+    // SIGTERM while the DaemonSet is there (a rolling update): stays.
+    let mut first = installer(1);
+    assert!(
+        eventually(Duration::from_secs(20), || watching(&first)),
+        "{}",
+        first.output()
+    );
+    assert!(first.stop().success(), "{}", first.output());
+    assert!(chained(&chain), "{}", first.output());
+    assert!(chain.dir.join("bin/trellis-cni").exists());
+    assert!(
+        first.output().contains("leaving trellis-cni chained"),
+        "{}",
+        first.output()
+    );
+
+    // SIGTERM once the DaemonSet is deleted (helm uninstall): taken out.
+    pods.cluster
+        .kubectl_ok(&["delete", "daemonset", "trellis-cni", "-n", ns]);
+    let mut second = installer(2);
+    assert!(
+        eventually(Duration::from_secs(20), || watching(&second)),
+        "{}",
+        second.output()
+    );
+    assert!(chained(&chain));
+    assert!(second.stop().success(), "{}", second.output());
+    let plugins = chain.conflist()["plugins"].clone();
+    assert_eq!(
+        plugins.as_array().unwrap().len(),
+        1,
+        "{plugins}\n{}",
+        second.output()
+    );
+    assert_eq!(plugins[0]["type"], "bridge");
+    assert!(!chain.dir.join("bin/trellis-cni").exists());
+    assert!(!chain.dir.join("net.d/trellis-cni.d").exists());
 }
 
 /// Runs the plugin as the runtime would, for one command, with `stdin`.
