@@ -20,6 +20,7 @@
 //!
 //! In CNI mode the plugin reads the rules from the check container's
 //! arguments (the same flags), so they have one source.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
