@@ -6,9 +6,11 @@
 #   docker build --target identity   -t ghcr.io/trellis-mesh/trellis-identity:0.1.0 .
 #   docker build --target controller -t ghcr.io/trellis-mesh/trellis-controller:0.1.0 .
 #   docker build --target injector   -t ghcr.io/trellis-mesh/trellis-injector:0.1.0 .
+#   docker build --target cni        -t ghcr.io/trellis-mesh/trellis-cni:0.1.0 .
 #
-# (Or `docker buildx bake`-style: every target shares the one `build` stage,
-# so the workspace compiles once.) The image names and tags are the ones the
+# (Or `docker buildx bake`-style: every target but `cni` shares the one
+# `build` stage, so the workspace compiles once; `cni` has a static build of
+# its own, `build-cni`.) The image names and tags are the ones the
 # Helm chart (charts/trellis) expects by default.
 #
 # NOTE: this file has not been built by the project's own checks: the
@@ -20,6 +22,7 @@
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG DISTROLESS_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 ARG DEBIAN_IMAGE=debian:bookworm-slim
+ARG DISTROLESS_STATIC_IMAGE=gcr.io/distroless/static-debian12
 
 # --- build: the four binaries, release profile --------------------------------
 FROM ${RUST_IMAGE} AS build
@@ -84,3 +87,38 @@ COPY --from=build /out/trellis-injector /usr/local/bin/trellis-injector
 USER 65532:65532
 EXPOSE 7157 7197
 ENTRYPOINT ["/usr/local/bin/trellis-injector"]
+
+# --- build-cni: trellis-cni, static (musl) ------------------------------------
+# The binary does not stay in its image: `trellis-cni install` copies it into
+# the node's CNI binary directory, and the container runtime runs it there,
+# in the host's mount namespace, with the host's libraries. A glibc build
+# would depend on the node's glibc (absent on musl-based or minimal hosts,
+# older on some), so it is built for x86_64-unknown-linux-musl and linked
+# statically. musl-tools provides musl-gcc for the C and assembly of ring
+# (rustls's crypto); nothing else in its dependency tree is C. Other
+# architectures: the matching musl target and a cross C compiler.
+FROM ${RUST_IMAGE} AS build-cni
+WORKDIR /src
+ENV RUSTUP_TOOLCHAIN=1.95.0 \
+    CARGO_TERM_COLOR=never
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup toolchain install 1.95.0 --profile minimal \
+ && rustup target add --toolchain 1.95.0 x86_64-unknown-linux-musl
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p trellis-cni --target x86_64-unknown-linux-musl \
+ && mkdir -p /out \
+ && cp target/x86_64-unknown-linux-musl/release/trellis-cni /out/
+
+# --- cni: the CNI plugin and its node installer (the chart's DaemonSet) -------
+# distroless/static: the static binary needs no libc, and the installer
+# needs no shell. It runs as root (set by the chart: the host's CNI
+# directories are root's) with every capability dropped.
+FROM ${DISTROLESS_STATIC_IMAGE} AS cni
+COPY --from=build-cni /out/trellis-cni /usr/local/bin/trellis-cni
+ENTRYPOINT ["/usr/local/bin/trellis-cni"]
+CMD ["install"]

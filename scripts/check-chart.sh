@@ -18,7 +18,8 @@
 #      to parse and to have apiVersion, kind and metadata.name, and each is
 #      listed as skipped. Invariants of the chart are checked too
 #      (security contexts, probes, env names, RBAC rules, the identity's
-#      token verifier (TokenReview), the webhook, the
+#      token verifier (TokenReview), the webhook, the CNI installer's
+#      DaemonSet and its least privilege (with cni.enabled), the
 #      injector config's keys, generated certificates), and each profile's
 #      injector config (the ConfigMap's config.yaml) is fed to the
 #      injector's own logic, `trellis inject --config ... --strict`, on a
@@ -239,7 +240,7 @@ INJECTOR_CONFIG_KEYS = {
               "defaultInboundPolicy", "outboundMtls", "plaintextDestinations", "opaquePorts",
               "tokenExpirationSeconds"},
     "proxy.resources": {"cpuRequest", "memoryRequest", "cpuLimit", "memoryLimit"},
-    "init": {"image", "runAsRoot", "iptablesMode"},
+    "init": {"captureMode", "image", "runAsRoot", "iptablesMode"},
 }
 # injector/src/floor.rs, FloorConfig: only the fields a profile sets
 INJECTOR_FLOOR_KEYS = {"enforcement", "defaultInboundPolicy", "outboundMtls", "skipInboundPorts",
@@ -423,6 +424,55 @@ if a.chart_invariants:
             items = vols.get("issuer", {}).get("secret", {}).get("items") or []
             check({(i["key"], i["path"]) for i in items} == {("tls.crt", "issuer.crt"), ("tls.key", "issuer.key")},
                   "certManager: the identity must mount tls.crt/tls.key as issuer.crt/issuer.key")
+    # The CNI plugin's installer (cni.enabled): present exactly when the
+    # injector is in CNI mode; least privilege for what it does (copy a
+    # binary and edit a conflist in two host directories).
+    ds = find("DaemonSet", "trellis-cni", ns)
+    mode = cfg["init"].get("captureMode") if cm is not None else None
+    check((ds is not None) == (mode == "cni"),
+          "DaemonSet trellis-cni present (%s) must go with injector captureMode cni (%r)" % (ds is not None, mode))
+    if ds is not None:
+        pod = ds["spec"]["template"]["spec"]
+        check(pod.get("serviceAccountName") == "trellis-cni", "trellis-cni: serviceAccountName %r" % pod.get("serviceAccountName"))
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            check(not pod.get(key), "trellis-cni: %s must not be set (the installer works on files only)" % key)
+        check(any(t.get("operator") == "Exists" and not t.get("key") and not t.get("effect") for t in pod.get("tolerations") or []),
+              "trellis-cni: a toleration {operator: Exists} (every node, tainted or not)")
+        check(pod.get("priorityClassName") == "system-node-critical", "trellis-cni: priorityClassName system-node-critical")
+        vols = {v["name"]: v for v in pod.get("volumes") or []}
+        check(all("hostPath" in v for v in vols.values()) and len(vols) == 2, "trellis-cni: exactly two volumes, the host's CNI directories: %s" % sorted(vols))
+        cs = pod["containers"]
+        check(len(cs) == 1 and not pod.get("initContainers"), "trellis-cni: one container")
+        c = cs[0]
+        check(c.get("command") == ["trellis-cni", "install"], "trellis-cni: command %r" % c.get("command"))
+        sc = c.get("securityContext") or {}
+        check(sc.get("privileged") is False and sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True,
+              "trellis-cni: not privileged, no privilege escalation, read-only root filesystem")
+        check((sc.get("capabilities") or {}).get("drop") == ["ALL"] and not (sc.get("capabilities") or {}).get("add"),
+              "trellis-cni: capabilities drop ALL, add none (root only as the owner of the host directories)")
+        check((sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", "trellis-cni: seccompProfile RuntimeDefault")
+        check(bool((c.get("resources") or {}).get("requests")), "trellis-cni: resource requests")
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        want_env = {"TRELLIS_CNI_BIN_DIR", "TRELLIS_CNI_CONF_DIR", "TRELLIS_CNI_HOST_CONF_DIR", "TRELLIS_CNI_LOG_LEVEL"}
+        check(set(env) == want_env, "trellis-cni: env %s, want %s" % (sorted(env), sorted(want_env)))
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+        for var, host_key in (("TRELLIS_CNI_BIN_DIR", "bin"), ("TRELLIS_CNI_CONF_DIR", "conf")):
+            name = mounts.get(env.get(var))
+            check(name in vols, "trellis-cni: %s=%r is no mount of a host directory" % (var, env.get(var)))
+            if host_key == "conf" and name in vols:
+                check(vols[name]["hostPath"]["path"] == env.get("TRELLIS_CNI_HOST_CONF_DIR"),
+                      "trellis-cni: TRELLIS_CNI_HOST_CONF_DIR %r must be the mounted host directory %r"
+                      % (env.get("TRELLIS_CNI_HOST_CONF_DIR"), vols[name]["hostPath"]["path"]))
+        check(find("ServiceAccount", "trellis-cni", ns) is not None, "ServiceAccount trellis-cni missing")
+        role = find("ClusterRole", "trellis-cni")
+        check(role is not None and role.get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+              "ClusterRole trellis-cni must allow exactly get pods: %s" % (role or {}).get("rules"))
+        crb = find("ClusterRoleBinding", "trellis-cni")
+        check(crb is not None and crb["roleRef"]["name"] == "trellis-cni" and crb["subjects"] == [{"kind": "ServiceAccount", "name": "trellis-cni", "namespace": ns}],
+              "ClusterRoleBinding trellis-cni must bind ClusterRole trellis-cni to ServiceAccount %s/trellis-cni only" % ns)
+    else:
+        for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+            check(find(kind, "trellis-cni") is None, "%s trellis-cni without cni.enabled" % kind)
     # PodDisruptionBudgets: one per component with more than one replica
     for name in ENV:
         d = find("Deployment", name)
@@ -623,6 +673,8 @@ PROFILES=(
   "strict|-f $CHART/ci/strict-values.yaml"
   "provided-ca|--set identity.issuer.mode=provided --set-file identity.trustRootsPEM=$pki/root.pem --set-file identity.issuer.certPEM=$pki/issuer.crt --set-file identity.issuer.keyPEM=$pki/issuer.key"
   "ha+cert-manager+monitoring|-f $CHART/values-ha.yaml -f $CHART/ci/cert-manager-values.yaml -f $CHART/ci/service-monitor-values.yaml"
+  "cni|-f $CHART/ci/cni-values.yaml"
+  "strict+cni|-f $CHART/ci/strict-values.yaml -f $CHART/ci/cni-values.yaml"
 )
 # Every ci/*-values.yaml must be in a profile above.
 for f in "$CHART"/ci/*-values.yaml; do
@@ -671,6 +723,14 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     if "$TRELLIS" inject --strict --config "$WORK/$name.injector-config.yaml" -f "$WORK/sample-app.yaml" \
         >"$WORK/$name.injected.yaml" 2>"$WORK/err"; then
       say "trellis inject --config (this profile's config.yaml): $(tr '\n' ' ' <"$WORK/err")"
+      # CNI mode: trellis-init is the check, and nothing adds a capability.
+      if grep -q '^  captureMode: cni$' "$WORK/$name.injector-config.yaml"; then
+        if grep -q -- '- --check' "$WORK/$name.injected.yaml" && ! grep -q 'NET_ADMIN\|NET_RAW' "$WORK/$name.injected.yaml"; then
+          say "CNI mode: trellis-init runs \`trellis-proxy init --check\`, no container adds NET_ADMIN or NET_RAW"
+        else
+          fail "profile $name: CNI mode, yet the injected sample lacks --check or adds NET_ADMIN/NET_RAW"
+        fi
+      fi
       if ! "$PY" "$WORK/validate.py" --kube-version "$KUBE_VERSION" --label "inject:$name" --counts "$COUNTS" \
           "${skip_args[@]}" "$WORK/$name.injected.yaml"; then
         fail "profile $name: the injected sample Deployment is not valid"
@@ -703,6 +763,9 @@ NEGATIVE=(
   "--set identity.issuer.mode=certManager --set-file identity.trustRootsPEM=$pki/root.pem|identity.issuer.mode=certManager needs identity.issuer.certManager.issuerRef.name"
   "--set identity.issuer.mode=certManager --set identity.issuer.certManager.issuerRef.name=x|identity.issuer.mode=certManager needs identity.trustRootsPEM"
   "--kube-version 1.28|proxy.nativeSidecar=true needs Kubernetes 1.29 or later"
+  "--set cni.enabled=true --set proxy.nativeSidecar=false|cni.enabled=true needs proxy.nativeSidecar=true"
+  "--set cni.enabled=true --set cni.binDir=opt/cni/bin|at '/cni/binDir': 'opt/cni/bin' does not match pattern"
+  "--set cni.enabled=yes|at '/cni/enabled': got string, want boolean"
 )
 neg_ok=0
 for entry in "${NEGATIVE[@]}"; do

@@ -1,5 +1,5 @@
 //! What the injector writes into pods: images, addresses of the control
-//! plane, resources, and the sidecar mode. One YAML document, rendered by
+//! plane, resources, the sidecar mode and the capture mode. One YAML document, rendered by
 //! the chart into a ConfigMap (`config.yaml`) and read by both the webhook
 //! and `trellis inject --config`. Every field has a default, so an empty
 //! document is a valid configuration for a chart installed in `trellis`.
@@ -82,14 +82,51 @@ pub struct Resources {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct InitConfig {
+    /// Who installs the pod's capture rules (the chart's `cni.enabled`
+    /// sets `cni`).
+    pub capture_mode: CaptureMode,
     /// Empty: the proxy's image (`trellis-proxy init` lives in it).
     pub image: String,
     /// `false` runs iptables as uid 65534 with NET_ADMIN and NET_RAW; it
     /// needs a runtime that grants the capabilities to a non-root user (the
     /// image's iptables binaries carry file capabilities for this).
+    /// Init-container mode only: in CNI mode `trellis-init` is always the
+    /// unprivileged check, as uid 65534.
     pub run_as_root: bool,
-    /// `auto`, `legacy` or `nft`, passed to `trellis-proxy init`.
+    /// `auto`, `legacy` or `nft`, passed to `trellis-proxy init` (in CNI
+    /// mode, read from the check container's arguments by the plugin).
     pub iptables_mode: String,
+}
+
+/// Who installs a meshed pod's traffic-capture rules. Either way the
+/// injector adds `trellis-init` as the pod's first init container, and its
+/// arguments (`init`, `--proxy-uid`, `--iptables-mode`, the skip ports)
+/// are the one statement of the pod's capture rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// `trellis-init` runs `trellis-proxy init` and writes the rules
+    /// itself: it needs NET_ADMIN and NET_RAW, which Pod Security
+    /// `baseline` and `restricted` refuse.
+    #[default]
+    Init,
+    /// The Trellis CNI plugin (`trellis-cni`, chained after the cluster's
+    /// own, installed on every node by the chart's DaemonSet) writes the
+    /// rules when the pod's network is set up, reading them from
+    /// `trellis-init`'s arguments. `trellis-init` runs `trellis-proxy init
+    /// --check`: unprivileged, it only confirms the redirect is in place and
+    /// fails the pod, saying how to fix it, when the node lacks the plugin.
+    /// The pod then passes `restricted`.
+    Cni,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::Cni => "cni",
+        }
+    }
 }
 
 impl Default for InjectorConfig {
@@ -142,6 +179,7 @@ impl Default for Resources {
 impl Default for InitConfig {
     fn default() -> Self {
         Self {
+            capture_mode: CaptureMode::Init,
             image: String::new(),
             run_as_root: true,
             iptables_mode: "auto".into(),
@@ -198,6 +236,15 @@ impl InjectorConfig {
                 "init.iptablesMode {:?} must be auto, legacy or nft",
                 self.init.iptables_mode
             ));
+        }
+        if self.init.capture_mode == CaptureMode::Cni && !self.proxy.native_sidecar {
+            problems.push(
+                "init.captureMode cni needs proxy.nativeSidecar true: the CNI plugin installs \
+                 the capture rules before any container starts, so the pod's own init containers \
+                 would run with their connections redirected to a proxy that, as a plain \
+                 container, starts only after them"
+                    .to_string(),
+            );
         }
         if !self.proxy.identity_server_id.is_empty()
             && self
@@ -349,6 +396,27 @@ mod tests {
             let err = InjectorConfig::from_yaml(bad).unwrap_err();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_capture_mode_is_read_and_checked() {
+        assert_eq!(
+            InjectorConfig::default().init.capture_mode,
+            CaptureMode::Init
+        );
+        let cfg = InjectorConfig::from_yaml("init:\n  captureMode: cni\n").unwrap();
+        assert_eq!(cfg.init.capture_mode, CaptureMode::Cni);
+        assert_eq!(cfg.init.iptables_mode, "auto", "the rest keeps its default");
+        let err = InjectorConfig::from_yaml("init:\n  captureMode: ebpf\n").unwrap_err();
+        assert!(err.contains("ebpf") && err.contains("cni"), "{err}");
+        let err = InjectorConfig::from_yaml(
+            "init:\n  captureMode: cni\nproxy:\n  nativeSidecar: false\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("init.captureMode cni needs proxy.nativeSidecar true"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Pod Security admission, as far as the injector can foresee it.
 //!
 //! The API server's `PodSecurity` admission judges the pod *after* the
-//! mutating webhooks, so it judges the injected pod. `trellis-init` needs
-//! `NET_ADMIN` and `NET_RAW` to install the capture rules, which the
-//! `baseline` and `restricted` levels forbid: in a namespace that enforces
-//! either, the API server refuses the injected pod after the injector has
-//! answered. [`check`] reads the namespace's
+//! mutating webhooks, so it judges the injected pod. In init-container
+//! mode `trellis-init` needs `NET_ADMIN` and `NET_RAW` to install the
+//! capture rules, which the `baseline` and `restricted` levels forbid: in a
+//! namespace that enforces either, the API server refuses the injected pod
+//! after the injector has answered. [`check`] reads the namespace's
 //! `pod-security.kubernetes.io/enforce` label and holds the containers
 //! Trellis adds to that level, so that the webhook can say, in its answer,
-//! what will happen and what to do ([`Conflict::warning`]), and count it
-//! apart ([`Conflict::label`]).
+//! what will happen and what to do ([`Conflict::warning`]: first of all,
+//! the CNI mode, chart value `cni.enabled`), and count it apart
+//! ([`Conflict::label`]). In CNI mode what Trellis adds passes
+//! `restricted` (the check container and the proxy run unprivileged, as
+//! non-root users, with every capability dropped), so there is nothing to
+//! warn about.
 //!
 //! The level is read as the API server reads it: a value that is not a
 //! level's name enforces `restricted`. The `warn` and `audit` labels are
@@ -37,6 +41,10 @@ use crate::NamespaceInfo;
 
 /// The namespace label whose level the API server enforces.
 pub const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+/// The chart value that installs the Trellis CNI plugin and switches the
+/// injector to CNI mode ([`crate::config::CaptureMode::Cni`]): the way out
+/// the warning names.
+pub const CNI_CHART_VALUE: &str = "cni.enabled";
 
 /// Capabilities `baseline` lets a container add.
 const BASELINE_CAPABILITIES: [&str; 13] = [
@@ -145,7 +153,7 @@ impl Conflict {
             " (the Trellis floor forbids opting the pod out of the mesh)".to_string()
         };
         format!(
-            "trellis: namespace {ns} enforces Pod Security {level:?} ({source}), so the API server will refuse this pod: {what}. Until the Trellis CNI plugin is available, label the namespace {ENFORCE_LABEL}=privileged{opt_out}",
+            "trellis: namespace {ns} enforces Pod Security {level:?} ({source}), so the API server will refuse this pod: {what}. To mesh it at this level, install the Trellis CNI plugin (Helm chart value {CNI_CHART_VALUE}=true), which sets up capture with no privileged container in the pod; or label the namespace {ENFORCE_LABEL}=privileged{opt_out}",
             ns = self.namespace,
             what = self.what(),
         )

@@ -535,12 +535,12 @@ async fn warns_and_counts_when_pod_security_will_refuse_the_injected_pod() {
         (
             "ps-baseline",
             &[("pod-security.kubernetes.io/enforce", "baseline")],
-            "trellis: namespace ps-baseline enforces Pod Security \"baseline\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
+            "trellis: namespace ps-baseline enforces Pod Security \"baseline\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW. To mesh it at this level, install the Trellis CNI plugin (Helm chart value cni.enabled=true), which sets up capture with no privileged container in the pod; or label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
         ),
         (
             "ps-restricted",
             &[("pod-security.kubernetes.io/enforce", "restricted")],
-            "trellis: namespace ps-restricted enforces Pod Security \"restricted\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW and runs as root. Until the Trellis CNI plugin is available, label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
+            "trellis: namespace ps-restricted enforces Pod Security \"restricted\" (label pod-security.kubernetes.io/enforce), so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, adds capabilities NET_ADMIN and NET_RAW and runs as root. To mesh it at this level, install the Trellis CNI plugin (Helm chart value cni.enabled=true), which sets up capture with no privileged container in the pod; or label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation trellis.dev/inject: disabled",
         ),
         // warn refuses nothing; the API server's own warning names
         // trellis-init.
@@ -602,5 +602,54 @@ async fn warns_and_counts_when_pod_security_will_refuse_the_injected_pod() {
         ),
         2.0,
         "{text}"
+    );
+}
+
+/// CNI mode (the chart's `cni.enabled`): the same namespaces get no
+/// warning — what injection adds passes `restricted` — and the reviews
+/// count as `injected`. `trellis-init` is the unprivileged check.
+#[tokio::test]
+async fn in_cni_mode_pod_security_namespaces_are_injected_without_a_warning() {
+    let dir = TempDir::new("injector-it-cni");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, "init:\n  captureMode: cni\n").unwrap();
+    let r = start(&[(cfg::CONFIG_FILE, file.to_str().unwrap())]).await;
+    for level in ["baseline", "restricted"] {
+        let name = format!("ps-cni-{level}");
+        r.namespaces.insert(labelled(
+            &name,
+            &[("pod-security.kubernetes.io/enforce", level)],
+        ));
+        let resp = review(&r, with_namespace(&sample("pod-create.json"), &name)).await;
+        let answer = &resp["response"];
+        assert_eq!(answer["allowed"], true, "{level}: {resp}");
+        assert!(answer.get("warnings").is_none(), "{level}: {resp}");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        let inits = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/spec/initContainers")
+            .unwrap();
+        let init = &inits["value"][0];
+        assert_eq!(init["name"], "trellis-init", "{patch:#}");
+        assert_eq!(init["args"][0], "init");
+        assert_eq!(init["args"][1], "--check");
+        assert!(init["securityContext"]["capabilities"].get("add").is_none());
+        assert!(
+            !names(&patch, "trellis-init-run"),
+            "no /run volume: {patch:#}"
+        );
+    }
+    assert_eq!(r.metrics.reviews("injected", "injected"), 2);
+    assert_eq!(
+        r.metrics
+            .reviews("injected_pod_security_refused", "pod_security_restricted")
+            + r.metrics
+                .reviews("injected_pod_security_refused", "pod_security_baseline"),
+        0
     );
 }

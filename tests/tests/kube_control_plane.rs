@@ -539,6 +539,10 @@ fn kube_injection_warns_where_pod_security_will_refuse_the_pod() {
             stderr.contains("trellis-init"),
             "{level}: the warning names trellis-init: {stderr}"
         );
+        assert!(
+            stderr.contains("install the Trellis CNI plugin (Helm chart value cni.enabled=true)"),
+            "{level}: the warning names the way out: {stderr}"
+        );
         refused += 1.0;
 
         // Opted out, the same pod is accepted: injection was the cause.

@@ -1,5 +1,6 @@
 //! The chart against a real kube-apiserver: `helm install` with the
-//! default values, `helm upgrade` to the HA profile, `helm uninstall`; every
+//! default values, `helm upgrade` to the HA profile, then with
+//! `cni.enabled=true`, `helm uninstall`; every
 //! object accepted, the generated CA kept, nothing of Trellis left behind
 //! (the controller's trust-roots copies included: the garbage collector of
 //! kube-controller-manager removes them with the chart's object that owns
@@ -128,6 +129,27 @@ fn kube_install_upgrade_and_uninstall_leave_nothing() {
             .is_some(),
         "the HA profile has a PodDisruptionBudget"
     );
+
+    // Switch on the CNI plugin: its installer's DaemonSet and RBAC are
+    // accepted, the injector's capture mode follows; uninstall then takes
+    // them too.
+    c.install_chart(&["values-ha.yaml"], &["cni.enabled=true"]);
+    assert_all_stored(&c, "upgrade to cni.enabled=true");
+    assert!(
+        c.get(&["daemonset", "trellis-cni", "-n", NS]).is_some(),
+        "cni.enabled makes the installer's DaemonSet"
+    );
+    let config = c
+        .get(&["configmap", "trellis-injector-config", "-n", NS])
+        .unwrap();
+    assert!(
+        config["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("captureMode: cni"),
+        "{config:#}"
+    );
+    assert_eq!(issuer_ca(&c), ca, "the upgrade replaced the generated CA");
 
     // Uninstall: nothing of Trellis is left, the copies included.
     controller.stop();

@@ -159,6 +159,9 @@ Called from every Deployment so that a bad combination stops rendering.
 {{- if and $v.proxy.nativeSidecar (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) -}}
 {{- fail (printf "proxy.nativeSidecar=true needs Kubernetes 1.29 or later (native sidecars); this cluster is %s: set proxy.nativeSidecar=false" .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
+{{- if and $v.cni.enabled (not $v.proxy.nativeSidecar) -}}
+{{- fail "cni.enabled=true needs proxy.nativeSidecar=true: the CNI plugin installs a pod's capture rules before any of its containers starts, so with the proxy as a plain container the pod's own init containers would run with their connections redirected to a proxy not started yet" -}}
+{{- end -}}
 {{- $mode := $v.identity.issuer.mode -}}
 {{- if eq $mode "provided" -}}
 {{- $missing := list -}}

@@ -9,6 +9,17 @@
 //! the pod's own init containers (which then run outside the mesh: there
 //! is no proxy yet to send their traffic to), and `trellis-proxy` is the
 //! first container.
+//!
+//! `trellis-init` depends on the capture mode ([`CaptureMode`]); its
+//! arguments do not, but for `--check`:
+//!
+//! | mode | `trellis-init` runs | privileges | volumes |
+//! |---|---|---|---|
+//! | `init` | `trellis-proxy init …`: writes the capture rules | NET_ADMIN, NET_RAW; root, or 65534 with privilege escalation | an in-memory `/run` (the iptables lock) |
+//! | `cni` | `trellis-proxy init --check …`: confirms the CNI plugin wrote them | none: uid 65534, everything dropped (passes `restricted`) | none |
+//!
+//! In CNI mode the plugin reads the rules from the check container's
+//! arguments (the same flags), so they have one source.
 
 use std::collections::BTreeMap;
 
@@ -23,17 +34,19 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::decide::Settings;
 use super::{
-    INIT_CONTAINER, INJECTED_ANNOTATION, PROXY_CONTAINER, PROXY_UID, PROXY_VERSION_ANNOTATION,
+    CHECK_FLAG, INIT_CONTAINER, INJECTED_ANNOTATION, PROXY_CONTAINER, PROXY_UID,
+    PROXY_VERSION_ANNOTATION,
 };
-use crate::config::InjectorConfig;
+use crate::config::{CaptureMode, InjectorConfig};
 
 /// The audience of the projected token the identity service verifies.
 pub const TOKEN_AUDIENCE: &str = "identity.trellis.dev";
 pub const TOKEN_VOLUME: &str = "trellis-identity-token";
 pub const ROOTS_VOLUME: &str = "trellis-trust-roots";
 pub const INIT_RUN_VOLUME: &str = "trellis-init-run";
-/// Every volume injection adds: a pod with one of these names already
-/// cannot be injected.
+/// Every volume injection may add (CNI mode leaves out
+/// [`INIT_RUN_VOLUME`]): a pod with one of these names already cannot be
+/// injected, whatever the mode.
 pub const VOLUMES: [&str; 3] = [TOKEN_VOLUME, ROOTS_VOLUME, INIT_RUN_VOLUME];
 pub const TOKEN_DIR: &str = "/var/run/trellis/identity";
 pub const TOKEN_PATH: &str = "token";
@@ -43,7 +56,8 @@ const ADMIN_PORT: i32 = 7191;
 /// The node's address (downward API `status.hostIP`), which
 /// `TRELLIS_PROXY_PROBE_SOURCES` names.
 pub const NODE_IP_ENV: &str = "TRELLIS_NODE_IP";
-/// The uid a non-root `trellis-init` runs as.
+/// The uid a non-root `trellis-init` runs as, and the CNI mode's check
+/// always: not the proxy's, whose traffic the rules never redirect.
 const INIT_NONROOT_UID: i64 = 65534;
 
 pub(super) fn injected_pod(pod: &Pod, s: &Settings, cfg: &InjectorConfig) -> Pod {
@@ -56,20 +70,30 @@ pub(super) fn injected_pod(pod: &Pod, s: &Settings, cfg: &InjectorConfig) -> Pod
     spec.volumes
         .get_or_insert_with(Vec::new)
         .extend(volumes(cfg));
-    let init = init_container(s, cfg);
+    let init = match cfg.init.capture_mode {
+        CaptureMode::Init => init_container(s, cfg),
+        CaptureMode::Cni => check_container(s, cfg),
+    };
     let proxy = proxy_container(s, cfg);
     let inits = spec.init_containers.get_or_insert_with(Vec::new);
     if s.native_sidecar {
         inits.splice(0..0, [init, proxy]);
     } else {
-        inits.push(init);
+        // In CNI mode the rules exist before any container starts, and
+        // the check comes first (the configuration refuses CNI mode with
+        // plain containers: the pod's own init containers would have no
+        // proxy to reach).
+        match cfg.init.capture_mode {
+            CaptureMode::Init => inits.push(init),
+            CaptureMode::Cni => inits.insert(0, init),
+        }
         spec.containers.insert(0, proxy);
     }
     out
 }
 
-fn volumes(cfg: &InjectorConfig) -> [Volume; 3] {
-    [
+fn volumes(cfg: &InjectorConfig) -> Vec<Volume> {
+    let mut volumes = vec![
         Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
@@ -93,23 +117,27 @@ fn volumes(cfg: &InjectorConfig) -> [Volume; 3] {
             }),
             ..Default::default()
         },
-        // iptables takes its lock under /run; the root filesystem is
-        // read-only.
-        Volume {
+    ];
+    // iptables takes its lock under /run; the root filesystem is
+    // read-only. The check runs no iptables.
+    if cfg.init.capture_mode == CaptureMode::Init {
+        volumes.push(Volume {
             name: INIT_RUN_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
                 medium: Some("Memory".into()),
                 size_limit: Some(Quantity("1Mi".into())),
             }),
             ..Default::default()
-        },
-    ]
+        });
+    }
+    volumes
 }
 
-fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
+/// `trellis-proxy init`'s flags after `init`: the pod's capture rules. The
+/// CNI plugin parses the same flags out of the check container.
+fn capture_args(s: &Settings, cfg: &InjectorConfig) -> Vec<String> {
     let mut args = vec![
-        "init".to_string(),
-        "--proxy-uid".into(),
+        "--proxy-uid".to_string(),
         PROXY_UID.to_string(),
         "--iptables-mode".into(),
         cfg.init.iptables_mode.clone(),
@@ -123,6 +151,13 @@ fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
             args.push(list.clone());
         }
     }
+    args
+}
+
+/// Init-container mode: `trellis-init` writes the capture rules.
+fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
+    let mut args = vec!["init".to_string()];
+    args.extend(capture_args(s, cfg));
     let (uid, non_root) = if cfg.init.run_as_root {
         (0, false)
     } else {
@@ -158,6 +193,46 @@ fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
             mount_path: "/run".into(),
             ..Default::default()
         }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// CNI mode: `trellis-init` only checks that the plugin wrote the rules
+/// (it binds the outbound port on 127.0.0.1, connects to a TEST-NET
+/// address and expects to reach itself), and fails the pod saying the
+/// node lacks the plugin when it did not. It needs nothing Pod Security
+/// `restricted` forbids: not root (nor the proxy's uid, whose connections
+/// are never redirected), no capability, no privilege escalation.
+fn check_container(s: &Settings, cfg: &InjectorConfig) -> Container {
+    let mut args = vec!["init".to_string(), CHECK_FLAG.to_string()];
+    args.extend(capture_args(s, cfg));
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.init_image().to_string()),
+        image_pull_policy: Some(cfg.proxy.image_pull_policy.clone()),
+        command: Some(vec!["trellis-proxy".into()]),
+        args: Some(args),
+        resources: Some(resources(
+            &[("cpu", "10m"), ("memory", "10Mi")],
+            &[("memory", "50Mi")],
+        )),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(INIT_NONROOT_UID),
+            run_as_group: Some(INIT_NONROOT_UID),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        // Its failure message (the node lacks the plugin, and what to do)
+        // becomes the container's termination message.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }

@@ -28,6 +28,12 @@ pub const PROXY_VERSION_ANNOTATION: &str = "trellis.dev/proxy-version";
 pub const CONFIG_PREFIX: &str = "config.trellis.dev/";
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
 pub const INIT_CONTAINER: &str = "trellis-init";
+/// In CNI mode, the argument after `init` in `trellis-init`'s arguments:
+/// `trellis-proxy init --check` confirms the capture rules instead of
+/// writing them. The CNI plugin writes rules only for a pod whose
+/// `trellis-init` says it (the contract between the two; a pod without it
+/// was injected in init-container mode and is left alone).
+pub const CHECK_FLAG: &str = "--check";
 pub const PROXY_UID: i64 = 7102;
 
 /// What the decision needs of the pod's namespace (from the webhook's

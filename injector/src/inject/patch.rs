@@ -64,8 +64,12 @@ pub(super) fn patch(pod: &Pod, injected: &Pod, native_sidecar: bool) -> json_pat
             add(&["spec", "initContainers", "1"], json!(proxy));
         }
     } else {
+        // Last, after the pod's own; first in CNI mode (the check).
+        let first = new_inits.first().is_some_and(|c| c.name == INIT_CONTAINER);
         if spec.init_containers.is_none() {
             add(&["spec", "initContainers"], json!([init]));
+        } else if first {
+            add(&["spec", "initContainers", "0"], json!(init));
         } else {
             add(&["spec", "initContainers", "-"], json!(init));
         }

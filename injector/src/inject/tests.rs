@@ -762,3 +762,138 @@ spec:
     );
     assert!(out.text.contains("trellis-init"), "injected all the same");
 }
+
+/// CNI mode: `trellis-init` is the check, first, unprivileged, with the
+/// init-container mode's flags and `--check` after `init` (what the CNI
+/// plugin parses); nothing injected adds a capability or needs `/run`.
+#[test]
+fn cni_mode_adds_the_unprivileged_check_first_with_the_same_flags() {
+    let (case, pod, _) = injected_case("cni-mode");
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(
+        names(&spec.init_containers),
+        ["trellis-init", "trellis-proxy", "migrate"]
+    );
+    let check = &spec.init_containers.as_ref().unwrap()[0];
+    // The same pod in init-container mode: the same flags, but `--check`.
+    let Outcome::Injected { pod: init_mode, .. } =
+        inject(&case.pod, &case.ns, &InjectorConfig::default())
+    else {
+        panic!("not injected in init-container mode")
+    };
+    let init_args = init_mode.spec.unwrap().init_containers.unwrap()[0]
+        .args
+        .clone()
+        .unwrap();
+    let mut want = init_args.clone();
+    want.insert(1, CHECK_FLAG.to_string());
+    assert_eq!(check.args.as_ref(), Some(&want));
+    assert_eq!(
+        want,
+        [
+            "init",
+            "--check",
+            "--proxy-uid",
+            "7102",
+            "--iptables-mode",
+            "auto",
+            "--skip-inbound-ports",
+            "9100",
+            "--skip-outbound-ports",
+            "5432"
+        ]
+    );
+    assert_eq!(
+        check.command.as_deref(),
+        Some(&["trellis-proxy".to_string()][..])
+    );
+    assert_eq!(
+        check.image.as_deref(),
+        Some(InjectorConfig::default().init_image()),
+        "the proxy's image: trellis-proxy init --check lives in it"
+    );
+    let sc = check.security_context.as_ref().unwrap();
+    assert_eq!(
+        sc.run_as_user,
+        Some(65534),
+        "neither root nor the proxy's uid"
+    );
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(caps.add, None);
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(check.volume_mounts, None);
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["trellis-identity-token", "trellis-trust-roots"]);
+    // No container of the injected pod adds a capability.
+    let text = serde_json::to_string(&pod).unwrap();
+    assert!(
+        !text.contains("NET_ADMIN") && !text.contains("NET_RAW"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cni_mode_in_a_restricted_namespace_is_injected_without_a_warning() {
+    let Outcome::Injected {
+        pod_security,
+        warnings,
+        ..
+    } = decided("cni-mode-restricted")
+    else {
+        panic!("not injected")
+    };
+    assert_eq!(pod_security, None);
+    assert!(warnings.is_empty());
+}
+
+/// `trellis inject --config` with the chart's `cni.enabled` configuration:
+/// the same manifest as in [`manifests_report_pod_security_refusals`] is
+/// injected with nothing to report.
+#[test]
+fn manifests_in_cni_mode_report_no_pod_security_refusal() {
+    let input = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: cart
+  namespace: shop
+spec:
+  selector: {matchLabels: {app: cart}}
+  template:
+    metadata: {labels: {app: cart}, annotations: {trellis.dev/inject: enabled}}
+    spec:
+      containers:
+      - name: app
+        image: example.com/cart:1
+";
+    let cfg = InjectorConfig::from_yaml("init:\n  captureMode: cni\n").unwrap();
+    let out = inject_manifest(input, &cfg, "default").unwrap();
+    let report = out
+        .reports
+        .iter()
+        .find(|r| r.object == "deployment/cart")
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        crate::manifest::Outcome::Injected,
+        "{report}"
+    );
+    assert!(out.text.contains("--check"), "{}", out.text);
+}

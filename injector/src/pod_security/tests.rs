@@ -100,9 +100,10 @@ fn the_warning_when_baseline_is_enforced() {
         c.warning(),
         "trellis: namespace shop enforces Pod Security \"baseline\" (label pod-security.kubernetes.io/enforce), \
          so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, \
-         adds capabilities NET_ADMIN and NET_RAW. Until the Trellis CNI plugin is available, label the namespace \
-         pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with the annotation \
-         trellis.dev/inject: disabled"
+         adds capabilities NET_ADMIN and NET_RAW. To mesh it at this level, install the Trellis CNI plugin \
+         (Helm chart value cni.enabled=true), which sets up capture with no privileged container in the pod; \
+         or label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh \
+         with the annotation trellis.dev/inject: disabled"
     );
 }
 
@@ -114,9 +115,10 @@ fn the_warning_when_restricted_is_enforced_names_each_objection() {
         c.warning(),
         "trellis: namespace shop enforces Pod Security \"restricted\" (label pod-security.kubernetes.io/enforce), \
          so the API server will refuse this pod: trellis-init, which installs the pod's traffic-capture rules, \
-         adds capabilities NET_ADMIN and NET_RAW and runs as root. Until the Trellis CNI plugin is available, \
-         label the namespace pod-security.kubernetes.io/enforce=privileged, or opt the pod out of the mesh with \
-         the annotation trellis.dev/inject: disabled"
+         adds capabilities NET_ADMIN and NET_RAW and runs as root. To mesh it at this level, install the \
+         Trellis CNI plugin (Helm chart value cni.enabled=true), which sets up capture with no privileged \
+         container in the pod; or label the namespace pod-security.kubernetes.io/enforce=privileged, or opt \
+         the pod out of the mesh with the annotation trellis.dev/inject: disabled"
     );
     // trellis-init as uid 65534: file capabilities need privilege
     // escalation. trellis-proxy passes restricted either way.
@@ -155,8 +157,10 @@ fn the_warning_leaves_out_opting_out_when_the_floor_forbids_it() {
     assert!(!c.opt_out_allowed);
     assert!(
         c.warning().ends_with(
-            "label the namespace pod-security.kubernetes.io/enforce=privileged \
-             (the Trellis floor forbids opting the pod out of the mesh)"
+            "install the Trellis CNI plugin (Helm chart value cni.enabled=true), which sets up capture \
+             with no privileged container in the pod; or label the namespace \
+             pod-security.kubernetes.io/enforce=privileged (the Trellis floor forbids opting the pod \
+             out of the mesh)"
         ),
         "{}",
         c.warning()
@@ -170,6 +174,65 @@ fn both_sidecar_layouts_are_judged() {
     let c = conflict_with(&ns(&[(ENFORCE, "baseline")], &[]), &cfg).unwrap();
     assert_eq!(c.objections.len(), 1);
     assert_eq!(c.objections[0].container, INIT_CONTAINER);
+}
+
+fn cni() -> InjectorConfig {
+    let mut cfg = InjectorConfig::default();
+    cfg.init.capture_mode = crate::config::CaptureMode::Cni;
+    cfg
+}
+
+#[test]
+fn in_cni_mode_what_injection_adds_passes_every_level() {
+    // Whatever the pod's own security context says where Pod Security
+    // falls back to it (root, no seccomp profile, an Unconfined one),
+    // the check container and the proxy set their own.
+    let pod_contexts = [
+        json!(null),
+        json!({"runAsUser": 0, "runAsNonRoot": false}),
+        json!({"seccompProfile": {"type": "Unconfined"}}),
+        json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}),
+    ];
+    let cfg = cni();
+    for level in ["baseline", "restricted", "Restricted"] {
+        let ns = ns(&[(ENFORCE, level)], &[]);
+        for sc in &pod_contexts {
+            let mut pod = pod();
+            pod.spec.as_mut().unwrap().security_context =
+                serde_json::from_value(sc.clone()).unwrap();
+            let Outcome::Injected {
+                pod: injected,
+                pod_security,
+                ..
+            } = inject(&pod, &ns, &cfg)
+            else {
+                panic!("not injected")
+            };
+            assert_eq!(pod_security, None, "{level}, pod securityContext {sc}");
+            for level in [Level::Baseline, Level::Restricted] {
+                let spec = injected.spec.as_ref().unwrap();
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                {
+                    if c.name == INIT_CONTAINER || c.name == PROXY_CONTAINER {
+                        assert_eq!(
+                            objections(level, c, spec.security_context.as_ref()),
+                            Vec::<String>::new(),
+                            "{} under {level}",
+                            c.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The same namespaces in init-container mode: refused, and the
+    // warning names the way out.
+    let c = conflict(&[(ENFORCE, "restricted")]).unwrap();
+    assert!(c.warning().contains("cni.enabled=true"), "{}", c.warning());
 }
 
 fn container(sc: SecurityContext) -> Container {

@@ -151,7 +151,13 @@ impl Webhook {
             namespace_wait: self.config.namespace_wait,
         });
         serving.store(true, Ordering::Release);
-        tracing::info!(webhook = %self.addr, admin = %self.admin_addr, path = INJECT_PATH, "serving");
+        tracing::info!(
+            webhook = %self.addr,
+            admin = %self.admin_addr,
+            path = INJECT_PATH,
+            capture_mode = self.injector.init.capture_mode.as_str(),
+            "serving"
+        );
         server::accept_loop(self.listener, self.tls, handler, shutdown).await;
         serving.store(false, Ordering::Release);
     }

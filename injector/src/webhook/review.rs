@@ -16,7 +16,7 @@
 //! | pod CREATE, injected | allowed, JSONPatch | `injected`/`injected` |
 //! | pod CREATE, below the floor, `enforcement: warn` | allowed, JSONPatch with the floor applied, a warning per value | `injected`/`floor_*` ([`crate::floor::FloorKind::label`]) |
 //! | pod CREATE, below the floor, `enforcement: deny` | refused, status 403 naming annotation, value and floor | `refused`/`floor_*` |
-//! | pod CREATE, injected, in a namespace whose Pod Security `enforce` level forbids what injection adds | allowed, JSONPatch, and a warning first: the API server will refuse the pod, why, and what to do ([`crate::pod_security`]) | `injected_pod_security_refused`/`pod_security_baseline` or `pod_security_restricted` |
+//! | pod CREATE, injected, in a namespace whose Pod Security `enforce` level forbids what injection adds (init-container mode; in CNI mode it passes `restricted`) | allowed, JSONPatch, and a warning first: the API server will refuse the pod, why, and what to do — chart value `cni.enabled` first ([`crate::pod_security`]) | `injected_pod_security_refused`/`pod_security_baseline` or `pod_security_restricted` |
 //! | pod CREATE, skipped | allowed, no patch; a warning when [`SkipReason::is_warning`] | `skipped`/[`SkipReason::label`] |
 //! | not a `v1` Pod, or a subresource | allowed unchanged, with a warning | `error`/`wrong_kind` |
 //! | an operation other than CREATE | allowed unchanged, with a warning | `error`/`wrong_operation` |
