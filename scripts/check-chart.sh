@@ -309,9 +309,11 @@ if a.chart_invariants:
         crb = find("ClusterRoleBinding", name)
         check(crb is not None and crb["roleRef"]["name"] == name and crb["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
               "ClusterRoleBinding %s must bind ClusterRole %s to ServiceAccount %s/%s only" % (name, name, ns, name))
+    # Namespaced grants: only the CNI installer's read of its own DaemonSet
+    # (checked exactly below).
     for _, d in docs:
-        if d["kind"] in ("Role", "RoleBinding"):
-            problem("unexpected %s %s: the chart grants cluster roles listed in RULES only" % (d["kind"], d["metadata"]["name"]))
+        if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] != "trellis-cni":
+            problem("unexpected %s %s: the chart grants cluster roles listed in RULES, and the CNI installer's Role, only" % (d["kind"], d["metadata"]["name"]))
     # the injector service: 443 -> 7157
     svc = find("Service", "trellis-injector", ns)
     if svc:
@@ -434,8 +436,10 @@ if a.chart_invariants:
     if ds is not None:
         pod = ds["spec"]["template"]["spec"]
         check(pod.get("serviceAccountName") == "trellis-cni", "trellis-cni: serviceAccountName %r" % pod.get("serviceAccountName"))
-        for key in ("hostNetwork", "hostPID", "hostIPC"):
+        for key in ("hostPID", "hostIPC"):
             check(not pod.get(key), "trellis-cni: %s must not be set (the installer works on files only)" % key)
+        check(pod.get("hostNetwork") is True,
+              "trellis-cni: hostNetwork (its own pod must start even while a stale plugin fails the pod network's setup)")
         check(any(t.get("operator") == "Exists" and not t.get("key") and not t.get("effect") for t in pod.get("tolerations") or []),
               "trellis-cni: a toleration {operator: Exists} (every node, tainted or not)")
         check(pod.get("priorityClassName") == "system-node-critical", "trellis-cni: priorityClassName system-node-critical")
@@ -453,8 +457,10 @@ if a.chart_invariants:
         check((sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", "trellis-cni: seccompProfile RuntimeDefault")
         check(bool((c.get("resources") or {}).get("requests")), "trellis-cni: resource requests")
         env = {e["name"]: e.get("value") for e in c.get("env") or []}
-        want_env = {"TRELLIS_CNI_BIN_DIR", "TRELLIS_CNI_CONF_DIR", "TRELLIS_CNI_HOST_CONF_DIR", "TRELLIS_CNI_LOG_LEVEL"}
+        want_env = {"TRELLIS_CNI_BIN_DIR", "TRELLIS_CNI_CONF_DIR", "TRELLIS_CNI_HOST_CONF_DIR", "TRELLIS_CNI_LOG_LEVEL", "TRELLIS_CNI_DAEMONSET"}
         check(set(env) == want_env, "trellis-cni: env %s, want %s" % (sorted(env), sorted(want_env)))
+        check(env.get("TRELLIS_CNI_DAEMONSET") == "%s/trellis-cni" % ns,
+              "trellis-cni: TRELLIS_CNI_DAEMONSET %r must name its own DaemonSet %s/trellis-cni" % (env.get("TRELLIS_CNI_DAEMONSET"), ns))
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
         for var, host_key in (("TRELLIS_CNI_BIN_DIR", "bin"), ("TRELLIS_CNI_CONF_DIR", "conf")):
             name = mounts.get(env.get(var))
@@ -470,8 +476,15 @@ if a.chart_invariants:
         crb = find("ClusterRoleBinding", "trellis-cni")
         check(crb is not None and crb["roleRef"]["name"] == "trellis-cni" and crb["subjects"] == [{"kind": "ServiceAccount", "name": "trellis-cni", "namespace": ns}],
               "ClusterRoleBinding trellis-cni must bind ClusterRole trellis-cni to ServiceAccount %s/trellis-cni only" % ns)
+        role = find("Role", "trellis-cni", ns)
+        check(role is not None and role.get("rules") == [{"apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": ["trellis-cni"], "verbs": ["get"]}],
+              "Role trellis-cni must allow exactly get of DaemonSet trellis-cni: %s" % (role or {}).get("rules"))
+        rb = find("RoleBinding", "trellis-cni", ns)
+        check(rb is not None and rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trellis-cni"}
+              and rb["subjects"] == [{"kind": "ServiceAccount", "name": "trellis-cni", "namespace": ns}],
+              "RoleBinding trellis-cni must bind Role trellis-cni to ServiceAccount %s/trellis-cni only" % ns)
     else:
-        for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
             check(find(kind, "trellis-cni") is None, "%s trellis-cni without cni.enabled" % kind)
     # PodDisruptionBudgets: one per component with more than one replica
     for name in ENV:

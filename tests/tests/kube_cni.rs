@@ -383,6 +383,27 @@ fn kube_cni_installer_has_least_privilege_and_needs_a_privileged_namespace() {
             "trellis-cni {verb} {resource}"
         );
     }
+    // And, at SIGTERM, its own DaemonSet (an update or a removal?), no other.
+    for (verb, resource, allowed) in [
+        ("get", "daemonsets.apps/trellis-cni", true),
+        ("get", "daemonsets.apps/other", false),
+        ("list", "daemonsets.apps", false),
+        ("patch", "daemonsets.apps/trellis-cni", false),
+        ("delete", "daemonsets.apps/trellis-cni", false),
+    ] {
+        assert_eq!(
+            c.can_i(NS, sa, verb, resource, Some(NS)),
+            allowed,
+            "trellis-cni {verb} {resource} in {NS}"
+        );
+    }
+    assert!(!c.can_i(
+        NS,
+        sa,
+        "get",
+        "daemonsets.apps/trellis-cni",
+        Some("default")
+    ));
 
     // hostPath: the installer's pod is refused by Pod Security baseline
     // and restricted, admitted where privileged is enforced. (Its pod,

@@ -10,7 +10,8 @@
 //! Per command:
 //!
 //! - **ADD**: read the pod (`K8S_POD_NAMESPACE`/`K8S_POD_NAME` from
-//!   `CNI_ARGS`) from the API server with the kubeconfig the installer wrote.
+//!   `CNI_ARGS`; `kube-system`'s are passed through unread, as they are
+//!   never meshed) from the API server with the kubeconfig the installer wrote.
 //!   A pod whose `trellis-init` container runs `trellis-proxy init --check`
 //!   was injected for CNI capture: parse that container's arguments with the
 //!   parser of `trellis-proxy init` ([`trellis_core::capture::InitArgs`]),
@@ -46,6 +47,9 @@ use trellis_core::capture;
 
 pub use self::conf::{NetConf, SUPPORTED_VERSIONS};
 pub use self::error::{CniError, Code};
+
+/// Never meshed: the injector always leaves it out.
+const KUBE_SYSTEM: &str = "kube-system";
 use self::pod::{Capture, PodRef};
 
 /// Runs one CNI command, as the container runtime asked for it: reads the
@@ -154,6 +158,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         tracing::info!(container = %env.container_id, "not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS): passed through");
         return Ok(result);
     };
+    // Never meshed (SPEC), and the cluster's own pods must start even when
+    // the API server cannot be asked: no call for them.
+    if pod.namespace == KUBE_SYSTEM {
+        tracing::debug!(%pod, "kube-system is never meshed: passed through");
+        return Ok(result);
+    }
     let capture = pod::capture_of(conf, &pod)?;
     let (args, argv) = match capture {
         Capture::Cni { args, argv } => (args, argv),

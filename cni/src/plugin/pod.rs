@@ -8,13 +8,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
-use trellis_core::capture::InitArgs;
+use trellis_core::capture::{InitArgs, INIT_CONTAINER};
 
 use super::conf::NetConf;
 use super::error::{CniError, Code};
-
-/// The init container the injector adds (SPEC: `trellis-init`).
-pub const INIT_CONTAINER: &str = "trellis-init";
 
 /// How long reading the pod may take, all attempts included: the runtime
 /// waits on the plugin, and retries the sandbox after an error.

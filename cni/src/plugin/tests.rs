@@ -110,6 +110,18 @@ fn add_for_a_non_kubernetes_container_passes_the_result_through() {
 }
 
 #[test]
+fn add_in_kube_system_passes_through_without_asking_the_api_server() {
+    let mut e = env("ADD");
+    e.args = "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1".into();
+    // A kubeconfig that does not exist: reading the pod would fail.
+    let out = run(&e, &conf(json!({ "kubeconfig": "/nonexistent" })))
+        .unwrap()
+        .unwrap();
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out, serde_json::from_str::<Value>(PREV_RESULT).unwrap());
+}
+
+#[test]
 fn add_needs_the_runtime_variables() {
     let mut e = env("ADD");
     e.netns.clear();

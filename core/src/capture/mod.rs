@@ -66,6 +66,16 @@ use clap::builder::BoolishValueParser;
 
 use self::rules::Family;
 
+/// The init container the injector adds to every meshed pod (SPEC).
+pub const INIT_CONTAINER: &str = "trellis-init";
+/// In CNI mode, the argument after `init` in `trellis-init`'s arguments:
+/// the container then confirms the capture rules instead of writing them,
+/// and the CNI plugin writes them, from those same arguments, for a pod
+/// whose `trellis-init` says so (a pod without it was injected in
+/// init-container mode and is left alone). The contract between the
+/// injector and `trellis-cni`, kept here so that neither spells it alone.
+pub const CHECK_FLAG: &str = "--check";
+
 /// Default port of the proxy's inbound listener (SPEC: proxy ports).
 pub const DEFAULT_INBOUND_PORT: u16 = 7143;
 /// Default port of the proxy's outbound listener.

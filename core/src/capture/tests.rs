@@ -488,6 +488,13 @@ fn cni_container_args(extra: &[&str]) -> Vec<String> {
 }
 
 #[test]
+fn the_check_flag_is_the_one_init_parses() {
+    let cmd = InitCli::command();
+    let check = cmd.get_arguments().find(|a| a.get_id() == "check").unwrap();
+    assert_eq!(format!("--{}", check.get_long().unwrap()), CHECK_FLAG);
+}
+
+#[test]
 fn container_args_parse_with_the_init_parser() {
     let args = InitArgs::from_container_args(&cni_container_args(&["--skip-inbound-ports", "22"]))
         .unwrap();

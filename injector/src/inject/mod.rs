@@ -27,13 +27,9 @@ pub const PROXY_VERSION_ANNOTATION: &str = "trellis.dev/proxy-version";
 /// Prefix of the per-namespace and per-pod overrides.
 pub const CONFIG_PREFIX: &str = "config.trellis.dev/";
 pub const PROXY_CONTAINER: &str = "trellis-proxy";
-pub const INIT_CONTAINER: &str = "trellis-init";
-/// In CNI mode, the argument after `init` in `trellis-init`'s arguments:
-/// `trellis-proxy init --check` confirms the capture rules instead of
-/// writing them. The CNI plugin writes rules only for a pod whose
-/// `trellis-init` says it (the contract between the two; a pod without it
-/// was injected in init-container mode and is left alone).
-pub const CHECK_FLAG: &str = "--check";
+/// `trellis-init` and, in CNI mode, its `--check`: the contract with the
+/// CNI plugin (see [`trellis_core::capture::CHECK_FLAG`]).
+pub use trellis_core::capture::{CHECK_FLAG, INIT_CONTAINER};
 pub const PROXY_UID: i64 = 7102;
 
 /// What the decision needs of the pod's namespace (from the webhook's
