@@ -40,12 +40,14 @@ pub fn require_tool(tool: &str) {
     );
 }
 
-/// The repository root.
+/// The repository root: of the checkout whose tests run (cargo sets
+/// `CARGO_MANIFEST_DIR` for them), not of the one this library was compiled
+/// in, which a build cache shared by two checkouts may have kept.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().unwrap().to_path_buf()
 }
 
 /// The built `trellis` and `trellis-proxy` binaries, beside this test's.
