@@ -201,6 +201,21 @@ subjects:
     }
 }
 
+/// `trellis-init`'s arguments as the injector writes them in CNI mode,
+/// with `extra` flags.
+fn cni_mode_args(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
+        "init",
+        "--check",
+        "--proxy-uid",
+        "7102",
+        "--iptables-mode",
+        "nft",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A node's CNI setup: a conflist with `bridge` (+ `host-local`), into which
 /// `trellis-cni install` (the chart's DaemonSet's command) chains the plugin
 /// and for which it writes the plugin's kubeconfig, from the ServiceAccount
@@ -399,16 +414,7 @@ fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
     assert_eq!(plugins[1]["type"], "trellis-cni", "{plugins}");
     pods.create(
         "meshed",
-        Some(&[
-            "init",
-            "--check",
-            "--proxy-uid",
-            "7102",
-            "--iptables-mode",
-            "nft",
-            "--skip-inbound-ports",
-            "22",
-        ]),
+        Some(&cni_mode_args(&["--skip-inbound-ports", "22"])),
     );
     pods.create("plain", None);
     pods.create(
@@ -680,17 +686,7 @@ fn every_bad_input_is_a_cni_error_and_changes_nothing() {
     require_root("network namespaces and iptables");
     let pods = Pods::new();
     let ns = pods.ns.as_str();
-    pods.create(
-        "meshed",
-        Some(&[
-            "init",
-            "--check",
-            "--proxy-uid",
-            "7102",
-            "--iptables-mode",
-            "nft",
-        ]),
-    );
+    pods.create("meshed", Some(&cni_mode_args(&[])));
     let netns = Netns::new();
     let state = std::env::temp_dir().join(unique("trellis-cni-state-"));
     let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": []});

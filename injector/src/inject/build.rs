@@ -163,38 +163,28 @@ fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     } else {
         (INIT_NONROOT_UID, true)
     };
-    Container {
-        name: INIT_CONTAINER.into(),
-        image: Some(cfg.init_image().to_string()),
-        image_pull_policy: Some(cfg.proxy.image_pull_policy.clone()),
-        command: Some(vec!["trellis-proxy".into()]),
-        args: Some(args),
-        resources: Some(resources(
-            &[("cpu", "10m"), ("memory", "10Mi")],
-            &[("memory", "50Mi")],
-        )),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(uid),
-            run_as_non_root: Some(non_root),
-            // A non-root init gets NET_ADMIN and NET_RAW from its iptables
-            // binaries' file capabilities, which no_new_privs would void.
-            allow_privilege_escalation: Some(!cfg.init.run_as_root),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
+    let security = SecurityContext {
+        run_as_user: Some(uid),
+        run_as_non_root: Some(non_root),
+        // A non-root init gets NET_ADMIN and NET_RAW from its iptables
+        // binaries' file capabilities, which no_new_privs would void.
+        allow_privilege_escalation: Some(!cfg.init.run_as_root),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+            drop: Some(vec!["ALL".into()]),
         }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    };
+    Container {
         volume_mounts: Some(vec![VolumeMount {
             name: INIT_RUN_VOLUME.into(),
             mount_path: "/run".into(),
             ..Default::default()
         }]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
+        ..trellis_init(cfg, args, security)
     }
 }
 
@@ -207,6 +197,27 @@ fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
 fn check_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     let mut args = vec!["init".to_string(), CHECK_FLAG.to_string()];
     args.extend(capture_args(s, cfg));
+    let security = SecurityContext {
+        run_as_user: Some(INIT_NONROOT_UID),
+        run_as_group: Some(INIT_NONROOT_UID),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    };
+    trellis_init(cfg, args, security)
+}
+
+/// `trellis-init` in either mode: `trellis-proxy ARGS` in the init image,
+/// small resources, its failure message (the iptables tool's, or the
+/// missing plugin and what to do) as the termination message.
+fn trellis_init(cfg: &InjectorConfig, args: Vec<String>, security: SecurityContext) -> Container {
     Container {
         name: INIT_CONTAINER.into(),
         image: Some(cfg.init_image().to_string()),
@@ -217,22 +228,7 @@ fn check_container(s: &Settings, cfg: &InjectorConfig) -> Container {
             &[("cpu", "10m"), ("memory", "10Mi")],
             &[("memory", "50Mi")],
         )),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(INIT_NONROOT_UID),
-            run_as_group: Some(INIT_NONROOT_UID),
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
-        }),
-        // Its failure message (the node lacks the plugin, and what to do)
-        // becomes the container's termination message.
+        security_context: Some(security),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
