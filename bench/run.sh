@@ -432,7 +432,7 @@ start_identity() {
     die "trellis-identity not ready; see $RUN/logs/trellis-identity.log"
 }
 
-# What the local mesh writes for a meshed pod's proxy (cli/src/mesh/files.rs):
+# What the local mesh writes for a meshed pod's proxy (mesh/src/files.rs):
 # a ServiceAccount token (0400, the proxy's uid), the destinations file and
 # the policy file. Sets POD_ENV, the proxy's identity variables.
 pod_files() { # pod_files NAME SERVICE_ACCOUNT DESTINATIONS_JSON POLICY_JSON

@@ -26,8 +26,8 @@ use anyhow::{bail, Context};
 use trellis_core::config::parse_duration;
 use trellis_core::{errln, out};
 
-use crate::mesh::golden::{self, Counters};
-use crate::mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
+use trellis_mesh::golden::{self, Counters};
+use trellis_mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
 
 /// The demo's mesh; `trellis mesh up -f examples/demo.yaml` makes the same.
 const DEMO_MESH: &str = include_str!("../../examples/demo.yaml");
@@ -58,14 +58,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be more than 0");
     }
-    let interrupt = Interrupt::install(crate::mesh::UNDO)?;
+    let interrupt = Interrupt::install(trellis_mesh::UNDO)?;
     let checked = spec::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
     let opts = UpOptions {
         timeout: args.timeout,
         source: "trellis demo (examples/demo.yaml)".into(),
     };
     let mesh = Mesh::up(&checked, &opts, &interrupt)?;
-    let shown = crate::mesh::no_panic("the demo", || drive(&mesh, &args, &interrupt));
+    let shown = trellis_mesh::no_panic("the demo", || drive(&mesh, &args, &interrupt));
     let removed = mesh.down();
     match (shown, removed) {
         (Ok(()), Ok(())) => {

@@ -75,8 +75,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             errln!("trellis: {e:#}");
-            if e.chain().any(|c| c.is::<mesh::Interrupted>()) {
-                ExitCode::from(mesh::EXIT_INTERRUPTED)
+            if e.chain().any(|c| c.is::<trellis_mesh::Interrupted>()) {
+                ExitCode::from(trellis_mesh::EXIT_INTERRUPTED)
             } else {
                 ExitCode::FAILURE
             }

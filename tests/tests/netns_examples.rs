@@ -1,6 +1,6 @@
 //! `examples/routes.yaml`, run as its comments say: routes and policies
 //! beside a service do what the example promises. (Every example is also
-//! parsed and validated by the CLI's unit tests, `cli/src/mesh/docs_tests.rs`.)
+//! parsed and validated by the unit tests of trellis-mesh, `mesh/src/docs_tests.rs`.)
 
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,0 +1,432 @@
+//! The local mesh, as a library: what `trellis mesh up -f FILE | apply |
+//! status | exec | policy | down | list` and `trellis demo` do. The
+//! `trellis` command line (`cli/`) is only its front end: arguments,
+//! printing, exit codes.
+//!
+//! `trellis mesh apply -f FILE` brings a running mesh to a changed file
+//! (replicas, services, routes, policies): see [`apply`] and [`diff`].
+//!
+//! A mesh is one Linux host (root) pretending to be a cluster. Each workload
+//! replica is a network namespace (`trls-<mesh>-<ns>-<replica>`) with a veth
+//! into a bridge that lives in the mesh's own node namespace
+//! (`trls-<mesh>-node`) — nothing is routed, forwarded or NATed to the
+//! host's interfaces, and the host namespace gets no new links. Meshed pods
+//! get the real `trellis-proxy init` capture rules and the real
+//! `trellis-proxy` as uid 7102; every pod gets kube-proxy-like DNAT rules for
+//! service virtual IPs (after the capture rules) and an `/etc/hosts` naming
+//! them.
+//!
+//! Identity: every mesh has its own CA and token signer; `trellis-identity`
+//! runs in the node namespace and the proxies get certificates from it
+//! with their pods' ServiceAccount tokens, then speak mutual TLS to every
+//! meshed destination and enforce their pods' inbound policy (see
+//! [`identity`] and [`authz`]).
+//!
+//! Modules, in the order `up` uses them:
+//! - [`spec`]: the mesh file, parsed strictly and validated all at once
+//!   (its `policies:` in [`authz`]);
+//! - [`net`], [`plan`], [`identity`], [`authz`], [`controller`] and
+//!   [`cluster`] (the controller's objects file): pure decisions — names,
+//!   addresses, files, rules, command lines, the identity service, each
+//!   proxy's destinations and policy;
+//! - [`state`]: the intent log `down` trusts;
+//! - [`diff`]: what `apply` changes, decided (pure);
+//! - [`up`] (then [`ready`]), [`apply`], [`down`], [`status`]: acting on the system, through [`sys`]
+//!   (commands, `/proc`, sockets inside a namespace), [`http`] and
+//!   [`files`] (CA, tokens, policy and destinations files);
+//! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
+//! - [`supervise`]: the supervisor that restarts pods' processes (with
+//!   backoff, up to a limit) and takes pods out of their services while
+//!   they are down;
+//! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
+//!   table).
+
+// `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
+// same Ctrl-C): print through trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod agent;
+
+pub mod golden;
+pub mod interrupt;
+pub mod plan;
+pub mod spec;
+pub mod state;
+pub mod status;
+pub mod supervise;
+pub mod table;
+
+mod apply;
+mod authz;
+mod cluster;
+mod controller;
+mod diff;
+mod down;
+mod files;
+mod http;
+mod identity;
+mod net;
+mod ready;
+mod routes;
+mod sys;
+mod up;
+
+#[cfg(test)]
+mod docs_tests;
+
+use std::io;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use trellis_core::errln;
+
+pub use apply::ApplyOptions;
+pub use authz::ProxyPolicy;
+pub use interrupt::{Interrupt, Interrupted, EXIT_INTERRUPTED};
+pub use plan::PodPlan;
+pub use up::UpOptions;
+
+use state::{StateError, Store};
+
+/// What `up`, `apply` and `demo` do on Ctrl-C.
+pub const UNDO: &str = "stopping and removing what was made";
+
+/// `f`, with a panic turned into an error, so that whoever called it still
+/// removes what was made (the panic's message is already on stderr).
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked (a bug)")))
+}
+
+/// `--name`, or the only mesh that is up.
+fn resolve(name: Option<String>) -> anyhow::Result<String> {
+    if let Some(n) = name {
+        return Ok(n);
+    }
+    match state::list_meshes()?.as_slice() {
+        [] => bail!(
+            "no local mesh is up (start one with `trellis mesh up -f FILE` or `trellis demo`)"
+        ),
+        [one] => Ok(one.clone()),
+        many => bail!(
+            "several meshes are up: {}; say which with --name",
+            many.join(", ")
+        ),
+    }
+}
+
+/// What `down_by_name` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Down {
+    /// Everything the mesh's state recorded is removed.
+    Removed,
+    /// No state of that name: nothing was done. `strays` are network
+    /// namespaces that match the mesh's prefix but that no state records,
+    /// so they were left alone.
+    NotUp { strays: Vec<String> },
+}
+
+/// `mesh down` of the mesh called `name`.
+pub fn down_by_name(name: &str, progress: &Progress) -> anyhow::Result<Down> {
+    match Store::open(name) {
+        Ok(store) => down::teardown(store, progress).map(|()| Down::Removed),
+        Err(StateError::Missing(_)) => Ok(Down::NotUp {
+            strays: sys::netns_with_prefix(&plan::netns_prefix(name)),
+        }),
+        Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            // `up` died between claiming the directory and writing the state.
+            down::remove_empty(&state::mesh_dir(name))?;
+            progress.step("removed an empty state directory");
+            Ok(Down::Removed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A mesh that is up, as `mesh list` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    pub name: String,
+    /// Its phase, pods and source; or why its state cannot be read.
+    pub summary: Result<Summary, StateError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// As `status` shows it (`degraded` when a pod is down).
+    pub phase: &'static str,
+    pub pods: usize,
+    /// The mesh file, or "built-in demo".
+    pub source: String,
+}
+
+/// The meshes that are up.
+pub fn list() -> Result<Vec<Listed>, StateError> {
+    Ok(state::list_meshes()?
+        .into_iter()
+        .map(|name| {
+            let summary = Store::open(&name).map(|s| Summary {
+                phase: supervise::shown_phase(s.state.phase, &s.state.health),
+                pods: s.state.plan.pods.len(),
+                source: s.state.source.clone(),
+            });
+            Listed { name, summary }
+        })
+        .collect())
+}
+
+/// What `mesh policy` changes in a pod's policy file.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyChange {
+    /// A new default policy (`deny`, `audit`, …).
+    pub default_policy: Option<String>,
+    /// Per-port defaults, each `PORT=POLICY[,PORT=POLICY…]`.
+    pub ports: Vec<String>,
+    /// Drop the per-port defaults before applying `ports`.
+    pub clear_ports: bool,
+    /// Start from what `up` wrote (the mesh file's policy).
+    pub reset: bool,
+}
+
+/// A pod's policy after [`Mesh::change_policy`].
+#[derive(Debug, Clone)]
+pub struct PolicyChanged {
+    /// The pod, `demo/web-0`.
+    pub pod: String,
+    pub policy: ProxyPolicy,
+    /// The policy file, when it was written (the proxy reloads it).
+    pub written: Option<PathBuf>,
+}
+
+fn exec_command(pod: &PodPlan, command: &[String]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pod.netns]).args(command);
+    for key in ["POD_NAME", "POD_NAMESPACE", "POD_IP", "TRELLIS_MESH"] {
+        if let Some(v) = pod.env.get(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd
+}
+
+/// One line per step, to stderr, each with the time since the operation
+/// (`up`, `apply`, `down`) began: `mesh demo: [  1.3s] …`.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    prefix: String,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(mesh: &str) -> Self {
+        Self {
+            prefix: format!("mesh {mesh}: "),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn step(&self, msg: &str) {
+        errln!("{}", self.line(self.started.elapsed(), msg));
+    }
+
+    fn line(&self, elapsed: Duration, msg: &str) -> String {
+        format!("{}[{:>5.1}s] {msg}", self.prefix, elapsed.as_secs_f64())
+    }
+}
+
+/// A mesh that is up, for code that drives one (the CLI, the demo).
+#[derive(Debug)]
+pub struct Mesh {
+    store: Store,
+    progress: Progress,
+}
+
+impl Mesh {
+    /// `mesh up` in-process: makes the mesh and waits until it is ready;
+    /// on failure everything made is already removed.
+    pub fn up(
+        checked: &spec::Checked,
+        opts: &UpOptions,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<Mesh> {
+        let progress = Progress::new(&checked.file.name);
+        let store = up::up(checked, opts, interrupt, &progress)?;
+        Ok(Mesh { store, progress })
+    }
+
+    /// `mesh apply`: brings the running mesh the file names to it.
+    pub fn apply(
+        checked: &spec::Checked,
+        opts: &ApplyOptions,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<Mesh> {
+        let progress = Progress::new(&checked.file.name);
+        let store = apply::apply(checked, opts, interrupt, &progress)?;
+        Ok(Mesh { store, progress })
+    }
+
+    /// The mesh called `name`, or the only one that is up.
+    pub fn open(name: Option<String>) -> anyhow::Result<Mesh> {
+        let store = Store::open(&resolve(name)?)?;
+        let progress = Progress::new(&store.state.mesh);
+        Ok(Mesh { store, progress })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.store.state.mesh
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn pods(&self) -> &[PodPlan] {
+        &self.store.state.plan.pods
+    }
+
+    /// Finds a pod by `web` (replica 0), `web-1`, `demo/web` or `demo/web-1`.
+    pub fn find_pod(&self, query: &str) -> anyhow::Result<&PodPlan> {
+        self.store
+            .state
+            .plan
+            .find_pod(query)
+            .map_err(anyhow::Error::msg)
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.store.logs_dir()
+    }
+
+    /// What `mesh status` shows.
+    pub fn status(&self) -> status::MeshStatus {
+        status::collect(&self.store)
+    }
+
+    /// The pod's proxy's `/metrics` text.
+    pub fn fetch_metrics(&self, pod: &PodPlan) -> anyhow::Result<String> {
+        let proxy = pod
+            .proxy
+            .as_ref()
+            .with_context(|| format!("pod {} has no proxy", pod.qualified_name()))?;
+        let r = http::get(
+            &self.store.state.plan.node.netns,
+            proxy.admin,
+            "/metrics",
+            Duration::from_secs(2),
+        )?;
+        if r.status != 200 {
+            bail!("{}/metrics answered {}", proxy.admin, r.status);
+        }
+        Ok(r.text())
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.store.state.plan.trust_domain
+    }
+
+    /// The certificate the pod's proxy holds (its admin `/identity`), or
+    /// why there is none.
+    pub fn certificate(&self, pod: &PodPlan) -> Result<status::Certificate, String> {
+        let proxy = pod.proxy.as_ref().ok_or("not meshed")?;
+        match status::certificate(&pod.netns, proxy.admin.port()) {
+            (_, Some(cert)) => Ok(cert),
+            (state, None) => Err(state),
+        }
+    }
+
+    /// A command that runs `argv` inside the pod (as `mesh exec` would).
+    pub fn command_in(&self, pod: &PodPlan, argv: &[String]) -> Command {
+        exec_command(pod, argv)
+    }
+
+    /// `mesh exec`: [`Mesh::command_in`], once the pod's network namespace
+    /// is known to be there.
+    pub fn exec_command(&self, pod: &PodPlan, argv: &[String]) -> anyhow::Result<Command> {
+        if !sys::netns_exists(&pod.netns) {
+            bail!(
+                "pod {}'s network namespace {} is gone",
+                pod.qualified_name(),
+                pod.netns
+            );
+        }
+        Ok(exec_command(pod, argv))
+    }
+
+    /// Reads the pod's policy file (or the plan's policy, with `reset`),
+    /// applies `change`, and writes it back if anything was asked.
+    pub fn change_policy(
+        &self,
+        query: &str,
+        change: &PolicyChange,
+    ) -> anyhow::Result<PolicyChanged> {
+        let pod = self.find_pod(query)?;
+        let Some(proxy) = &pod.proxy else {
+            bail!(
+                "pod {} is not meshed: it has no proxy, so no inbound policy",
+                pod.qualified_name()
+            );
+        };
+        let path = &files::pod_files(pod)?.policy;
+        let mut policy = if change.reset {
+            proxy.policy.clone()
+        } else {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a policy file", path.display()))?
+        };
+        if let Some(d) = &change.default_policy {
+            policy.default_policy = d.parse::<spec::InboundPolicy>().ok().with_context(|| {
+                format!("{d:?} is not one of all-unauthenticated, all-authenticated, deny, audit")
+            })?;
+        }
+        if change.clear_ports {
+            policy.ports.clear();
+        }
+        for p in &change.ports {
+            policy
+                .ports
+                .extend(authz::parse_port_policies(p).map_err(|e| anyhow::anyhow!("--port {e}"))?);
+        }
+        let changed = change.reset
+            || change.clear_ports
+            || change.default_policy.is_some()
+            || !change.ports.is_empty();
+        let written = if changed {
+            files::write_policy(path, &policy)?;
+            Some(path.clone())
+        } else {
+            None
+        };
+        Ok(PolicyChanged {
+            pod: pod.qualified_name(),
+            policy,
+            written,
+        })
+    }
+
+    /// `mesh down`.
+    pub fn down(self) -> anyhow::Result<()> {
+        down::teardown(self.store, &self.progress)
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn steps_carry_the_time_since_the_start() {
+        let p = Progress::new("demo");
+        assert_eq!(
+            p.line(Duration::from_millis(2345), "pod demo/web-0 made"),
+            "mesh demo: [  2.3s] pod demo/web-0 made"
+        );
+        assert_eq!(
+            p.line(Duration::from_secs(125), "x"),
+            "mesh demo: [125.0s] x"
+        );
+    }
+}

@@ -1,0 +1,707 @@
+//! Decide, then act: a checked mesh file becomes a [`Plan`] — every name,
+//! address, file content, rule set and command line `up` will use — before
+//! anything on the system is touched. Pure and table-tested; the plan is
+//! stored in the state file, so `status`, `exec` and `down` need nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::authz::{self, AuthorizationPolicy, Probe, ProxyPolicy};
+use super::controller::{self, ControllerPlan};
+use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
+use super::net::{self, Ipv4Cidr, PodAddresses};
+use super::spec::{Checked, InboundPolicy, Overrides};
+use super::state;
+use trellis_injector::floor::OutboundMtls;
+
+/// The proxy's user id (SPEC.md); its own traffic is never redirected.
+pub const PROXY_UID: u32 = 7102;
+pub const OUTBOUND_PORT: u16 = 7140;
+pub const INBOUND_PORT: u16 = 7143;
+pub const ADMIN_PORT: u16 = 7191;
+/// The controller's objects file, in the mesh's state directory.
+pub const CLUSTER_FILE: &str = "cluster.yaml";
+/// The cluster DNS domain service names live under.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The bridge in the node namespace (namespaced, so the name never clashes).
+pub const BRIDGE: &str = "trellis0";
+/// Chain, in every pod's nat table, holding the service VIP rules.
+pub const SERVICES_CHAIN: &str = "TRELLIS_SERVICES";
+/// Chain, in every pod's filter table, refusing services without endpoints.
+pub const REJECT_CHAIN: &str = "TRELLIS_SERVICES_REJECT";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub mesh: String,
+    pub trust_domain: String,
+    pub default_inbound_policy: InboundPolicy,
+    pub pod_cidr: Ipv4Cidr,
+    pub service_cidr: Ipv4Cidr,
+    pub node: NodePlan,
+    pub pods: Vec<PodPlan>,
+    pub services: Vec<ServicePlan>,
+    pub routes: Vec<serde_json::Value>,
+    pub policies: Vec<AuthorizationPolicy>,
+    /// `trellis-identity`, when any pod is meshed.
+    #[serde(default)]
+    pub identity: Option<IdentityPlan>,
+    /// What every proxy's destinations file holds.
+    #[serde(default)]
+    pub destinations: Destinations,
+    /// `trellis-controller`, when any pod is meshed.
+    #[serde(default)]
+    pub controller: Option<ControllerPlan>,
+}
+
+/// The mesh's own "node" namespace, holding the bridge every pod plugs into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePlan {
+    pub netns: String,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway_v6: Option<Ipv6Addr>,
+}
+
+/// One replica: a network namespace with its address, its workload command
+/// and, when meshed, its sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPlan {
+    pub workload: String,
+    pub namespace: String,
+    /// Replica name, `web-0`.
+    pub name: String,
+    pub replica: u32,
+    pub netns: String,
+    /// The node-side end of the pod's veth pair (the pod side is `eth0`).
+    pub host_veth: String,
+    pub ip: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+    pub meshed: bool,
+    pub service_account: String,
+    /// The SPIFFE ID this pod's proxy will prove.
+    pub identity: String,
+    pub inbound_policy: InboundPolicy,
+    pub ports: Vec<u16>,
+    /// Of `ports`, those whose inbound connections the proxy captures (all
+    /// but `skip-inbound-ports`): where peers speak mutual TLS to it.
+    #[serde(default)]
+    pub captured_ports: Vec<u16>,
+    /// Kubelet-style probes, asked from the node namespace.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub proxy: Option<ProxyPlan>,
+    /// The workload's annotations (the Pod's, in the controller's file).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodPlan {
+    /// `demo/web-0`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyPlan {
+    /// Arguments after `trellis-proxy`, starting with `init`.
+    pub init_args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Where the admin server answers, seen from the node namespace.
+    pub admin: SocketAddr,
+    /// What `up` writes to the policy file at first.
+    #[serde(default)]
+    pub policy: ProxyPolicy,
+    /// The token, policy, destinations and roots files.
+    #[serde(default)]
+    pub files: Option<PodFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePlan {
+    pub name: String,
+    pub namespace: String,
+    pub vip: Ipv4Addr,
+    /// The workload it selects (label `app`), in its namespace.
+    #[serde(default)]
+    pub selector: String,
+    pub ports: Vec<ServicePortPlan>,
+    /// Pod addresses of the selected workload's replicas.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl ServicePlan {
+    /// `web.demo.svc.cluster.local`.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.{CLUSTER_DOMAIN}", self.name, self.namespace)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePortPlan {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+/// `web-0`.
+pub fn replica_name(workload: &str, replica: u32) -> String {
+    format!("{workload}-{replica}")
+}
+
+/// `trls-<mesh>-<namespace>-<replica>`.
+pub fn netns_name(mesh: &str, namespace: &str, replica: &str) -> String {
+    format!("{}{mesh}-{namespace}-{replica}", netns_prefix_root())
+}
+
+/// `trls-<mesh>-node`.
+pub fn node_netns_name(mesh: &str) -> String {
+    format!("{}{mesh}-node", netns_prefix_root())
+}
+
+/// Every namespace of mesh `mesh` starts with this.
+pub fn netns_prefix(mesh: &str) -> String {
+    format!("{}{mesh}-", netns_prefix_root())
+}
+
+fn netns_prefix_root() -> &'static str {
+    "trls-"
+}
+
+/// Interface names are limited to 15 bytes: `tv` and 12 hex digits of a
+/// hash of the pod's namespace name.
+pub fn host_veth_name(pod_netns: &str) -> String {
+    let digest = Sha256::digest(pod_netns.as_bytes());
+    let mut name = String::from("tv");
+    for b in &digest[..6] {
+        let _ = write!(name, "{b:02x}");
+    }
+    name
+}
+
+/// What placeholders in a workload's `command` stand for.
+#[derive(Debug, Clone)]
+pub struct TemplateVars {
+    pub trellis: String,
+    pub name: String,
+    pub workload: String,
+    pub namespace: String,
+    pub ip: String,
+    pub port: Option<u16>,
+}
+
+impl TemplateVars {
+    /// Values of the right shape, for validating templates.
+    pub fn sample(has_port: bool) -> Self {
+        Self {
+            trellis: "/bin/trellis".into(),
+            name: "w-0".into(),
+            workload: "w".into(),
+            namespace: "ns".into(),
+            ip: "10.0.0.2".into(),
+            port: has_port.then_some(1),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<String, String> {
+        match key {
+            "trellis" => Ok(self.trellis.clone()),
+            "name" => Ok(self.name.clone()),
+            "workload" => Ok(self.workload.clone()),
+            "namespace" => Ok(self.namespace.clone()),
+            "ip" => Ok(self.ip.clone()),
+            "port" => self
+                .port
+                .map(|p| p.to_string())
+                .ok_or_else(|| "{port} means the workload's first port, but it lists no `ports`".to_string()),
+            other => Err(format!(
+                "unknown placeholder {{{other}}}; known: {{trellis}} (the trellis binary), {{name}} (replica, web-0), {{workload}}, {{namespace}}, {{ip}}, {{port}} (first port); write {{{{ and }}}} for literal braces"
+            )),
+        }
+    }
+}
+
+/// Replaces `{trellis}`, `{name}`, `{workload}`, `{namespace}`, `{ip}` and
+/// `{port}` in `template`; `{{` and `}}` are literal braces.
+pub fn expand(template: &str, vars: &TemplateVars) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("{{") {
+            out.push('{');
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("}}") {
+            out.push('}');
+            rest = t;
+        } else if tail.starts_with('}') {
+            return Err(format!(
+                "unmatched '}}' in {template:?} (write }}}} for a literal brace)"
+            ));
+        } else {
+            let end = tail.find('}').ok_or_else(|| {
+                format!("unclosed '{{' in {template:?} (write {{{{ for a literal brace)")
+            })?;
+            out.push_str(&vars.get(&tail[1..end])?);
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns a checked file into a plan. `trellis_bin` is what `{trellis}`
+/// expands to.
+pub fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String> {
+    build_next(checked, trellis_bin, None)
+}
+
+/// [`build`] for a mesh that runs `previous` (`apply`): pods and services
+/// that stay keep their addresses; new ones get addresses none of
+/// `previous` had (see [`net::Slots`]).
+pub fn build_next(
+    checked: &Checked,
+    trellis_bin: &str,
+    previous: Option<&Plan>,
+) -> Result<Plan, String> {
+    let file = &checked.file;
+    let addrs = PodAddresses::new(checked.pod_cidr, file.ipv6);
+    let mut pod_slots = net::Slots::new(
+        previous
+            .iter()
+            .flat_map(|p| &p.pods)
+            .filter_map(|p| Some((p.netns.clone(), addrs.index_of(p.ip)?))),
+    );
+    let mut vip_slots =
+        net::Slots::new(previous.iter().flat_map(|p| &p.services).filter_map(|s| {
+            let index = net::service_vip_index(checked.service_cidr, s.vip)?;
+            Some((format!("{}/{}", s.namespace, s.name), index))
+        }));
+    let gateway = addrs
+        .gateway()
+        .ok_or_else(|| format!("podCidr {} has no room for a gateway", checked.pod_cidr))?;
+    let files = MeshFiles::new(&state::mesh_dir(&file.name));
+    let identity = file.workloads.iter().any(|w| w.meshed).then(|| {
+        identity::identity_plan(
+            &file.trust_domain,
+            gateway,
+            checked.cert_lifetime,
+            files.clone(),
+        )
+    });
+    let controller = identity.as_ref().map(|_| {
+        controller::controller_plan(
+            gateway,
+            &file.trust_domain,
+            &file.default_inbound_policy.to_string(),
+            state::mesh_dir(&file.name).join(CLUSTER_FILE),
+        )
+    });
+    let node = NodePlan {
+        netns: node_netns_name(&file.name),
+        bridge: BRIDGE.to_string(),
+        gateway,
+        prefix_len: checked.pod_cidr.prefix(),
+        gateway_v6: addrs.gateway_v6(),
+    };
+
+    let mut pods = Vec::new();
+    let no_overrides = Overrides::default();
+    for (wi, w) in file.workloads.iter().enumerate() {
+        let overrides = checked.overrides.get(wi).unwrap_or(&no_overrides);
+        for replica in 0..w.replicas {
+            let name = replica_name(&w.name, replica);
+            let netns = netns_name(&file.name, &w.namespace, &name);
+            let index = pod_slots.slot(&netns);
+            let ip = addrs
+                .pod(index)
+                .ok_or_else(|| format!("podCidr {} is full", checked.pod_cidr))?;
+            let vars = TemplateVars {
+                trellis: trellis_bin.to_string(),
+                name: name.clone(),
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+                ip: ip.to_string(),
+                port: w.ports.first().copied(),
+            };
+            let command = w
+                .command
+                .iter()
+                .map(|a| expand(a, &vars))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut env = BTreeMap::from([
+                ("POD_NAME".to_string(), name.clone()),
+                ("POD_NAMESPACE".to_string(), w.namespace.clone()),
+                ("POD_IP".to_string(), ip.to_string()),
+                ("POD_SERVICE_ACCOUNT".to_string(), w.service_account.clone()),
+                ("TRELLIS_MESH".to_string(), file.name.clone()),
+            ]);
+            env.extend(w.env.clone());
+            let pod_identity = spiffe_id(&file.trust_domain, &w.namespace, &w.service_account);
+            let proxy = match &identity {
+                Some(id) if w.meshed => {
+                    let mut proxy =
+                        proxy_plan(ip, &w.namespace, &name, overrides, file.outbound_mtls);
+                    let pod_files = files.pod(&w.namespace, &name);
+                    proxy
+                        .env
+                        .extend(identity::proxy_env(id, &pod_identity, &pod_files));
+                    if let Some(c) = &controller {
+                        proxy
+                            .env
+                            .extend(controller::proxy_env(c, &w.namespace, &name));
+                    }
+                    proxy.files = Some(pod_files);
+                    proxy.policy = authz::compile(
+                        &file.trust_domain,
+                        file.default_inbound_policy,
+                        overrides,
+                        w,
+                        &file.policies,
+                    );
+                    Some(proxy)
+                }
+                _ => None,
+            };
+            let skipped = overrides
+                .skip_inbound_ports
+                .as_deref()
+                .and_then(|p| trellis_core::config::parse_ports(p).ok())
+                .unwrap_or_default();
+            let captured_ports = w
+                .ports
+                .iter()
+                .copied()
+                .filter(|p| !skipped.iter().any(|r| r.contains(*p)))
+                .collect();
+            pods.push(PodPlan {
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+                host_veth: host_veth_name(&netns),
+                netns,
+                name,
+                replica,
+                ip,
+                ipv6: addrs.pod_v6(index),
+                meshed: w.meshed,
+                service_account: w.service_account.clone(),
+                identity: pod_identity,
+                inbound_policy: overrides
+                    .inbound_policy
+                    .unwrap_or(file.default_inbound_policy),
+                ports: w.ports.clone(),
+                captured_ports,
+                probes: w.probes.clone(),
+                command,
+                env,
+                proxy,
+                annotations: w.annotations.clone(),
+            });
+        }
+    }
+
+    let mut services = Vec::new();
+    for s in &file.services {
+        let index = vip_slots.slot(&format!("{}/{}", s.namespace, s.name));
+        let vip = net::service_vip(checked.service_cidr, index)
+            .ok_or_else(|| format!("serviceCidr {} is full", checked.service_cidr))?;
+        services.push(ServicePlan {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            vip,
+            selector: s.selector.clone(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| ServicePortPlan {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: p.target(),
+                    app_protocol: p.app_protocol.clone(),
+                })
+                .collect(),
+            endpoints: pods
+                .iter()
+                .filter(|p| p.workload == s.selector && p.namespace == s.namespace)
+                .map(|p| p.ip)
+                .collect(),
+        });
+    }
+
+    let destinations = identity::destinations(&pods, &services);
+    Ok(Plan {
+        mesh: file.name.clone(),
+        trust_domain: file.trust_domain.clone(),
+        default_inbound_policy: file.default_inbound_policy,
+        pod_cidr: checked.pod_cidr,
+        service_cidr: checked.service_cidr,
+        node,
+        pods,
+        services,
+        routes: file.routes.clone(),
+        policies: file.policies.clone(),
+        identity,
+        destinations,
+        controller,
+    })
+}
+
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+fn proxy_plan(
+    ip: Ipv4Addr,
+    namespace: &str,
+    name: &str,
+    o: &Overrides,
+    outbound_mtls: OutboundMtls,
+) -> ProxyPlan {
+    let mut init_args: Vec<String> = [
+        "init",
+        "--inbound-port",
+        &INBOUND_PORT.to_string(),
+        "--outbound-port",
+        &OUTBOUND_PORT.to_string(),
+        "--admin-port",
+        &ADMIN_PORT.to_string(),
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(p) = &o.skip_inbound_ports {
+        init_args.extend(["--skip-inbound-ports".to_string(), p.clone()]);
+    }
+    if let Some(p) = &o.skip_outbound_ports {
+        init_args.extend(["--skip-outbound-ports".to_string(), p.clone()]);
+    }
+    let mut env = BTreeMap::from([
+        (
+            "TRELLIS_PROXY_OUTBOUND_LISTEN".to_string(),
+            format!("127.0.0.1:{OUTBOUND_PORT}"),
+        ),
+        (
+            "TRELLIS_PROXY_INBOUND_LISTEN".to_string(),
+            format!("0.0.0.0:{INBOUND_PORT}"),
+        ),
+        (
+            "TRELLIS_PROXY_ADMIN_LISTEN".to_string(),
+            format!("0.0.0.0:{ADMIN_PORT}"),
+        ),
+        (
+            "TRELLIS_PROXY_LOG".to_string(),
+            o.proxy_log_level.clone().unwrap_or_else(|| "info".into()),
+        ),
+        (
+            "TRELLIS_PROXY_WORKLOAD".to_string(),
+            format!("{namespace}/{name}"),
+        ),
+    ]);
+    if let Some(p) = &o.opaque_ports {
+        env.insert("TRELLIS_PROXY_OPAQUE_PORTS".to_string(), p.clone());
+    }
+    // The workload's annotation, or the file's `outboundMtls` (validation
+    // refused either below the floor).
+    let mtls = o.outbound_mtls.unwrap_or(outbound_mtls);
+    if o.outbound_mtls.is_some() || mtls != OutboundMtls::Opportunistic {
+        env.insert("TRELLIS_PROXY_OUTBOUND_MTLS".to_string(), mtls.to_string());
+    }
+    ProxyPlan {
+        init_args,
+        env,
+        admin: SocketAddr::new(IpAddr::V4(ip), ADMIN_PORT),
+        policy: ProxyPolicy::default(),
+        files: None,
+    }
+}
+
+/// The pod's `/etc/hosts` (bind-mounted by `ip netns exec` from
+/// `/etc/netns/<netns>/hosts`): itself, and every service by its cluster
+/// names; the bare name only within the pod's own namespace.
+pub fn hosts_file(plan: &Plan, pod: &PodPlan) -> String {
+    let mut out = format!(
+        "# Written by `trellis mesh up` for pod {} of mesh {:?}.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        pod.qualified_name(),
+        plan.mesh
+    );
+    let _ = writeln!(out, "{}\t{}", pod.ip, pod.name);
+    if let Some(v6) = pod.ipv6 {
+        let _ = writeln!(out, "{v6}\t{}", pod.name);
+    }
+    for s in &plan.services {
+        let _ = write!(
+            out,
+            "{}\t{} {}.{}.svc {}.{}",
+            s.vip,
+            s.fqdn(),
+            s.name,
+            s.namespace,
+            s.name,
+            s.namespace
+        );
+        if s.namespace == pod.namespace {
+            let _ = write!(out, " {}", s.name);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The pod's `/etc/resolv.conf`: there is no DNS server in the local mesh
+/// (names come from `/etc/hosts`), so lookups of anything else fail fast on
+/// the pod's own loopback instead of waiting on the host's resolver, which
+/// a pod cannot reach.
+pub fn resolv_conf(pod: &PodPlan) -> String {
+    format!(
+        "# Written by `trellis mesh up`: the local mesh has no DNS server; names are in /etc/hosts.\nsearch {ns}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        ns = pod.namespace
+    )
+}
+
+/// The kube-proxy-like service rules for every pod, as `iptables-restore
+/// --noflush` input. Installed after `trellis-proxy init`, so the jumps to
+/// [`SERVICES_CHAIN`] come after the capture jumps: the application's
+/// connection to a VIP is captured first, and the proxy's own connection
+/// (uid 7102, not captured) is then DNATed to a pod.
+pub fn service_rules(services: &[ServicePlan]) -> String {
+    let mut nat = String::new();
+    let mut chains = vec![SERVICES_CHAIN.to_string()];
+    let mut reject = Vec::new();
+    for s in services {
+        for p in &s.ports {
+            let comment = format!(
+                "{}/{}:{}",
+                s.namespace,
+                s.name,
+                p.name.clone().unwrap_or_else(|| p.port.to_string())
+            );
+            if s.endpoints.is_empty() {
+                reject.push(format!(
+                    "-A {REJECT_CHAIN} -d {}/32 -p tcp -m tcp --dport {} -m comment --comment \"{comment} has no endpoints\" -j REJECT --reject-with tcp-reset",
+                    s.vip, p.port
+                ));
+                continue;
+            }
+            let chain = service_chain(&s.namespace, &s.name, p.port);
+            let _ = writeln!(
+                nat,
+                "-A {SERVICES_CHAIN} -d {}/32 -p tcp -m tcp --dport {} -m comment --comment \"{comment}\" -j {chain}",
+                s.vip, p.port
+            );
+            let n = s.endpoints.len();
+            for (i, ep) in s.endpoints.iter().enumerate() {
+                let remaining = n - i;
+                let pick = if remaining > 1 {
+                    format!(
+                        "-m statistic --mode random --probability {:.10} ",
+                        1.0 / remaining as f64
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    nat,
+                    "-A {chain} -p tcp {pick}-j DNAT --to-destination {ep}:{}",
+                    p.target_port
+                );
+            }
+            chains.push(chain);
+        }
+    }
+    let mut out = String::from("*nat\n");
+    for c in &chains {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    let _ = writeln!(out, "-A PREROUTING -j {SERVICES_CHAIN}");
+    let _ = writeln!(out, "-A OUTPUT -j {SERVICES_CHAIN}");
+    out.push_str(&nat);
+    out.push_str("COMMIT\n");
+    if !reject.is_empty() {
+        let _ = writeln!(
+            out,
+            "*filter\n:{REJECT_CHAIN} - [0:0]\n-A OUTPUT -j {REJECT_CHAIN}"
+        );
+        for r in reject {
+            out.push_str(&r);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// `TRELLIS_SVC_` and 12 hex digits of a hash of namespace/name:port
+/// (chain names are limited to 28 characters).
+fn service_chain(namespace: &str, name: &str, port: u16) -> String {
+    let digest = Sha256::digest(format!("{namespace}/{name}:{port}/tcp").as_bytes());
+    let mut chain = String::from("TRELLIS_SVC_");
+    for b in &digest[..6] {
+        let _ = write!(chain, "{b:02X}");
+    }
+    chain
+}
+
+impl Plan {
+    /// Finds a pod by `web` (replica 0), `web-1`, `demo/web` or `demo/web-1`.
+    pub fn find_pod(&self, query: &str) -> Result<&PodPlan, String> {
+        let (ns, name) = match query.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, query),
+        };
+        let in_ns = |p: &&PodPlan| ns.is_none_or(|ns| p.namespace == ns);
+        let mut hits: Vec<&PodPlan> = self
+            .pods
+            .iter()
+            .filter(in_ns)
+            .filter(|p| p.name == name)
+            .collect();
+        if hits.is_empty() {
+            hits = self
+                .pods
+                .iter()
+                .filter(in_ns)
+                .filter(|p| p.workload == name && p.replica == 0)
+                .collect();
+        }
+        match hits.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "no pod {query:?} in mesh {:?}; pods: {}",
+                self.mesh,
+                self.pods
+                    .iter()
+                    .map(|p| p.qualified_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            many => Err(format!(
+                "{query:?} is ambiguous: {}; say NAMESPACE/NAME",
+                many.iter()
+                    .map(|p| p.qualified_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
