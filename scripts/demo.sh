@@ -19,7 +19,7 @@ PROFILE=demo
 
 echo "==> installing what the local mesh needs (scripts/install-deps.sh --demo)"
 bash scripts/install-deps.sh --demo
-echo "==> building trellis, trellis-proxy, trellis-identity and trellis-controller (profile $PROFILE; cache: $CARGO_TARGET_DIR)"
-cargo build --profile "$PROFILE" --locked -p trellis-cli -p trellis-proxy -p trellis-identity -p trellis-controller
+echo "==> building trellis, trellis-app, trellis-proxy, trellis-identity and trellis-controller (profile $PROFILE; cache: $CARGO_TARGET_DIR)"
+cargo build --profile "$PROFILE" --locked -p trellis-cli -p trellis-app -p trellis-proxy -p trellis-identity -p trellis-controller
 echo "==> starting the demo"
 exec "$CARGO_TARGET_DIR/$PROFILE/trellis" demo "$@"

@@ -58,6 +58,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.interval.is_zero() {
         bail!("--interval must be more than 0");
     }
+    // Every pod of the demo runs `trellis app …`: refuse before making
+    // anything if it could not.
+    crate::app::app_bin()?;
     let interrupt = Interrupt::install(trellis_mesh::UNDO)?;
     let checked = spec::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
     let opts = UpOptions {

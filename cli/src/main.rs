@@ -5,7 +5,8 @@
 //! - `trellis demo` — a built-in local mesh with traffic and a live table ([`demo`]).
 //! - `trellis app …` — the small programs the demo and the tests run inside
 //!   pods: HTTP echo servers, a server-speaks-first TCP service, a load
-//!   generator ([`app`]).
+//!   generator. They are the `trellis-app` binary (`app/`); this runs it
+//!   ([`app`]).
 
 // `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
 // same Ctrl-C): print through trellis_core::{out, outln, errln}.
@@ -59,8 +60,10 @@ enum Command {
     /// pod template was left without a proxy (see --strict).
     Inject(inject::InjectArgs),
     /// Small programs that run inside pods of the local mesh (demo and tests).
-    #[command(subcommand)]
-    App(app::AppCommand),
+    ///
+    /// `trellis app ARGS` runs `trellis-app ARGS` (beside `trellis`, or
+    /// `$TRELLIS_APP_BIN`): `trellis app --help` lists the programs.
+    App(app::AppArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
         Command::Mesh(args) => mesh::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Inject(args) => inject::run(args),
-        Command::App(cmd) => app::run(cmd),
+        Command::App(args) => app::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -455,7 +455,9 @@ pub(super) fn make_pod(store: &mut Store, plan: &Plan, pod: &PodPlan) -> anyhow:
     Ok(())
 }
 
-/// `PATH`, `HOME` and locale from our environment; nothing else leaks in.
+/// `PATH`, `HOME` and locale from our environment, and `TRELLIS_APP_BIN`
+/// (so that `{trellis} app …` in a pod runs the same programs as
+/// `trellis app` here); nothing else leaks in.
 pub(super) fn base_env() -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert(
@@ -464,7 +466,7 @@ pub(super) fn base_env() -> BTreeMap<String, String> {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
         }),
     );
-    for key in ["HOME", "LANG", "LC_ALL", "TZ"] {
+    for key in ["HOME", "LANG", "LC_ALL", "TZ", "TRELLIS_APP_BIN"] {
         if let Ok(v) = std::env::var(key) {
             env.insert(key.to_string(), v);
         }

@@ -287,10 +287,12 @@ pub fn trellis(args: &[&str]) -> Output {
     trellis_command(args).output().unwrap()
 }
 
-/// `trellis ARGS…`, told where this build's proxy and identity service are.
+/// `trellis ARGS…`, told where this build's proxy, identity service,
+/// controller and `trellis-app` (what `trellis app` runs) are.
 pub fn trellis_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("trellis"));
     cmd.args(args)
+        .env("TRELLIS_APP_BIN", bin("trellis-app"))
         .env("TRELLIS_PROXY_BIN", bin("trellis-proxy"))
         .env("TRELLIS_IDENTITY_BIN", bin("trellis-identity"))
         .env("TRELLIS_CONTROLLER_BIN", bin("trellis-controller"));

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use trellis_core::shutdown::Shutdown;
 
 use super::{free_addr, within, Server};
-use crate::app::load::{self, LoadArgs, LoadPlan, PlanError};
+use crate::load::{self, LoadArgs, LoadPlan, PlanError};
 
 fn load_args(url: String) -> LoadArgs {
     LoadArgs {

@@ -1,5 +1,8 @@
-//! `trellis app …`: the small programs that run inside pods of the local mesh,
-//! for the demo and the end-to-end tests.
+//! `trellis-app`: the small programs that run inside pods of the local mesh,
+//! for the demo and the end-to-end tests. Mesh files run them as
+//! `{trellis} app …` (every file in `examples/`): `trellis app` runs this
+//! binary, found beside `trellis`, so the user-facing CLI does not carry
+//! them.
 //!
 //! Servers (each binds eagerly, logs `listening on …` once, and stops on
 //! SIGTERM/SIGINT through the one [`Shutdown`] mechanism):
@@ -19,6 +22,10 @@
 //! Every server is an `async fn serve(listener, opts, shutdown)` so that tests
 //! start it in-process on a listener bound to port 0.
 
+// `println!`/`eprintln!` panic on a closed pipe: print through
+// trellis_core::{out, outln, errln}.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod http;
 mod load;
 mod tcp;
@@ -29,17 +36,31 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
+use clap::Parser;
 use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use trellis_core::outln;
 use trellis_core::shutdown::Shutdown;
+use trellis_core::{errln, outln};
 
 /// How long servers let in-flight connections finish after a signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "trellis-app",
+    version,
+    about = "Small programs that run inside pods of the local mesh (demo and tests); also `trellis app`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: AppCommand,
+}
+
 #[derive(clap::Subcommand, Debug)]
-pub enum AppCommand {
+enum AppCommand {
     /// HTTP/1.1 and h2c server: /, /echo, /status/CODE, /bytes/N, /sha256,
     /// /delay/MS, /trailers, /ws.
     Http(http::HttpArgs),
@@ -55,7 +76,17 @@ pub enum AppCommand {
     BannerClient(tcp::BannerClientArgs),
 }
 
-pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            errln!("trellis-app: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: AppCommand) -> anyhow::Result<()> {
     trellis_core::telemetry::init_logging("info", trellis_core::telemetry::LogFormat::Plain);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

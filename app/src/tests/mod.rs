@@ -61,11 +61,11 @@ impl Server {
 
     async fn banner(name: &str) -> Server {
         let opts = BannerOpts::new(name.into()).unwrap();
-        Self::start(|l, sd| crate::app::tcp::serve_banner(l, opts, sd)).await
+        Self::start(|l, sd| crate::tcp::serve_banner(l, opts, sd)).await
     }
 
     async fn echo() -> Server {
-        Self::start(crate::app::tcp::serve_echo).await
+        Self::start(crate::tcp::serve_echo).await
     }
 
     async fn stop(self) {

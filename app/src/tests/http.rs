@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{within, Server};
-use crate::app::http::{hex, pattern_byte, BoxError, FailCounter, HttpOpts, PatternBody};
+use crate::http::{hex, pattern_byte, BoxError, FailCounter, HttpOpts, PatternBody};
 
 type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 

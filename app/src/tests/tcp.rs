@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{free_addr, within, Server};
-use crate::app::tcp::{self, BannerClientOpts, BannerOpts};
+use crate::tcp::{self, BannerClientOpts, BannerOpts};
 
 async fn read_line(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
     let mut line = String::new();
