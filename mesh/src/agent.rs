@@ -16,7 +16,8 @@ use trellis_core::errln;
 
 use super::files;
 use super::identity::TOKEN_LIFETIME;
-use super::state::{self, Store};
+use super::names;
+use super::state::Store;
 
 /// Tokens are rewritten at a quarter of their lifetime.
 const REFRESH_EVERY: Duration = Duration::from_secs(TOKEN_LIFETIME.as_secs() / 4);
@@ -38,7 +39,7 @@ pub fn run(mesh: &str) -> anyhow::Result<()> {
     let mut next = Instant::now() + REFRESH_EVERY;
     loop {
         std::thread::sleep(CHECK_EVERY);
-        if !state::mesh_dir(mesh).exists() {
+        if !names::mesh_dir(mesh).exists() {
             errln!("the mesh's state directory is gone; exiting");
             return Ok(());
         }

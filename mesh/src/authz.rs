@@ -30,9 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use trellis_core::spiffe::SpiffeId;
 
-use super::plan;
+use super::names::{self, check_label, check_subdomain};
 use super::routes::HTTP_METHODS;
-use super::spec::{check_label, check_subdomain, InboundPolicy, Overrides, Workload};
+use super::spec::{InboundPolicy, Overrides, Workload};
 
 /// An AuthorizationPolicy as the mesh file writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,7 +349,7 @@ fn authorization(trust_domain: &str, p: &AuthorizationPolicy) -> ProxyAuthorizat
     let mut identities: Vec<String> = p.from.identities.clone();
     for sa in &p.from.service_accounts {
         let ns = sa.namespace.as_deref().unwrap_or(&p.namespace);
-        identities.push(plan::spiffe_id(trust_domain, ns, &sa.name));
+        identities.push(names::spiffe_id(trust_domain, ns, &sa.name));
     }
     dedup(&mut identities);
     let mut namespaces = p.from.namespaces.clone();

@@ -73,7 +73,7 @@ pub(crate) fn controller_plan(
         ("TRELLIS_CONTROLLER_TRUST_DOMAIN", trust_domain.to_string()),
         (
             "TRELLIS_CONTROLLER_CLUSTER_DOMAIN",
-            super::plan::CLUSTER_DOMAIN.to_string(),
+            super::names::CLUSTER_DOMAIN.to_string(),
         ),
         (
             "TRELLIS_CONTROLLER_DEFAULT_INBOUND_POLICY",
@@ -162,7 +162,7 @@ pub(crate) fn controller_problems(
     };
     let settings = trellis_controller::index::Settings {
         trust_domain: trust_domain.to_string(),
-        cluster_domain: super::plan::CLUSTER_DOMAIN.to_string(),
+        cluster_domain: super::names::CLUSTER_DOMAIN.to_string(),
         default_inbound: trellis_controller::index::DefaultPolicy::AllUnauthenticated,
     };
     let snap = trellis_controller::Snapshot::new(objects, Arc::new(settings), 0, true);

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use super::names;
 use super::plan::{self, Plan, PodPlan, ServicePlan};
 use super::state::State;
 
@@ -403,11 +404,11 @@ pub(crate) fn service_rules_update(saved: &str, services: &[ServicePlan]) -> Str
         let had = &saved["filter"];
         if had
             .iter()
-            .any(|l| chain_of_decl(l) == Some(plan::REJECT_CHAIN))
+            .any(|l| chain_of_decl(l) == Some(names::REJECT_CHAIN))
         {
             fresh_tables.insert(
                 "filter".to_string(),
-                vec![format!(":{} - [0:0]", plan::REJECT_CHAIN)],
+                vec![format!(":{} - [0:0]", names::REJECT_CHAIN)],
             );
         }
     }

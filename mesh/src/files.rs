@@ -15,7 +15,8 @@ use trellis_identity::token::LocalIssuer;
 
 use super::authz::ProxyPolicy;
 use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
-use super::plan::{Plan, PodPlan, PROXY_UID};
+use super::names::PROXY_UID;
+use super::plan::{Plan, PodPlan};
 use super::sys;
 
 const DIR_MODE: u32 = 0o755;

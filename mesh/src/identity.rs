@@ -32,7 +32,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use trellis_identity::config as idcfg;
 
-use super::plan::{self, PodPlan, ServicePlan};
+use super::names;
+use super::plan::{PodPlan, ServicePlan};
 
 /// The identity service's gRPC port and admin port (SPEC.md).
 pub(crate) const IDENTITY_PORT: u16 = 7155;
@@ -133,7 +134,7 @@ pub struct IdentityPlan {
 }
 
 pub(crate) fn server_identity(trust_domain: &str) -> String {
-    plan::spiffe_id(trust_domain, SYSTEM_NAMESPACE, IDENTITY_SERVICE_ACCOUNT)
+    names::spiffe_id(trust_domain, SYSTEM_NAMESPACE, IDENTITY_SERVICE_ACCOUNT)
 }
 
 /// The identity service of a mesh whose bridge has address `gateway`.

@@ -49,6 +49,7 @@ pub mod agent;
 
 pub mod golden;
 pub mod interrupt;
+pub mod names;
 pub mod plan;
 pub mod spec;
 pub mod state;
@@ -69,6 +70,7 @@ mod net;
 mod ready;
 mod routes;
 mod sys;
+mod template;
 mod up;
 
 #[cfg(test)]
@@ -133,11 +135,11 @@ pub fn down_by_name(name: &str, progress: &Progress) -> anyhow::Result<Down> {
     match Store::open(name) {
         Ok(store) => down::teardown(store, progress).map(|()| Down::Removed),
         Err(StateError::Missing(_)) => Ok(Down::NotUp {
-            strays: sys::netns_with_prefix(&plan::netns_prefix(name)),
+            strays: sys::netns_with_prefix(&names::netns_prefix(name)),
         }),
         Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             // `up` died between claiming the directory and writing the state.
-            down::remove_empty(&state::mesh_dir(name))?;
+            down::remove_empty(&names::mesh_dir(name))?;
             progress.step("removed an empty state directory");
             Ok(Down::Removed)
         }

@@ -8,31 +8,19 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::authz::{self, AuthorizationPolicy, Probe, ProxyPolicy};
 use super::controller::{self, ControllerPlan};
 use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
+use super::names::{
+    host_veth_name, mesh_dir, netns_name, node_netns_name, replica_name, service_chain, spiffe_id,
+    ADMIN_PORT, BRIDGE, CLUSTER_DOMAIN, CLUSTER_FILE, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID,
+    REJECT_CHAIN, SERVICES_CHAIN,
+};
 use super::net::{self, Ipv4Cidr, PodAddresses};
 use super::spec::{Checked, InboundPolicy, Overrides};
-use super::state;
+use super::template::{expand, TemplateVars};
 use trellis_injector::floor::OutboundMtls;
-
-/// The proxy's user id (SPEC.md); its own traffic is never redirected.
-pub const PROXY_UID: u32 = 7102;
-pub const OUTBOUND_PORT: u16 = 7140;
-pub const INBOUND_PORT: u16 = 7143;
-pub const ADMIN_PORT: u16 = 7191;
-/// The controller's objects file, in the mesh's state directory.
-pub const CLUSTER_FILE: &str = "cluster.yaml";
-/// The cluster DNS domain service names live under.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
-/// The bridge in the node namespace (namespaced, so the name never clashes).
-pub const BRIDGE: &str = "trellis0";
-/// Chain, in every pod's nat table, holding the service VIP rules.
-pub const SERVICES_CHAIN: &str = "TRELLIS_SERVICES";
-/// Chain, in every pod's filter table, refusing services without endpoints.
-pub const REJECT_CHAIN: &str = "TRELLIS_SERVICES_REJECT";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -159,113 +147,6 @@ pub struct ServicePortPlan {
     pub app_protocol: Option<String>,
 }
 
-/// `web-0`.
-pub fn replica_name(workload: &str, replica: u32) -> String {
-    format!("{workload}-{replica}")
-}
-
-/// `trls-<mesh>-<namespace>-<replica>`.
-pub fn netns_name(mesh: &str, namespace: &str, replica: &str) -> String {
-    format!("{}{mesh}-{namespace}-{replica}", netns_prefix_root())
-}
-
-/// `trls-<mesh>-node`.
-pub fn node_netns_name(mesh: &str) -> String {
-    format!("{}{mesh}-node", netns_prefix_root())
-}
-
-/// Every namespace of mesh `mesh` starts with this.
-pub fn netns_prefix(mesh: &str) -> String {
-    format!("{}{mesh}-", netns_prefix_root())
-}
-
-fn netns_prefix_root() -> &'static str {
-    "trls-"
-}
-
-/// Interface names are limited to 15 bytes: `tv` and 12 hex digits of a
-/// hash of the pod's namespace name.
-pub fn host_veth_name(pod_netns: &str) -> String {
-    let digest = Sha256::digest(pod_netns.as_bytes());
-    let mut name = String::from("tv");
-    for b in &digest[..6] {
-        let _ = write!(name, "{b:02x}");
-    }
-    name
-}
-
-/// What placeholders in a workload's `command` stand for.
-#[derive(Debug, Clone)]
-pub struct TemplateVars {
-    pub trellis: String,
-    pub name: String,
-    pub workload: String,
-    pub namespace: String,
-    pub ip: String,
-    pub port: Option<u16>,
-}
-
-impl TemplateVars {
-    /// Values of the right shape, for validating templates.
-    pub fn sample(has_port: bool) -> Self {
-        Self {
-            trellis: "/bin/trellis".into(),
-            name: "w-0".into(),
-            workload: "w".into(),
-            namespace: "ns".into(),
-            ip: "10.0.0.2".into(),
-            port: has_port.then_some(1),
-        }
-    }
-
-    fn get(&self, key: &str) -> Result<String, String> {
-        match key {
-            "trellis" => Ok(self.trellis.clone()),
-            "name" => Ok(self.name.clone()),
-            "workload" => Ok(self.workload.clone()),
-            "namespace" => Ok(self.namespace.clone()),
-            "ip" => Ok(self.ip.clone()),
-            "port" => self
-                .port
-                .map(|p| p.to_string())
-                .ok_or_else(|| "{port} means the workload's first port, but it lists no `ports`".to_string()),
-            other => Err(format!(
-                "unknown placeholder {{{other}}}; known: {{trellis}} (the trellis binary), {{name}} (replica, web-0), {{workload}}, {{namespace}}, {{ip}}, {{port}} (first port); write {{{{ and }}}} for literal braces"
-            )),
-        }
-    }
-}
-
-/// Replaces `{trellis}`, `{name}`, `{workload}`, `{namespace}`, `{ip}` and
-/// `{port}` in `template`; `{{` and `}}` are literal braces.
-pub fn expand(template: &str, vars: &TemplateVars) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find(['{', '}']) {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(t) = tail.strip_prefix("{{") {
-            out.push('{');
-            rest = t;
-        } else if let Some(t) = tail.strip_prefix("}}") {
-            out.push('}');
-            rest = t;
-        } else if tail.starts_with('}') {
-            return Err(format!(
-                "unmatched '}}' in {template:?} (write }}}} for a literal brace)"
-            ));
-        } else {
-            let end = tail.find('}').ok_or_else(|| {
-                format!("unclosed '{{' in {template:?} (write {{{{ for a literal brace)")
-            })?;
-            out.push_str(&vars.get(&tail[1..end])?);
-            rest = &tail[end + 1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Turns a checked file into a plan. `trellis_bin` is what `{trellis}`
 /// expands to.
 pub fn build(checked: &Checked, trellis_bin: &str) -> Result<Plan, String> {
@@ -296,7 +177,7 @@ pub fn build_next(
     let gateway = addrs
         .gateway()
         .ok_or_else(|| format!("podCidr {} has no room for a gateway", checked.pod_cidr))?;
-    let files = MeshFiles::new(&state::mesh_dir(&file.name));
+    let files = MeshFiles::new(&mesh_dir(&file.name));
     let identity = file.workloads.iter().any(|w| w.meshed).then(|| {
         identity::identity_plan(
             &file.trust_domain,
@@ -310,7 +191,7 @@ pub fn build_next(
             gateway,
             &file.trust_domain,
             &file.default_inbound_policy.to_string(),
-            state::mesh_dir(&file.name).join(CLUSTER_FILE),
+            mesh_dir(&file.name).join(CLUSTER_FILE),
         )
     });
     let node = NodePlan {
@@ -460,10 +341,6 @@ pub fn build_next(
         destinations,
         controller,
     })
-}
-
-pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
 fn proxy_plan(
@@ -646,17 +523,6 @@ pub fn service_rules(services: &[ServicePlan]) -> String {
         out.push_str("COMMIT\n");
     }
     out
-}
-
-/// `TRELLIS_SVC_` and 12 hex digits of a hash of namespace/name:port
-/// (chain names are limited to 28 characters).
-fn service_chain(namespace: &str, name: &str, port: u16) -> String {
-    let digest = Sha256::digest(format!("{namespace}/{name}:{port}/tcp").as_bytes());
-    let mut chain = String::from("TRELLIS_SVC_");
-    for b in &digest[..6] {
-        let _ = write!(chain, "{b:02X}");
-    }
-    chain
 }
 
 impl Plan {

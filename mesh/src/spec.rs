@@ -16,9 +16,10 @@ use trellis_core::config::parse_ports;
 use trellis_injector::floor::{policy_rank, OutboundMtls, PortAllowance};
 
 use super::authz::{self, AuthorizationPolicy, Probe};
+use super::names::{self, check_label, check_subdomain, PROXY_PORTS};
 use super::net::Ipv4Cidr;
-use super::plan;
 use super::routes;
+use super::template;
 
 pub const DEFAULT_MESH_NAME: &str = "trellis";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -28,8 +29,6 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const MAX_MESH_NAME_LEN: usize = 24;
 pub const MAX_REPLICAS: u32 = 64;
 pub const MAX_PODS: usize = 256;
-/// Ports the sidecar itself listens on: a meshed workload cannot use them.
-pub const PROXY_PORTS: [u16; 3] = [7140, 7143, 7191];
 
 /// Annotation prefix for per-pod proxy overrides (SPEC.md).
 pub const ANNOTATION_PREFIX: &str = "config.trellis.dev/";
@@ -164,7 +163,7 @@ pub struct Workload {
     /// Ports the workload listens on; `up` waits until each accepts.
     #[serde(default)]
     pub ports: Vec<u16>,
-    /// argv, with placeholders: see [`plan::expand`].
+    /// argv, with placeholders: see [`template::expand`].
     pub command: Vec<String>,
     #[serde(default, deserialize_with = "scalar_map")]
     pub env: BTreeMap<String, String>,
@@ -357,33 +356,6 @@ impl Errors {
     fn push(&mut self, path: &str, msg: impl fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }
-}
-
-/// A DNS label (RFC 1123) of at most `max` characters.
-pub fn check_label(s: &str, max: usize) -> Result<(), String> {
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if s.is_empty() {
-        Err("must not be empty".into())
-    } else if s.len() > max {
-        Err(format!("{s:?} is longer than {max} characters"))
-    } else if !ok_chars || s.starts_with('-') || s.ends_with('-') {
-        Err(format!(
-            "{s:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn check_subdomain(s: &str) -> Result<(), String> {
-    if s.len() > 253 {
-        return Err(format!("{s:?} is longer than 253 characters"));
-    }
-    s.split('.')
-        .try_for_each(|l| check_label(l, 63))
-        .map_err(|_| format!("{s:?} must be a DNS name: lowercase letters, digits, '-' and '.'"))
 }
 
 fn check_trust_domain(s: &str) -> Result<(), String> {
@@ -723,9 +695,9 @@ fn check_workload(errs: &mut Errors, path: &str, w: &Workload, floor: &MeshFloor
     if w.command.is_empty() {
         errs.push(&format!("{path}.command"), "must not be empty");
     }
-    let sample = plan::TemplateVars::sample(!w.ports.is_empty());
+    let sample = template::TemplateVars::sample(!w.ports.is_empty());
     for (j, arg) in w.command.iter().enumerate() {
-        if let Err(e) = plan::expand(arg, &sample) {
+        if let Err(e) = template::expand(arg, &sample) {
             errs.push(&format!("{path}.command[{j}]"), e);
         }
     }
@@ -820,8 +792,8 @@ fn check_unique_names(errs: &mut Errors, file: &MeshFile) {
     let mut veths = BTreeMap::new();
     for (i, w) in file.workloads.iter().enumerate() {
         for r in 0..w.replicas.min(MAX_REPLICAS) {
-            let ns = plan::netns_name(&file.name, &w.namespace, &plan::replica_name(&w.name, r));
-            let veth = plan::host_veth_name(&ns);
+            let ns = names::netns_name(&file.name, &w.namespace, &names::replica_name(&w.name, r));
+            let veth = names::host_veth_name(&ns);
             if let Some(other) = netns.insert(ns.clone(), i) {
                 if other != i {
                     errs.push(&workload_path(i, w), format!("its pods' network namespace {ns} collides with workloads[{other}]'s; rename one"));

@@ -18,11 +18,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::names::STATE_ROOT;
 use super::plan::Plan;
 
-/// Where meshes keep their state; `/run` is a tmpfs, cleared at boot, as are
-/// the namespaces and processes the state describes.
-pub const STATE_ROOT: &str = "/run/trellis/meshes";
 pub const STATE_FILE: &str = "state.json";
 /// Where meshes keep their processes' logs: on disk, and kept after `down`
 /// (until the next `up` of the same name clears them).
@@ -234,10 +232,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
         path: path.display().to_string(),
         source,
     }
-}
-
-pub fn mesh_dir(mesh: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(mesh)
 }
 
 /// Names of the meshes with a state directory.

@@ -35,10 +35,8 @@ use trellis_core::errln;
 
 use super::plan::PodPlan;
 use super::ready::{self, Check};
-use super::state::{
-    self, LastExit, Phase, PodHealth, PodRun, ProcessRecord, Role, StateError, Store,
-};
-use super::{sys, up};
+use super::state::{LastExit, Phase, PodHealth, PodRun, ProcessRecord, Role, StateError, Store};
+use super::{names, sys, up};
 
 /// How often the supervisor looks at the pods.
 pub(crate) const POLL: Duration = Duration::from_millis(200);
@@ -191,7 +189,7 @@ pub fn run(mesh: &str) -> anyhow::Result<()> {
     loop {
         std::thread::sleep(POLL);
         children.reap();
-        if !state::mesh_dir(mesh).exists() {
+        if !names::mesh_dir(mesh).exists() {
             errln!("the mesh's state directory is gone; exiting");
             return Ok(());
         }

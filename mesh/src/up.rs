@@ -29,7 +29,7 @@ use super::plan::{self, Plan, PodPlan};
 use super::ready::{check_children, indent, wait_identity, wait_ready, Check, Started};
 use super::spec::Checked;
 use super::state::{self, Phase, ProcessRecord, Role, State, Store};
-use super::{down, files, sys, Progress};
+use super::{down, files, names, sys, Progress};
 
 /// Environment variable naming the proxy binary (else: beside `trellis`).
 pub(crate) const PROXY_BIN_ENV: &str = "TRELLIS_PROXY_BIN";
@@ -107,7 +107,7 @@ impl Binaries {
         sys::world_executable(&proxy).map_err(|why| {
             anyhow!(
                 "the proxy runs as uid {} and cannot execute {}: {why}; put the binary where other users can run it, or set {PROXY_BIN_ENV}",
-                plan::PROXY_UID,
+                names::PROXY_UID,
                 proxy.display()
             )
         })?;
@@ -131,10 +131,10 @@ pub(crate) fn up(
     let bins = Binaries::find(meshed)?;
     let plan = plan::build(checked, &bins.trellis.to_string_lossy())
         .map_err(|e| anyhow!("{}: {e}", opts.source))?;
-    if state::mesh_dir(&plan.mesh).exists() {
+    if names::mesh_dir(&plan.mesh).exists() {
         return Err(state::StateError::Exists {
             mesh: plan.mesh.clone(),
-            dir: state::mesh_dir(&plan.mesh).display().to_string(),
+            dir: names::mesh_dir(&plan.mesh).display().to_string(),
         }
         .into());
     }
@@ -687,7 +687,7 @@ pub(super) fn proxy_command(
     let Some(proxy) = &pod.proxy else {
         bail!("pod {} is not meshed", pod.qualified_name());
     };
-    let uid = plan::PROXY_UID;
+    let uid = names::PROXY_UID;
     let argv = [
         "ip".to_string(),
         "netns".into(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::plan::{build, Plan};
+use crate::plan::{self, build, Plan};
 use crate::spec;
 
 const FILE: &str = r#"
@@ -118,7 +118,7 @@ fn the_identity_service_and_the_proxies_agree() {
         id.server_identity,
         "spiffe://example.org/ns/trellis-system/sa/trellis-identity"
     );
-    let dir = crate::state::mesh_dir("idm");
+    let dir = crate::names::mesh_dir("idm");
     let env = &id.env;
     assert_eq!(env["TRELLIS_IDENTITY_LISTEN"], "10.77.0.1:7155");
     assert_eq!(env["TRELLIS_IDENTITY_ADMIN_LISTEN"], "10.77.0.1:7195");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::names::{host_veth_name, netns_prefix, service_chain};
 use crate::spec;
 
 const FILE: &str = r#"

@@ -282,24 +282,27 @@ fn derived_namespace_names_must_not_collide() {
 
 #[test]
 fn templates_expand_and_escape() {
-    let vars = plan::TemplateVars::sample(true);
-    assert_eq!(plan::expand("{trellis}", &vars).unwrap(), "/bin/trellis");
+    let vars = template::TemplateVars::sample(true);
     assert_eq!(
-        plan::expand("--listen=0.0.0.0:{port}", &vars).unwrap(),
+        template::expand("{trellis}", &vars).unwrap(),
+        "/bin/trellis"
+    );
+    assert_eq!(
+        template::expand("--listen=0.0.0.0:{port}", &vars).unwrap(),
         "--listen=0.0.0.0:1"
     );
     assert_eq!(
-        plan::expand("{{\"json\": 1}}", &vars).unwrap(),
+        template::expand("{{\"json\": 1}}", &vars).unwrap(),
         "{\"json\": 1}"
     );
     assert_eq!(
-        plan::expand("{name}.{namespace}/{workload}@{ip}", &vars).unwrap(),
+        template::expand("{name}.{namespace}/{workload}@{ip}", &vars).unwrap(),
         "w-0.ns/w@10.0.0.2"
     );
-    assert!(plan::expand("{oops", &vars)
+    assert!(template::expand("{oops", &vars)
         .unwrap_err()
         .contains("unclosed"));
-    assert!(plan::expand("oops}", &vars)
+    assert!(template::expand("oops}", &vars)
         .unwrap_err()
         .contains("unmatched"));
 }
