@@ -27,7 +27,7 @@ use trellis_core::config::parse_duration;
 use trellis_core::{errln, out};
 
 use trellis_mesh::golden::{self, Counters};
-use trellis_mesh::{spec, Interrupt, Mesh, PodPlan, UpOptions};
+use trellis_mesh::{check, Interrupt, Mesh, PodPlan, UpOptions};
 
 /// The demo's mesh; `trellis mesh up -f examples/demo.yaml` makes the same.
 const DEMO_MESH: &str = include_str!("../../examples/demo.yaml");
@@ -62,7 +62,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // anything if it could not.
     crate::app::app_bin()?;
     let interrupt = Interrupt::install(trellis_mesh::UNDO)?;
-    let checked = spec::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
+    let checked = check::parse(DEMO_MESH, "built-in demo mesh (examples/demo.yaml)")?;
     let opts = UpOptions {
         timeout: args.timeout,
         source: "trellis demo (examples/demo.yaml)".into(),
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn the_built_in_mesh_is_valid() {
-        let c = spec::parse(DEMO_MESH, "demo").unwrap();
+        let c = check::parse(DEMO_MESH, "demo").unwrap();
         let f = &c.file;
         assert_eq!(f.name, "demo");
         for w in ["web", "api", "catalog", "mail", "client"] {
@@ -460,12 +460,12 @@ mod tests {
 
     #[test]
     fn the_other_examples_are_valid() {
-        spec::parse(include_str!("../../examples/hello.yaml"), "hello").unwrap();
-        let mtls = spec::parse(include_str!("../../examples/mtls.yaml"), "mtls").unwrap();
+        check::parse(include_str!("../../examples/hello.yaml"), "hello").unwrap();
+        let mtls = check::parse(include_str!("../../examples/mtls.yaml"), "mtls").unwrap();
         assert_eq!(mtls.file.policies.len(), 1);
         assert_eq!(
             mtls.overrides[0].port_inbound_policies[&9090],
-            spec::InboundPolicy::AllUnauthenticated
+            trellis_mesh::spec::InboundPolicy::AllUnauthenticated
         );
     }
 }

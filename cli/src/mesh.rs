@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use trellis_core::{errln, out, outln};
 use trellis_mesh::{
-    spec, state, status, table, ApplyOptions, Down, Interrupt, Interrupted, Mesh, PolicyChange,
+    check, state, status, table, ApplyOptions, Down, Interrupt, Interrupted, Mesh, PolicyChange,
     Progress, UpOptions, UNDO,
 };
 
@@ -120,7 +120,7 @@ enum Output {
 pub fn run(args: MeshArgs) -> anyhow::Result<()> {
     match args.command {
         MeshCommand::Up { file, timeout } => {
-            let checked = spec::load(&file)?;
+            let checked = check::load(&file)?;
             let interrupt = Interrupt::install(UNDO)?;
             let opts = UpOptions {
                 timeout,
@@ -141,7 +141,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
         MeshCommand::Apply { file, timeout } => {
-            let checked = spec::load(&file)?;
+            let checked = check::load(&file)?;
             let interrupt = Interrupt::install(UNDO)?;
             let opts = ApplyOptions {
                 timeout,

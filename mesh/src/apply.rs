@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use nix::sys::signal::Signal;
 
+use super::check::Checked;
 use super::diff::{self, Change};
 use super::interrupt::Interrupt;
 use super::plan::{self, Plan, PodPlan};
 use super::ready::{wait_ready, Check};
-use super::spec::Checked;
 use super::state::{self, Phase, Role, StateError, Store};
 use super::up::{self, interrupted};
 use super::{files, sys, Progress};

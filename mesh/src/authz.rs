@@ -1,8 +1,9 @@
 //! Inbound policy for the local mesh: the mesh file's `policies:` (the
 //! `policy.trellis.dev` AuthorizationPolicy resource, flattened like the
-//! file's services), their validation, and their compilation — with the
-//! pod's default policy, per-port overrides and probes — into the policy
-//! file each proxy reads (`TRELLIS_PROXY_POLICY_FILE`). Pure.
+//! file's services; its type, [`AuthorizationPolicy`], is the file's, in
+//! [`spec`](super::spec)), their validation, and their compilation — with
+//! the pod's default policy, per-port overrides and probes — into the
+//! policy file each proxy reads (`TRELLIS_PROXY_POLICY_FILE`). Pure.
 //!
 //! ```yaml
 //! policies:
@@ -32,72 +33,7 @@ use trellis_core::spiffe::SpiffeId;
 
 use super::names::{self, check_label, check_subdomain};
 use super::routes::HTTP_METHODS;
-use super::spec::{InboundPolicy, Overrides, Workload};
-
-/// An AuthorizationPolicy as the mesh file writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
-    pub name: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// A workload of the policy's namespace; `None`: all of its meshed ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_workload: Option<String>,
-    /// Pod ports; empty: every port.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    pub from: Sources,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpMatch>,
-}
-
-/// Who a policy lets in: any of these.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Sources {
-    /// Exact SPIFFE IDs.
-    #[serde(default)]
-    pub identities: Vec<String>,
-    /// ServiceAccounts, turned into SPIFFE IDs of the mesh's trust domain.
-    #[serde(default)]
-    pub service_accounts: Vec<ServiceAccountRef>,
-    /// Every meshed workload of these namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServiceAccountRef {
-    pub name: String,
-    /// Default: the policy's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-/// HTTP constraints: a request must match one method (if any are listed)
-/// and one path prefix (if any are listed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpMatch {
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub path_prefixes: Vec<String>,
-}
-
-/// A kubelet-style HTTP probe a workload declares (`probes:` in the file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Probe {
-    pub port: u16,
-    pub path: String,
-}
-
-fn default_namespace() -> String {
-    "default".to_string()
-}
+use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Probe, Workload};
 
 /// The proxy's policy file, exactly the serde shape of the proxy's
 /// `policy::Policy`.

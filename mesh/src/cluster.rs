@@ -27,8 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
-use super::authz::{self, AuthorizationPolicy};
 use super::plan::{PodPlan, ServicePlan, ServicePortPlan};
+use super::spec::{self, AuthorizationPolicy};
 
 /// The container name that marks a pod as meshed (SPEC.md).
 pub(crate) const PROXY_CONTAINER: &str = "trellis-proxy";
@@ -111,7 +111,7 @@ fn port(n: u16) -> IntOrString {
 }
 
 fn pod_object(p: &PodPlan, ready: bool) -> Pod {
-    let http_probe = |pr: &authz::Probe| Probe {
+    let http_probe = |pr: &spec::Probe| Probe {
         http_get: Some(HTTPGetAction {
             port: port(pr.port),
             path: Some(pr.path.clone()),

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trellis_controller::objects::Kind;
 
-use super::authz::AuthorizationPolicy;
+use super::spec::{self, AuthorizationPolicy};
 
 /// The controller's gRPC and admin ports (this project's choice; the
 /// identity service has 7155 and 7195).
@@ -114,7 +114,7 @@ pub(crate) fn proxy_env(
 /// file.
 pub(crate) fn controller_problems(
     trust_domain: &str,
-    services: &[super::spec::Service],
+    services: &[spec::Service],
     routes: &[(usize, Value)],
     policies: &[(usize, &AuthorizationPolicy)],
 ) -> Vec<String> {

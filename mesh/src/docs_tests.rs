@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use trellis_controller::index::annotations::{route_annotations, ROUTE_ANNOTATIONS};
 
-use super::spec::{self, SpecError, CONFIG_ANNOTATIONS};
+use super::check::{self, SpecError};
+use super::spec::CONFIG_ANNOTATIONS;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -117,7 +118,7 @@ fn every_example_parses_and_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        if let Err(e) = spec::load(&path) {
+        if let Err(e) = check::load(&path) {
             panic!("{e}");
         }
         seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
@@ -133,7 +134,7 @@ fn every_example_parses_and_validates() {
 
 #[test]
 fn the_routes_example_has_routes_and_policies_beside_a_service() {
-    let c = spec::load(&repo().join("examples/routes.yaml")).unwrap();
+    let c = check::load(&repo().join("examples/routes.yaml")).unwrap();
     assert!(!c.file.services.is_empty());
     assert!(!c.file.routes.is_empty());
     assert!(!c.file.policies.is_empty());
@@ -142,7 +143,7 @@ fn the_routes_example_has_routes_and_policies_beside_a_service() {
 #[test]
 fn the_complete_example_validates_and_uses_exactly_the_documented_keys() {
     let text = complete_example();
-    if let Err(e) = spec::parse(&text, "docs/mesh-file.md (complete example)") {
+    if let Err(e) = check::parse(&text, "docs/mesh-file.md (complete example)") {
         panic!("{e}");
     }
     let (mut keys, mut mappings) = (BTreeSet::new(), BTreeSet::new());
@@ -209,7 +210,7 @@ fn every_key_the_parser_accepts_is_documented() {
         let mut v = base.clone();
         insert_everywhere(&mut v, mapping, "", PROBE);
         let text = serde_yaml_ng::to_string(&v).unwrap();
-        let message = match spec::parse(&text, "probe") {
+        let message = match check::parse(&text, "probe") {
             Ok(_) => panic!("an unknown key in {mapping:?} was accepted"),
             Err(SpecError::Invalid(e)) => e.errors.join("\n"),
             Err(other) => other.to_string(),
@@ -255,7 +256,7 @@ fn the_config_annotation_table_is_what_the_parser_knows() {
             "workloads:\n  - name: a\n    ports: [8080, 9090]\n    command: [x]\n    annotations: {{{}: {:?}}}\n",
             r[0], r[1]
         );
-        if let Err(e) = spec::parse(&text, &r[0]) {
+        if let Err(e) = check::parse(&text, &r[0]) {
             panic!("{e}");
         }
     }

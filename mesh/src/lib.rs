@@ -47,6 +47,7 @@
 
 pub mod agent;
 
+pub mod check;
 pub mod golden;
 pub mod interrupt;
 pub mod names;
@@ -249,7 +250,7 @@ impl Mesh {
     /// `mesh up` in-process: makes the mesh and waits until it is ready;
     /// on failure everything made is already removed.
     pub fn up(
-        checked: &spec::Checked,
+        checked: &check::Checked,
         opts: &UpOptions,
         interrupt: &Interrupt,
     ) -> anyhow::Result<Mesh> {
@@ -260,7 +261,7 @@ impl Mesh {
 
     /// `mesh apply`: brings the running mesh the file names to it.
     pub fn apply(
-        checked: &spec::Checked,
+        checked: &check::Checked,
         opts: &ApplyOptions,
         interrupt: &Interrupt,
     ) -> anyhow::Result<Mesh> {

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::authz::{self, AuthorizationPolicy, Probe, ProxyPolicy};
+use super::authz::{self, ProxyPolicy};
+use super::check::Checked;
 use super::controller::{self, ControllerPlan};
 use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::names::{
@@ -18,7 +19,7 @@ use super::names::{
     REJECT_CHAIN, SERVICES_CHAIN,
 };
 use super::net::{self, Ipv4Cidr, PodAddresses};
-use super::spec::{Checked, InboundPolicy, Overrides};
+use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Probe};
 use super::template::{expand, TemplateVars};
 use trellis_injector::floor::OutboundMtls;
 

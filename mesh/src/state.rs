@@ -392,11 +392,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{plan, spec};
+    use crate::{check, plan};
 
     fn sample_state() -> State {
         let yaml = "name: st\nworkloads:\n  - name: web\n    ports: [8080]\n    command: [\"{trellis}\", app, http]\nservices:\n  - {name: web, selector: web, ports: [{port: 80, targetPort: 8080}]}\n";
-        let checked = spec::parse(yaml, "test").unwrap();
+        let checked = check::parse(yaml, "test").unwrap();
         let plan = plan::build(&checked, "/bin/trellis").unwrap();
         State::new(
             plan,

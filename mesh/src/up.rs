@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+use super::check::Checked;
 use super::interrupt::{Interrupt, Interrupted};
 use super::plan::{self, Plan, PodPlan};
 use super::ready::{check_children, indent, wait_identity, wait_ready, Check, Started};
-use super::spec::Checked;
 use super::state::{self, Phase, ProcessRecord, Role, State, Store};
 use super::{down, files, names, sys, Progress};
 

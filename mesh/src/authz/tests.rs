@@ -1,5 +1,5 @@
 use super::*;
-use crate::spec::{self, SpecError};
+use crate::check::{self, SpecError};
 
 const FILE: &str = r#"
 trustDomain: example.org
@@ -43,7 +43,7 @@ policies:
 "#;
 
 fn errors(yaml: &str) -> Vec<String> {
-    match spec::parse(yaml, "test.yaml") {
+    match check::parse(yaml, "test.yaml") {
         Err(SpecError::Invalid(v)) => v.errors,
         Err(other) => panic!("expected validation errors, got {other}"),
         Ok(_) => panic!("expected validation errors, got a valid file"),
@@ -51,7 +51,7 @@ fn errors(yaml: &str) -> Vec<String> {
 }
 
 fn compiled(workload: usize) -> ProxyPolicy {
-    let c = spec::parse(FILE, "t").unwrap();
+    let c = check::parse(FILE, "t").unwrap();
     let f = &c.file;
     compile(
         &f.trust_domain,
@@ -64,7 +64,7 @@ fn compiled(workload: usize) -> ProxyPolicy {
 
 #[test]
 fn policies_parse_into_the_crd_shape() {
-    let c = spec::parse(FILE, "t").unwrap();
+    let c = check::parse(FILE, "t").unwrap();
     let p = &c.file.policies[0];
     assert_eq!(p.name, "web-from-client");
     assert_eq!(p.target_workload.as_deref(), Some("web"));
@@ -244,17 +244,17 @@ policies:
 #[test]
 fn unknown_policy_fields_are_refused_with_their_path() {
     let yaml = "workloads: [{name: a, command: [x]}]\npolicies:\n  - {name: p, from: {namespaces: [default]}, form: {}}\n";
-    let err = spec::parse(yaml, "t.yaml").unwrap_err().to_string();
+    let err = check::parse(yaml, "t.yaml").unwrap_err().to_string();
     assert!(
         err.contains("policies[0]") && err.contains("unknown field `form`"),
         "{err}"
     );
     let yaml =
         "workloads: [{name: a, command: [x]}]\npolicies:\n  - {name: p, from: {identity: [x]}}\n";
-    let err = spec::parse(yaml, "t.yaml").unwrap_err().to_string();
+    let err = check::parse(yaml, "t.yaml").unwrap_err().to_string();
     assert!(err.contains("unknown field `identity`"), "{err}");
     let yaml = "workloads: [{name: a, command: [x]}]\npolicies:\n  - {name: p}\n";
-    let err = spec::parse(yaml, "t.yaml").unwrap_err().to_string();
+    let err = check::parse(yaml, "t.yaml").unwrap_err().to_string();
     assert!(err.contains("missing field `from`"), "{err}");
 }
 

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::{plan, spec};
+use crate::{check, plan};
 
 const FILE: &str = r#"
 name: cl
@@ -44,7 +44,7 @@ policies:
 "#;
 
 fn list() -> Value {
-    let p = plan::build(&spec::parse(FILE, "t").unwrap(), "/bin/trellis").unwrap();
+    let p = plan::build(&check::parse(FILE, "t").unwrap(), "/bin/trellis").unwrap();
     cluster_objects(&p.pods, &p.services, &p.routes, &p.policies)
 }
 
@@ -181,7 +181,7 @@ fn services_and_their_endpoint_slices() {
 
 #[test]
 fn a_pod_that_is_down_is_not_ready_and_not_a_ready_endpoint() {
-    let p = plan::build(&spec::parse(FILE, "t").unwrap(), "/bin/trellis").unwrap();
+    let p = plan::build(&check::parse(FILE, "t").unwrap(), "/bin/trellis").unwrap();
     let web1 = p.pods.iter().find(|x| x.name == "web-1").unwrap();
     let down = BTreeSet::from([web1.netns.clone()]);
     let l = cluster_objects_with(&p.pods, &p.services, &p.routes, &p.policies, &down);

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::check;
 use crate::plan::build_next;
-use crate::spec;
 use crate::state::{ProcessRecord, Role, State};
 
 /// `web` (meshed, `{web}` replicas), `client` (unmeshed), `api` (two
@@ -34,15 +34,15 @@ services:
 {extra}
 "#;
 
-fn file(web: u32, services: &str, extra: &str) -> spec::Checked {
+fn file(web: u32, services: &str, extra: &str) -> check::Checked {
     let text = FILE
         .replace("{web}", &web.to_string())
         .replace("{services}", services)
         .replace("{extra}", extra);
-    spec::parse(&text, "t").unwrap()
+    check::parse(&text, "t").unwrap()
 }
 
-fn plan_of(checked: &spec::Checked, previous: Option<&Plan>) -> Plan {
+fn plan_of(checked: &check::Checked, previous: Option<&Plan>) -> Plan {
     let mut p = build_next(checked, "/opt/trellis", previous).unwrap();
     if let Some(old) = previous {
         carry_over(old, &mut p);
@@ -119,7 +119,7 @@ fn services_routes_and_policies_change_in_place() {
     // take the VIP of one removed in the same apply.
     let two = plan_of(&file(1, api_svc, ""), None);
     let swapped = plan_of(
-        &spec::parse(
+        &check::parse(
             &FILE
                 .replace("{web}", "1")
                 .replace(
@@ -217,7 +217,7 @@ fn refusals_list_only_what_changed_with_advice_that_can_help() {
         ),
     ];
     for (yaml, want) in &cases {
-        let new = plan_of(&spec::parse(yaml, "t").unwrap(), Some(&old));
+        let new = plan_of(&check::parse(yaml, "t").unwrap(), Some(&old));
         let err = diff(&old, &new).unwrap_err();
         assert_eq!(err.0.len(), want.len(), "want {want:?}, got {err}");
         for (line, w) in err.0.iter().zip(want.iter()) {
@@ -230,7 +230,7 @@ fn refusals_list_only_what_changed_with_advice_that_can_help() {
         );
     }
     // The advice for a template names what can help, not scaling to 0.
-    let new = plan_of(&spec::parse(&command, "t").unwrap(), Some(&old));
+    let new = plan_of(&check::parse(&command, "t").unwrap(), Some(&old));
     let err = diff(&old, &new).unwrap_err().to_string();
     assert!(!err.contains("scale the workload to 0"), "{err}");
     assert!(err.contains("new name"), "{err}");
@@ -266,7 +266,7 @@ fn a_running_pods_template_and_a_workloads_namespace_are_refused() {
         ),
     ];
     for (yaml, want) in cases {
-        let new = plan_of(&spec::parse(&yaml, "t").unwrap(), Some(&old));
+        let new = plan_of(&check::parse(&yaml, "t").unwrap(), Some(&old));
         let err = diff(&old, &new).unwrap_err();
         assert!(
             err.0.iter().any(|l| l.starts_with(want)),
@@ -279,7 +279,7 @@ fn a_running_pods_template_and_a_workloads_namespace_are_refused() {
         "    serviceAccount: web\n",
         "    serviceAccount: web\n    annotations: {config.trellis.dev/default-inbound-policy: deny}\n",
     );
-    let new = plan_of(&spec::parse(&yaml, "t").unwrap(), Some(&old));
+    let new = plan_of(&check::parse(&yaml, "t").unwrap(), Some(&old));
     let c = diff(&old, &new).unwrap();
     assert_eq!(names(&c.policy), ["web-0", "web-1"]);
     // A scaled-down workload whose template changes with it is fine when
@@ -292,17 +292,17 @@ fn a_running_pods_template_and_a_workloads_namespace_are_refused() {
             "--name, \"{name}\"]\n  - name: api",
             "--name, \"{name}\", --x]\n  - name: api",
         );
-    let new = plan_of(&spec::parse(&zero, "t").unwrap(), Some(&old));
+    let new = plan_of(&check::parse(&zero, "t").unwrap(), Some(&old));
     assert_eq!(names(&diff(&old, &new).unwrap().remove), ["web-0", "web-1"]);
 }
 
 #[test]
 fn a_mesh_without_meshed_pods_cannot_gain_some_but_keeps_its_services_when_losing_them() {
     let plain = "name: pl\nworkloads:\n  - {name: a, meshed: false, command: [sleep, infinity]}\n";
-    let old = plan_of(&spec::parse(plain, "t").unwrap(), None);
+    let old = plan_of(&check::parse(plain, "t").unwrap(), None);
     assert!(old.identity.is_none());
     let meshed = "name: pl\nworkloads:\n  - {name: a, meshed: false, command: [sleep, infinity]}\n  - {name: b, command: [sleep, infinity]}\n";
-    let new = plan_of(&spec::parse(meshed, "t").unwrap(), Some(&old));
+    let new = plan_of(&check::parse(meshed, "t").unwrap(), Some(&old));
     let err = diff(&old, &new).unwrap_err();
     assert!(
         err.0[0].starts_with("workloads: the file has meshed workloads"),
@@ -310,8 +310,8 @@ fn a_mesh_without_meshed_pods_cannot_gain_some_but_keeps_its_services_when_losin
     );
 
     // The other way: the identity service and controller stay.
-    let old = plan_of(&spec::parse(meshed, "t").unwrap(), None);
-    let new = plan_of(&spec::parse(plain, "t").unwrap(), Some(&old));
+    let old = plan_of(&check::parse(meshed, "t").unwrap(), None);
+    let new = plan_of(&check::parse(plain, "t").unwrap(), Some(&old));
     assert!(new.identity.is_some() && new.controller.is_some());
     assert_eq!(names(&diff(&old, &new).unwrap().remove), ["b-0"]);
 }

@@ -1,6 +1,6 @@
 use super::*;
+use crate::check;
 use crate::plan::{self, build, Plan};
-use crate::spec;
 
 const FILE: &str = r#"
 name: idm
@@ -37,7 +37,7 @@ services:
 "#;
 
 fn plan(yaml: &str) -> Plan {
-    build(&spec::parse(yaml, "t").unwrap(), "/opt/trellis").unwrap()
+    build(&check::parse(yaml, "t").unwrap(), "/opt/trellis").unwrap()
 }
 
 #[test]
@@ -187,15 +187,15 @@ fn a_mesh_without_sidecars_has_no_identity_service() {
 
 #[test]
 fn cert_lifetime_is_checked() {
-    let bad = |v: &str| match spec::parse(
+    let bad = |v: &str| match check::parse(
         &format!("certLifetime: {v}\nworkloads: [{{name: a, command: [x]}}]"),
         "t",
     ) {
-        Err(spec::SpecError::Invalid(e)) => e.errors.join("\n"),
+        Err(check::SpecError::Invalid(e)) => e.errors.join("\n"),
         other => panic!("{other:?}"),
     };
     assert!(bad("5s").contains("certLifetime: \"5s\" must be 10s to 8760h"));
     assert!(bad("soon").contains("certLifetime:"));
-    let c = spec::parse("workloads: [{name: a, command: [x]}]", "t").unwrap();
+    let c = check::parse("workloads: [{name: a, command: [x]}]", "t").unwrap();
     assert_eq!(c.cert_lifetime, Duration::from_secs(86_400));
 }

@@ -1,6 +1,6 @@
 use super::*;
+use crate::check;
 use crate::names::{host_veth_name, netns_prefix, service_chain};
-use crate::spec;
 
 const FILE: &str = r#"
 name: demo
@@ -38,7 +38,7 @@ services:
 "#;
 
 fn plan() -> Plan {
-    build(&spec::parse(FILE, "t").unwrap(), "/opt/trellis").unwrap()
+    build(&check::parse(FILE, "t").unwrap(), "/opt/trellis").unwrap()
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn finds_pods_like_kubectl() {
 #[test]
 fn ambiguous_pods_ask_for_a_namespace() {
     let yaml = "workloads:\n  - {name: web, namespace: a, command: [x]}\n  - {name: web, namespace: b, command: [x]}\n";
-    let p = build(&spec::parse(yaml, "t").unwrap(), "/t").unwrap();
+    let p = build(&check::parse(yaml, "t").unwrap(), "/t").unwrap();
     let err = p.find_pod("web").unwrap_err();
     assert!(
         err.contains("ambiguous") && err.contains("a/web-0") && err.contains("b/web-0"),

@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::*;
-use crate::spec::{self, SpecError};
+use crate::check::{self, SpecError};
 
 fn services() -> ServicePorts {
     [
@@ -258,7 +258,7 @@ fn mesh(annotation: &str, path: &str) -> String {
     MESH.replace("ANNOTATION", annotation).replace("PATH", path)
 }
 
-/// `mesh up` and `mesh apply` both read the file with [`spec::load`]: the
+/// `mesh up` and `mesh apply` both read the file with [`check::load`]: the
 /// whole message, naming the user's file, as either prints it.
 #[test]
 fn up_and_apply_refuse_route_mistakes_naming_the_file() {
@@ -288,7 +288,7 @@ fn up_and_apply_refuse_route_mistakes_naming_the_file() {
             .unwrap()
             .write_all(text.as_bytes())
             .unwrap();
-        let err = match spec::load(&path) {
+        let err = match check::load(&path) {
             Err(SpecError::Invalid(e)) => e,
             Err(other) => panic!("{text}: expected validation errors, got {other}"),
             Ok(_) => panic!("{text}: accepted"),
@@ -307,7 +307,7 @@ fn up_and_apply_refuse_route_mistakes_naming_the_file() {
 /// report comes back naming the route.
 #[test]
 fn the_controllers_own_problems_name_the_route() {
-    let file = spec::parse(&mesh("{}", "{type: PathPrefix, value: /api}"), "t").unwrap();
+    let file = check::parse(&mesh("{}", "{type: PathPrefix, value: /api}"), "t").unwrap();
     let route = json!({"name": "r", "namespace": "demo", "parent": {"service": "web"},
         "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/api("}}],
                    "backendRefs": [{"name": "absent"}]}]});

@@ -1,4 +1,5 @@
 use super::*;
+use crate::spec::{DEFAULT_MESH_NAME, DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR};
 
 const GOOD: &str = r#"
 name: demo
