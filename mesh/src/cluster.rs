@@ -23,20 +23,16 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodStatus, Probe, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
+use super::controller::{meta, policy_object, route_namespace, route_object, to_value, APP_LABEL};
 use super::plan::{PodPlan, ServicePlan, ServicePortPlan};
 use super::spec::{self, AuthorizationPolicy};
 
 /// The container name that marks a pod as meshed (SPEC.md).
 pub(crate) const PROXY_CONTAINER: &str = "trellis-proxy";
-/// The label pods carry and services select on.
-const APP_LABEL: &str = "app";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Creation times of routes: file order is precedence order.
-const ROUTE_EPOCH: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
 /// The mesh as a Kubernetes `List` of the objects the controller reads:
 /// namespaces, pods, each service followed by its EndpointSlice, routes,
@@ -90,20 +86,6 @@ pub(crate) fn cluster_objects_with(
         items.push(policy_object(p));
     }
     json!({"apiVersion": "v1", "kind": "List", "items": items})
-}
-
-fn to_value(object: &impl serde::Serialize) -> Value {
-    // Serializing these types to a `Value` cannot fail: their maps have
-    // string keys.
-    serde_json::to_value(object).unwrap_or(Value::Null)
-}
-
-fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: namespace.map(str::to_string),
-        ..Default::default()
-    }
 }
 
 fn port(n: u16) -> IntOrString {
@@ -258,78 +240,6 @@ fn endpoint_slice(
         endpoints: Some(endpoints),
         ports: Some(ports),
     }
-}
-
-fn route_namespace(r: &Value) -> &str {
-    r.get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-}
-
-/// A `routes:` entry (validated by [`super::routes::check_route`]) as
-/// its Gateway API object. The Gateway API's types are CRDs, not in
-/// k8s-openapi: the object is JSON around a typed `ObjectMeta`.
-pub(crate) fn route_object(index: usize, r: &Value) -> Value {
-    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("HTTPRoute");
-    let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
-    let parent = &r["parent"];
-    let mut parent_ref = json!({"group": "", "kind": "Service", "name": parent["service"]});
-    if let Some(port) = parent.get("port") {
-        parent_ref["port"] = port.clone();
-    }
-    let mut metadata = meta(name, Some(route_namespace(r)));
-    metadata.annotations = Some(
-        r.get("annotations")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    );
-    let mut metadata = to_value(&metadata);
-    metadata["creationTimestamp"] = json!(humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH
-            + std::time::Duration::from_secs(ROUTE_EPOCH.saturating_add(index as u64)),
-    )
-    .to_string());
-    json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": kind,
-        "metadata": metadata,
-        "spec": {"parentRefs": [parent_ref], "rules": r["rules"]},
-    })
-}
-
-/// A policy as the `policy.trellis.dev` CRD writes it: the workload becomes
-/// a pod selector on the `app` label.
-pub(crate) fn policy_object(p: &AuthorizationPolicy) -> Value {
-    let selector = match &p.target_workload {
-        Some(w) => json!({"matchLabels": {APP_LABEL: w}}),
-        None => json!({}),
-    };
-    let mut spec = json!({
-        "podSelector": selector,
-        "ports": p.ports,
-        "from": {
-            "identities": p.from.identities,
-            "serviceAccounts": p.from.service_accounts.iter().map(|sa| json!({
-                "name": sa.name,
-                "namespace": sa.namespace.as_deref().unwrap_or(&p.namespace),
-            })).collect::<Vec<_>>(),
-            "namespaces": p.from.namespaces,
-        },
-    });
-    if let Some(h) = &p.http {
-        spec["http"] = json!({"methods": h.methods, "pathPrefixes": h.path_prefixes});
-    }
-    json!({
-        "apiVersion": "policy.trellis.dev/v1alpha1",
-        "kind": "AuthorizationPolicy",
-        "metadata": to_value(&meta(&p.name, Some(&p.namespace))),
-        "spec": spec,
-    })
 }
 
 #[cfg(test)]

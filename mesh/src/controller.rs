@@ -10,6 +10,12 @@
 //! resolve services, endpoints, routes and their inbound policy through it,
 //! exactly as they would against a cluster's controller.
 //!
+//! Here: the controller's plan and its proxies' variables; the file's
+//! routes and policies as the controller's objects ([`route_object`],
+//! [`policy_object`], which the objects file lists too); and the
+//! controller's own verdict on them before anything starts
+//! ([`controller_problems`]).
+//!
 //! `routes:` entries (validated by [`super::routes::check_route`]; every
 //! field in `docs/mesh-file.md`):
 //!
@@ -28,8 +34,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use trellis_controller::objects::Kind;
 
 use super::spec::{self, AuthorizationPolicy};
@@ -42,6 +49,10 @@ pub(crate) const CONTROLLER_ADMIN_PORT: u16 = 7196;
 pub(crate) const ENV_CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
 pub(crate) const ENV_POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
 pub(crate) const ENV_POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
+/// The label pods carry and services select on.
+pub(crate) const APP_LABEL: &str = "app";
+/// Creation times of routes: file order is precedence order.
+const ROUTE_EPOCH: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
 /// `trellis-controller` in the node namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,16 +148,8 @@ pub(crate) fn controller_problems(
         })
     });
     let items: Vec<Value> = service_objects
-        .chain(
-            routes
-                .iter()
-                .map(|(i, r)| super::cluster::route_object(*i, r)),
-        )
-        .chain(
-            policies
-                .iter()
-                .map(|(_, p)| super::cluster::policy_object(p)),
-        )
+        .chain(routes.iter().map(|(i, r)| route_object(*i, r)))
+        .chain(policies.iter().map(|(_, p)| policy_object(p)))
         .collect();
     if items.is_empty() {
         return Vec::new();
@@ -193,4 +196,93 @@ pub(crate) fn controller_problems(
         }
     }
     out
+}
+
+/// A Kubernetes object as JSON.
+pub(crate) fn to_value(object: &impl serde::Serialize) -> Value {
+    // Serializing these types to a `Value` cannot fail: their maps have
+    // string keys.
+    serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
+/// Metadata with a name and, for namespaced objects, a namespace.
+pub(crate) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// A `routes:` entry's namespace (`default` when it names none).
+pub(crate) fn route_namespace(r: &Value) -> &str {
+    r.get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+}
+
+/// A `routes:` entry (validated by [`super::routes::check_route`]) as
+/// its Gateway API object. The Gateway API's types are CRDs, not in
+/// k8s-openapi: the object is JSON around a typed `ObjectMeta`.
+pub(crate) fn route_object(index: usize, r: &Value) -> Value {
+    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("HTTPRoute");
+    let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+    let parent = &r["parent"];
+    let mut parent_ref = json!({"group": "", "kind": "Service", "name": parent["service"]});
+    if let Some(port) = parent.get("port") {
+        parent_ref["port"] = port.clone();
+    }
+    let mut metadata = meta(name, Some(route_namespace(r)));
+    metadata.annotations = Some(
+        r.get("annotations")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    let mut metadata = to_value(&metadata);
+    metadata["creationTimestamp"] = json!(humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(ROUTE_EPOCH.saturating_add(index as u64)),
+    )
+    .to_string());
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {"parentRefs": [parent_ref], "rules": r["rules"]},
+    })
+}
+
+/// A policy as the `policy.trellis.dev` CRD writes it: the workload becomes
+/// a pod selector on the `app` label.
+pub(crate) fn policy_object(p: &AuthorizationPolicy) -> Value {
+    let selector = match &p.target_workload {
+        Some(w) => json!({"matchLabels": {APP_LABEL: w}}),
+        None => json!({}),
+    };
+    let mut spec = json!({
+        "podSelector": selector,
+        "ports": p.ports,
+        "from": {
+            "identities": p.from.identities,
+            "serviceAccounts": p.from.service_accounts.iter().map(|sa| json!({
+                "name": sa.name,
+                "namespace": sa.namespace.as_deref().unwrap_or(&p.namespace),
+            })).collect::<Vec<_>>(),
+            "namespaces": p.from.namespaces,
+        },
+    });
+    if let Some(h) = &p.http {
+        spec["http"] = json!({"methods": h.methods, "pathPrefixes": h.path_prefixes});
+    }
+    json!({
+        "apiVersion": "policy.trellis.dev/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": to_value(&meta(&p.name, Some(&p.namespace))),
+        "spec": spec,
+    })
 }

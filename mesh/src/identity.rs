@@ -12,8 +12,10 @@
 //!   directory ([`PodFiles`]), a signed token (what the kubelet projects
 //!   into a pod), its policy file and the destinations file, and its proxy
 //!   is told where they are ([`proxy_env`]);
-//! - the destinations file ([`destinations`]) lists every address the
-//!   proxies must originate mutual TLS to, with the identities to expect.
+//! - the destinations file ([`Destinations`], made by
+//!   [`plan::destinations`](super::plan::destinations)) lists every address
+//!   the proxies must originate mutual TLS to, with the identities to
+//!   expect.
 //!
 //! State directory layout:
 //!
@@ -24,7 +26,7 @@
 //!   pods/<ns>.<name>/token (0400, the proxy's uid)  policy.json  destinations.json
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use trellis_identity::config as idcfg;
 
 use super::names;
-use super::plan::{PodPlan, ServicePlan};
 
 /// The identity service's gRPC port and admin port (SPEC.md).
 pub(crate) const IDENTITY_PORT: u16 = 7155;
@@ -212,53 +213,6 @@ pub struct Destinations {
 pub struct Destination {
     pub addr: SocketAddr,
     pub identities: Vec<String>,
-}
-
-/// Every meshed destination: each meshed pod's ports whose inbound
-/// traffic its proxy captures (IPv4, and IPv6 when pods have it), and each
-/// service port whose endpoints are such pod ports. A service of unmeshed
-/// pods, or without endpoints, is left out: proxies speak plaintext to it.
-pub(crate) fn destinations(pods: &[PodPlan], services: &[ServicePlan]) -> Destinations {
-    let mut out: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| p.meshed) {
-        for &port in &pod.captured_ports {
-            let mut addrs = vec![SocketAddr::new(IpAddr::V4(pod.ip), port)];
-            if let Some(v6) = pod.ipv6 {
-                addrs.push(SocketAddr::new(IpAddr::V6(v6), port));
-            }
-            for a in addrs {
-                out.entry(a).or_default().insert(pod.identity.clone());
-            }
-        }
-    }
-    for s in services {
-        let endpoints: Vec<&PodPlan> = s
-            .endpoints
-            .iter()
-            .filter_map(|ip| pods.iter().find(|p| p.ip == *ip))
-            .collect();
-        if endpoints.is_empty() || endpoints.len() != s.endpoints.len() {
-            continue;
-        }
-        for p in &s.ports {
-            let all_meshed = endpoints
-                .iter()
-                .all(|e| e.meshed && e.captured_ports.contains(&p.target_port));
-            if all_meshed {
-                let ids = endpoints.iter().map(|e| e.identity.clone()).collect();
-                out.insert(SocketAddr::new(IpAddr::V4(s.vip), p.port), ids);
-            }
-        }
-    }
-    Destinations {
-        destinations: out
-            .into_iter()
-            .map(|(addr, ids)| Destination {
-                addr,
-                identities: ids.into_iter().collect(),
-            })
-            .collect(),
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! anything on the system is touched. Pure and table-tested; the plan is
 //! stored in the state file, so `status`, `exec` and `down` need nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::authz::{self, ProxyPolicy};
 use super::check::Checked;
 use super::controller::{self, ControllerPlan};
-use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
+use super::identity::{self, Destination, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::names::{
     host_veth_name, mesh_dir, netns_name, node_netns_name, replica_name, service_chain, spiffe_id,
     ADMIN_PORT, BRIDGE, CLUSTER_DOMAIN, CLUSTER_FILE, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID,
@@ -326,7 +326,7 @@ pub fn build_next(
         });
     }
 
-    let destinations = identity::destinations(&pods, &services);
+    let destinations = destinations(&pods, &services);
     Ok(Plan {
         mesh: file.name.clone(),
         trust_domain: file.trust_domain.clone(),
@@ -342,6 +342,53 @@ pub fn build_next(
         destinations,
         controller,
     })
+}
+
+/// Every meshed destination: each meshed pod's ports whose inbound
+/// traffic its proxy captures (IPv4, and IPv6 when pods have it), and each
+/// service port whose endpoints are such pod ports. A service of unmeshed
+/// pods, or without endpoints, is left out: proxies speak plaintext to it.
+pub(crate) fn destinations(pods: &[PodPlan], services: &[ServicePlan]) -> Destinations {
+    let mut out: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| p.meshed) {
+        for &port in &pod.captured_ports {
+            let mut addrs = vec![SocketAddr::new(IpAddr::V4(pod.ip), port)];
+            if let Some(v6) = pod.ipv6 {
+                addrs.push(SocketAddr::new(IpAddr::V6(v6), port));
+            }
+            for a in addrs {
+                out.entry(a).or_default().insert(pod.identity.clone());
+            }
+        }
+    }
+    for s in services {
+        let endpoints: Vec<&PodPlan> = s
+            .endpoints
+            .iter()
+            .filter_map(|ip| pods.iter().find(|p| p.ip == *ip))
+            .collect();
+        if endpoints.is_empty() || endpoints.len() != s.endpoints.len() {
+            continue;
+        }
+        for p in &s.ports {
+            let all_meshed = endpoints
+                .iter()
+                .all(|e| e.meshed && e.captured_ports.contains(&p.target_port));
+            if all_meshed {
+                let ids = endpoints.iter().map(|e| e.identity.clone()).collect();
+                out.insert(SocketAddr::new(IpAddr::V4(s.vip), p.port), ids);
+            }
+        }
+    }
+    Destinations {
+        destinations: out
+            .into_iter()
+            .map(|(addr, ids)| Destination {
+                addr,
+                identities: ids.into_iter().collect(),
+            })
+            .collect(),
+    }
 }
 
 fn proxy_plan(

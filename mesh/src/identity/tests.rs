@@ -1,6 +1,6 @@
 use super::*;
 use crate::check;
-use crate::plan::{self, build, Plan};
+use crate::plan::{self, build, destinations, Plan, ServicePlan};
 
 const FILE: &str = r#"
 name: idm
