@@ -33,12 +33,13 @@ use nix::sys::signal::Signal;
 
 use super::check::Checked;
 use super::diff::{self, Change};
-use super::interrupt::Interrupt;
+use super::interrupt::{interrupted, Interrupt};
 use super::plan::{self, Plan, PodPlan};
+use super::progress::Progress;
 use super::ready::{wait_ready, Check};
 use super::state::{self, Phase, Role, StateError, Store};
-use super::up::{self, interrupted};
-use super::{files, sys, Progress};
+use super::up;
+use super::{files, sys};
 
 /// How long proxies get to hear of new endpoints from the controller
 /// before removed pods stop taking connections (what a preStop delay does

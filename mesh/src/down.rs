@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::progress::Progress;
 use super::state::{self, Phase, Store};
-use super::{sys, Progress};
+use super::sys;
 
 /// How long processes get to exit after SIGTERM (the proxy drains first).
 const TERM_GRACE: Duration = Duration::from_secs(10);

@@ -179,6 +179,21 @@ impl Interrupt {
     }
 }
 
+/// What `up`, `apply` and `demo` do on Ctrl-C.
+pub const UNDO: &str = "stopping and removing what was made";
+
+/// `Err(Interrupted)` once a signal came, as an `anyhow` error.
+pub(crate) fn interrupted(interrupt: &Interrupt) -> anyhow::Result<()> {
+    Ok(interrupt.check()?)
+}
+
+/// `f`, with a panic turned into an error, so that whoever called it still
+/// removes what was made (the panic's message is already on stderr).
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked (a bug)")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,9 +65,11 @@ mod controller;
 mod diff;
 mod down;
 mod files;
+mod health;
 mod http;
 mod identity;
 mod net;
+mod progress;
 mod ready;
 mod routes;
 mod sys;
@@ -80,28 +82,18 @@ mod docs_tests;
 use std::io;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use trellis_core::errln;
 
 pub use apply::ApplyOptions;
 pub use authz::ProxyPolicy;
-pub use interrupt::{Interrupt, Interrupted, EXIT_INTERRUPTED};
+pub use interrupt::{no_panic, Interrupt, Interrupted, EXIT_INTERRUPTED, UNDO};
 pub use plan::PodPlan;
+pub use progress::Progress;
 pub use up::UpOptions;
 
 use state::{StateError, Store};
-
-/// What `up`, `apply` and `demo` do on Ctrl-C.
-pub const UNDO: &str = "stopping and removing what was made";
-
-/// `f`, with a panic turned into an error, so that whoever called it still
-/// removes what was made (the panic's message is already on stderr).
-pub fn no_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked (a bug)")))
-}
 
 /// `--name`, or the only mesh that is up.
 fn resolve(name: Option<String>) -> anyhow::Result<String> {
@@ -171,7 +163,7 @@ pub fn list() -> Result<Vec<Listed>, StateError> {
         .into_iter()
         .map(|name| {
             let summary = Store::open(&name).map(|s| Summary {
-                phase: supervise::shown_phase(s.state.phase, &s.state.health),
+                phase: health::shown_phase(s.state.phase, &s.state.health),
                 pods: s.state.plan.pods.len(),
                 source: s.state.source.clone(),
             });
@@ -212,31 +204,6 @@ fn exec_command(pod: &PodPlan, command: &[String]) -> Command {
         }
     }
     cmd
-}
-
-/// One line per step, to stderr, each with the time since the operation
-/// (`up`, `apply`, `down`) began: `mesh demo: [  1.3s] …`.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    prefix: String,
-    started: Instant,
-}
-
-impl Progress {
-    pub fn new(mesh: &str) -> Self {
-        Self {
-            prefix: format!("mesh {mesh}: "),
-            started: Instant::now(),
-        }
-    }
-
-    pub fn step(&self, msg: &str) {
-        errln!("{}", self.line(self.started.elapsed(), msg));
-    }
-
-    fn line(&self, elapsed: Duration, msg: &str) -> String {
-        format!("{}[{:>5.1}s] {msg}", self.prefix, elapsed.as_secs_f64())
-    }
 }
 
 /// A mesh that is up, for code that drives one (the CLI, the demo).
@@ -413,23 +380,5 @@ impl Mesh {
     /// `mesh down`.
     pub fn down(self) -> anyhow::Result<()> {
         down::teardown(self.store, &self.progress)
-    }
-}
-
-#[cfg(test)]
-mod progress_tests {
-    use super::*;
-
-    #[test]
-    fn steps_carry_the_time_since_the_start() {
-        let p = Progress::new("demo");
-        assert_eq!(
-            p.line(Duration::from_millis(2345), "pod demo/web-0 made"),
-            "mesh demo: [  2.3s] pod demo/web-0 made"
-        );
-        assert_eq!(
-            p.line(Duration::from_secs(125), "x"),
-            "mesh demo: [125.0s] x"
-        );
     }
 }

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::interrupt::Interrupt;
+use super::interrupt::{interrupted, Interrupt};
 use super::plan::{Plan, PodPlan};
+use super::progress::Progress;
 use super::state::{Role, Store};
-use super::up::interrupted;
-use super::{http, sys, Progress};
+use super::{http, sys};
 
 const POLL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::authz::ProxyPolicy;
 use super::plan::{PodPlan, ServicePlan};
 use super::state::{LastExit, Phase, PodRun, ProcessRecord, Role, State, Store};
-use super::{http, ready, supervise, sys, table};
+use super::{health, http, ready, sys, table};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -188,7 +188,7 @@ pub fn collect(store: &Store) -> MeshStatus {
         && controller.as_ref().is_none_or(|c| c.ready);
     MeshStatus {
         name: s.mesh.clone(),
-        phase: supervise::shown_phase(s.phase, &s.health),
+        phase: health::shown_phase(s.phase, &s.health),
         source: s.source.clone(),
         state_dir: store.dir().display().to_string(),
         trust_domain: s.plan.trust_domain.clone(),

@@ -8,7 +8,7 @@
 //! - one has exited: the pod is `restarting` and out of its services (its
 //!   Pod's `Ready` condition false, a not-ready endpoint in the
 //!   controller's objects file, so proxies stop sending to it); the exited
-//!   process starts again after a [`backoff`] that doubles with each exit
+//!   process starts again after a [`backoff`](super::health::backoff) that doubles with each exit
 //!   in a row ([`on_exit`]), or the pod is `failed` once it exited more
 //!   than [`RESTART_LIMIT`] times in a row (no more restarts);
 //! - once everything runs again and the pod is ready (proxy `/ready`,
@@ -19,11 +19,11 @@
 //! Processes it starts are its children, so their exit status is known;
 //! of those `up` or `apply` started, only that they are gone.
 //!
-//! The decisions ([`on_exit`], [`on_restarted`], [`backoff`],
-//! [`not_ready`], [`shown_phase`], [`describe_exit`]) are pure and
-//! table-tested; [`run`] carries them out.
+//! The decisions ([`on_exit`], [`on_restarted`], [`backoff`](super::health::backoff),
+//! [`not_ready`], [`shown_phase`](super::health::shown_phase), [`describe_exit`])
+//! are pure, in [`health`](super::health), and table-tested; [`run`] carries them out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -33,107 +33,20 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use trellis_core::errln;
 
+use super::health::{
+    describe_exit, millis, not_ready, on_exit, on_restarted, BACKOFF_FIRST, BACKOFF_MAX,
+    RESTART_LIMIT,
+};
 use super::plan::PodPlan;
 use super::ready::{self, Check};
-use super::state::{LastExit, Phase, PodHealth, PodRun, ProcessRecord, Role, StateError, Store};
+use super::state::{Phase, PodHealth, PodRun, ProcessRecord, Role, StateError, Store};
 use super::{names, sys, up};
 
 /// How often the supervisor looks at the pods.
 pub(crate) const POLL: Duration = Duration::from_millis(200);
-/// The wait before the first restart after an exit; it doubles with each
-/// exit in a row, up to [`BACKOFF_MAX`] (a kubelet's 10 s … 5 min, scaled
-/// to a mesh on one host). No jitter: one supervisor per mesh, nothing to
-/// spread out.
-pub(crate) const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Exits in a row after which a pod is failed rather than restarted.
-pub(crate) const RESTART_LIMIT: u32 = 5;
-/// A process that ran this long before exiting starts a new count of
-/// exits in a row.
-pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(60);
-
-/// How long the restart after the `crashes`-th exit in a row waits.
-pub(crate) fn backoff(crashes: u32) -> Duration {
-    let doublings = crashes.saturating_sub(1).min(16);
-    BACKOFF_FIRST
-        .saturating_mul(1u32 << doublings)
-        .min(BACKOFF_MAX)
-}
-
-/// A process of the pod exited at `now_ms` (`role`, described by
-/// `status`): the pod restarts after a backoff, or fails past the limit.
-pub(crate) fn on_exit(h: &PodHealth, role: Role, status: String, now_ms: u64) -> PodHealth {
-    let ran_for = now_ms.saturating_sub(h.started_unix_ms);
-    let stable = h.state == PodRun::Running && ran_for >= millis(STABLE_AFTER);
-    let crashes = if stable { 1 } else { h.crashes + 1 };
-    let mut n = h.clone();
-    n.crashes = crashes;
-    n.last_exit = Some(LastExit {
-        role,
-        status,
-        at_unix_ms: now_ms,
-    });
-    if crashes > RESTART_LIMIT {
-        n.state = PodRun::Failed;
-        n.restart_at_unix_ms = None;
-    } else {
-        n.state = PodRun::Restarting;
-        n.restart_at_unix_ms = Some(now_ms + millis(backoff(crashes)));
-    }
-    n
-}
-
-/// The exited processes were started again at `now_ms`; the pod stays out
-/// of its services until it is ready.
-pub(crate) fn on_restarted(h: &PodHealth, now_ms: u64) -> PodHealth {
-    let mut n = h.clone();
-    n.restarts += 1;
-    n.restart_at_unix_ms = None;
-    n.started_unix_ms = now_ms;
-    n
-}
-
-/// The pods (network namespaces) that are out of their services.
-pub(crate) fn not_ready(health: &BTreeMap<String, PodHealth>) -> BTreeSet<String> {
-    health
-        .iter()
-        .filter(|(_, h)| h.state != PodRun::Running)
-        .map(|(netns, _)| netns.clone())
-        .collect()
-}
-
-/// The mesh's phase as `status` and `list` show it: `degraded` when it is
-/// ready but a pod is restarting or failed.
-pub(crate) fn shown_phase(phase: Phase, health: &BTreeMap<String, PodHealth>) -> &'static str {
-    match phase {
-        Phase::Ready if health.values().any(|h| h.state == PodRun::Failed) => "failed",
-        Phase::Ready if !not_ready(health).is_empty() => "degraded",
-        Phase::Ready => "ready",
-        Phase::Creating => "creating",
-        Phase::Deleting => "deleting",
-        Phase::Applying => "applying",
-    }
-}
-
-/// `exit status 3`, `signal 9 (SIGKILL)`.
-pub(crate) fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
-    match (code, signal) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
-            Ok(sig) => format!("signal {s} ({})", sig.as_str()),
-            Err(_) => format!("signal {s}"),
-        },
-        (None, None) => "exited (status unknown)".to_string(),
-    }
-}
-
 /// What is said of a process that exited and was not the supervisor's
 /// child.
 const NOT_OUR_CHILD: &str = "exited (status unknown: started by `up` or `apply`)";
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -359,6 +272,3 @@ fn restart(
     );
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 use super::check::Checked;
-use super::interrupt::{Interrupt, Interrupted};
+use super::interrupt::{interrupted, no_panic, Interrupt, Interrupted};
 use super::plan::{self, Plan, PodPlan};
+use super::progress::Progress;
 use super::ready::{check_children, indent, wait_identity, wait_ready, Check, Started};
 use super::state::{self, Phase, ProcessRecord, Role, State, Store};
-use super::{down, files, names, sys, Progress};
+use super::{down, files, names, sys};
 
 /// Environment variable naming the proxy binary (else: beside `trellis`).
 pub(crate) const PROXY_BIN_ENV: &str = "TRELLIS_PROXY_BIN";
@@ -148,7 +149,7 @@ pub(crate) fn up(
     progress.step(&format!("state in {}", store.dir().display()));
     // A signal that came after the last step is still a Ctrl-C during `up`;
     // a panic is a bug, but still no reason to leave the mesh behind.
-    let made = super::no_panic("up", || {
+    let made = no_panic("up", || {
         make(&mut store, &bins, iptables_mode, opts, interrupt, progress)
     })
     .and_then(|()| interrupted(interrupt));
@@ -208,10 +209,6 @@ fn preflight(plan: &Plan, meshed: bool) -> anyhow::Result<&'static str> {
         );
     }
     Ok(sys::iptables_mode()?)
-}
-
-pub(super) fn interrupted(interrupt: &Interrupt) -> anyhow::Result<()> {
-    Ok(interrupt.check()?)
 }
 
 fn make(
@@ -664,7 +661,7 @@ pub(crate) fn write_cluster_file(plan: &Plan, state: &State) -> anyhow::Result<(
         &plan.services,
         &plan.routes,
         &plan.policies,
-        &super::supervise::not_ready(&state.health),
+        &super::health::not_ready(&state.health),
     );
     let tmp = c.file.with_extension("yaml.tmp");
     let bytes = serde_json::to_vec_pretty(&objects)?;
