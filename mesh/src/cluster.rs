@@ -1,7 +1,7 @@
 //! The controller's objects file (`cluster.yaml` in the mesh's state
 //! directory): the mesh written as the Kubernetes objects a cluster would
 //! hold, one `List`, built from the Kubernetes API's own types
-//! (k8s-openapi) where they exist. Pure; [`cluster_objects`] is
+//! (k8s-openapi) where they exist. Pure; [`cluster_objects_with`] is
 //! table-tested, `up` and `apply` write its result atomically.
 //!
 //! | mesh | object |
@@ -47,7 +47,7 @@ pub(crate) fn cluster_objects(
     cluster_objects_with(pods, services, routes, policies, &BTreeSet::new())
 }
 
-/// [`cluster_objects`], with the pods whose network namespace is in
+/// `cluster_objects`, with the pods whose network namespace is in
 /// `not_ready` down (a process exited): their Pod's `Ready` condition is
 /// `False` and they are not-ready endpoints, so proxies stop sending to
 /// them, as when a kubelet reports a container down.

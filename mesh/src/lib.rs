@@ -22,31 +22,78 @@
 //! meshed destination and enforce their pods' inbound policy (see
 //! [`identity`] and [`authz`]).
 //!
-//! Modules, in the order `up` uses them:
-//! - [`spec`]: the mesh file, parsed strictly and validated all at once
-//!   (its `policies:` in [`authz`]);
-//! - [`net`], [`plan`], [`identity`], [`authz`], [`controller`] and
-//!   [`cluster`] (the controller's objects file): pure decisions — names,
-//!   addresses, files, rules, command lines, the identity service, each
-//!   proxy's destinations and policy;
-//! - [`state`]: the intent log `down` trusts;
+//! ## Front ends
+//!
+//! A front end checks a file ([`check::load`]), then drives a [`Mesh`]:
+//! [`Mesh::up`], [`Mesh::apply`], [`Mesh::open`] (then `status`,
+//! `exec_command`, `change_policy`, `down`), [`down_by_name`], [`list`].
+//! The binary running it is also what `{trellis}` in workload commands
+//! stands for, and `up` starts it again in the node namespace as
+//! `mesh node-agent --name MESH` ([`agent::run`]) and `mesh supervise
+//! --name MESH` ([`supervise::run`]): a front end must answer to both.
+//!
+//! ## Modules, lowest layer first
+//!
+//! Each module uses only modules listed before it, and none uses the
+//! crate root (`layering_tests` checks this list against the source):
+//!
+//! - [`names`]: what things are called and which names are valid —
+//!   namespaces, interfaces, chains, SPIFFE IDs, the state directory, the
+//!   proxy's uid and ports;
+//! - [`template`]: the `{trellis}`, `{name}`, … placeholders of commands;
+//! - [`net`]: CIDRs, pod and service addresses, slots that keep addresses
+//!   stable across `apply`;
+//! - [`sys`]: commands, `/proc`, sockets inside a namespace (IO);
+//! - [`http`]: a minimal HTTP client, from the node namespace;
+//! - [`table`]: text tables;
+//! - [`interrupt`]: Ctrl-C and SIGTERM as a flag long steps check;
+//! - [`progress`]: one line per step on stderr;
+//! - [`spec`]: the mesh file's types, as serde reads them (strictly);
+//! - [`routes`]: the file's `routes:`, checked against the Gateway API
+//!   subset the controller compiles;
+//! - [`authz`]: the file's `policies:`, checked and compiled into each
+//!   proxy's policy file;
+//! - [`identity`]: the identity service's plan, the mesh CA's and pods'
+//!   files, the proxies' identity variables;
+//! - [`controller`]: the controller's plan, routes and policies as its
+//!   objects, and its own verdict on them;
+//! - [`check`]: the whole file validated, every problem at once →
+//!   [`check::Checked`];
+//! - [`plan`]: every name, address, rule, file and command line `up` will
+//!   use, decided before anything is touched;
+//! - [`cluster`]: the controller's objects file (Namespaces, Pods,
+//!   Services, EndpointSlices, routes, policies);
+//! - [`state`]: the plan and the intent log `down` trusts;
+//! - [`health`]: what the supervisor decides about a pod (pure);
 //! - [`diff`]: what `apply` changes, decided (pure);
-//! - [`up`] (then [`ready`]), [`apply`], [`down`], [`status`]: acting on the system, through [`sys`]
-//!   (commands, `/proc`, sockets inside a namespace), [`http`] and
-//!   [`files`] (CA, tokens, policy and destinations files);
-//! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
+//! - [`files`]: writing the CA, tokens, policy and destinations files;
+//! - [`ready`]: waiting until proxies, workloads and probes are ready;
+//! - [`down`]: removing what the state says was made, and nothing else;
+//! - [`up`]: carrying out a plan, recorded step by step;
+//! - [`apply`]: bringing a running mesh to a changed file;
 //! - [`supervise`]: the supervisor that restarts pods' processes (with
 //!   backoff, up to a limit) and takes pods out of their services while
 //!   they are down;
-//! - [`golden`]: reading proxies' `/metrics` into golden signals (the demo's
-//!   table).
+//! - [`agent`]: the node agent that keeps pods' tokens fresh after `up`;
+//! - [`status`]: what `mesh status` and `mesh list` show;
+//! - [`golden`]: reading proxies' `/metrics` into golden signals (the
+//!   demo's table).
+//!
+//! Decide, then act: [`names`], [`template`], [`net`], [`spec`],
+//! [`routes`], [`authz`], [`identity`], [`controller`], [`check`],
+//! [`plan`], [`cluster`], [`health`] and [`diff`] are pure and
+//! table-tested; [`sys`], [`http`], [`interrupt`], [`progress`] and
+//! [`state`] are the IO they rest on; from [`files`] up, modules act on
+//! the system, carrying out what the pure ones decided.
 
 // `println!`/`eprintln!` panic on a closed pipe (`| tee` killed by the
 // same Ctrl-C): print through trellis_core::{out, outln, errln}.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+// The crate's docs map every module, public or not, for whoever works on
+// it: read them with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod agent;
-
 pub mod check;
 pub mod golden;
 pub mod interrupt;
@@ -78,6 +125,8 @@ mod up;
 
 #[cfg(test)]
 mod docs_tests;
+#[cfg(test)]
+mod layering_tests;
 
 use std::io;
 use std::path::PathBuf;

@@ -151,7 +151,7 @@ pub struct Workload {
     /// Ports the workload listens on; `up` waits until each accepts.
     #[serde(default)]
     pub ports: Vec<u16>,
-    /// argv, with placeholders: see [`template::expand`].
+    /// argv, with placeholders: see [`expand`](super::template::expand).
     pub command: Vec<String>,
     #[serde(default, deserialize_with = "scalar_map")]
     pub env: BTreeMap<String, String>,
