@@ -424,6 +424,78 @@ fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
     );
 }
 
+#[test]
+fn init_check_probes_over_ipv6_in_an_ipv6_only_pod() {
+    // No IPv4 route at all: the check goes to 2001:db8::1 and expects to be
+    // redirected to [::1] on the outbound port.
+    let pod = Netns::new(true);
+    let peer = Netns::new(true);
+    let (pod_if, peer_if) = (format!("te{}", pod.id), format!("tf{}", pod.id));
+    pod.ok(&[
+        "ip", "link", "add", &pod_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name,
+    ]);
+    pod.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:98::1/64",
+        "dev",
+        &pod_if,
+        "nodad",
+    ]);
+    pod.ok(&["ip", "link", "set", &pod_if, "up"]);
+    pod.ok(&["ip", "-6", "route", "add", "default", "via", "fd00:98::2"]);
+    peer.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:98::2/64",
+        "dev",
+        &peer_if,
+        "nodad",
+    ]);
+    peer.ok(&["ip", "link", "set", &peer_if, "up"]);
+    let unprivileged = || {
+        pod.exec(
+            &[
+                "setpriv",
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--inh-caps",
+                "-all",
+                "--bounding-set",
+                "-all",
+                BIN,
+                "init",
+                "--check",
+            ],
+            &[],
+        )
+    };
+
+    let before = unprivileged();
+    let stderr = String::from_utf8_lossy(&before.stderr);
+    assert_eq!(before.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[2001:db8::1]:20001") && stderr.contains("[::1]:7140"),
+        "{stderr}"
+    );
+
+    pod.init(&["--iptables-mode", "nft", "--ipv6", "on"]);
+    let after = unprivileged();
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(after.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("checking over IPv6") && stderr.contains("the capture rules are in place"),
+        "{stderr}"
+    );
+}
+
 /// The `-A` lines of a saved table that mention Trellis.
 fn trellis_rules(save: &str) -> Vec<String> {
     save.lines()
