@@ -75,36 +75,9 @@ impl Binaries {
                 controller: None,
             });
         }
-        let identity = match std::env::var_os(IDENTITY_BIN_ENV) {
-            Some(p) => PathBuf::from(p),
-            None => trellis.with_file_name("trellis-identity"),
-        };
-        if !identity.is_file() {
-            bail!(
-                "meshed workloads need trellis-identity, not found at {} (build it with `cargo build --workspace`, or set {IDENTITY_BIN_ENV})",
-                identity.display()
-            );
-        }
-        let controller = match std::env::var_os(CONTROLLER_BIN_ENV) {
-            Some(p) => PathBuf::from(p),
-            None => trellis.with_file_name("trellis-controller"),
-        };
-        if !controller.is_file() {
-            bail!(
-                "meshed workloads need trellis-controller, not found at {} (build it with `cargo build --workspace`, or set {CONTROLLER_BIN_ENV})",
-                controller.display()
-            );
-        }
-        let proxy = match std::env::var_os(PROXY_BIN_ENV) {
-            Some(p) => PathBuf::from(p),
-            None => trellis.with_file_name("trellis-proxy"),
-        };
-        if !proxy.is_file() {
-            bail!(
-                "meshed workloads need trellis-proxy, not found at {} (build it with `cargo build --workspace`, or set {PROXY_BIN_ENV})",
-                proxy.display()
-            );
-        }
+        let identity = sibling(&trellis, "trellis-identity", IDENTITY_BIN_ENV)?;
+        let controller = sibling(&trellis, "trellis-controller", CONTROLLER_BIN_ENV)?;
+        let proxy = sibling(&trellis, "trellis-proxy", PROXY_BIN_ENV)?;
         sys::world_executable(&proxy).map_err(|why| {
             anyhow!(
                 "the proxy runs as uid {} and cannot execute {}: {why}; put the binary where other users can run it, or set {PROXY_BIN_ENV}",
@@ -742,4 +715,20 @@ pub(crate) fn spawn_logged<'a>(
         .stderr(err)
         .process_group(0)
         .spawn()?)
+}
+
+/// A binary meshed workloads need: `$env` when set, else `name` beside
+/// `trellis`; an error naming both when it is not there.
+fn sibling(trellis: &Path, name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os(env) {
+        Some(p) => PathBuf::from(p),
+        None => trellis.with_file_name(name),
+    };
+    if !path.is_file() {
+        bail!(
+            "meshed workloads need {name}, not found at {} (build it with `cargo build --workspace`, or set {env})",
+            path.display()
+        );
+    }
+    Ok(path)
 }

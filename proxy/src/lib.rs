@@ -1,6 +1,7 @@
 //! `trellis-proxy`: the Trellis sidecar.
 //!
-//! iptables (installed by [`init`]) redirects a pod's TCP: its own outgoing
+//! iptables (installed by `trellis-proxy init` or the CNI plugin, both with
+//! [`trellis_core::capture`]) redirects a pod's TCP: its own outgoing
 //! connections to the outbound listener (127.0.0.1:7140), connections to it
 //! to the inbound listener (0.0.0.0:7143). Each accepted connection runs
 //! through the phases of [`conn`]: accept (original destination, loop
@@ -28,11 +29,6 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod identity;
-pub mod init {
-    //! `trellis-proxy init`: the capture rules live in [`trellis_core::capture`],
-    //! shared with the CNI plugin (one source for the rules).
-    pub use trellis_core::capture::*;
-}
 pub mod io;
 pub mod mesh;
 pub mod metrics;

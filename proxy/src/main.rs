@@ -100,13 +100,13 @@ fn init() -> ExitCode {
     )]
     struct InitCli {
         #[command(flatten)]
-        args: trellis_proxy::init::InitArgs,
+        args: trellis_core::capture::InitArgs,
     }
 
     // Skip argv[0]: clap then takes "init" as the program name.
     let cli = InitCli::parse_from(std::env::args().skip(1));
     trellis_core::telemetry::init_logging("info", trellis_core::telemetry::LogFormat::Plain);
-    match trellis_proxy::init::run(&cli.args) {
+    match trellis_core::capture::run(&cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             errln!("trellis-proxy init: {e}");

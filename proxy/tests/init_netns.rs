@@ -275,14 +275,7 @@ fn init_redirects_connections_except_the_exempt_ones() {
     // which rule each connection met.
     let pod = Netns::new(true);
     let peer = Netns::new(true);
-    let (pod_if, peer_if) = (format!("tp{}", pod.id), format!("tq{}", pod.id));
-    pod.ok(&[
-        "ip", "link", "add", &pod_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name,
-    ]);
-    pod.ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", &pod_if]);
-    pod.ok(&["ip", "link", "set", &pod_if, "up"]);
-    peer.ok(&["ip", "addr", "add", "10.99.0.2/24", "dev", &peer_if]);
-    peer.ok(&["ip", "link", "set", &peer_if, "up"]);
+    pod.link_to(&peer, "10.99.0.1/24", "10.99.0.2/24");
 
     pod.init(&[
         "--iptables-mode",
@@ -356,42 +349,13 @@ fn init_redirects_connections_except_the_exempt_ones() {
 #[test]
 fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
     // A pod with a default route (as every pod has) through a veth whose
-    // peer namespace drops nothing and answers nothing on the probe port.
+    // peer namespace answers nothing on the probe port.
     let pod = Netns::new(true);
     let peer = Netns::new(true);
-    let (pod_if, peer_if) = (format!("tc{}", pod.id), format!("td{}", pod.id));
-    pod.ok(&[
-        "ip", "link", "add", &pod_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name,
-    ]);
-    pod.ok(&["ip", "addr", "add", "10.98.0.1/24", "dev", &pod_if]);
-    pod.ok(&["ip", "link", "set", &pod_if, "up"]);
+    pod.link_to(&peer, "10.98.0.1/24", "10.98.0.2/24");
     pod.ok(&["ip", "route", "add", "default", "via", "10.98.0.2"]);
-    peer.ok(&["ip", "addr", "add", "10.98.0.2/24", "dev", &peer_if]);
-    peer.ok(&["ip", "link", "set", &peer_if, "up"]);
-    // No capability at all, as the CNI-mode trellis-init runs.
-    let unprivileged = |flags: &[&str]| {
-        let argv: Vec<&str> = [
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--inh-caps",
-            "-all",
-            "--bounding-set",
-            "-all",
-            BIN,
-            "init",
-            "--check",
-        ]
-        .into_iter()
-        .chain(flags.iter().copied())
-        .collect();
-        pod.exec(&argv, &[])
-    };
 
-    let before = unprivileged(&[]);
+    let before = pod.check_unprivileged(&[]);
     let stderr = String::from_utf8_lossy(&before.stderr);
     assert_eq!(before.status.code(), Some(1), "{stderr}");
     assert!(
@@ -410,7 +374,7 @@ fn init_check_passes_only_with_the_rules_in_place_and_needs_no_privilege() {
         "20001",
     ]);
     // The probe picks the first port not skipped: 20002.
-    let after = unprivileged(&["--skip-outbound-ports", "20001"]);
+    let after = pod.check_unprivileged(&["--skip-outbound-ports", "20001"]);
     assert!(
         after.status.success(),
         "{}",
@@ -430,55 +394,10 @@ fn init_check_probes_over_ipv6_in_an_ipv6_only_pod() {
     // redirected to [::1] on the outbound port.
     let pod = Netns::new(true);
     let peer = Netns::new(true);
-    let (pod_if, peer_if) = (format!("te{}", pod.id), format!("tf{}", pod.id));
-    pod.ok(&[
-        "ip", "link", "add", &pod_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name,
-    ]);
-    pod.ok(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00:98::1/64",
-        "dev",
-        &pod_if,
-        "nodad",
-    ]);
-    pod.ok(&["ip", "link", "set", &pod_if, "up"]);
+    pod.link_to(&peer, "fd00:98::1/64", "fd00:98::2/64");
     pod.ok(&["ip", "-6", "route", "add", "default", "via", "fd00:98::2"]);
-    peer.ok(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00:98::2/64",
-        "dev",
-        &peer_if,
-        "nodad",
-    ]);
-    peer.ok(&["ip", "link", "set", &peer_if, "up"]);
-    let unprivileged = || {
-        pod.exec(
-            &[
-                "setpriv",
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "--inh-caps",
-                "-all",
-                "--bounding-set",
-                "-all",
-                BIN,
-                "init",
-                "--check",
-            ],
-            &[],
-        )
-    };
 
-    let before = unprivileged();
+    let before = pod.check_unprivileged(&[]);
     let stderr = String::from_utf8_lossy(&before.stderr);
     assert_eq!(before.status.code(), Some(1), "{stderr}");
     assert!(
@@ -487,7 +406,7 @@ fn init_check_probes_over_ipv6_in_an_ipv6_only_pod() {
     );
 
     pod.init(&["--iptables-mode", "nft", "--ipv6", "on"]);
-    let after = unprivileged();
+    let after = pod.check_unprivileged(&[]);
     let stderr = String::from_utf8_lossy(&after.stderr);
     assert!(after.status.success(), "{stderr}");
     assert!(
@@ -589,6 +508,43 @@ impl Netns {
             .filter(|l| !l.starts_with('#'))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    /// A veth pair from this namespace to `peer`, both ends up, with these
+    /// addresses (`nodad`: an IPv6 address is usable at once).
+    fn link_to(&self, peer: &Netns, addr: &str, peer_addr: &str) {
+        let (here, there) = (format!("tl{}", self.id), format!("tm{}", self.id));
+        self.ok(&[
+            "ip", "link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &peer.name,
+        ]);
+        for (ns, dev, addr) in [(self, &here, addr), (peer, &there, peer_addr)] {
+            ns.ok(&["ip", "addr", "add", addr, "dev", dev, "nodad"]);
+            ns.ok(&["ip", "link", "set", dev, "up"]);
+        }
+    }
+
+    /// `trellis-proxy init --check FLAGS` as the CNI-mode `trellis-init`
+    /// runs: uid 65534, no capability at all.
+    fn check_unprivileged(&self, flags: &[&str]) -> Output {
+        let argv: Vec<&str> = [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps",
+            "-all",
+            "--bounding-set",
+            "-all",
+            BIN,
+            "init",
+            "--check",
+        ]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+        self.exec(&argv, &[])
     }
 
     fn ok(&self, argv: &[&str]) -> String {

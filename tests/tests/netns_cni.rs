@@ -77,11 +77,19 @@ impl Netns {
             .args(argv))
     }
 
-    /// The namespace's Trellis chains and rules, as iptables-save shows them.
+    /// The namespace's Trellis chains and rules, as iptables-save shows them
+    /// (both variants; each must answer, so that "no rules" is never "no
+    /// tool").
     fn trellis_rules(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for tool in ["iptables-nft-save", "iptables-legacy-save"] {
             let out = self.exec(&[tool, "-t", "nat"]);
+            assert!(
+                out.status.success(),
+                "{tool} in {} failed: {} (is iptables installed? scripts/install-deps.sh)",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
             lines.extend(
                 String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -527,9 +535,19 @@ fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
         "the pod's app did not answer through its proxy: see {}",
         dir.display()
     );
-    let metrics = Metrics(http_get(admin, "/metrics").unwrap().1);
-    let inbound = metrics.sum("trellis_http_requests_total", &[("direction", "inbound")]);
-    assert!(inbound >= 1.0, "no inbound request counted:\n{}", metrics.0);
+    // Exactly one more request, exactly one more counted inbound (the
+    // admin port is not captured, so reading metrics adds none).
+    let inbound = || {
+        let metrics = Metrics(http_get(admin, "/metrics").unwrap().1);
+        metrics.sum(
+            "trellis_http_requests_total",
+            &[("direction", "inbound"), ("status_code", "200")],
+        )
+    };
+    let before = inbound();
+    assert!(before >= 1.0, "no inbound request counted");
+    assert_eq!(http_get(app, "/").map(|(code, _)| code), Some(200));
+    assert_eq!(inbound() - before, 1.0);
 
     // CHECK passes while the rules are as installed, fails naming what
     // changed once one is deleted; a pod the plugin did not set up passes.

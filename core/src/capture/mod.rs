@@ -1,10 +1,14 @@
-//! `trellis-proxy init`: installs the pod's traffic-capture rules.
+//! The pod's traffic-capture rules: `trellis-proxy init`, and the CNI plugin.
 //!
-//! It runs once per pod, as the `trellis-init` init container (in the local
-//! mesh: inside each workload's network namespace), before the application and
-//! the proxy start. It redirects the pod's TCP connections to the proxy with
-//! `REDIRECT` rules in the `nat` table of the current network namespace, in
-//! four chains of its own:
+//! They are installed once per pod, before the application and the proxy
+//! start: by the `trellis-init` init container (`trellis-proxy init`; in the
+//! local mesh inside each workload's network namespace), or, in CNI mode, by
+//! `trellis-cni` when the pod's network is set up, from the same
+//! `trellis-init` arguments (`InitArgs::from_container_args`) and with this
+//! same code; `trellis-init` then only checks them without privilege
+//! (`--check`, in `check.rs`). They redirect the pod's TCP connections to
+//! the proxy with `REDIRECT` rules in the `nat` table of the current network
+//! namespace, in four chains of its own:
 //!
 //! ```text
 //!      TCP arriving at the pod                  TCP leaving the pod

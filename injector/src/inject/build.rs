@@ -197,21 +197,7 @@ fn init_container(s: &Settings, cfg: &InjectorConfig) -> Container {
 fn check_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     let mut args = vec!["init".to_string(), CHECK_FLAG.to_string()];
     args.extend(capture_args(s, cfg));
-    let security = SecurityContext {
-        run_as_user: Some(INIT_NONROOT_UID),
-        run_as_group: Some(INIT_NONROOT_UID),
-        run_as_non_root: Some(true),
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        seccomp_profile: Some(runtime_default()),
-        ..Default::default()
-    };
-    trellis_init(cfg, args, security)
+    trellis_init(cfg, args, restricted(INIT_NONROOT_UID))
 }
 
 /// `trellis-init` in either mode: `trellis-proxy ARGS` in the init image,
@@ -360,20 +346,7 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
         liveness_probe: Some(probe("/live", 10, 3)),
         resources: Some(resources(&requests, &limits)),
         restart_policy: s.native_sidecar.then(|| "Always".to_string()),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(PROXY_UID),
-            run_as_group: Some(PROXY_UID),
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
-        }),
+        security_context: Some(restricted(PROXY_UID)),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: TOKEN_VOLUME.into(),
@@ -389,6 +362,26 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
             },
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// What Pod Security `restricted` asks of a container, as `uid`: non-root,
+/// no privilege escalation, every capability dropped, RuntimeDefault
+/// seccomp; and a read-only root filesystem.
+fn restricted(uid: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default()),
         ..Default::default()
     }
 }
