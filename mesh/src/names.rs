@@ -73,15 +73,39 @@ pub fn host_veth_name(pod_netns: &str) -> String {
     name
 }
 
-/// `TRELLIS_SVC_` and 12 hex digits of a hash of namespace/name:port
-/// (chain names are limited to 28 characters).
-pub fn service_chain(namespace: &str, name: &str, port: u16) -> String {
-    let digest = Sha256::digest(format!("{namespace}/{name}:{port}/tcp").as_bytes());
-    let mut chain = String::from("TRELLIS_SVC_");
+/// Every per-service-port chain's name starts with this.
+pub const SERVICE_CHAIN_PREFIX: &str = "TRELLIS_SVC_";
+
+/// [`SERVICE_CHAIN_PREFIX`] and 12 hex digits of a hash of
+/// namespace/name:port/protocol (chain names are limited to 28
+/// characters). `protocol` as iptables spells it: `tcp`, `udp`, `sctp`.
+pub fn service_chain(namespace: &str, name: &str, port: u16, protocol: &str) -> String {
+    let digest = Sha256::digest(format!("{namespace}/{name}:{port}/{protocol}").as_bytes());
+    let mut chain = String::from(SERVICE_CHAIN_PREFIX);
     for b in &digest[..6] {
         let _ = write!(chain, "{b:02X}");
     }
     chain
+}
+
+/// The names a pod's `/etc/hosts` gives a Service: `name.ns.svc.<domain>`,
+/// `name.ns.svc`, `name.ns`, and the bare `name` for pods of its own
+/// namespace (`/etc/hosts` has no search list, so each form is listed).
+pub fn service_hostnames(
+    name: &str,
+    namespace: &str,
+    cluster_domain: &str,
+    same_namespace: bool,
+) -> Vec<String> {
+    let mut names = vec![
+        format!("{name}.{namespace}.svc.{cluster_domain}"),
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}"),
+    ];
+    if same_namespace {
+        names.push(name.to_string());
+    }
+    names
 }
 
 /// The SPIFFE ID of a ServiceAccount: `spiffe://<trust domain>/ns/<namespace>/sa/<name>`.

@@ -14,9 +14,9 @@ use super::check::Checked;
 use super::controller::{self, ControllerPlan};
 use super::identity::{self, Destination, Destinations, IdentityPlan, MeshFiles, PodFiles};
 use super::names::{
-    host_veth_name, mesh_dir, netns_name, node_netns_name, replica_name, service_chain, spiffe_id,
-    ADMIN_PORT, BRIDGE, CLUSTER_DOMAIN, CLUSTER_FILE, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID,
-    REJECT_CHAIN, SERVICES_CHAIN,
+    host_veth_name, mesh_dir, netns_name, node_netns_name, replica_name, service_chain,
+    service_hostnames, spiffe_id, ADMIN_PORT, BRIDGE, CLUSTER_DOMAIN, CLUSTER_FILE, INBOUND_PORT,
+    OUTBOUND_PORT, PROXY_UID, REJECT_CHAIN, SERVICES_CHAIN,
 };
 use super::net::{self, Ipv4Cidr, PodAddresses};
 use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Probe};
@@ -472,20 +472,13 @@ pub fn hosts_file(plan: &Plan, pod: &PodPlan) -> String {
         let _ = writeln!(out, "{v6}\t{}", pod.name);
     }
     for s in &plan.services {
-        let _ = write!(
-            out,
-            "{}\t{} {}.{}.svc {}.{}",
-            s.vip,
-            s.fqdn(),
-            s.name,
-            s.namespace,
-            s.name,
-            s.namespace
+        let names = service_hostnames(
+            &s.name,
+            &s.namespace,
+            CLUSTER_DOMAIN,
+            s.namespace == pod.namespace,
         );
-        if s.namespace == pod.namespace {
-            let _ = write!(out, " {}", s.name);
-        }
-        out.push('\n');
+        let _ = writeln!(out, "{}\t{}", s.vip, names.join(" "));
     }
     out
 }
@@ -525,7 +518,7 @@ pub fn service_rules(services: &[ServicePlan]) -> String {
                 ));
                 continue;
             }
-            let chain = service_chain(&s.namespace, &s.name, p.port);
+            let chain = service_chain(&s.namespace, &s.name, p.port, "tcp");
             let _ = writeln!(
                 nat,
                 "-A {SERVICES_CHAIN} -d {}/32 -p tcp -m tcp --dport {} -m comment --comment \"{comment}\" -j {chain}",

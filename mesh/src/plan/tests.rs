@@ -214,8 +214,8 @@ fn hosts_files_name_services_and_the_pod() {
 fn service_rules_spread_over_endpoints() {
     let p = plan();
     let rules = service_rules(&p.services);
-    let web80 = service_chain("demo", "web", 80);
-    let web8080 = service_chain("demo", "web", 8080);
+    let web80 = service_chain("demo", "web", 80, "tcp");
+    let web8080 = service_chain("demo", "web", 8080, "tcp");
     assert!(web80.len() <= 28 && web80 != web8080);
     let expected = format!(
         "*nat
