@@ -29,11 +29,34 @@ enum MeshCommand {
     /// examples: examples/.
     Up {
         /// The mesh file: every key in docs/mesh-file.md; see examples/.
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        #[arg(short = 'f', long = "file", required_unless_present = "kubernetes")]
+        file: Option<PathBuf>,
         /// How long to wait for proxies and workloads to become ready.
         #[arg(long, default_value = "30s", value_parser = trellis_core::config::parse_duration)]
         timeout: Duration,
+        /// Instead of a mesh file: a one-node Kubernetes cluster (etcd,
+        /// kube-apiserver, kube-controller-manager from
+        /// `scripts/build-kube.sh`, and Trellis's node agent running pods as
+        /// processes), with charts/trellis installed; prints a kubeconfig.
+        /// See docs/node-agent.md.
+        #[arg(long, conflicts_with = "file")]
+        kubernetes: bool,
+        /// The mesh's name (with --kubernetes).
+        #[arg(long, default_value = "kube", requires = "kubernetes")]
+        name: String,
+        /// The node's pod CIDR (with --kubernetes).
+        #[arg(long, default_value = "10.244.0.0/24", requires = "kubernetes")]
+        pod_cidr: trellis_node::network::PodCidr,
+        /// The chart to install (with --kubernetes).
+        #[arg(long, default_value = "charts/trellis", requires = "kubernetes")]
+        chart: PathBuf,
+        /// A `helm --set` value for the chart (repeatable).
+        #[arg(long = "set", requires = "kubernetes")]
+        chart_sets: Vec<String>,
+        /// More image → program mappings for the node agent (YAML; see
+        /// docs/node-agent.md, "Images").
+        #[arg(long, requires = "kubernetes")]
+        images: Option<PathBuf>,
     },
     /// Bring a running mesh to a changed file (replicas, services, routes,
     /// policies), as `kubectl apply` would; the file's `name` says which.
@@ -93,6 +116,20 @@ enum MeshCommand {
         #[arg(long)]
         name: String,
     },
+    /// The node agent of a Kubernetes-mode mesh (started by `up
+    /// --kubernetes` in the node namespace).
+    #[command(hide = true)]
+    KubeAgent {
+        #[arg(long)]
+        name: String,
+    },
+    /// The host's way in to a Kubernetes-mode mesh's API server (started by
+    /// `up --kubernetes`).
+    #[command(hide = true)]
+    KubeForward {
+        #[arg(long)]
+        name: String,
+    },
     /// Restarts pods' processes and takes pods out of their services while
     /// they are down (started by `up` in the node namespace).
     #[command(hide = true)]
@@ -119,7 +156,36 @@ enum Output {
 
 pub fn run(args: MeshArgs) -> anyhow::Result<()> {
     match args.command {
-        MeshCommand::Up { file, timeout } => {
+        MeshCommand::Up {
+            kubernetes: true,
+            name,
+            pod_cidr,
+            chart,
+            chart_sets,
+            images,
+            ..
+        } => {
+            let trellis = std::env::current_exe().context("finding the trellis binary")?;
+            let opts = trellis_node::control_plane::UpOptions {
+                mesh: name.clone(),
+                pod_cidr,
+                chart,
+                chart_sets,
+                images,
+                trellis,
+            };
+            let up = trellis_node::control_plane::up(&opts, &Progress::new(&name))?;
+            outln!(
+                "mesh {name} is up: a one-node Kubernetes cluster at {}",
+                up.server
+            );
+            outln!("  export KUBECONFIG={}", up.kubeconfig.display());
+            outln!("  kubectl get pods -A");
+            outln!("remove it with `trellis mesh down --name {name}`");
+            Ok(())
+        }
+        MeshCommand::Up { file, timeout, .. } => {
+            let file = file.context("--file is required")?;
             let checked = check::load(&file)?;
             let interrupt = Interrupt::install(UNDO)?;
             let opts = UpOptions {
@@ -161,6 +227,13 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
         MeshCommand::Exec { name, pod, command } => {
+            if let Some(kube) = name
+                .as_deref()
+                .filter(|n| trellis_node::control_plane::exists(n))
+            {
+                let err = trellis_node::control_plane::exec_command(kube, &pod, &command)?.exec();
+                return Err(err).context("cannot run `ip netns exec …`");
+            }
             let mesh = Mesh::open(name)?;
             let pod = mesh.find_pod(&pod)?;
             // Replace this process: stdio, signals and the exit code are the
@@ -195,6 +268,8 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
         MeshCommand::NodeAgent { name } => trellis_mesh::agent::run(&name),
+        MeshCommand::KubeAgent { name } => trellis_node::agent::run(&name),
+        MeshCommand::KubeForward { name } => trellis_node::forward::run(&name),
         MeshCommand::Supervise { name } => trellis_mesh::supervise::run(&name),
         MeshCommand::Down { name } => {
             let name = match name {
@@ -216,6 +291,9 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             // their own, out of the terminal's reach). A third signal
             // abandons it; the next `down` then finishes it.
             let _interrupt = Interrupt::install("finishing the teardown first")?;
+            if trellis_node::control_plane::exists(&name) {
+                return trellis_node::control_plane::down(&name, &Progress::new(&name));
+            }
             match trellis_mesh::down_by_name(&name, &Progress::new(&name))? {
                 Down::Removed => {}
                 Down::NotUp { strays } => {

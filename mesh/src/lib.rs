@@ -99,10 +99,12 @@ pub mod golden;
 pub mod interrupt;
 pub mod names;
 pub mod plan;
+pub mod progress;
 pub mod spec;
 pub mod state;
 pub mod status;
 pub mod supervise;
+pub mod sys;
 pub mod table;
 
 mod apply;
@@ -116,10 +118,10 @@ mod health;
 mod http;
 mod identity;
 mod net;
-mod progress;
+
 mod ready;
 mod routes;
-mod sys;
+
 mod template;
 mod up;
 

@@ -17,14 +17,14 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// Where `ip netns` keeps its namespaces.
-pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
+pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Where `ip netns exec` finds per-namespace `/etc` files.
-pub(crate) const ETC_NETNS_DIR: &str = "/etc/netns";
+pub const ETC_NETNS_DIR: &str = "/etc/netns";
 /// Left in `/etc/netns` when `mesh up` had to create it.
-pub(crate) const ETC_NETNS_MARKER: &str = ".made-by-trellis";
+pub const ETC_NETNS_MARKER: &str = ".made-by-trellis";
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SysError {
+pub enum SysError {
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {
         command: String,
@@ -56,7 +56,7 @@ const SPAWN_ATTEMPTS: usize = 3;
 /// SIGINT or SIGTERM sent to the group in that instant kills it before the
 /// program ran. Such a command is started again (it did nothing), so
 /// `down` finishes and `up` cleans up even when Ctrl-C lands mid-spawn.
-pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, SysError> {
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, SysError> {
     let mut attempt = 1;
     loop {
         match run_once(program, args, stdin) {
@@ -104,20 +104,20 @@ fn run_once(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String,
 }
 
 /// `ip ARGS…`.
-pub(crate) fn ip(args: &[&str]) -> Result<String, SysError> {
+pub fn ip(args: &[&str]) -> Result<String, SysError> {
     run("ip", args, None)
 }
 
-pub(crate) fn netns_path(name: &str) -> PathBuf {
+pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
-pub(crate) fn netns_exists(name: &str) -> bool {
+pub fn netns_exists(name: &str) -> bool {
     netns_path(name).exists()
 }
 
 /// Network namespaces (`ip netns list`) whose names start with `prefix`.
-pub(crate) fn netns_with_prefix(prefix: &str) -> Vec<String> {
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(NETNS_RUN_DIR)
         .map(|d| {
             d.filter_map(Result::ok)
@@ -132,7 +132,7 @@ pub(crate) fn netns_with_prefix(prefix: &str) -> Vec<String> {
 
 /// Runs `f` on a thread that has first entered network namespace `netns`;
 /// sockets it makes stay in that namespace wherever they are used later.
-pub(crate) fn in_netns<T, F>(netns: &str, f: F) -> io::Result<T>
+pub fn in_netns<T, F>(netns: &str, f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -148,17 +148,13 @@ where
 }
 
 /// A TCP connection made from inside `netns`.
-pub(crate) fn connect_in_netns(
-    netns: &str,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn connect_in_netns(netns: &str, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     in_netns(netns, move || TcpStream::connect_timeout(&addr, timeout))?
 }
 
 /// TCP ports in LISTEN state inside `netns` (IPv4 and IPv6), from the
 /// namespace's own `/proc/net/tcp*` — independent of any capture rules.
-pub(crate) fn listening_ports(netns: &str) -> io::Result<BTreeSet<u16>> {
+pub fn listening_ports(netns: &str) -> io::Result<BTreeSet<u16>> {
     in_netns(netns, || -> io::Result<BTreeSet<u16>> {
         let mut ports = BTreeSet::new();
         for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
@@ -173,7 +169,7 @@ pub(crate) fn listening_ports(netns: &str) -> io::Result<BTreeSet<u16>> {
 }
 
 /// Local ports of the LISTEN (`0A`) sockets in a `/proc/net/tcp` table.
-pub(crate) fn parse_listening(table: &str) -> BTreeSet<u16> {
+pub fn parse_listening(table: &str) -> BTreeSet<u16> {
     table
         .lines()
         .skip(1)
@@ -197,7 +193,7 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
     parse_stat(&text)
 }
 
-pub(crate) fn parse_stat(text: &str) -> Option<(char, u64)> {
+pub fn parse_stat(text: &str) -> Option<(char, u64)> {
     // `pid (comm) S ppid …`: comm may hold spaces and parentheses.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -206,12 +202,12 @@ pub(crate) fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-pub(crate) fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     proc_stat(pid).map(|(_, t)| t)
 }
 
 /// Is `pid` running (not a zombie), and still the process we started?
-pub(crate) fn is_alive(pid: u32, start_time: Option<u64>) -> bool {
+pub fn is_alive(pid: u32, start_time: Option<u64>) -> bool {
     match proc_stat(pid) {
         None => false,
         Some(('Z' | 'X', _)) => false,
@@ -227,7 +223,7 @@ fn to_pid(pid: u32) -> Option<Pid> {
 }
 
 /// Signals a process; errors (it is gone already) are of no interest.
-pub(crate) fn signal(pid: u32, sig: Signal) {
+pub fn signal(pid: u32, sig: Signal) {
     if let Some(p) = to_pid(pid) {
         let _ = nix::sys::signal::kill(p, sig);
     }
@@ -235,7 +231,7 @@ pub(crate) fn signal(pid: u32, sig: Signal) {
 
 /// Signals the process group led by `pid` (every process we start leads its
 /// own group), then `pid` itself in case it left the group.
-pub(crate) fn signal_group(pid: u32, sig: Signal) {
+pub fn signal_group(pid: u32, sig: Signal) {
     if let Some(p) = to_pid(pid) {
         let _ = nix::sys::signal::killpg(p, sig);
         let _ = nix::sys::signal::kill(p, sig);
@@ -244,7 +240,7 @@ pub(crate) fn signal_group(pid: u32, sig: Signal) {
 
 /// Pids of the processes whose network namespace is `netns` (what
 /// `ip netns pids` prints).
-pub(crate) fn pids_in_netns(netns: &str) -> Vec<u32> {
+pub fn pids_in_netns(netns: &str) -> Vec<u32> {
     let Ok(ns) = fs::metadata(netns_path(netns)) else {
         return Vec::new();
     };
@@ -263,7 +259,7 @@ pub(crate) fn pids_in_netns(netns: &str) -> Vec<u32> {
 }
 
 /// The last `lines` lines of a log file (at most 64 KiB of it).
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return format!("(no log at {})", path.display());
     };
@@ -282,7 +278,7 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Polls `check` every `every` until it returns `Some` or `deadline` passes.
-pub(crate) fn poll_until<T>(
+pub fn poll_until<T>(
     deadline: Instant,
     every: Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -301,7 +297,7 @@ pub(crate) fn poll_until<T>(
 /// Which iptables backend `iptables-restore` on `PATH` uses: `nft` or
 /// `legacy`. `trellis-proxy init` is told the same, so the capture rules and
 /// the service rules share one set of tables and their order is defined.
-pub(crate) fn iptables_mode() -> Result<&'static str, SysError> {
+pub fn iptables_mode() -> Result<&'static str, SysError> {
     let version = run("iptables-restore", &["--version"], None)?;
     Ok(if version.contains("nf_tables") {
         "nft"
@@ -313,12 +309,7 @@ pub(crate) fn iptables_mode() -> Result<&'static str, SysError> {
 /// Writes `bytes` to `path` atomically (a temporary file beside it, then a
 /// rename, so a reader — a proxy polling the file — never sees half of it),
 /// with `mode`, and owned by `uid` when given.
-pub(crate) fn write_file_atomic(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    uid: Option<u32>,
-) -> io::Result<()> {
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32, uid: Option<u32>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = path
         .file_name()
@@ -349,7 +340,7 @@ pub(crate) fn write_file_atomic(
 }
 
 /// Creates `dir` (and missing parents) and gives it `mode`.
-pub(crate) fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
+pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dir)
         .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
@@ -357,12 +348,12 @@ pub(crate) fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
 }
 
 /// Is this process root? Namespaces and iptables need it.
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// Finds a program on `PATH`.
-pub(crate) fn which(program: &str) -> Option<PathBuf> {
+pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(program))
@@ -371,7 +362,7 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
 
 /// Can a user who is neither owner nor in the group (the proxy's uid) execute
 /// `path`? Returns the first path component that stops it.
-pub(crate) fn world_executable(path: &Path) -> Result<(), String> {
+pub fn world_executable(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mut components = Vec::new();
     let mut p = Some(path);

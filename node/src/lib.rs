@@ -38,7 +38,16 @@
 //! - [`agent`]: the agent: watches, and a worker per pod;
 //! - [`control_plane`]: `mesh up --kubernetes` and its `down`.
 
+pub mod agent;
+pub mod control_plane;
+pub mod forward;
 pub mod images;
 pub mod launch;
+pub mod network;
+pub mod node;
+pub mod pki;
+pub mod pod;
 pub mod probe;
+pub mod record;
 pub mod services;
+pub mod volumes;

@@ -147,6 +147,20 @@ impl Launch {
         out
     }
 
+    /// Writes each mount target and the working directory as the node's
+    /// filesystem resolves it (`/var/run/x` is `/run/x` where `/var/run`
+    /// links to `/run`), so that a target under an earlier mount (an
+    /// `emptyDir` on `/run`) is found under it: `mount` resolves links the
+    /// same way when it runs.
+    pub fn resolve_node_links(&mut self) {
+        for m in &mut self.mounts {
+            m.target = resolve_links(&m.target);
+        }
+        if let Some(dir) = &mut self.working_dir {
+            *dir = resolve_links(dir);
+        }
+    }
+
     /// Where a path the process sees is on the node, given the mounts
     /// made before it (the deepest, latest one covering it wins).
     fn on_node(&self, before: &[super::Mount], path: &Path) -> PathBuf {
@@ -161,6 +175,24 @@ impl Launch {
                 })
             })
             .unwrap_or_else(|| path.to_owned())
+    }
+}
+
+/// `path` with its deepest existing ancestor canonicalised.
+fn resolve_links(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_owned(),
+        }
     }
 }
 
