@@ -18,6 +18,9 @@ use serde_json::Value;
 use trellis_e2e::kube::KubeBins;
 use trellis_e2e::{bin, eventually, repo, require_root, trellis_command, unique, Metrics};
 
+/// The chart's identity service pods.
+const IDENTITY: &str = "app.kubernetes.io/component=identity";
+
 /// A Kubernetes-mode mesh; dropping it runs `trellis mesh down`.
 struct KubeMesh {
     name: String,
@@ -43,6 +46,9 @@ impl KubeMesh {
             &name,
             "--chart",
             repo().join("charts/trellis").to_str().unwrap(),
+            // Proxies renew at about 70 % of it: within the test.
+            "--set",
+            "identity.certLifetime=60s",
         ])
         .current_dir(repo())
         .output()
@@ -99,9 +105,14 @@ impl KubeMesh {
         serde_json::from_str(&self.kubectl_ok(&a)).unwrap()
     }
 
-    /// The pods of `ns` with label `app=<app>`.
+    /// The pods of `ns` with label `app=<app>` (or, if `app` has a `=`,
+    /// that selector).
     fn pods(&self, ns: &str, app: &str) -> Vec<Value> {
-        let list = self.json(&["get", "pods", "-n", ns, "-l", &format!("app={app}")]);
+        let selector = match app.contains('=') {
+            true => app.to_string(),
+            false => format!("app={app}"),
+        };
+        let list = self.json(&["get", "pods", "-n", ns, "-l", &selector]);
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
@@ -228,6 +239,63 @@ fn load(mesh: &KubeMesh, pod: &str, url: &str, rps: u32, secs: u32) -> Value {
     }
 }
 
+/// Starts `trellis-app load` in pod `ns/pod` for at most `secs` seconds;
+/// [`stop_load`] ends it early and reads its summary.
+fn spawn_load(mesh: &KubeMesh, pod: &str, url: &str, rps: u32, secs: u32) -> std::process::Child {
+    let app = bin("trellis-app");
+    let (rps, dur) = (rps.to_string(), format!("{secs}s"));
+    let mut args = vec!["mesh", "exec", "--name", &mesh.name, pod, "--"];
+    let argv = [
+        app.to_str().unwrap(),
+        "load",
+        "--url",
+        url,
+        "--rps",
+        &rps,
+        "--duration",
+        &dur,
+        // Enough in flight to keep the rate when a request is slow.
+        "--concurrency",
+        "8",
+    ];
+    args.extend_from_slice(&argv);
+    trellis_command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM to a load started by [`spawn_load`] (it stops sending and
+/// prints its summary), and the summary.
+fn stop_load(child: std::process::Child, what: &str) -> Value {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    trellis_e2e::json_summary(child, what)
+}
+
+/// `name`'s counter summed over the proxies of `pods` in `ns`.
+fn sum_over(
+    mesh: &KubeMesh,
+    ns: &str,
+    pods: &[String],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    pods.iter()
+        .map(|p| mesh.metrics(ns, p).sum(name, labels))
+        .sum()
+}
+
+fn names(pods: &[Value]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// What a mesh named `name` could have left: namespaces, processes, files.
 fn leftovers(name: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -342,6 +410,108 @@ fn kube_mesh_from_kubectl_to_mtls_traffic_and_down_leaves_nothing() {
         "every replica must serve some of the client's requests: {per_replica:?}"
     );
 
+    // Scale 3 → 1 → 3 and a rollout restart, under 200 requests per
+    // second: not one request fails.
+    let before = names(&m.pods("demo", "server"));
+    let traffic = spawn_load(
+        m,
+        &client_ref,
+        "http://server.demo.svc.cluster.local/",
+        200,
+        120,
+    );
+    let started = Instant::now();
+    m.kubectl_ok(&["scale", "-n", "demo", "deployment/server", "--replicas=1"]);
+    m.wait_ready("demo", "server", 1, Duration::from_secs(60));
+    m.kubectl_ok(&["scale", "-n", "demo", "deployment/server", "--replicas=3"]);
+    m.wait_ready("demo", "server", 3, Duration::from_secs(60));
+    m.kubectl_ok(&["rollout", "restart", "-n", "demo", "deployment/server"]);
+    m.kubectl_ok(&[
+        "rollout",
+        "status",
+        "-n",
+        "demo",
+        "deployment/server",
+        "--timeout=120s",
+    ]);
+    m.wait_ready("demo", "server", 3, Duration::from_secs(60));
+    let took = started.elapsed();
+    let summary = stop_load(traffic, "load during scale and rollout");
+    eprintln!("[kube_mesh] scale 3→1→3 and rollout restart in {took:?} under load: {summary}");
+    assert!(
+        took < Duration::from_secs(115),
+        "the load ended before the rollout did ({took:?})"
+    );
+    assert_eq!(
+        summary["failed"], 0,
+        "requests failed during scale or rollout: {summary}"
+    );
+    // It ran the whole time, at its rate.
+    assert!(
+        summary["elapsed_s"].as_f64().unwrap() >= took.as_secs_f64() - 1.0,
+        "{summary}"
+    );
+    assert!(summary["rps"].as_f64().unwrap() >= 195.0, "{summary}");
+    let after = names(&m.pods("demo", "server"));
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "the rollout replaced every pod: {before:?} → {after:?}"
+    );
+
+    // The identity service's pod deleted while traffic flows: no request
+    // fails, and the proxies renew their certificates once it is back.
+    let servers = names(&m.pods("demo", "server"));
+    let renewed = |pods: &[String]| -> Vec<f64> {
+        pods.iter()
+            .map(|p| {
+                m.metrics("demo", p)
+                    .sum("trellis_identity_renewals_total", &[("result", "ok")])
+            })
+            .collect()
+    };
+    let traffic = spawn_load(
+        m,
+        &client_ref,
+        "http://server.demo.svc.cluster.local/",
+        100,
+        150,
+    );
+    let identity = names(&m.pods("trellis-system", IDENTITY));
+    assert_eq!(identity.len(), 1, "{identity:?}");
+    m.kubectl_ok(&[
+        "delete",
+        "pod",
+        "-n",
+        "trellis-system",
+        &identity[0],
+        "--wait=false",
+    ]);
+    let ok = eventually(Duration::from_secs(60), || {
+        let now = names(&m.pods("trellis-system", IDENTITY));
+        now.len() == 1 && now[0] != identity[0]
+    });
+    assert!(ok, "the identity pod was not replaced");
+    m.wait_ready("trellis-system", IDENTITY, 1, Duration::from_secs(60));
+    let mut watched: Vec<String> = vec![client.clone()];
+    watched.extend(servers.iter().cloned());
+    let base = renewed(&watched);
+    let renewed_all = eventually(Duration::from_secs(90), || {
+        renewed(&watched)
+            .iter()
+            .zip(&base)
+            .all(|(now, was)| now > was)
+    });
+    let summary = stop_load(traffic, "load while the identity service was replaced");
+    assert!(
+        renewed_all,
+        "not every proxy renewed after the identity service came back: {base:?} → {:?}",
+        renewed(&watched)
+    );
+    assert_eq!(
+        summary["failed"], 0,
+        "requests failed while the identity service was replaced: {summary}"
+    );
+
     // A pod of an unannotated namespace: no sidecar, and the Service's
     // ClusterIP still reaches the server (whose proxy admits plaintext
     // callers until a policy says otherwise).
@@ -368,6 +538,42 @@ fn kube_mesh_from_kubectl_to_mtls_traffic_and_down_leaves_nothing() {
     );
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["status"]["200"], 40, "{summary}");
+
+    // The policy names the client's ServiceAccount only: another meshed
+    // pod's requests are refused with 403, and counted by the servers'
+    // proxies; the client's still pass.
+    m.kubectl_ok(&["apply", "-f", &example("intruder.yaml")]);
+    m.kubectl_ok(&["apply", "-f", &example("policy.yaml")]);
+    m.wait_ready("demo", "intruder", 1, Duration::from_secs(60));
+    let intruder = format!("demo/{}", first(&m.pods("demo", "intruder")));
+    let url = "http://server.demo.svc.cluster.local/";
+    let refused = eventually(Duration::from_secs(30), || {
+        load(m, &intruder, url, 10, 1)["status"]["403"] == 10
+    });
+    assert!(refused, "the intruder's requests were not refused");
+    let servers = names(&m.pods("demo", "server"));
+    let denied = |m: &KubeMesh| {
+        sum_over(
+            m,
+            "demo",
+            &servers,
+            "trellis_authz_denied_total",
+            &[("direction", "inbound")],
+        )
+    };
+    let denied_before = denied(m);
+    let summary = load(m, &intruder, url, 20, 1);
+    assert_eq!(summary["status"]["403"], 20, "{summary}");
+    assert_eq!(
+        denied(m) - denied_before,
+        20.0,
+        "each refused request is counted once"
+    );
+    let summary = load(m, &client_ref, url, 20, 1);
+    assert_eq!(
+        summary["status"]["200"], 20,
+        "the client is still admitted: {summary}"
+    );
 
     // `trellis mesh down` leaves no namespace, process or file.
     let name = mesh.name.clone();
