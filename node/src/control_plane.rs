@@ -123,7 +123,13 @@ pub struct Up {
 /// so far is removed again (the logs are kept and named in the error).
 pub fn up(opts: &UpOptions, progress: &Progress) -> anyhow::Result<Up> {
     preflight(opts)?;
-    let bins = KubeBins::locate()?;
+    let bins = match KubeBins::locate() {
+        Ok(bins) => bins,
+        Err(missing) => {
+            build_kube(opts, progress).map_err(|e| e.context(format!("{missing:#}")))?;
+            KubeBins::locate()?
+        }
+    };
     let dir = Record::dir(&opts.mesh);
     if dir.exists() || Record::data_dir(&opts.mesh).exists() {
         bail!(
@@ -164,6 +170,40 @@ pub fn up(opts: &UpOptions, progress: &Progress) -> anyhow::Result<Up> {
             }
         }
     }
+}
+
+/// Builds what is missing with the repository's own scripts (the chart's
+/// repository: `<repo>/charts/trellis`): the Kubernetes programs, then helm.
+/// Their output goes to the terminal; both cache what they build.
+fn build_kube(opts: &UpOptions, progress: &Progress) -> anyhow::Result<()> {
+    let chart = std::fs::canonicalize(&opts.chart)?;
+    let repo = chart
+        .parent()
+        .and_then(Path::parent)
+        .context("the chart is not in a Trellis checkout")?;
+    for (script, what) in [
+        (
+            "scripts/build-kube.sh",
+            "etcd, kube-apiserver, kube-controller-manager and kubectl (about 15 minutes on 2 cores the first time)",
+        ),
+        ("scripts/install-chart-tools.sh", "helm"),
+    ] {
+        let path = repo.join(script);
+        if !path.is_file() {
+            bail!("{} is missing, so the Kubernetes programs cannot be built", path.display());
+        }
+        progress.step(&format!("building {what} with {script}; cached for later runs"));
+        let status = Command::new("bash")
+            .arg(&path)
+            .current_dir(repo)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("running {script}"))?;
+        if !status.success() {
+            bail!("{script} failed ({status})");
+        }
+    }
+    Ok(())
 }
 
 fn preflight(opts: &UpOptions) -> anyhow::Result<()> {

@@ -31,12 +31,15 @@
 //! - [`services`]: Services and EndpointSlices as a pod's DNAT rules and
 //!   `/etc/hosts` (pure);
 //! - [`probe`]: HTTP, TCP and gRPC probes, sent from the node;
-//! - [`network`]: a pod's network namespace, veth and address;
+//! - [`record`]: what a Kubernetes-mode mesh is and made, on disk;
+//! - [`network`]: the node's and each pod's network namespace;
+//! - [`pki`]: the cluster's certificates and keys;
 //! - [`volumes`]: a pod's volumes on disk, kept current;
-//! - [`pod`]: one pod's life: start, probe, restart, report, stop;
 //! - [`node`]: the Node, its Lease, and binding pods to it;
-//! - [`agent`]: the agent: watches, and a worker per pod;
-//! - [`control_plane`]: `mesh up --kubernetes` and its `down`.
+//! - [`pod`]: one pod's life: start, probe, restart, report, stop;
+//! - [`agent`]: the agent: watches, and a task per pod;
+//! - [`forward`]: the host's way in to the API server;
+//! - [`control_plane`]: `mesh up --kubernetes`, `exec` and `down`.
 
 pub mod agent;
 pub mod control_plane;

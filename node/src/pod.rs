@@ -42,6 +42,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often the state machine looks at timers, and volumes are refreshed.
 const TICK: Duration = Duration::from_millis(500);
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+/// The least time a container is given to stop (kubelet's).
+const MIN_GRACE: Duration = Duration::from_secs(2);
 /// The grace period when the pod object vanished without one.
 const GONE_GRACE: Duration = Duration::from_secs(2);
 
@@ -721,6 +723,15 @@ impl Worker {
                 if restarting {
                     c.restarts += 1;
                     if !stopping {
+                        // As kubelet shows it: waiting, the exit as the
+                        // last state.
+                        c.state = State::Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: format!(
+                                "back-off {:?} restarting failed container={name}",
+                                c.backoff
+                            ),
+                        };
                         c.not_before = Some(Instant::now() + c.backoff);
                         c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
                     }
@@ -789,16 +800,22 @@ impl Worker {
         }
     }
 
+    /// Signals container `i`'s process group (it leads one): the signal
+    /// reaches the container's processes once each.
     fn kill(&mut self, i: usize, sig: Signal) {
         let c = &mut self.containers[i];
         if let Some(pid) = c.pid {
             c.stopping = true;
-            sys::signal_group(pid, sig);
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+            }
         }
     }
 
     /// Stops the containers: the regular ones first, then the sidecars in
-    /// reverse order, all within `grace`; SIGKILL for what is left.
+    /// reverse order, within `grace`; what ignores SIGTERM gets SIGKILL
+    /// when its time is up. As kubelet, a sidecar gets at least
+    /// [`MIN_GRACE`] even when the containers used up the pod's grace.
     async fn terminate(&mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for c in &mut self.containers {
@@ -807,31 +824,19 @@ impl Worker {
             c.not_before = Some(Instant::now() + Duration::from_secs(3600));
         }
         self.report().await;
-        let regular: Vec<usize> = (0..self.containers.len())
-            .filter(|i| !self.containers[*i].init)
+        // Regular init containers still running stop with the containers.
+        let first: Vec<usize> = (0..self.containers.len())
+            .filter(|i| !self.containers[*i].sidecar)
             .collect();
+        self.stop_group(&first, deadline).await;
         let sidecars: Vec<usize> = (0..self.containers.len())
             .rev()
             .filter(|i| self.containers[*i].sidecar)
             .collect();
-        // Regular init containers still running stop with the regulars.
-        let inits: Vec<usize> = (0..self.containers.len())
-            .filter(|i| self.containers[*i].init && !self.containers[*i].sidecar)
-            .collect();
-        let first: Vec<usize> = regular.into_iter().chain(inits).collect();
-        self.stop_group(&first, deadline).await;
         for i in sidecars {
-            self.stop_group(&[i], deadline).await;
+            let at_least = tokio::time::Instant::now() + MIN_GRACE;
+            self.stop_group(&[i], deadline.max(at_least)).await;
         }
-        // What ignored SIGTERM.
-        let left: Vec<usize> = (0..self.containers.len())
-            .filter(|i| self.containers[*i].pid.is_some())
-            .collect();
-        for &i in &left {
-            self.kill(i, Signal::SIGKILL);
-        }
-        self.wait_exits(&left, tokio::time::Instant::now() + Duration::from_secs(5))
-            .await;
         // Anything else still in the namespace (a container's children).
         for pid in sys::pids_in_netns(&self.netns) {
             sys::signal(pid, Signal::SIGKILL);
@@ -839,11 +844,18 @@ impl Worker {
         self.report().await;
     }
 
+    /// SIGTERM to each of `which`, SIGKILL to those still running at
+    /// `deadline`, and their exits waited for.
     async fn stop_group(&mut self, which: &[usize], deadline: tokio::time::Instant) {
         for &i in which {
             self.kill(i, Signal::SIGTERM);
         }
         self.wait_exits(which, deadline).await;
+        for &i in which {
+            self.kill(i, Signal::SIGKILL);
+        }
+        self.wait_exits(which, tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
     }
 
     async fn wait_exits(&mut self, which: &[usize], deadline: tokio::time::Instant) {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube;
+pub mod kube_mesh;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
