@@ -174,7 +174,14 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                 images,
                 trellis,
             };
-            let up = trellis_node::control_plane::up(&opts, &Progress::new(&name))?;
+            let interrupt = Interrupt::install(UNDO)?;
+            let progress = Progress::new(&name);
+            let up = trellis_node::control_plane::up(&opts, &progress, &interrupt)?;
+            if !interrupt.finish() {
+                progress.step("interrupted after the chart was installed; removing the mesh");
+                trellis_node::control_plane::down(&name, &progress)?;
+                return Err(Interrupted.into());
+            }
             outln!(
                 "mesh {name} is up: a one-node Kubernetes cluster at {}",
                 up.server
@@ -219,6 +226,15 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             Ok(())
         }
         MeshCommand::Status { name, output } => {
+            if let Some(kube) = name
+                .as_deref()
+                .filter(|n| trellis_node::control_plane::exists(n))
+            {
+                bail!(
+                    "mesh {kube} runs Kubernetes: its status is the API server's, e.g. `KUBECONFIG={} kubectl get pods -A`",
+                    trellis_node::record::Record::dir(kube).join("kubeconfig").display()
+                );
+            }
             let st = Mesh::open(name)?.status();
             match output {
                 Output::Table => out!("{}", status::render(&st)),
@@ -316,6 +332,17 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = meshes
                 .into_iter()
                 .map(|m| match m.summary {
+                    _ if trellis_node::control_plane::exists(&m.name) => vec![
+                        m.name.clone(),
+                        "up".into(),
+                        "-".into(),
+                        format!(
+                            "--kubernetes (KUBECONFIG={})",
+                            trellis_node::record::Record::dir(&m.name)
+                                .join("kubeconfig")
+                                .display()
+                        ),
+                    ],
                     Ok(s) => vec![m.name, s.phase.to_string(), s.pods.to_string(), s.source],
                     Err(e) => vec![m.name, format!("unreadable: {e}"), "-".into(), "-".into()],
                 })

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
+use trellis_mesh::interrupt::Interrupt;
 use trellis_mesh::progress::Progress;
 use trellis_mesh::{names, sys};
 
@@ -119,9 +120,10 @@ pub struct Up {
     pub server: String,
 }
 
-/// Starts the cluster, the agent and the chart. On failure everything made
-/// so far is removed again (the logs are kept and named in the error).
-pub fn up(opts: &UpOptions, progress: &Progress) -> anyhow::Result<Up> {
+/// Starts the cluster, the agent and the chart. On failure, or on Ctrl-C
+/// or SIGTERM (`interrupt`), everything made so far is removed again (the
+/// logs are kept and named in the error).
+pub fn up(opts: &UpOptions, progress: &Progress, interrupt: &Interrupt) -> anyhow::Result<Up> {
     preflight(opts)?;
     let bins = match KubeBins::locate() {
         Ok(bins) => bins,
@@ -152,7 +154,7 @@ pub fn up(opts: &UpOptions, progress: &Progress) -> anyhow::Result<Up> {
         created_etc_netns: !Path::new(sys::ETC_NETNS_DIR).exists(),
     };
     record.save()?;
-    match bring_up(opts, &bins, &mut record, progress) {
+    match bring_up(opts, &bins, &mut record, progress, interrupt) {
         Ok(up) => Ok(up),
         Err(e) => {
             let logs = record.logs_dir();
@@ -245,6 +247,7 @@ fn bring_up(
     bins: &KubeBins,
     record: &mut Record,
     progress: &Progress,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Up> {
     sys::create_dir_mode(&record.logs_dir(), 0o755)?;
     if let Some(images) = &opts.images {
@@ -254,6 +257,7 @@ fn bring_up(
     if record.created_etc_netns {
         std::fs::create_dir_all(sys::ETC_NETNS_DIR)?;
     }
+    interrupt.check()?;
     network::make_node(&record.node_netns, opts.pod_cidr)?;
     progress.step(&format!(
         "node namespace {}: bridge {} {}/{}",
@@ -339,9 +343,13 @@ fn bring_up(
         bin: bins.kubectl.clone(),
         kubeconfig: record.kubeconfig(),
     };
-    wait(record, "the API server to be ready", READY_TIMEOUT, || {
-        kubectl.ok(&["get", "--raw", "/readyz"])
-    })?;
+    wait(
+        record,
+        interrupt,
+        "the API server to be ready",
+        READY_TIMEOUT,
+        || kubectl.ok(&["get", "--raw", "/readyz"]),
+    )?;
     progress.step(&format!(
         "etcd and kube-apiserver ready ({server} from the host)"
     ));
@@ -371,6 +379,7 @@ fn bring_up(
     start_in_node(record, "kube-controller-manager", kcm)?;
     wait(
         record,
+        interrupt,
         "kube-controller-manager to make the default ServiceAccount",
         READY_TIMEOUT,
         || kubectl.ok(&["get", "serviceaccount", "default", "-n", "default"]),
@@ -386,6 +395,7 @@ fn bring_up(
     let node = record.node.clone();
     wait(
         record,
+        interrupt,
         "the node agent to register a Ready node",
         READY_TIMEOUT,
         || {
@@ -410,6 +420,7 @@ fn bring_up(
     ])?;
     progress.step("Gateway API CRDs applied");
 
+    interrupt.check()?;
     let mut helm = Command::new(&bins.helm);
     helm.arg(format!("--kubeconfig={}", record.kubeconfig().display()))
         .args(["upgrade", "--install", RELEASE])
@@ -506,12 +517,14 @@ fn start_forwarder(opts: &UpOptions, record: &mut Record) -> anyhow::Result<()> 
 /// Waits for `ready`, failing early when a recorded process exited.
 fn wait(
     record: &Record,
+    interrupt: &Interrupt,
     what: &str,
     timeout: Duration,
     mut ready: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
+        interrupt.check()?;
         if ready() {
             return Ok(());
         }
@@ -530,7 +543,7 @@ fn wait(
         if Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(250));
+        interrupt.sleep(Duration::from_millis(250));
     }
 }
 

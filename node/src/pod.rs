@@ -7,7 +7,7 @@
 //! deleted for good.
 //!
 //! The task owns the pod's state; processes, probes and the API server
-//! reach it as [`Event`]s, so nothing is shared but the channel.
+//! reach it as events, so nothing is shared but the channel.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,6 +42,11 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often the state machine looks at timers, and volumes are refreshed.
 const TICK: Duration = Duration::from_millis(500);
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+/// How long a pod whose network or volumes could not be set up waits
+/// before the next attempt.
+const SETUP_RETRY: Duration = Duration::from_secs(2);
+/// The same warning is not repeated (log, Event) sooner than this.
+const WARN_AGAIN: Duration = Duration::from_secs(60);
 /// The least time a container is given to stop (kubelet's).
 const MIN_GRACE: Duration = Duration::from_secs(2);
 /// The grace period when the pod object vanished without one.
@@ -182,6 +187,9 @@ struct Worker {
     initialized: bool,
     volume_refreshed: Instant,
     sandbox_ready: bool,
+    /// No new attempt at the network or volumes before this.
+    setup_retry: Option<Instant>,
+    warned: std::sync::Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Worker {
@@ -218,6 +226,8 @@ impl Worker {
             initialized: false,
             volume_refreshed: Instant::now(),
             sandbox_ready: false,
+            setup_retry: None,
+            warned: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -283,9 +293,20 @@ impl Worker {
     /// Moves the pod forward: its sandbox, volumes, the next init
     /// container, containers whose backoff has passed.
     async fn step(&mut self) {
+        if self.setup_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            let message = "hostNetwork pods are not supported by trellis-node (docs/node-agent.md)";
+            self.set_waiting_all("CreateContainerConfigError", message);
+            self.warn("FailedCreatePodSandBox", message).await;
+            self.setup_retry = Some(Instant::now() + SETUP_RETRY);
+            return;
+        }
         if !self.sandbox_ready {
             if let Err(e) = self.make_sandbox().await {
                 self.warn("FailedCreatePodSandBox", &format!("{e:#}")).await;
+                self.setup_retry = Some(Instant::now() + SETUP_RETRY);
                 return;
             }
             self.sandbox_ready = true;
@@ -305,6 +326,7 @@ impl Worker {
                 Err(e) => {
                     self.set_waiting_all("ContainerCreating", &e.message);
                     self.warn("FailedMount", &e.message).await;
+                    self.setup_retry = Some(Instant::now() + SETUP_RETRY);
                     return;
                 }
             }
@@ -951,38 +973,8 @@ impl Worker {
         };
         let init_statuses = statuses(true, self);
         let container_statuses = statuses(false, self);
-        let regular: Vec<&Ctr> = self.containers.iter().filter(|c| !c.init).collect();
-        let policy = self.restart_policy();
-        let all_done = regular.iter().all(|c| match &c.state {
-            State::Terminated(e) => policy == "Never" || (policy == "OnFailure" && e.code == 0),
-            _ => false,
-        });
-        let init_failed = self.containers.iter().any(|c| {
-            c.init
-                && !c.sidecar
-                && policy == "Never"
-                && matches!(&c.state, State::Terminated(e) if e.code != 0)
-        });
-        let phase = if init_failed {
-            "Failed"
-        } else if all_done && !regular.is_empty() {
-            if regular.iter().all(|c| c.succeeded()) {
-                "Succeeded"
-            } else {
-                "Failed"
-            }
-        } else if self.initialized && regular.iter().any(|c| c.running() || c.last.is_some()) {
-            "Running"
-        } else {
-            "Pending"
-        };
-        let sidecars_ready = self
-            .containers
-            .iter()
-            .filter(|c| c.sidecar)
-            .all(|c| c.ready);
-        let containers_ready =
-            !regular.is_empty() && regular.iter().all(|c| c.ready) && sidecars_ready;
+        let phase = phase(&self.containers, &self.restart_policy(), self.initialized);
+        let containers_ready = containers_ready(&self.containers);
         let gates_ok = self.readiness_gates_pass();
         let conditions = [
             ("PodReadyToStartContainers", self.sandbox_ready),
@@ -1032,7 +1024,17 @@ impl Worker {
         })
     }
 
+    /// A warning in the agent's log and as an Event; the same warning
+    /// again within [`WARN_AGAIN`] is left out.
     async fn warn(&self, reason: &str, message: &str) {
+        let key = format!("{reason}\n{message}");
+        {
+            let mut said = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            if said.get(&key).is_some_and(|t| t.elapsed() < WARN_AGAIN) {
+                return;
+            }
+            said.insert(key, Instant::now());
+        }
         warn!(pod = %self.name(), reason, "{message}");
         self.event("Warning", reason, message).await;
     }
@@ -1077,6 +1079,43 @@ impl Worker {
             warn!(pod = %self.name(), error = %err, "recording an event");
         }
     }
+}
+
+/// The pod's phase, as kubelet decides it from its containers.
+fn phase(containers: &[Ctr], policy: &str, initialized: bool) -> &'static str {
+    let regular: Vec<&Ctr> = containers.iter().filter(|c| !c.init).collect();
+    // A container that exited for good: it is not restarted.
+    let all_done = regular.iter().all(|c| match &c.state {
+        State::Terminated(e) => policy == "Never" || (policy == "OnFailure" && e.code == 0),
+        _ => false,
+    });
+    let init_failed = containers.iter().any(|c| {
+        c.init
+            && !c.sidecar
+            && policy == "Never"
+            && matches!(&c.state, State::Terminated(e) if e.code != 0)
+    });
+    if init_failed {
+        "Failed"
+    } else if all_done && !regular.is_empty() {
+        if regular.iter().all(|c| c.succeeded()) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if initialized && regular.iter().any(|c| c.running() || c.last.is_some()) {
+        "Running"
+    } else {
+        "Pending"
+    }
+}
+
+/// Every container ready, and every native sidecar.
+fn containers_ready(containers: &[Ctr]) -> bool {
+    let regular: Vec<&Ctr> = containers.iter().filter(|c| !c.init).collect();
+    !regular.is_empty()
+        && regular.iter().all(|c| c.ready)
+        && containers.iter().filter(|c| c.sidecar).all(|c| c.ready)
 }
 
 fn state_json(s: &State) -> Value {
@@ -1126,5 +1165,106 @@ async fn exec_probe(
         Ok(Ok(s)) => Outcome::Failure(format!("command {command:?} exited with {s}")),
         Ok(Err(e)) => Outcome::Failure(format!("command {command:?}: {e}")),
         Err(_) => Outcome::Failure(format!("command {command:?} timed out after {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctr(name: &str, init: bool, sidecar: bool) -> Ctr {
+        let spec = Container {
+            name: name.into(),
+            restart_policy: sidecar.then(|| "Always".to_string()),
+            ..Container::default()
+        };
+        Ctr::new(spec, init)
+    }
+
+    fn ended(code: i32) -> State {
+        State::Terminated(Ended {
+            code,
+            signal: None,
+            reason: String::new(),
+            started: Timestamp::UNIX_EPOCH,
+            finished: Timestamp::UNIX_EPOCH,
+            pid: 1,
+        })
+    }
+
+    fn running() -> State {
+        State::Running {
+            since: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_containers_and_the_restart_policy() {
+        let with = |init: State, main: State| {
+            let mut i = ctr("init", true, false);
+            i.state = init;
+            let mut m = ctr("main", false, false);
+            m.state = main;
+            vec![i, m]
+        };
+        let waiting = || State::Waiting {
+            reason: "PodInitializing".into(),
+            message: String::new(),
+        };
+        let cases = [
+            // (init, main, policy, initialized) → phase
+            (waiting(), waiting(), "Always", false, "Pending"),
+            (running(), waiting(), "Always", false, "Pending"),
+            (ended(0), running(), "Always", true, "Running"),
+            (ended(0), ended(0), "Never", true, "Succeeded"),
+            (ended(0), ended(2), "Never", true, "Failed"),
+            (ended(0), ended(0), "OnFailure", true, "Succeeded"),
+            // Restarted (in backoff, it waits): not done.
+            (ended(0), waiting(), "OnFailure", true, "Pending"),
+            (ended(1), waiting(), "Never", false, "Failed"),
+            (ended(1), waiting(), "Always", false, "Pending"),
+        ];
+        for (init, main, policy, initialized, want) in cases {
+            let cs = with(init.clone(), main.clone());
+            assert_eq!(
+                phase(&cs, policy, initialized),
+                want,
+                "{init:?} / {main:?} / {policy}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pod_is_ready_when_its_containers_and_sidecars_are() {
+        let mut sidecar = ctr("proxy", true, true);
+        let mut main = ctr("app", false, false);
+        let plain_init = ctr("init", true, false);
+        main.ready = true;
+        assert!(!containers_ready(&[
+            plain_init.clone_state(),
+            sidecar.clone_state(),
+            main.clone_state()
+        ]));
+        sidecar.ready = true;
+        assert!(containers_ready(&[
+            plain_init.clone_state(),
+            sidecar.clone_state(),
+            main.clone_state()
+        ]));
+        main.ready = false;
+        assert!(!containers_ready(&[
+            sidecar.clone_state(),
+            main.clone_state()
+        ]));
+        assert!(!containers_ready(&[sidecar]), "no container: not ready");
+    }
+
+    impl Ctr {
+        fn clone_state(&self) -> Ctr {
+            let mut c = Ctr::new(self.spec.clone(), self.init);
+            c.state = self.state.clone();
+            c.ready = self.ready;
+            c
+        }
     }
 }

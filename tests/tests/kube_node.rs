@@ -140,6 +140,11 @@ fn kube_node_runs_pods_with_kubelets_lifecycle() {
     let record = dir.join("record");
     let order = record.join("order");
 
+    // Mount points the pods need that the host lacks are made by the agent
+    // and removed by `down`.
+    let made = ["/record", "/settings"].map(Path::new);
+    let existed: Vec<bool> = made.iter().map(|p| p.exists()).collect();
+
     let mut mesh = KubeMesh::up(&["--images", images.to_str().unwrap()]);
     let m = &mesh;
     m.kubectl_ok(&["create", "namespace", "life"]);
@@ -255,5 +260,10 @@ fn kube_node_runs_pods_with_kubelets_lifecycle() {
     );
     let left = trellis_e2e::kube_mesh::leftovers(&name);
     assert!(left.is_empty(), "mesh down left: {left:#?}");
+    let now: Vec<bool> = made.iter().map(|p| p.exists()).collect();
+    assert_eq!(
+        now, existed,
+        "mount points {made:?} made for the pods were left behind"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
