@@ -595,47 +595,24 @@ impl Worker {
         BTreeMap<String, BTreeMap<String, String>>,
         BTreeMap<String, BTreeMap<String, String>>,
     ) {
-        let mut cms = BTreeMap::new();
-        let mut secrets = BTreeMap::new();
+        let (mut cm_names, mut secret_names) = (Vec::new(), Vec::new());
+        for from in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            cm_names.extend(from.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+            secret_names.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
+        }
+        for from in c.env_from.iter().flatten() {
+            cm_names.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
+            secret_names.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
+        }
         let sources = &self.shared.sources;
-        let mut want_cm = |name: &str| {
-            if let Some(d) = sources.config_map(ns, name) {
-                cms.insert(name.to_string(), volumes::as_text(d));
-            }
-        };
-        for e in c.env.iter().flatten() {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.config_map_key_ref.as_ref())
-            {
-                want_cm(&r.name);
-            }
-        }
-        for e in c.env_from.iter().flatten() {
-            if let Some(r) = &e.config_map_ref {
-                want_cm(&r.name);
-            }
-        }
-        let mut want_secret = |name: &str| {
-            if let Some(d) = sources.secret(ns, name) {
-                secrets.insert(name.to_string(), volumes::as_text(d));
-            }
-        };
-        for e in c.env.iter().flatten() {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-            {
-                want_secret(&r.name);
-            }
-        }
-        for e in c.env_from.iter().flatten() {
-            if let Some(r) = &e.secret_ref {
-                want_secret(&r.name);
-            }
-        }
+        let cms = cm_names
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), volumes::as_text(sources.config_map(ns, &n)?))))
+            .collect();
+        let secrets = secret_names
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), volumes::as_text(sources.secret(ns, &n)?))))
+            .collect();
         (cms, secrets)
     }
 

@@ -228,31 +228,10 @@ pub fn container_names(pod: &Value, key: &str) -> Vec<String> {
 
 /// Runs `trellis-app load` in pod `ns/pod` and returns its JSON summary.
 pub fn load(mesh: &KubeMesh, pod: &str, url: &str, rps: u32, secs: u32) -> Value {
-    let app = bin("trellis-app");
-    let (rps, dur) = (rps.to_string(), format!("{secs}s"));
-    let out = mesh.exec(
-        pod,
-        &[
-            app.to_str().unwrap(),
-            "load",
-            "--url",
-            url,
-            "--rps",
-            &rps,
-            "--duration",
-            &dur,
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-    match last.map(serde_json::from_str::<Value>) {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "load in {pod} printed no summary ({}): {stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    crate::json_summary(
+        spawn_load(mesh, pod, url, rps, secs),
+        &format!("load in {pod}"),
+    )
 }
 
 /// Starts `trellis-app load` in pod `ns/pod` for at most `secs` seconds;
