@@ -269,6 +269,9 @@ impl Worker {
                 changed = self.services.changed() => {
                     if changed.is_ok() && self.sandbox_ready {
                         self.apply_services().await;
+                    } else {
+                        // Seen: the sandbox, once made, reads the latest.
+                        self.services.borrow_and_update();
                     }
                 }
                 _ = tick.tick() => {}

@@ -24,9 +24,10 @@ fn kube_mesh_from_kubectl_to_mtls_traffic_and_down_leaves_nothing() {
     let m = &mesh;
 
     // The chart's pods ran through the agent like any other pod.
-    let system = m.json(&["get", "pods", "-n", "trellis-system"]);
-    let system: Vec<&Value> = system["items"].as_array().unwrap().iter().collect();
-    assert!(system.len() >= 3, "the chart's pods: {system:?}");
+    for component in ["controller", "identity", "injector"] {
+        let selector = format!("app.kubernetes.io/component={component}");
+        m.wait_ready("trellis-system", &selector, 1, Duration::from_secs(10));
+    }
 
     m.kubectl_ok(&["create", "namespace", "demo"]);
     m.kubectl_ok(&[
