@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use trellis_e2e::eventually;
 use trellis_e2e::kube_mesh::*;
 
