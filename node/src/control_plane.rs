@@ -281,54 +281,13 @@ fn bring_up(
         None,
     )?;
 
-    let dir = Record::dir(&opts.mesh);
-    let (etcd_client, etcd_peer) = ETCD_PORTS;
-    let mut etcd = Command::new(&bins.etcd);
-    etcd.args(["--name", "trellis", "--log-level", "warn"])
-        .arg(format!("--data-dir={}", dir.join("etcd").display()))
-        .arg(format!(
-            "--listen-client-urls=http://127.0.0.1:{etcd_client}"
-        ))
-        .arg(format!(
-            "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
-        ))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
-        ))
-        .arg(format!(
-            "--initial-cluster=trellis=http://127.0.0.1:{etcd_peer}"
-        ))
-        .arg("--listen-metrics-urls=");
-    start_in_node(record, "etcd", etcd)?;
+    start_in_node(record, "etcd", etcd_command(bins, record))?;
 
-    let issuer = format!("https://kubernetes.default.svc.{CLUSTER_DOMAIN}");
-    let mut api = Command::new(&bins.apiserver);
-    api.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
-        .arg("--bind-address=0.0.0.0")
-        .arg(format!("--secure-port={API_PORT}"))
-        .arg(format!("--advertise-address={}", record.gateway))
-        .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
-        .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-        .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
-        .arg(format!("--client-ca-file={}", pki.ca.display()))
-        .arg(format!("--service-account-key-file={}", pki.sa_public.display()))
-        .arg(format!(
-            "--service-account-signing-key-file={}",
-            pki.sa_private.display()
-        ))
-        .arg(format!("--service-account-issuer={issuer}"))
-        .arg(format!("--api-audiences={issuer}"))
-        .arg("--authorization-mode=RBAC")
-        .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity")
-        // Webhooks are called at their Service's endpoints: the API server
-        // runs in the node namespace, which reaches pods over the bridge.
-        .arg("--enable-aggregator-routing=true")
-        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-        .arg("--allow-privileged=true")
-        .arg("--profiling=false")
-        .arg("--v=1");
-    start_in_node(record, "kube-apiserver", api)?;
+    start_in_node(
+        record,
+        "kube-apiserver",
+        apiserver_command(bins, record, &pki),
+    )?;
 
     start_forwarder(opts, record)?;
     let port = record.forward_port.context("the forwarder gave no port")?;
@@ -354,29 +313,11 @@ fn bring_up(
         "etcd and kube-apiserver ready ({server} from the host)"
     ));
 
-    let node_kubeconfig = record.node_kubeconfig();
-    let mut kcm = Command::new(&bins.controller_manager);
-    kcm.arg(format!("--kubeconfig={}", node_kubeconfig.display()))
-        .arg(format!(
-            "--authentication-kubeconfig={}",
-            node_kubeconfig.display()
-        ))
-        .arg(format!(
-            "--authorization-kubeconfig={}",
-            node_kubeconfig.display()
-        ))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--secure-port=10257")
-        .arg("--leader-elect=false")
-        .arg(format!("--root-ca-file={}", pki.ca.display()))
-        .arg(format!(
-            "--service-account-private-key-file={}",
-            pki.sa_private.display()
-        ))
-        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-        .arg("--use-service-account-credentials=true")
-        .arg("--v=1");
-    start_in_node(record, "kube-controller-manager", kcm)?;
+    start_in_node(
+        record,
+        "kube-controller-manager",
+        controller_manager_command(bins, record, &pki),
+    )?;
     wait(
         record,
         interrupt,
@@ -421,6 +362,106 @@ fn bring_up(
     progress.step("Gateway API CRDs applied");
 
     interrupt.check()?;
+    install_chart(opts, bins, record, &kubectl, progress)?;
+    Ok(Up {
+        kubeconfig: record.kubeconfig(),
+        server,
+    })
+}
+
+/// etcd on the node namespace's loopback, its data in the state directory.
+fn etcd_command(bins: &KubeBins, record: &Record) -> Command {
+    let dir = Record::dir(&record.mesh);
+    let (etcd_client, etcd_peer) = ETCD_PORTS;
+    let mut etcd = Command::new(&bins.etcd);
+    etcd.args(["--name", "trellis", "--log-level", "warn"])
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!(
+            "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+        ))
+        .arg(format!(
+            "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+        ))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+        ))
+        .arg(format!(
+            "--initial-cluster=trellis=http://127.0.0.1:{etcd_peer}"
+        ))
+        .arg("--listen-metrics-urls=");
+    etcd
+}
+
+/// kube-apiserver on every address of the node namespace, advertising the
+/// bridge address (the `kubernetes` Service's endpoint).
+fn apiserver_command(bins: &KubeBins, record: &Record, pki: &Pki) -> Command {
+    let dir = Record::dir(&record.mesh);
+    let (etcd_client, _) = ETCD_PORTS;
+    let issuer = format!("https://kubernetes.default.svc.{CLUSTER_DOMAIN}");
+    let mut api = Command::new(&bins.apiserver);
+    api.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
+        .arg("--bind-address=0.0.0.0")
+        .arg(format!("--secure-port={API_PORT}"))
+        .arg(format!("--advertise-address={}", record.gateway))
+        .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
+        .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+        .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+        .arg(format!("--client-ca-file={}", pki.ca.display()))
+        .arg(format!("--service-account-key-file={}", pki.sa_public.display()))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_private.display()
+        ))
+        .arg(format!("--service-account-issuer={issuer}"))
+        .arg(format!("--api-audiences={issuer}"))
+        .arg("--authorization-mode=RBAC")
+        .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity")
+        // Webhooks are called at their Service's endpoints: the API server
+        // runs in the node namespace, which reaches pods over the bridge.
+        .arg("--enable-aggregator-routing=true")
+        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+        .arg("--allow-privileged=true")
+        .arg("--profiling=false")
+        .arg("--v=1");
+    api
+}
+
+/// kube-controller-manager, as the admin, with the ServiceAccount key.
+fn controller_manager_command(bins: &KubeBins, record: &Record, pki: &Pki) -> Command {
+    let node_kubeconfig = record.node_kubeconfig();
+    let mut kcm = Command::new(&bins.controller_manager);
+    kcm.arg(format!("--kubeconfig={}", node_kubeconfig.display()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            node_kubeconfig.display()
+        ))
+        .arg(format!(
+            "--authorization-kubeconfig={}",
+            node_kubeconfig.display()
+        ))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--secure-port=10257")
+        .arg("--leader-elect=false")
+        .arg(format!("--root-ca-file={}", pki.ca.display()))
+        .arg(format!(
+            "--service-account-private-key-file={}",
+            pki.sa_private.display()
+        ))
+        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+        .arg("--use-service-account-credentials=true")
+        .arg("--v=1");
+    kcm
+}
+
+/// `helm upgrade --install` of the chart, waiting for its pods.
+fn install_chart(
+    opts: &UpOptions,
+    bins: &KubeBins,
+    record: &Record,
+    kubectl: &Kubectl,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let mut helm = Command::new(&bins.helm);
     helm.arg(format!("--kubeconfig={}", record.kubeconfig().display()))
         .args(["upgrade", "--install", RELEASE])
@@ -435,10 +476,11 @@ fn bring_up(
         opts.chart.display()
     ));
     let log = record.logs_dir().join("helm.log");
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let status = helm
         .stdin(Stdio::null())
-        .stdout(File::create(&log)?)
-        .stderr(File::create(&log)?.try_clone()?)
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .status()
         .context("running helm")?;
     if !status.success() {
@@ -453,10 +495,7 @@ fn bring_up(
     progress.step(&format!(
         "chart installed in {CHART_NAMESPACE}; every pod Ready"
     ));
-    Ok(Up {
-        kubeconfig: record.kubeconfig(),
-        server,
-    })
+    Ok(())
 }
 
 /// Starts `cmd` in the node namespace, in a process group and session of
