@@ -177,6 +177,11 @@ impl Proxy {
             self.config.connect_timeout,
             self.config.pool_idle_timeout,
         ));
+        tokio::spawn(sweep_upstreams(
+            Arc::downgrade(&upstreams),
+            self.config.pool_idle_timeout,
+            shutdown.clone(),
+        ));
         let own_ports = vec![self.outbound_addr().port(), self.inbound_addr().port()];
         let probe_sources = Arc::new(probe::ProbeSources::resolve(&self.config.probe_sources));
         tracing::info!(nets = ?probe_sources.nets(), "probes accepted from these sources");
@@ -481,6 +486,29 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {
                 tracing::warn!(direction = ctx.direction.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// Drops idle HTTP/2 upstream connections every half idle timeout, until
+/// shutdown or until the proxy's upstreams are gone.
+async fn sweep_upstreams(
+    upstreams: std::sync::Weak<upstream::Upstreams>,
+    idle: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let every = (idle / 2).max(std::time::Duration::from_secs(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.signaled() => return,
+        }
+        match upstreams.upgrade() {
+            Some(u) => {
+                u.sweep();
+            }
+            None => return,
         }
     }
 }

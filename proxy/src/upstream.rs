@@ -1,13 +1,18 @@
 //! Connections to upstreams: plain TCP connects with a timeout, a keep-alive
 //! pool of HTTP/1 connections, and one multiplexed HTTP/2 connection per
-//! destination.
+//! destination, in a bounded [`pool`] that drops idle connections. HTTP/2
+//! connections send keep-alive pings, so a dead peer is noticed before a
+//! request waits on it.
 //!
 //! Pools are keyed by the original destination: a transparent proxy sends a
-//! request where the client sent it, whatever its Host header says.
+//! request where the client sent it, whatever its Host header says. A
+//! meshed connection is reused only for the identities it was verified
+//! for: an address now serving another workload gets a new connection.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod pool;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,18 +25,47 @@ use tokio_rustls::client::TlsStream;
 use trellis_core::addr::OrigDstAddr;
 use trellis_core::tls::HandshakeFailure;
 
+use trellis_core::spiffe::SpiffeId;
+
+use self::pool::{Pool, Reusable};
 use crate::body::ReqBody;
 use crate::error::ProxyError;
 use crate::mesh::Destination;
 
-type H2Senders = Mutex<HashMap<OrigDstAddr, http2::SendRequest<ReqBody>>>;
+/// HTTP/2 connections pooled at most, plaintext and meshed each.
+const H2_POOL_MAX: usize = 1024;
+/// Keep-alive pings on HTTP/2 connections: every interval, and the
+/// connection is closed when one is not answered within the timeout.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+type H2Sender = http2::SendRequest<ReqBody>;
+
+impl Reusable for H2Sender {
+    fn is_closed(&self) -> bool {
+        http2::SendRequest::is_closed(self)
+    }
+}
+
+/// A meshed connection and the identities it was verified for.
+#[derive(Clone)]
+struct MeshSender {
+    sender: H2Sender,
+    identities: Vec<SpiffeId>,
+}
+
+impl Reusable for MeshSender {
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
 
 pub struct Upstreams {
     connect_timeout: Duration,
     http1: Client<HttpConnector, ReqBody>,
-    http2: H2Senders,
+    http2: Pool<OrigDstAddr, H2Sender>,
     /// HTTP/2 inside mutual TLS to meshed destinations.
-    mesh: H2Senders,
+    mesh: Pool<OrigDstAddr, MeshSender>,
 }
 
 impl Upstreams {
@@ -50,9 +84,16 @@ impl Upstreams {
         Self {
             connect_timeout,
             http1,
-            http2: Mutex::new(HashMap::new()),
-            mesh: Mutex::new(HashMap::new()),
+            http2: Pool::new(H2_POOL_MAX, pool_idle_timeout),
+            mesh: Pool::new(H2_POOL_MAX, pool_idle_timeout),
         }
+    }
+
+    /// Drops idle and closed HTTP/2 connections (insertions do too; this is
+    /// for a proxy that makes no new ones). Returns how many stay pooled.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        self.http2.sweep(now) + self.mesh.sweep(now)
     }
 
     /// Opens a TCP connection to `addr`, within the connect timeout.
@@ -106,11 +147,8 @@ impl Upstreams {
             })
     }
 
-    async fn http2_sender(
-        &self,
-        addr: OrigDstAddr,
-    ) -> Result<http2::SendRequest<ReqBody>, ProxyError> {
-        if let Some(s) = cached(&self.http2, addr) {
+    async fn http2_sender(&self, addr: OrigDstAddr) -> Result<H2Sender, ProxyError> {
+        if let Some(s) = self.http2.get(&addr, Instant::now(), |_| true) {
             return Ok(s);
         }
         // Connect without holding the lock. Two first requests racing each
@@ -118,7 +156,7 @@ impl Upstreams {
         // cache, and the earlier closes once its requests finish.
         let tcp = self.connect(addr).await?;
         let sender = h2_handshake(addr, tcp).await?;
-        lock(&self.http2).insert(addr, sender.clone());
+        self.http2.insert(addr, sender.clone(), Instant::now());
         Ok(sender)
     }
 
@@ -155,12 +193,17 @@ impl Upstreams {
         dest: &Destination,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = match cached(&self.mesh, addr) {
-            Some(s) => s,
+        let fits = |c: &MeshSender| c.identities == dest.identities;
+        let mut sender = match self.mesh.get(&addr, Instant::now(), fits) {
+            Some(c) => c.sender,
             None => {
                 let tls = self.connect_mesh(addr, dest.h2.clone()).await?;
                 let sender = h2_handshake(addr, tls).await?;
-                lock(&self.mesh).insert(addr, sender.clone());
+                let conn = MeshSender {
+                    sender: sender.clone(),
+                    identities: dest.identities.clone(),
+                };
+                self.mesh.insert(addr, conn, Instant::now());
                 sender
             }
         };
@@ -174,15 +217,15 @@ impl Upstreams {
     }
 }
 
-async fn h2_handshake<I>(
-    addr: OrigDstAddr,
-    io: I,
-) -> Result<http2::SendRequest<ReqBody>, ProxyError>
+async fn h2_handshake<I>(addr: OrigDstAddr, io: I) -> Result<H2Sender, ProxyError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ProxyError::Upstream {
@@ -195,23 +238,4 @@ where
         }
     });
     Ok(sender)
-}
-
-fn cached(map: &H2Senders, addr: OrigDstAddr) -> Option<http2::SendRequest<ReqBody>> {
-    let mut map = lock(map);
-    match map.get(&addr) {
-        Some(s) if !s.is_closed() => Some(s.clone()),
-        Some(_) => {
-            map.remove(&addr);
-            None
-        }
-        None => None,
-    }
-}
-
-fn lock(
-    map: &H2Senders,
-) -> std::sync::MutexGuard<'_, HashMap<OrigDstAddr, http2::SendRequest<ReqBody>>> {
-    // A map of senders stays consistent even if a holder panicked.
-    map.lock().unwrap_or_else(|p| p.into_inner())
 }
