@@ -199,7 +199,7 @@ async fn serve(mesh: &str) -> anyhow::Result<()> {
         pods_dir: record.pods_dir(),
         allocatable: crate::launch::Allocatable {
             cpu_millicores: cpus * 1000,
-            memory_bytes: memory_bytes(),
+            memory_bytes: node::memory_bytes().unwrap_or(1 << 30),
         },
         addresses: Mutex::new(BTreeMap::new()),
         mountpoints: Mutex::new(()),
@@ -344,18 +344,4 @@ async fn run_pods(shared: Arc<Shared>) -> anyhow::Result<()> {
         tasks.retain(|_, tx| !tx.is_closed());
     }
     bail!("the watch of this node's pods ended")
-}
-
-fn memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(1 << 30, |kb| kb * 1024)
 }

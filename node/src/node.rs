@@ -223,7 +223,8 @@ pub fn qualified(pod: &Pod) -> String {
     )
 }
 
-fn memory_bytes() -> Option<u64> {
+/// The host's memory, from `/proc/meminfo`.
+pub(crate) fn memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = text
         .lines()
