@@ -247,6 +247,16 @@ impl PortRange {
     }
 }
 
+impl From<u16> for PortRange {
+    /// The range of one port.
+    fn from(port: u16) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+}
+
 impl FromStr for PortRange {
     type Err = String;
 

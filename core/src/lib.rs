@@ -8,6 +8,9 @@
 //! - [`config`]: reading typed configuration from a source (the environment,
 //!   or a map in tests), collecting every error before reporting; the
 //!   `--help` listing of the variables.
+//! - [`contract`]: the proxy's contract with whoever starts or feeds it:
+//!   its variable names, ports and user id, and the policy and
+//!   destinations files it reads.
 //! - [`service`]: what a control-plane binary does around its own work:
 //!   command line, logging, runtime, signals, drain, exit code.
 //! - [`shutdown`]: the one drain mechanism for listeners and tasks.
@@ -27,6 +30,7 @@ pub mod addr;
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod contract;
 pub mod policy;
 pub mod service;
 pub mod shutdown;

@@ -28,43 +28,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use trellis_core::config::PortRange;
 use trellis_core::spiffe::SpiffeId;
 
 use super::names::{self, check_label, check_subdomain};
 use super::routes::HTTP_METHODS;
-use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Probe, Workload};
+use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Workload};
 
-/// The proxy's policy file, exactly the serde shape of the proxy's
-/// `policy::Policy`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProxyPolicy {
-    pub default_policy: InboundPolicy,
-    #[serde(default)]
-    pub ports: BTreeMap<u16, InboundPolicy>,
-    #[serde(default)]
-    pub probes: Vec<Probe>,
-    #[serde(default)]
-    pub authorizations: Vec<ProxyAuthorization>,
-}
-
-/// One entry of the proxy's `authorizations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProxyAuthorization {
-    pub name: String,
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    #[serde(default)]
-    pub identities: Vec<String>,
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub path_prefixes: Vec<String>,
-}
+/// The proxy's policy file, and one entry of its `authorizations`: the
+/// proxy's own types (the contract's), so what the mesh writes is what
+/// the proxy reads.
+pub use trellis_core::contract::files::{
+    Authorization as ProxyAuthorization, Policy as ProxyPolicy,
+};
 
 /// `policies[0] (demo/web-from-client)`.
 fn policy_path(i: usize, p: &AuthorizationPolicy) -> String {
@@ -295,7 +271,7 @@ fn authorization(trust_domain: &str, p: &AuthorizationPolicy) -> ProxyAuthorizat
     dedup(&mut methods);
     ProxyAuthorization {
         name: p.name.clone(),
-        ports: p.ports.clone(),
+        ports: p.ports.iter().copied().map(PortRange::from).collect(),
         identities,
         namespaces,
         methods,

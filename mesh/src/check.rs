@@ -438,8 +438,9 @@ fn check_workload(errs: &mut Errors, path: &str, w: &Workload, floor: &MeshFloor
             errs.push(&p, "port 0 is not a port (1-65535)");
         } else if !ports.insert(port) {
             errs.push(&p, format!("port {port} is listed twice"));
-        } else if w.meshed && PROXY_PORTS.contains(&port) {
-            errs.push(&p, format!("port {port} belongs to the sidecar proxy (7140, 7143, 7191); pick another or set `meshed: false`"));
+        } else if w.meshed && PROXY_PORTS.iter().any(|(own, _)| *own == port) {
+            let own = PROXY_PORTS.map(|(own, _)| own.to_string()).join(", ");
+            errs.push(&p, format!("port {port} belongs to the sidecar proxy ({own}); pick another or set `meshed: false`"));
         }
     }
     if w.command.is_empty() {

@@ -38,6 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use trellis_controller::objects::Kind;
+use trellis_core::contract::proxy_env;
 
 use super::spec::{self, AuthorizationPolicy};
 
@@ -45,10 +46,6 @@ use super::spec::{self, AuthorizationPolicy};
 /// identity service has 7155 and 7195).
 pub(crate) const CONTROLLER_PORT: u16 = 7156;
 pub(crate) const CONTROLLER_ADMIN_PORT: u16 = 7196;
-/// The proxy's variables for the controller (the proxy's contract).
-pub(crate) const ENV_CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
-pub(crate) const ENV_POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
-pub(crate) const ENV_POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
 /// The label pods carry and services select on.
 pub(crate) const APP_LABEL: &str = "app";
 /// Creation times of routes: file order is precedence order.
@@ -104,15 +101,15 @@ pub(crate) fn controller_plan(
 }
 
 /// A meshed pod's proxy variables for the controller.
-pub(crate) fn proxy_env(
+pub(crate) fn proxy_vars(
     c: &ControllerPlan,
     namespace: &str,
     pod: &str,
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (ENV_CONTROLLER_ADDR.to_string(), c.addr.to_string()),
-        (ENV_POD_NAMESPACE.to_string(), namespace.to_string()),
-        (ENV_POD_NAME.to_string(), pod.to_string()),
+        (proxy_env::CONTROLLER_ADDR.to_string(), c.addr.to_string()),
+        (proxy_env::POD_NAMESPACE.to_string(), namespace.to_string()),
+        (proxy_env::POD_NAME.to_string(), pod.to_string()),
     ])
 }
 

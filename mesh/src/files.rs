@@ -11,10 +11,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Serialize;
+use trellis_core::contract::files::DestinationsFile;
 use trellis_identity::token::LocalIssuer;
 
 use super::authz::ProxyPolicy;
-use super::identity::{self, Destinations, IdentityPlan, MeshFiles, PodFiles};
+use super::identity::{self, IdentityPlan, MeshFiles, PodFiles};
 use super::names::PROXY_UID;
 use super::plan::{Plan, PodPlan};
 use super::sys;
@@ -115,7 +116,7 @@ pub(crate) fn write_policy(path: &Path, policy: &ProxyPolicy) -> anyhow::Result<
     write_json(path, policy)
 }
 
-pub(crate) fn write_destinations(path: &Path, d: &Destinations) -> anyhow::Result<()> {
+pub(crate) fn write_destinations(path: &Path, d: &DestinationsFile) -> anyhow::Result<()> {
     write_json(path, d)
 }
 

@@ -11,8 +11,8 @@
 //! - each meshed pod gets, in `pods/<namespace>.<name>/` of the mesh's state
 //!   directory ([`PodFiles`]), a signed token (what the kubelet projects
 //!   into a pod), its policy file and the destinations file, and its proxy
-//!   is told where they are ([`proxy_env`]);
-//! - the destinations file ([`Destinations`], made by
+//!   is told where they are ([`proxy_vars`]);
+//! - the destinations file ([`DestinationsFile`](trellis_core::contract::files::DestinationsFile), made by
 //!   [`plan::destinations`](super::plan::destinations)) lists every address
 //!   the proxies must originate mutual TLS to, with the identities to
 //!   expect.
@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use trellis_core::contract::proxy_env;
 use trellis_identity::config as idcfg;
 
 use super::names;
@@ -52,15 +53,6 @@ pub(crate) const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The mesh CA: a root and an issuer, made fresh by every `up`.
 pub(crate) const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub(crate) const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// The proxy's variables for identity and policy (the proxy's contract).
-pub(crate) const ENV_IDENTITY_ADDR: &str = "TRELLIS_PROXY_IDENTITY_ADDR";
-pub(crate) const ENV_IDENTITY_SERVER_ID: &str = "TRELLIS_PROXY_IDENTITY_SERVER_ID";
-pub(crate) const ENV_IDENTITY: &str = "TRELLIS_PROXY_IDENTITY";
-pub(crate) const ENV_TOKEN_FILE: &str = "TRELLIS_PROXY_IDENTITY_TOKEN_FILE";
-pub(crate) const ENV_TRUST_ROOTS_FILE: &str = "TRELLIS_PROXY_TRUST_ROOTS_FILE";
-pub(crate) const ENV_DESTINATIONS_FILE: &str = "TRELLIS_PROXY_DESTINATIONS_FILE";
-pub(crate) const ENV_POLICY_FILE: &str = "TRELLIS_PROXY_POLICY_FILE";
 
 /// Paths of the mesh-wide key material under a mesh's state directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,7 +172,7 @@ pub(crate) fn identity_plan(
 }
 
 /// The identity and policy variables of one meshed pod's proxy.
-pub(crate) fn proxy_env(
+pub(crate) fn proxy_vars(
     identity: &IdentityPlan,
     pod_identity: &str,
     files: &PodFiles,
@@ -188,31 +180,19 @@ pub(crate) fn proxy_env(
     let path = |p: &Path| p.display().to_string();
     BTreeMap::from(
         [
-            (ENV_IDENTITY_ADDR, identity.addr.to_string()),
-            (ENV_IDENTITY_SERVER_ID, identity.server_identity.clone()),
-            (ENV_IDENTITY, pod_identity.to_string()),
-            (ENV_TOKEN_FILE, path(&files.token)),
-            (ENV_TRUST_ROOTS_FILE, path(&files.roots)),
-            (ENV_DESTINATIONS_FILE, path(&files.destinations)),
-            (ENV_POLICY_FILE, path(&files.policy)),
+            (proxy_env::IDENTITY_ADDR, identity.addr.to_string()),
+            (
+                proxy_env::IDENTITY_SERVER_ID,
+                identity.server_identity.clone(),
+            ),
+            (proxy_env::IDENTITY, pod_identity.to_string()),
+            (proxy_env::IDENTITY_TOKEN_FILE, path(&files.token)),
+            (proxy_env::TRUST_ROOTS_FILE, path(&files.roots)),
+            (proxy_env::DESTINATIONS_FILE, path(&files.destinations)),
+            (proxy_env::POLICY_FILE, path(&files.policy)),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     )
-}
-
-/// The destinations file: `{"destinations":[{"addr":…,"identities":[…]}]}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destinations {
-    pub destinations: Vec<Destination>,
-}
-
-/// A meshed address, and the identities a server there may prove.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
-    pub addr: SocketAddr,
-    pub identities: Vec<String>,
 }
 
 #[cfg(test)]

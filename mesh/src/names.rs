@@ -10,13 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// The proxy's user id (SPEC.md); its own traffic is never redirected.
-pub const PROXY_UID: u32 = 7102;
-pub const OUTBOUND_PORT: u16 = 7140;
-pub const INBOUND_PORT: u16 = 7143;
-pub const ADMIN_PORT: u16 = 7191;
-/// Ports the sidecar itself listens on: a meshed workload cannot use them.
-pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT];
+/// The proxy's user id and ports: the proxy's contract (SPEC.md).
+pub use trellis_core::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_PORTS, PROXY_UID};
 /// The cluster DNS domain service names live under.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 

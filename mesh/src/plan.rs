@@ -8,11 +8,15 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+use trellis_core::contract::files::{DestinationEntry, DestinationsFile};
+use trellis_core::contract::{
+    proxy_env, DEFAULT_ADMIN_LISTEN, DEFAULT_INBOUND_LISTEN, DEFAULT_OUTBOUND_LISTEN,
+};
 
 use super::authz::{self, ProxyPolicy};
 use super::check::Checked;
 use super::controller::{self, ControllerPlan};
-use super::identity::{self, Destination, Destinations, IdentityPlan, MeshFiles, PodFiles};
+use super::identity::{self, IdentityPlan, MeshFiles, PodFiles};
 use super::names::{
     host_veth_name, mesh_dir, netns_name, node_netns_name, replica_name, service_chain,
     service_hostnames, spiffe_id, ADMIN_PORT, BRIDGE, CLUSTER_DOMAIN, CLUSTER_FILE, INBOUND_PORT,
@@ -41,7 +45,7 @@ pub struct Plan {
     pub identity: Option<IdentityPlan>,
     /// What every proxy's destinations file holds.
     #[serde(default)]
-    pub destinations: Destinations,
+    pub destinations: DestinationsFile,
     /// `trellis-controller`, when any pod is meshed.
     #[serde(default)]
     pub controller: Option<ControllerPlan>,
@@ -243,11 +247,11 @@ pub fn build_next(
                     let pod_files = files.pod(&w.namespace, &name);
                     proxy
                         .env
-                        .extend(identity::proxy_env(id, &pod_identity, &pod_files));
+                        .extend(identity::proxy_vars(id, &pod_identity, &pod_files));
                     if let Some(c) = &controller {
                         proxy
                             .env
-                            .extend(controller::proxy_env(c, &w.namespace, &name));
+                            .extend(controller::proxy_vars(c, &w.namespace, &name));
                     }
                     proxy.files = Some(pod_files);
                     proxy.policy = authz::compile(
@@ -348,7 +352,7 @@ pub fn build_next(
 /// traffic its proxy captures (IPv4, and IPv6 when pods have it), and each
 /// service port whose endpoints are such pod ports. A service of unmeshed
 /// pods, or without endpoints, is left out: proxies speak plaintext to it.
-pub(crate) fn destinations(pods: &[PodPlan], services: &[ServicePlan]) -> Destinations {
+pub(crate) fn destinations(pods: &[PodPlan], services: &[ServicePlan]) -> DestinationsFile {
     let mut out: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
     for pod in pods.iter().filter(|p| p.meshed) {
         for &port in &pod.captured_ports {
@@ -380,10 +384,10 @@ pub(crate) fn destinations(pods: &[PodPlan], services: &[ServicePlan]) -> Destin
             }
         }
     }
-    Destinations {
+    DestinationsFile {
         destinations: out
             .into_iter()
-            .map(|(addr, ids)| Destination {
+            .map(|(addr, ids)| DestinationEntry {
                 addr,
                 identities: ids.into_iter().collect(),
             })
@@ -420,34 +424,34 @@ fn proxy_plan(
     }
     let mut env = BTreeMap::from([
         (
-            "TRELLIS_PROXY_OUTBOUND_LISTEN".to_string(),
-            format!("127.0.0.1:{OUTBOUND_PORT}"),
+            proxy_env::OUTBOUND_LISTEN.to_string(),
+            DEFAULT_OUTBOUND_LISTEN.to_string(),
         ),
         (
-            "TRELLIS_PROXY_INBOUND_LISTEN".to_string(),
-            format!("0.0.0.0:{INBOUND_PORT}"),
+            proxy_env::INBOUND_LISTEN.to_string(),
+            DEFAULT_INBOUND_LISTEN.to_string(),
         ),
         (
-            "TRELLIS_PROXY_ADMIN_LISTEN".to_string(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
+            proxy_env::ADMIN_LISTEN.to_string(),
+            DEFAULT_ADMIN_LISTEN.to_string(),
         ),
         (
-            "TRELLIS_PROXY_LOG".to_string(),
+            proxy_env::LOG.to_string(),
             o.proxy_log_level.clone().unwrap_or_else(|| "info".into()),
         ),
         (
-            "TRELLIS_PROXY_WORKLOAD".to_string(),
+            proxy_env::WORKLOAD.to_string(),
             format!("{namespace}/{name}"),
         ),
     ]);
     if let Some(p) = &o.opaque_ports {
-        env.insert("TRELLIS_PROXY_OPAQUE_PORTS".to_string(), p.clone());
+        env.insert(proxy_env::OPAQUE_PORTS.to_string(), p.clone());
     }
     // The workload's annotation, or the file's `outboundMtls` (validation
     // refused either below the floor).
     let mtls = o.outbound_mtls.unwrap_or(outbound_mtls);
     if o.outbound_mtls.is_some() || mtls != OutboundMtls::Opportunistic {
-        env.insert("TRELLIS_PROXY_OUTBOUND_MTLS".to_string(), mtls.to_string());
+        env.insert(proxy_env::OUTBOUND_MTLS.to_string(), mtls.to_string());
     }
     ProxyPlan {
         init_args,

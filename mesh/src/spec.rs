@@ -249,13 +249,9 @@ pub struct HttpMatch {
     pub path_prefixes: Vec<String>,
 }
 
-/// A kubelet-style HTTP probe a workload declares (`probes:` in the file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Probe {
-    pub port: u16,
-    pub path: String,
-}
+/// A kubelet-style HTTP probe a workload declares (`probes:` in the file),
+/// which its proxy's policy file carries as is: the proxy's own type.
+pub use trellis_core::contract::files::Probe;
 
 /// SPEC.md's default inbound policies; the proxy enforces them (see
 /// [`authz`](super::authz) for how a pod's policy file is made).

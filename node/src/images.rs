@@ -28,6 +28,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use trellis_core::contract::PROXY_UID;
 
 /// Where users read how to map an image to local programs.
 pub const IMAGES_DOC: &str = "docs/node-agent.md, section \"Images\"";
@@ -43,7 +44,7 @@ const BUILTIN_REGISTRY: &str = "ghcr.io/trellis-mesh";
 /// Each has one program, `/usr/local/bin/NAME`, its `ENTRYPOINT`.
 /// `trellis-app` is the test program the examples run.
 const BUILTIN: [(&str, Option<u32>, &[&str]); 6] = [
-    ("trellis-proxy", Some(7102), &[]),
+    ("trellis-proxy", Some(PROXY_UID), &[]),
     ("trellis-identity", Some(65532), &[]),
     ("trellis-controller", Some(65532), &[]),
     ("trellis-injector", Some(65532), &[]),

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use trellis_core::admin;
+use trellis_core::contract::proxy_env;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -58,7 +59,10 @@ async fn identity(State(s): State<Arc<AdminState>>) -> Response {
     let Some(creds) = &s.mesh.creds else {
         return (
             StatusCode::NOT_FOUND,
-            "this proxy runs without identity (no TRELLIS_PROXY_IDENTITY_ADDR)\n",
+            format!(
+                "this proxy runs without identity (no {})\n",
+                proxy_env::IDENTITY_ADDR
+            ),
         )
             .into_response();
     };

@@ -12,6 +12,12 @@ use trellis_core::config::{
     parse_ports, serialize_display, serialize_duration, ConfigErrors, PortRange, Reader, Source,
     Variable,
 };
+// The variables' names are the contract's: the injector and the local mesh
+// set them with the same constants.
+use trellis_core::contract::proxy_env::*;
+use trellis_core::contract::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_INBOUND_LISTEN, DEFAULT_OUTBOUND_LISTEN,
+};
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::telemetry::{parse_log_filter, LogFormat};
 
@@ -66,38 +72,6 @@ pub const VARIABLES: &[Variable] = &[
     (BALANCER_DECAY, "1s", "time constant of the balancer's latency estimate: how fast an endpoint avoided as slow is tried again (duration)"),
     (RESOLVE_TIMEOUT, "1s", "how long the first connection to a destination waits for the controller's answer before it is forwarded as unknown (duration)"),
 ];
-
-pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
-pub const INBOUND_LISTEN: &str = "TRELLIS_PROXY_INBOUND_LISTEN";
-pub const ADMIN_LISTEN: &str = "TRELLIS_PROXY_ADMIN_LISTEN";
-pub const IPV6: &str = "TRELLIS_PROXY_IPV6";
-pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
-pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
-pub const CONNECT_TIMEOUT: &str = "TRELLIS_PROXY_CONNECT_TIMEOUT";
-pub const HEADER_READ_TIMEOUT: &str = "TRELLIS_PROXY_HEADER_READ_TIMEOUT";
-pub const MAX_HEADER_BYTES: &str = "TRELLIS_PROXY_MAX_HEADER_BYTES";
-pub const POOL_IDLE_TIMEOUT: &str = "TRELLIS_PROXY_POOL_IDLE_TIMEOUT";
-pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
-pub const WORKER_THREADS: &str = "TRELLIS_PROXY_WORKER_THREADS";
-pub const LOG: &str = "TRELLIS_PROXY_LOG";
-pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
-pub const WORKLOAD: &str = "TRELLIS_PROXY_WORKLOAD";
-pub const IDENTITY_ADDR: &str = "TRELLIS_PROXY_IDENTITY_ADDR";
-pub const IDENTITY_SERVER_ID: &str = "TRELLIS_PROXY_IDENTITY_SERVER_ID";
-pub const IDENTITY: &str = "TRELLIS_PROXY_IDENTITY";
-pub const IDENTITY_TOKEN_FILE: &str = "TRELLIS_PROXY_IDENTITY_TOKEN_FILE";
-pub const TRUST_ROOTS_FILE: &str = "TRELLIS_PROXY_TRUST_ROOTS_FILE";
-pub const DESTINATIONS_FILE: &str = "TRELLIS_PROXY_DESTINATIONS_FILE";
-pub const POLICY_FILE: &str = "TRELLIS_PROXY_POLICY_FILE";
-pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY";
-pub const CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
-pub const POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
-pub const POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
-pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
-pub const BALANCER_DECAY: &str = "TRELLIS_PROXY_BALANCER_DECAY";
-pub const OUTBOUND_MTLS: &str = "TRELLIS_PROXY_OUTBOUND_MTLS";
-pub const PLAINTEXT_DESTINATIONS: &str = "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS";
-pub const PROBE_SOURCES: &str = "TRELLIS_PROXY_PROBE_SOURCES";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -171,9 +145,9 @@ impl Config {
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
         let mut r = Reader::new(src);
         let cfg = Config {
-            outbound_listen: r.get(OUTBOUND_LISTEN, SocketAddr::from(([127, 0, 0, 1], 7140))),
-            inbound_listen: r.get(INBOUND_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7143))),
-            admin_listen: r.get(ADMIN_LISTEN, SocketAddr::from(([0, 0, 0, 0], 7191))),
+            outbound_listen: r.get(OUTBOUND_LISTEN, DEFAULT_OUTBOUND_LISTEN),
+            inbound_listen: r.get(INBOUND_LISTEN, DEFAULT_INBOUND_LISTEN),
+            admin_listen: r.get(ADMIN_LISTEN, DEFAULT_ADMIN_LISTEN),
             ipv6: r.get(IPV6, Ipv6Mode::Auto),
             detect_timeout: r.duration(DETECT_TIMEOUT, Duration::from_millis(300)),
             opaque_ports: r.parse_with(OPAQUE_PORTS, Vec::new(), parse_ports),
@@ -362,9 +336,27 @@ mod tests {
         assert_eq!(cfg.inbound_listen.to_string(), "0.0.0.0:7143");
         assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:7191");
         assert_eq!(cfg.detect_timeout, Duration::from_millis(300));
-        for (name, default, _) in VARIABLES {
-            assert!(name.starts_with("TRELLIS_PROXY_"), "{name}");
-            let _ = default;
+    }
+
+    /// `--help` lists every variable of the contract, once, in its order,
+    /// and shows the contract's listen addresses as their defaults.
+    #[test]
+    fn variables_are_the_contract_s() {
+        let names: Vec<&str> = VARIABLES.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(names, ALL);
+        let default = |want: &str| {
+            VARIABLES
+                .iter()
+                .find(|(name, _, _)| *name == want)
+                .map(|(_, default, _)| *default)
+                .unwrap()
+        };
+        for (name, addr) in [
+            (OUTBOUND_LISTEN, DEFAULT_OUTBOUND_LISTEN),
+            (INBOUND_LISTEN, DEFAULT_INBOUND_LISTEN),
+            (ADMIN_LISTEN, DEFAULT_ADMIN_LISTEN),
+        ] {
+            assert_eq!(default(name), addr.to_string(), "{name}");
         }
     }
 

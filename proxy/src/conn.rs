@@ -42,7 +42,7 @@ use crate::mesh::{Destination, Mesh, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Direction, Label, Metrics, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
 use crate::plaintext::Why;
-use crate::policy::ConnFacts;
+use crate::policy::{Authorize, ConnFacts};
 use crate::probe::ProbeSources;
 use crate::service::{Resolution, ServiceState, Services};
 use crate::upstream::Upstreams;

@@ -34,7 +34,7 @@ use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::mesh::{Destination, Mesh, ORIG_PROTO};
 use crate::metrics::{Classification, Label, Metrics, ResponseLabels, RouteLabels};
-use crate::policy::{ConnFacts, RequestFacts};
+use crate::policy::{Authorize, ConnFacts, RequestFacts};
 use crate::service::ServiceState;
 use crate::upstream::Upstreams;
 use std::net::SocketAddr;

@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use trellis_core::addr::ClientAddr;
+use trellis_core::contract::files::DestinationsFile;
 use trellis_core::shutdown::Shutdown;
 
 pub use config::Config;
@@ -388,7 +389,7 @@ fn load_mesh(config: &Config) -> Result<(Mesh, Vec<WatchedFile>), mesh::MeshErro
     );
     let mut files = Vec::new();
     if let Some(path) = &config.destinations_file {
-        let (file, bytes) = mesh::read_json::<mesh::DestinationsFile>(path)?;
+        let (file, bytes) = mesh::read_json::<DestinationsFile>(path)?;
         mesh.set_destinations(file)
             .map_err(|reason| mesh::MeshError::Invalid {
                 path: path.clone(),

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use trellis_core::contract::files::DestinationsFile;
+use trellis_core::contract::proxy_env;
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::tls::{self, Credentials, TlsError};
 
@@ -36,19 +37,6 @@ pub struct Destination {
     pub peer: Label,
     pub h2: Arc<rustls::ClientConfig>,
     pub tcp: Arc<rustls::ClientConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationsFile {
-    pub destinations: Vec<DestinationEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationEntry {
-    pub addr: SocketAddr,
-    pub identities: Vec<String>,
 }
 
 pub struct Mesh {
@@ -144,9 +132,10 @@ impl Mesh {
     /// silently weaken what the mesh promises.
     pub fn set_destinations(&self, file: DestinationsFile) -> Result<usize, String> {
         let Some(creds) = &self.creds else {
-            return Err(
-                "meshed destinations need an identity (TRELLIS_PROXY_IDENTITY_ADDR)".into(),
-            );
+            return Err(format!(
+                "meshed destinations need an identity ({})",
+                proxy_env::IDENTITY_ADDR
+            ));
         };
         // One pair of client configs per set of identities.
         let mut configs: HashMap<Vec<SpiffeId>, Arc<Destination>> = HashMap::new();

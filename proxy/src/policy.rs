@@ -31,93 +31,15 @@
 //! constraint) or a default that allows the peer lets it through, and the
 //! probe exemption never applies.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-use trellis_core::config::PortRange;
 use trellis_core::spiffe::SpiffeId;
 
+/// The inbound policy of one pod, read from the policy file the local mesh
+/// writes or converted from the controller's stream
+/// ([`crate::discovery::inbound_policy`]): the contract's type
+/// ([`trellis_core::contract::files`]), so the file's writer and its reader
+/// share one definition. What it decides is [`Authorize`].
+pub use trellis_core::contract::files::{Authorization, Policy, Probe};
 pub use trellis_core::policy::DefaultPolicy;
-
-/// The inbound policy of one pod, as the local mesh (and later the
-/// controller) hands it to the proxy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Policy {
-    pub default_policy: DefaultPolicy,
-    /// Per-port overrides of the default.
-    #[serde(default)]
-    pub ports: BTreeMap<u16, DefaultPolicy>,
-    #[serde(default)]
-    pub probes: Vec<Probe>,
-    #[serde(default)]
-    pub authorizations: Vec<Authorization>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            default_policy: DefaultPolicy::AllUnauthenticated,
-            ports: BTreeMap::new(),
-            probes: Vec::new(),
-            authorizations: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Probe {
-    pub port: u16,
-    pub path: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Authorization {
-    pub name: String,
-    /// Ports it applies to; empty: every port.
-    #[serde(default, with = "port_ranges")]
-    pub ports: Vec<PortRange>,
-    /// Identities allowed (exact SPIFFE IDs).
-    #[serde(default)]
-    pub identities: Vec<String>,
-    /// Namespaces whose meshed workloads are allowed.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// HTTP methods allowed; empty: any. An authorization with methods or
-    /// paths applies to HTTP requests only, never to opaque TCP.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub path_prefixes: Vec<String>,
-}
-
-mod port_ranges {
-    use super::PortRange;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[PortRange], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(ToString::to_string))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PortRange>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum P {
-            N(u16),
-            S(String),
-        }
-        Vec::<P>::deserialize(d)?
-            .into_iter()
-            .map(|p| match p {
-                P::N(n) => format!("{n}").parse(),
-                P::S(s) => s.parse(),
-            })
-            .collect::<Result<_, String>>()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// The facts of one inbound connection.
 #[derive(Debug, Clone, Copy)]
@@ -157,99 +79,89 @@ impl Decision {
     }
 }
 
-impl Policy {
-    /// The default in force on `port`.
-    pub fn default_for(&self, port: u16) -> DefaultPolicy {
-        self.ports
-            .get(&port)
-            .copied()
-            .unwrap_or(self.default_policy)
-    }
-
+/// What a [`Policy`] decides: the proxy's meaning of the contract's type.
+pub trait Authorize {
     /// Decides an opaque TCP connection (authorizations with HTTP
     /// constraints do not apply to it).
-    pub fn authorize_connection(&self, conn: ConnFacts<'_>) -> Decision {
-        self.decide(conn, None)
+    fn authorize_connection(&self, conn: ConnFacts<'_>) -> Decision;
+    /// Decides one HTTP request (its path already normalised).
+    fn authorize_request(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> Decision;
+    /// Decides a request that asks to become a tunnel: as a connection.
+    fn authorize_tunnel(&self, conn: ConnFacts<'_>) -> Decision;
+}
+
+impl Authorize for Policy {
+    fn authorize_connection(&self, conn: ConnFacts<'_>) -> Decision {
+        decide(self, conn, None)
     }
 
-    /// Decides one HTTP request (its path already normalised).
-    pub fn authorize_request(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> Decision {
-        if self.is_probe(conn, req) {
+    fn authorize_request(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> Decision {
+        if is_probe(self, conn, req) {
             return Decision::Allow("probe");
         }
-        self.decide(conn, Some(req))
+        decide(self, conn, Some(req))
     }
 
-    /// Decides a request that asks to become a tunnel: as a connection.
-    pub fn authorize_tunnel(&self, conn: ConnFacts<'_>) -> Decision {
-        self.decide(conn, None)
-    }
-
-    fn is_probe(&self, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> bool {
-        if conn.peer.is_some() || !conn.probe_source {
-            return false;
-        }
-        let grpc_health =
-            req.method.eq_ignore_ascii_case("POST") && path_is(req.path, GRPC_HEALTH_CHECK);
-        let get = req.method.eq_ignore_ascii_case("GET");
-        self.probes.iter().any(|p| {
-            p.port == conn.port
-                && ((get && path_is(req.path, &p.path))
-                    || (grpc_health && p.path == GRPC_HEALTH_CHECK))
-        })
-    }
-
-    fn decide(&self, conn: ConnFacts<'_>, req: Option<RequestFacts<'_>>) -> Decision {
-        let default = self.default_for(conn.port);
-        let selecting: Vec<&Authorization> = self
-            .authorizations
-            .iter()
-            .filter(|a| a.ports.is_empty() || a.ports.iter().any(|r| r.contains(conn.port)))
-            .collect();
-        if !selecting.is_empty() {
-            if selecting.iter().any(|a| a.allows(conn, req)) {
-                return Decision::Allow("authorized");
-            }
-            return match default {
-                DefaultPolicy::Audit => Decision::AuditAllow("unauthorized"),
-                _ => Decision::Deny("unauthorized"),
-            };
-        }
-        match (default, conn.peer) {
-            (DefaultPolicy::AllUnauthenticated, _) => Decision::Allow("all_unauthenticated"),
-            (DefaultPolicy::AllAuthenticated | DefaultPolicy::Audit, Some(_)) => {
-                Decision::Allow("authenticated")
-            }
-            (DefaultPolicy::AllAuthenticated, None) => Decision::Deny("unauthenticated"),
-            (DefaultPolicy::Audit, None) => Decision::AuditAllow("unauthenticated"),
-            (DefaultPolicy::Deny, _) => Decision::Deny("default_deny"),
-        }
+    fn authorize_tunnel(&self, conn: ConnFacts<'_>) -> Decision {
+        decide(self, conn, None)
     }
 }
 
-impl Authorization {
-    fn allows(&self, conn: ConnFacts<'_>, req: Option<RequestFacts<'_>>) -> bool {
-        let Some(peer) = conn.peer else { return false };
-        let who = self.identities.iter().any(|i| i == &peer.to_string())
-            || self.namespaces.iter().any(|n| n == peer.namespace());
-        if !who {
-            return false;
+fn is_probe(policy: &Policy, conn: ConnFacts<'_>, req: RequestFacts<'_>) -> bool {
+    if conn.peer.is_some() || !conn.probe_source {
+        return false;
+    }
+    let grpc_health =
+        req.method.eq_ignore_ascii_case("POST") && path_is(req.path, GRPC_HEALTH_CHECK);
+    let get = req.method.eq_ignore_ascii_case("GET");
+    policy.probes.iter().any(|p| {
+        p.port == conn.port
+            && ((get && path_is(req.path, &p.path)) || (grpc_health && p.path == GRPC_HEALTH_CHECK))
+    })
+}
+
+fn decide(policy: &Policy, conn: ConnFacts<'_>, req: Option<RequestFacts<'_>>) -> Decision {
+    let default = policy.default_for(conn.port);
+    let selecting: Vec<&Authorization> = policy
+        .authorizations
+        .iter()
+        .filter(|a| a.ports.is_empty() || a.ports.iter().any(|r| r.contains(conn.port)))
+        .collect();
+    if !selecting.is_empty() {
+        if selecting.iter().any(|a| allows(a, conn, req)) {
+            return Decision::Allow("authorized");
         }
-        let http_constrained = !self.methods.is_empty() || !self.path_prefixes.is_empty();
-        match req {
-            None => !http_constrained,
-            Some(r) => {
-                (self.methods.is_empty()
-                    || self
-                        .methods
-                        .iter()
-                        .any(|m| m.eq_ignore_ascii_case(r.method)))
-                    && (self.path_prefixes.is_empty()
-                        || self
-                            .path_prefixes
-                            .iter()
-                            .any(|p| path_has_prefix(r.path, p)))
-            }
+        return match default {
+            DefaultPolicy::Audit => Decision::AuditAllow("unauthorized"),
+            _ => Decision::Deny("unauthorized"),
+        };
+    }
+    match (default, conn.peer) {
+        (DefaultPolicy::AllUnauthenticated, _) => Decision::Allow("all_unauthenticated"),
+        (DefaultPolicy::AllAuthenticated | DefaultPolicy::Audit, Some(_)) => {
+            Decision::Allow("authenticated")
+        }
+        (DefaultPolicy::AllAuthenticated, None) => Decision::Deny("unauthenticated"),
+        (DefaultPolicy::Audit, None) => Decision::AuditAllow("unauthenticated"),
+        (DefaultPolicy::Deny, _) => Decision::Deny("default_deny"),
+    }
+}
+
+/// Whether `a` lets this peer (and request) in.
+fn allows(a: &Authorization, conn: ConnFacts<'_>, req: Option<RequestFacts<'_>>) -> bool {
+    let Some(peer) = conn.peer else { return false };
+    let who = a.identities.iter().any(|i| i == &peer.to_string())
+        || a.namespaces.iter().any(|n| n == peer.namespace());
+    if !who {
+        return false;
+    }
+    let http_constrained = !a.methods.is_empty() || !a.path_prefixes.is_empty();
+    match req {
+        None => !http_constrained,
+        Some(r) => {
+            (a.methods.is_empty() || a.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method)))
+                && (a.path_prefixes.is_empty()
+                    || a.path_prefixes.iter().any(|p| path_has_prefix(r.path, p)))
         }
     }
 }

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use trellis_core::contract::proxy_env;
 
 const OUT_OK: &str = r#"trellis_http_requests_total{direction="outbound",service="web.demo.svc.cluster.local:80",route="default",tls="false",peer="",status_code="200",classification="success"}"#;
 
@@ -129,7 +130,7 @@ async fn streamed_body_round_trips() {
 #[tokio::test]
 async fn server_speaks_first_is_not_stalled() {
     let up = banner_upstream().await;
-    let proxy = start_proxy(up, &[("TRELLIS_PROXY_DETECT_TIMEOUT", "200ms")]).await;
+    let proxy = start_proxy(up, &[(proxy_env::DETECT_TIMEOUT, "200ms")]).await;
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     let started = tokio::time::Instant::now();
     let mut buf = [0u8; 11];
@@ -167,8 +168,8 @@ async fn opaque_ports_skip_detection() {
     let proxy = start_proxy(
         up,
         &[
-            ("TRELLIS_PROXY_OPAQUE_PORTS", &port),
-            ("TRELLIS_PROXY_DETECT_TIMEOUT", "10s"),
+            (proxy_env::OPAQUE_PORTS, &port),
+            (proxy_env::DETECT_TIMEOUT, "10s"),
         ],
     )
     .await;
@@ -214,7 +215,7 @@ async fn upgrade_becomes_a_tunnel() {
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let up = http_upstream().await;
-    let proxy = start_proxy(up, &[("TRELLIS_PROXY_MAX_HEADER_BYTES", "8192")]).await;
+    let proxy = start_proxy(up, &[(proxy_env::MAX_HEADER_BYTES, "8192")]).await;
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     let big = "a".repeat(16 * 1024);
     s.write_all(format!("GET / HTTP/1.1\r\nHost: web\r\nX-Big: {big}\r\n\r\n").as_bytes())
@@ -229,7 +230,7 @@ async fn oversized_headers_get_431() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let up = http_upstream().await;
-    let proxy = start_proxy(up, &[("TRELLIS_PROXY_HEADER_READ_TIMEOUT", "300ms")]).await;
+    let proxy = start_proxy(up, &[(proxy_env::HEADER_READ_TIMEOUT, "300ms")]).await;
     let mut slow = TcpStream::connect(proxy.outbound).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: ")
         .await
@@ -269,11 +270,7 @@ async fn connections_to_the_proxy_itself_are_refused() {
     let placeholder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = placeholder.local_addr().unwrap();
     drop(placeholder);
-    let proxy = start_proxy(
-        addr,
-        &[("TRELLIS_PROXY_OUTBOUND_LISTEN", &addr.to_string())],
-    )
-    .await;
+    let proxy = start_proxy(addr, &[(proxy_env::OUTBOUND_LISTEN, &addr.to_string())]).await;
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut out = Vec::new();
@@ -355,7 +352,7 @@ async fn admin_endpoints() {
 #[tokio::test]
 async fn ipv6_listeners_accept_ipv6_clients() {
     let up = http_upstream().await;
-    let proxy = start_proxy(up, &[("TRELLIS_PROXY_IPV6", "on")]).await;
+    let proxy = start_proxy(up, &[(proxy_env::IPV6, "on")]).await;
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, proxy.outbound.port()));
     let client = h1_client();
     let (status, _, body) = get(&client, v6, "/").await;

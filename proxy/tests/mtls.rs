@@ -15,7 +15,8 @@ use http::StatusCode;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use trellis_proxy::mesh::{DestinationEntry, DestinationsFile, Mesh};
+use trellis_core::contract::files::{DestinationEntry, DestinationsFile};
+use trellis_proxy::mesh::Mesh;
 use trellis_proxy::policy::{Authorization, DefaultPolicy, Policy};
 
 const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";

@@ -18,6 +18,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_api::discovery::v1 as pb;
+use trellis_core::contract::proxy_env;
 
 const ID: &str = "spiffe://cluster.local/ns/demo/sa/web";
 const NO_TOKEN: &str = "last error: reading the ServiceAccount token";
@@ -39,9 +40,9 @@ async fn proxy(dst: SocketAddr, identity: &TestIdentity, controller: SocketAddr)
     let controller = controller.to_string();
     let mut vars = identity.proxy_vars();
     vars.extend([
-        ("TRELLIS_PROXY_CONTROLLER_ADDR", controller),
-        ("TRELLIS_PROXY_POD_NAMESPACE", "demo".to_string()),
-        ("TRELLIS_PROXY_POD_NAME", "web-0".to_string()),
+        (proxy_env::CONTROLLER_ADDR, controller),
+        (proxy_env::POD_NAMESPACE, "demo".to_string()),
+        (proxy_env::POD_NAME, "web-0".to_string()),
     ]);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     start_proxy(dst, &vars).await

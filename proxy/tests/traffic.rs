@@ -24,6 +24,7 @@ use support::controller::{backend, service, FakeController};
 use support::*;
 use tokio::net::TcpListener;
 use trellis_api::discovery::v1 as pb;
+use trellis_core::contract::proxy_env;
 
 /// The service's virtual IP: nothing listens there, so a request that is
 /// not balanced to an endpoint fails.
@@ -83,10 +84,10 @@ async fn proxy_with(controller: &FakeController, dst: &str) -> TestProxy {
     start_proxy(
         dst.parse().unwrap(),
         &[
-            ("TRELLIS_PROXY_CONTROLLER_ADDR", &addr),
-            ("TRELLIS_PROXY_POD_NAMESPACE", "test"),
-            ("TRELLIS_PROXY_POD_NAME", "client-0"),
-            ("TRELLIS_PROXY_RESOLVE_TIMEOUT", "2s"),
+            (proxy_env::CONTROLLER_ADDR, &addr),
+            (proxy_env::POD_NAMESPACE, "test"),
+            (proxy_env::POD_NAME, "client-0"),
+            (proxy_env::RESOLVE_TIMEOUT, "2s"),
         ],
     )
     .await
@@ -485,12 +486,12 @@ async fn strict_proxy(controller: &FakeController, dst: &str, exceptions: &str) 
     start_proxy(
         dst.parse().unwrap(),
         &[
-            ("TRELLIS_PROXY_CONTROLLER_ADDR", &addr),
-            ("TRELLIS_PROXY_POD_NAMESPACE", "test"),
-            ("TRELLIS_PROXY_POD_NAME", "client-0"),
-            ("TRELLIS_PROXY_RESOLVE_TIMEOUT", "500ms"),
-            ("TRELLIS_PROXY_OUTBOUND_MTLS", "required"),
-            ("TRELLIS_PROXY_PLAINTEXT_DESTINATIONS", exceptions),
+            (proxy_env::CONTROLLER_ADDR, &addr),
+            (proxy_env::POD_NAMESPACE, "test"),
+            (proxy_env::POD_NAME, "client-0"),
+            (proxy_env::RESOLVE_TIMEOUT, "500ms"),
+            (proxy_env::OUTBOUND_MTLS, "required"),
+            (proxy_env::PLAINTEXT_DESTINATIONS, exceptions),
         ],
     )
     .await

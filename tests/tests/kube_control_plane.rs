@@ -18,6 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use trellis_api::discovery::v1 as pb;
 use trellis_api::CertifyRequest;
+use trellis_core::contract::proxy_env;
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::tls::TrustRoots;
 use trellis_e2e::kube::{free_port, http_get, Cluster, Proc, IDENTITY_AUDIENCE};
@@ -1177,8 +1178,8 @@ fn kube_proxy_of_an_injected_pod_answers_before_and_after_its_certificate() {
         "trellis-proxy",
         &bin("trellis-proxy"),
         &[
-            ("TRELLIS_PROXY_IDENTITY_ADDR", &identity_addr),
-            ("TRELLIS_PROXY_CONTROLLER_ADDR", &controller_addr),
+            (proxy_env::IDENTITY_ADDR, &identity_addr),
+            (proxy_env::CONTROLLER_ADDR, &controller_addr),
         ],
     );
     let admin = proxy.port("trellis-admin");

@@ -19,6 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use trellis_core::contract::proxy_env;
 use trellis_e2e::kube::{free_port, http_get, Cluster, Proc};
 use trellis_e2e::{bin, eventually, require_root, unique, Metrics};
 
@@ -520,7 +521,7 @@ fn the_chain_captures_a_meshed_pod_and_leaves_others_alone() {
                 "--clear-groups",
                 bin("trellis-proxy").to_str().unwrap(),
             ],
-            &[("TRELLIS_PROXY_LOG", "info")],
+            &[(proxy_env::LOG, "info")],
         ),
         dir.join("proxy.log"),
     );

@@ -23,6 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use trellis_core::contract::proxy_env;
 use trellis_e2e::{bin, eventually, require_root, require_tool, trellis, Mesh, Metrics};
 
 const MESH: &str = r#"
@@ -163,7 +164,7 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
     }
     let mesh = Mesh::up("inj", MESH);
     let menv = mesh_proxy_env(&mesh);
-    let server_id = &menv["TRELLIS_PROXY_IDENTITY_SERVER_ID"];
+    let server_id = &menv[proxy_env::IDENTITY_SERVER_ID];
     let trust_domain = server_id
         .strip_prefix("spiffe://")
         .and_then(|s| s.split('/').next())
@@ -186,9 +187,9 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
         "controlPlaneNamespace": system_ns,
         "trustDomain": trust_domain,
         "proxy": {
-            "identityAddr": menv["TRELLIS_PROXY_IDENTITY_ADDR"],
+            "identityAddr": menv[proxy_env::IDENTITY_ADDR],
             "identityServerId": server_id,
-            "controllerAddr": menv["TRELLIS_PROXY_CONTROLLER_ADDR"],
+            "controllerAddr": menv[proxy_env::CONTROLLER_ADDR],
             "nativeSidecar": native_sidecar,
         },
     });
@@ -280,11 +281,7 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
         String::from_utf8_lossy(&token.stderr)
     );
     std::fs::write(work.join("token"), &token.stdout).unwrap();
-    std::fs::copy(
-        &menv["TRELLIS_PROXY_TRUST_ROOTS_FILE"],
-        work.join("roots.pem"),
-    )
-    .unwrap();
+    std::fs::copy(&menv[proxy_env::TRUST_ROOTS_FILE], work.join("roots.pem")).unwrap();
     for p in [&token_path, &roots_path] {
         assert!(
             p.starts_with("/var/run/trellis/"),
@@ -303,11 +300,11 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
     let env = resolve_env(&pod, &proxy["env"], &host_ip);
     let vars: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(
-        vars["TRELLIS_PROXY_IDENTITY"],
+        vars[proxy_env::IDENTITY],
         format!("spiffe://{trust_domain}/ns/shop/sa/orders")
     );
-    assert_eq!(vars["TRELLIS_PROXY_IDENTITY_TOKEN_FILE"], token_path);
-    assert_eq!(vars["TRELLIS_PROXY_TRUST_ROOTS_FILE"], roots_path);
+    assert_eq!(vars[proxy_env::IDENTITY_TOKEN_FILE], token_path);
+    assert_eq!(vars[proxy_env::TRUST_ROOTS_FILE], roots_path);
     let proxy_argv = resolve_bin(&strings(&proxy["command"]));
     let bin_dir = bin("trellis-proxy").parent().unwrap().display().to_string();
     let mut assignments = vec![format!("PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")];
@@ -380,7 +377,8 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
     )
     .unwrap();
     assert_eq!(
-        identity["identity"], vars["TRELLIS_PROXY_IDENTITY"],
+        identity["identity"],
+        vars[proxy_env::IDENTITY],
         "{identity}"
     );
 
@@ -392,7 +390,7 @@ fn injected_pod_speaks_mtls(native_sidecar: bool) {
     );
     let ok: usize = mesh.sh("inj", &script).trim().parse().unwrap();
     assert_eq!(ok, CALLS, "calls from the injected pod that succeeded");
-    let peer = vars["TRELLIS_PROXY_IDENTITY"];
+    let peer = vars[proxy_env::IDENTITY];
     let web = mesh.metrics("web");
     let inbound = web.sum(
         "trellis_http_requests_total",

@@ -66,6 +66,7 @@ use std::io::{self, Write};
 use std::process::ExitStatus;
 
 use crate::config::{parse_ports, PortRange};
+use crate::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 use clap::builder::BoolishValueParser;
 
 use self::rules::Family;
@@ -80,35 +81,26 @@ pub const INIT_CONTAINER: &str = "trellis-init";
 /// injector and `trellis-cni`, kept here so that neither spells it alone.
 pub const CHECK_FLAG: &str = "--check";
 
-/// Default port of the proxy's inbound listener (SPEC: proxy ports).
-pub const DEFAULT_INBOUND_PORT: u16 = 7143;
-/// Default port of the proxy's outbound listener.
-pub const DEFAULT_OUTBOUND_PORT: u16 = 7140;
-/// Default port of the proxy's admin server; never redirected.
-pub const DEFAULT_ADMIN_PORT: u16 = 7191;
-/// Default uid the proxy runs as; its own connections are never redirected.
-pub const DEFAULT_PROXY_UID: u32 = 7102;
-
 /// Flags of `trellis-proxy init`; each can also come from a `TRELLIS_INIT_*`
 /// variable (the flag wins).
 #[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
     /// Port of the proxy's inbound listener: TCP arriving at the pod is
     /// redirected there.
-    #[arg(long, env = "TRELLIS_INIT_INBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    #[arg(long, env = "TRELLIS_INIT_INBOUND_PORT", value_name = "PORT", default_value_t = INBOUND_PORT)]
     pub(crate) inbound_port: u16,
 
     /// Port of the proxy's outbound listener: TCP leaving the pod is
     /// redirected there.
-    #[arg(long, env = "TRELLIS_INIT_OUTBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
+    #[arg(long, env = "TRELLIS_INIT_OUTBOUND_PORT", value_name = "PORT", default_value_t = OUTBOUND_PORT)]
     pub(crate) outbound_port: u16,
 
     /// Port of the proxy's admin server; inbound TCP to it is not redirected.
-    #[arg(long, env = "TRELLIS_INIT_ADMIN_PORT", value_name = "PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    #[arg(long, env = "TRELLIS_INIT_ADMIN_PORT", value_name = "PORT", default_value_t = ADMIN_PORT)]
     pub(crate) admin_port: u16,
 
     /// User id the proxy runs as; its own connections are not redirected.
-    #[arg(long, env = "TRELLIS_INIT_PROXY_UID", value_name = "UID", default_value_t = DEFAULT_PROXY_UID)]
+    #[arg(long, env = "TRELLIS_INIT_PROXY_UID", value_name = "UID", default_value_t = PROXY_UID)]
     pub(crate) proxy_uid: u32,
 
     /// Inbound destination ports that bypass the proxy, e.g. `22,4000-4010`.

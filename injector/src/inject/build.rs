@@ -31,11 +31,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use trellis_core::contract::{
+    proxy_env, ADMIN_PORT, DEFAULT_ADMIN_LISTEN, DEFAULT_INBOUND_LISTEN, DEFAULT_OUTBOUND_LISTEN,
+    PROXY_UID,
+};
 
 use super::decide::Settings;
 use super::{
-    CHECK_FLAG, INIT_CONTAINER, INJECTED_ANNOTATION, PROXY_CONTAINER, PROXY_UID,
-    PROXY_VERSION_ANNOTATION,
+    CHECK_FLAG, INIT_CONTAINER, INJECTED_ANNOTATION, PROXY_CONTAINER, PROXY_VERSION_ANNOTATION,
 };
 use crate::config::{CaptureMode, InjectorConfig};
 
@@ -52,10 +55,12 @@ pub const TOKEN_DIR: &str = "/var/run/trellis/identity";
 pub const TOKEN_PATH: &str = "token";
 pub const ROOTS_DIR: &str = "/var/run/trellis/roots";
 pub const ROOTS_KEY: &str = "roots.pem";
-const ADMIN_PORT: i32 = 7191;
 /// The node's address (downward API `status.hostIP`), which
 /// `TRELLIS_PROXY_PROBE_SOURCES` names.
 pub const NODE_IP_ENV: &str = "TRELLIS_NODE_IP";
+/// The pod's ServiceAccount (downward API), which the proxy's identity
+/// names.
+const SERVICE_ACCOUNT_ENV: &str = "TRELLIS_POD_SERVICE_ACCOUNT";
 /// The uid a non-root `trellis-init` runs as, and the CNI mode's check
 /// always: not the proxy's, whose traffic the rules never redirect.
 const INIT_NONROOT_UID: i64 = 65534;
@@ -240,63 +245,64 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     };
     // Kubernetes expands $(VAR) from variables defined earlier in the list.
     let mut env = vec![
-        from("TRELLIS_PROXY_POD_NAMESPACE", "metadata.namespace"),
-        from("TRELLIS_PROXY_POD_NAME", "metadata.name"),
-        from("TRELLIS_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        from(proxy_env::POD_NAMESPACE, "metadata.namespace"),
+        from(proxy_env::POD_NAME, "metadata.name"),
+        from(SERVICE_ACCOUNT_ENV, "spec.serviceAccountName"),
         value(
-            "TRELLIS_PROXY_WORKLOAD",
-            "$(TRELLIS_PROXY_POD_NAMESPACE)/$(TRELLIS_PROXY_POD_NAME)".into(),
+            proxy_env::WORKLOAD,
+            format!("$({})/$({})", proxy_env::POD_NAMESPACE, proxy_env::POD_NAME),
         ),
-        value("TRELLIS_PROXY_LOG", s.log_level.clone()),
-        value("TRELLIS_PROXY_OUTBOUND_LISTEN", "127.0.0.1:7140".into()),
-        value("TRELLIS_PROXY_INBOUND_LISTEN", "0.0.0.0:7143".into()),
+        value(proxy_env::LOG, s.log_level.clone()),
         value(
-            "TRELLIS_PROXY_ADMIN_LISTEN",
-            format!("0.0.0.0:{ADMIN_PORT}"),
+            proxy_env::OUTBOUND_LISTEN,
+            DEFAULT_OUTBOUND_LISTEN.to_string(),
         ),
         value(
-            "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY",
+            proxy_env::INBOUND_LISTEN,
+            DEFAULT_INBOUND_LISTEN.to_string(),
+        ),
+        value(proxy_env::ADMIN_LISTEN, DEFAULT_ADMIN_LISTEN.to_string()),
+        value(
+            proxy_env::DEFAULT_INBOUND_POLICY,
             s.default_inbound_policy.to_string(),
         ),
-        value("TRELLIS_PROXY_OUTBOUND_MTLS", s.outbound_mtls.to_string()),
+        value(proxy_env::OUTBOUND_MTLS, s.outbound_mtls.to_string()),
         // Kubelet probes come from the node: from the pod's gateway with a
         // bridge CNI, from the node's own address with others.
         from(NODE_IP_ENV, "status.hostIP"),
         value(
-            "TRELLIS_PROXY_PROBE_SOURCES",
+            proxy_env::PROBE_SOURCES,
             format!("gateway,$({NODE_IP_ENV})"),
         ),
+        value(proxy_env::IDENTITY_ADDR, cfg.proxy.identity_addr.clone()),
+        value(proxy_env::IDENTITY_SERVER_ID, cfg.identity_server_id()),
         value(
-            "TRELLIS_PROXY_IDENTITY_ADDR",
-            cfg.proxy.identity_addr.clone(),
-        ),
-        value("TRELLIS_PROXY_IDENTITY_SERVER_ID", cfg.identity_server_id()),
-        value(
-            "TRELLIS_PROXY_IDENTITY",
+            proxy_env::IDENTITY,
             format!(
-                "spiffe://{}/ns/$(TRELLIS_PROXY_POD_NAMESPACE)/sa/$(TRELLIS_POD_SERVICE_ACCOUNT)",
-                cfg.trust_domain
+                "spiffe://{}/ns/$({})/sa/$({SERVICE_ACCOUNT_ENV})",
+                cfg.trust_domain,
+                proxy_env::POD_NAMESPACE
             ),
         ),
         value(
-            "TRELLIS_PROXY_IDENTITY_TOKEN_FILE",
+            proxy_env::IDENTITY_TOKEN_FILE,
             format!("{TOKEN_DIR}/{TOKEN_PATH}"),
         ),
         value(
-            "TRELLIS_PROXY_TRUST_ROOTS_FILE",
+            proxy_env::TRUST_ROOTS_FILE,
             format!("{ROOTS_DIR}/{ROOTS_KEY}"),
         ),
         value(
-            "TRELLIS_PROXY_CONTROLLER_ADDR",
+            proxy_env::CONTROLLER_ADDR,
             cfg.proxy.controller_addr.clone(),
         ),
     ];
     if !s.opaque_ports.is_empty() {
-        env.push(value("TRELLIS_PROXY_OPAQUE_PORTS", s.opaque_ports.clone()));
+        env.push(value(proxy_env::OPAQUE_PORTS, s.opaque_ports.clone()));
     }
     if !cfg.proxy.plaintext_destinations.trim().is_empty() {
         env.push(value(
-            "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS",
+            proxy_env::PLAINTEXT_DESTINATIONS,
             cfg.proxy
                 .plaintext_destinations
                 .split(',')
@@ -309,7 +315,7 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::Int(ADMIN_PORT),
+            port: IntOrString::Int(ADMIN_PORT.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -336,7 +342,7 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("trellis-admin".into()),
-            container_port: ADMIN_PORT,
+            container_port: ADMIN_PORT.into(),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
@@ -346,7 +352,7 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
         liveness_probe: Some(probe("/live", 10, 3)),
         resources: Some(resources(&requests, &limits)),
         restart_policy: s.native_sidecar.then(|| "Always".to_string()),
-        security_context: Some(restricted(PROXY_UID)),
+        security_context: Some(restricted(PROXY_UID.into())),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: TOKEN_VOLUME.into(),

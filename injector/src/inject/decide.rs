@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use trellis_core::config::parse_ports;
+use trellis_core::contract::PROXY_PORTS;
 use trellis_core::policy::DefaultPolicy;
 
 use super::{
@@ -18,11 +19,6 @@ use crate::floor::{
     check_mtls, check_policy, stricter_policy, Bound, Enforcement, Floor, FloorKind, OutboundMtls,
     PortAllowance, Refusal, Violation, FLOOR_ANNOTATIONS,
 };
-
-/// The proxy's own ports: an application container listening on one of
-/// them would collide with the sidecar in the pod's network namespace.
-pub(super) const PROXY_PORTS: [(u16, &str); 3] =
-    [(7140, "outbound"), (7143, "inbound"), (7191, "admin")];
 
 /// Overrides read from `config.trellis.dev/<name>`.
 const OVERRIDES: [&str; 11] = [

@@ -30,7 +30,6 @@ pub const PROXY_CONTAINER: &str = "trellis-proxy";
 /// `trellis-init` and, in CNI mode, its `--check`: the contract with the
 /// CNI plugin (see [`trellis_core::capture::CHECK_FLAG`]).
 pub use trellis_core::capture::{CHECK_FLAG, INIT_CONTAINER};
-pub const PROXY_UID: i64 = 7102;
 
 /// What the decision needs of the pod's namespace (from the webhook's
 /// cache, or from the manifest for `trellis inject`).

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use trellis_core::contract::{proxy_env, PROXY_UID};
 
 use super::*;
 use crate::manifest::inject_manifest;
@@ -298,7 +299,7 @@ fn containers_are_locked_down() {
     let inits = pod.spec.unwrap().init_containers.unwrap();
     let (init, proxy) = (&inits[0], &inits[1]);
     let sc = proxy.security_context.as_ref().unwrap();
-    assert_eq!(sc.run_as_user, Some(PROXY_UID));
+    assert_eq!(sc.run_as_user, Some(PROXY_UID.into()));
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -330,15 +331,15 @@ fn the_proxy_gets_its_identity_addresses_and_token() {
     let proxy = &spec.init_containers.as_ref().unwrap()[1];
     let env = env(proxy);
     assert_eq!(
-        env["TRELLIS_PROXY_IDENTITY"],
+        env[proxy_env::IDENTITY],
         "spiffe://cluster.local/ns/$(TRELLIS_PROXY_POD_NAMESPACE)/sa/$(TRELLIS_POD_SERVICE_ACCOUNT)"
     );
     assert_eq!(
-        env["TRELLIS_PROXY_IDENTITY_SERVER_ID"],
+        env[proxy_env::IDENTITY_SERVER_ID],
         "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity"
     );
     assert_eq!(
-        env["TRELLIS_PROXY_CONTROLLER_ADDR"],
+        env[proxy_env::CONTROLLER_ADDR],
         "trellis-controller.trellis-system.svc.cluster.local:7156"
     );
     // $(VAR) only expands variables defined earlier in the list.
@@ -349,8 +350,8 @@ fn the_proxy_gets_its_identity_addresses_and_token() {
         .map(|e| e.name.as_str())
         .collect();
     let at = |n: &str| order.iter().position(|o| *o == n).unwrap();
-    assert!(at("TRELLIS_PROXY_POD_NAMESPACE") < at("TRELLIS_PROXY_IDENTITY"));
-    assert!(at("TRELLIS_POD_SERVICE_ACCOUNT") < at("TRELLIS_PROXY_IDENTITY"));
+    assert!(at(proxy_env::POD_NAMESPACE) < at(proxy_env::IDENTITY));
+    assert!(at("TRELLIS_POD_SERVICE_ACCOUNT") < at(proxy_env::IDENTITY));
     let token = spec
         .volumes
         .unwrap()
@@ -361,7 +362,7 @@ fn the_proxy_gets_its_identity_addresses_and_token() {
     assert_eq!(sat.audience.as_deref(), Some("identity.trellis.dev"));
     assert_eq!(
         format!("/var/run/trellis/identity/{}", sat.path),
-        env["TRELLIS_PROXY_IDENTITY_TOKEN_FILE"]
+        env[proxy_env::IDENTITY_TOKEN_FILE]
     );
 }
 
@@ -375,12 +376,9 @@ fn the_pods_overrides_win_over_its_namespaces() {
     assert_eq!(arg("--skip-inbound-ports"), "9100,9200-9210");
     assert_eq!(arg("--skip-outbound-ports"), "5432");
     let env = env(&inits[1]);
-    assert_eq!(env["TRELLIS_PROXY_LOG"], "warn,trellis_proxy=info");
-    assert_eq!(env["TRELLIS_PROXY_OPAQUE_PORTS"], "6379");
-    assert_eq!(
-        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
-        "all-authenticated"
-    );
+    assert_eq!(env[proxy_env::LOG], "warn,trellis_proxy=info");
+    assert_eq!(env[proxy_env::OPAQUE_PORTS], "6379");
+    assert_eq!(env[proxy_env::DEFAULT_INBOUND_POLICY], "all-authenticated");
     let res = inits[1].resources.clone().unwrap();
     assert_eq!(res.requests.unwrap()["cpu"].0, "50m");
     assert_eq!(res.limits.unwrap()["memory"].0, "64Mi");
@@ -479,7 +477,7 @@ fn manifests_inject_every_workload_kind_and_keep_the_rest() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == "TRELLIS_PROXY_OPAQUE_PORTS")
+        .find(|e| e["name"] == proxy_env::OPAQUE_PORTS)
         .unwrap();
     assert_eq!(opaque["value"], "5432");
     // Fields outside the pod template are untouched.
@@ -551,7 +549,7 @@ fn decided(name: &str) -> Outcome {
     inject(&case.pod, &case.ns, &config(&dir))
 }
 
-fn proxy_env(pod: &Pod) -> BTreeMap<String, String> {
+fn proxy_vars(pod: &Pod) -> BTreeMap<String, String> {
     let spec = pod.spec.as_ref().unwrap();
     let proxy = spec
         .init_containers
@@ -603,12 +601,9 @@ fn the_reviewed_pod_under_a_warn_floor_is_meshed_with_the_floor_applied() {
     assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert_eq!(init_arg(&pod, "--skip-inbound-ports"), None);
     assert_eq!(init_arg(&pod, "--skip-outbound-ports"), None);
-    let env = proxy_env(&pod);
-    assert_eq!(
-        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
-        "all-authenticated"
-    );
-    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required");
+    let env = proxy_vars(&pod);
+    assert_eq!(env[proxy_env::DEFAULT_INBOUND_POLICY], "all-authenticated");
+    assert_eq!(env[proxy_env::OUTBOUND_MTLS], "required");
     assert!(floor_warning(&warnings[0]).starts_with("trellis: below the floor"));
 }
 
@@ -642,10 +637,10 @@ fn bad_overrides_under_a_warn_floor_are_meshed_with_the_floors_values() {
         init_arg(&pod, "--skip-outbound-ports").as_deref(),
         Some("5432")
     );
-    let env = proxy_env(&pod);
-    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required");
+    let env = proxy_vars(&pod);
+    assert_eq!(env[proxy_env::OUTBOUND_MTLS], "required");
     assert_eq!(
-        env["TRELLIS_PROXY_DEFAULT_INBOUND_POLICY"],
+        env[proxy_env::DEFAULT_INBOUND_POLICY],
         "all-unauthenticated"
     );
     // The same bad override without a floor: admitted unmeshed, as before.
@@ -677,24 +672,18 @@ fn a_pod_cannot_set_its_own_floor() {
 #[test]
 fn outbound_mtls_and_probe_sources_reach_the_proxy() {
     let (_, pod, _) = injected_case("outbound-mtls");
-    let env = proxy_env(&pod);
+    let env = proxy_vars(&pod);
+    assert_eq!(env[proxy_env::OUTBOUND_MTLS], "required", "the pod's wins");
     assert_eq!(
-        env["TRELLIS_PROXY_OUTBOUND_MTLS"], "required",
-        "the pod's wins"
-    );
-    assert_eq!(
-        env["TRELLIS_PROXY_PLAINTEXT_DESTINATIONS"],
+        env[proxy_env::PLAINTEXT_DESTINATIONS],
         "10.96.0.10/32,203.0.113.0/24"
     );
-    assert_eq!(
-        env["TRELLIS_PROXY_PROBE_SOURCES"],
-        "gateway,$(TRELLIS_NODE_IP)"
-    );
+    assert_eq!(env[proxy_env::PROBE_SOURCES], "gateway,$(TRELLIS_NODE_IP)");
     let spec = pod.spec.unwrap();
     let proxy = &spec.init_containers.unwrap()[1];
     let vars = proxy.env.clone().unwrap();
     let at = |n: &str| vars.iter().position(|e| e.name == n).unwrap();
-    assert!(at("TRELLIS_NODE_IP") < at("TRELLIS_PROXY_PROBE_SOURCES"));
+    assert!(at("TRELLIS_NODE_IP") < at(proxy_env::PROBE_SOURCES));
     let node_ip = &vars[at("TRELLIS_NODE_IP")];
     assert_eq!(
         node_ip
@@ -706,13 +695,10 @@ fn outbound_mtls_and_probe_sources_reach_the_proxy() {
     );
     // The default: opportunistic, no plaintext exceptions.
     let (_, plain, _) = injected_case("plain-pod");
-    let env = proxy_env(&plain);
-    assert_eq!(env["TRELLIS_PROXY_OUTBOUND_MTLS"], "opportunistic");
-    assert!(!env.contains_key("TRELLIS_PROXY_PLAINTEXT_DESTINATIONS"));
-    assert_eq!(
-        env["TRELLIS_PROXY_PROBE_SOURCES"],
-        "gateway,$(TRELLIS_NODE_IP)"
-    );
+    let env = proxy_vars(&plain);
+    assert_eq!(env[proxy_env::OUTBOUND_MTLS], "opportunistic");
+    assert!(!env.contains_key(proxy_env::PLAINTEXT_DESTINATIONS));
+    assert_eq!(env[proxy_env::PROBE_SOURCES], "gateway,$(TRELLIS_NODE_IP)");
 }
 
 /// `trellis inject` reads the Pod Security labels of a Namespace in the

@@ -149,28 +149,28 @@ fn the_identity_service_and_the_proxies_agree() {
     let files = proxy.files.as_ref().unwrap();
     assert_eq!(files.dir, dir.join("pods/demo.web-1"));
     let env = &proxy.env;
-    assert_eq!(env["TRELLIS_PROXY_IDENTITY_ADDR"], "10.77.0.1:7155");
-    assert_eq!(env["TRELLIS_PROXY_IDENTITY_SERVER_ID"], id.server_identity);
+    assert_eq!(env[proxy_env::IDENTITY_ADDR], "10.77.0.1:7155");
+    assert_eq!(env[proxy_env::IDENTITY_SERVER_ID], id.server_identity);
     assert_eq!(
-        env["TRELLIS_PROXY_IDENTITY"],
+        env[proxy_env::IDENTITY],
         "spiffe://example.org/ns/demo/sa/web"
     );
     assert_eq!(
-        env["TRELLIS_PROXY_IDENTITY_TOKEN_FILE"],
+        env[proxy_env::IDENTITY_TOKEN_FILE],
         dir.join("pods/demo.web-1/token").display().to_string()
     );
     assert_eq!(
-        env["TRELLIS_PROXY_TRUST_ROOTS_FILE"],
+        env[proxy_env::TRUST_ROOTS_FILE],
         dir.join("ca/roots.pem").display().to_string()
     );
     assert_eq!(
-        env["TRELLIS_PROXY_DESTINATIONS_FILE"],
+        env[proxy_env::DESTINATIONS_FILE],
         dir.join("pods/demo.web-1/destinations.json")
             .display()
             .to_string()
     );
     assert_eq!(
-        env["TRELLIS_PROXY_POLICY_FILE"],
+        env[proxy_env::POLICY_FILE],
         dir.join("pods/demo.web-1/policy.json")
             .display()
             .to_string()

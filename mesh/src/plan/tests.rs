@@ -141,12 +141,12 @@ fn commands_env_identity_and_proxy() {
             "9000"
         ]
     );
-    assert_eq!(proxy.env["TRELLIS_PROXY_OPAQUE_PORTS"], "25");
-    assert_eq!(proxy.env["TRELLIS_PROXY_LOG"], "debug");
-    assert_eq!(proxy.env["TRELLIS_PROXY_WORKLOAD"], "demo/web-1");
-    assert_eq!(proxy.env["TRELLIS_PROXY_INBOUND_LISTEN"], "0.0.0.0:7143");
-    assert_eq!(proxy.env["TRELLIS_PROXY_OUTBOUND_LISTEN"], "127.0.0.1:7140");
-    assert_eq!(proxy.env["TRELLIS_PROXY_ADMIN_LISTEN"], "0.0.0.0:7191");
+    assert_eq!(proxy.env[proxy_env::OPAQUE_PORTS], "25");
+    assert_eq!(proxy.env[proxy_env::LOG], "debug");
+    assert_eq!(proxy.env[proxy_env::WORKLOAD], "demo/web-1");
+    assert_eq!(proxy.env[proxy_env::INBOUND_LISTEN], "0.0.0.0:7143");
+    assert_eq!(proxy.env[proxy_env::OUTBOUND_LISTEN], "127.0.0.1:7140");
+    assert_eq!(proxy.env[proxy_env::ADMIN_LISTEN], "0.0.0.0:7191");
     let client = &p.pods[3];
     assert!(!client.meshed && client.proxy.is_none());
     assert_eq!(

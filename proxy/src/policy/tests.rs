@@ -320,20 +320,3 @@ fn a_tunnel_needs_an_authorization_for_the_whole_connection() {
         .authorize_tunnel(plain)
         .is_allowed());
 }
-
-#[test]
-fn policy_file_round_trips() {
-    let json = r#"{
-        "defaultPolicy": "all-authenticated",
-        "ports": {"9090": "all-unauthenticated"},
-        "probes": [{"port": 8080, "path": "/healthz"}],
-        "authorizations": [{"name": "a", "ports": [8080, "9000-9010"], "identities": ["spiffe://cluster.local/ns/demo/sa/client"]}]
-    }"#;
-    let p: Policy = serde_json::from_str(json).unwrap();
-    assert_eq!(p.default_for(9090), DefaultPolicy::AllUnauthenticated);
-    assert!(p.authorizations[0].ports[1].contains(9005));
-    let again: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-    assert_eq!(p, again);
-    assert!(serde_json::from_str::<Policy>(r#"{"defaultPolicy":"allow"}"#).is_err());
-    assert!(serde_json::from_str::<Policy>(r#"{"defaultPolicy":"deny","extra":1}"#).is_err());
-}

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use trellis_core::config::MapSource;
+use trellis_core::contract::proxy_env;
 use trellis_core::shutdown::Shutdown;
 use trellis_core::test_support::TempDir;
 use trellis_identity::config as idcfg;
@@ -90,14 +91,14 @@ impl TestIdentity {
     pub fn proxy_vars(&self) -> Vec<(&'static str, String)> {
         let path = |n: &str| self.dir.join(n).to_string_lossy().into_owned();
         vec![
-            ("TRELLIS_PROXY_IDENTITY_ADDR", self.addr.clone()),
-            ("TRELLIS_PROXY_IDENTITY_SERVER_ID", self.server_id.clone()),
+            (proxy_env::IDENTITY_ADDR, self.addr.clone()),
+            (proxy_env::IDENTITY_SERVER_ID, self.server_id.clone()),
             (
-                "TRELLIS_PROXY_IDENTITY",
+                proxy_env::IDENTITY,
                 "spiffe://cluster.local/ns/demo/sa/web".to_string(),
             ),
-            ("TRELLIS_PROXY_IDENTITY_TOKEN_FILE", path("token")),
-            ("TRELLIS_PROXY_TRUST_ROOTS_FILE", path("roots.pem")),
+            (proxy_env::IDENTITY_TOKEN_FILE, path("token")),
+            (proxy_env::TRUST_ROOTS_FILE, path("roots.pem")),
         ]
     }
 

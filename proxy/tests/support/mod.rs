@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_core::config::MapSource;
+use trellis_core::contract::proxy_env;
 use trellis_core::shutdown::Shutdown;
 use trellis_proxy::orig_dst::FixedOrigDst;
 use trellis_proxy::{Config, Proxy};
@@ -35,10 +36,10 @@ pub struct TestProxy {
 /// destination is `dst`. `extra` overrides config variables.
 pub async fn start_proxy(dst: SocketAddr, extra: &[(&str, &str)]) -> TestProxy {
     let mut vars = vec![
-        ("TRELLIS_PROXY_OUTBOUND_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_INBOUND_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_DETECT_TIMEOUT", "100ms"),
+        (proxy_env::OUTBOUND_LISTEN, "127.0.0.1:0"),
+        (proxy_env::INBOUND_LISTEN, "127.0.0.1:0"),
+        (proxy_env::ADMIN_LISTEN, "127.0.0.1:0"),
+        (proxy_env::DETECT_TIMEOUT, "100ms"),
     ];
     vars.extend_from_slice(extra);
     let config = Config::from_source(&MapSource::new(vars)).expect("test config is valid");
@@ -312,10 +313,10 @@ pub async fn start_mesh_proxy(
     mesh: trellis_proxy::mesh::Mesh,
 ) -> (TestProxy, Arc<trellis_proxy::mesh::Mesh>) {
     let vars = vec![
-        ("TRELLIS_PROXY_OUTBOUND_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_INBOUND_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
-        ("TRELLIS_PROXY_DETECT_TIMEOUT", "100ms"),
+        (proxy_env::OUTBOUND_LISTEN, "127.0.0.1:0"),
+        (proxy_env::INBOUND_LISTEN, "127.0.0.1:0"),
+        (proxy_env::ADMIN_LISTEN, "127.0.0.1:0"),
+        (proxy_env::DETECT_TIMEOUT, "100ms"),
     ];
     let config = Config::from_source(&MapSource::new(vars)).unwrap();
     let proxy = Proxy::bind_with_mesh(config, Arc::new(FixedOrigDst(dst)), mesh)

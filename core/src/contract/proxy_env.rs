@@ -1,0 +1,73 @@
+//! The names of the variables the proxy reads, all `TRELLIS_PROXY_*`. What
+//! each means, its default and its unit are the proxy's `VARIABLES` table
+//! (`trellis-proxy --help`, README's "Configuration of the proxy"), which
+//! lists exactly [`ALL`].
+
+pub const OUTBOUND_LISTEN: &str = "TRELLIS_PROXY_OUTBOUND_LISTEN";
+pub const INBOUND_LISTEN: &str = "TRELLIS_PROXY_INBOUND_LISTEN";
+pub const ADMIN_LISTEN: &str = "TRELLIS_PROXY_ADMIN_LISTEN";
+pub const IPV6: &str = "TRELLIS_PROXY_IPV6";
+pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
+pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
+pub const CONNECT_TIMEOUT: &str = "TRELLIS_PROXY_CONNECT_TIMEOUT";
+pub const HEADER_READ_TIMEOUT: &str = "TRELLIS_PROXY_HEADER_READ_TIMEOUT";
+pub const MAX_HEADER_BYTES: &str = "TRELLIS_PROXY_MAX_HEADER_BYTES";
+pub const POOL_IDLE_TIMEOUT: &str = "TRELLIS_PROXY_POOL_IDLE_TIMEOUT";
+pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
+pub const WORKER_THREADS: &str = "TRELLIS_PROXY_WORKER_THREADS";
+pub const LOG: &str = "TRELLIS_PROXY_LOG";
+pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
+pub const WORKLOAD: &str = "TRELLIS_PROXY_WORKLOAD";
+pub const IDENTITY_ADDR: &str = "TRELLIS_PROXY_IDENTITY_ADDR";
+pub const IDENTITY_SERVER_ID: &str = "TRELLIS_PROXY_IDENTITY_SERVER_ID";
+pub const IDENTITY: &str = "TRELLIS_PROXY_IDENTITY";
+pub const IDENTITY_TOKEN_FILE: &str = "TRELLIS_PROXY_IDENTITY_TOKEN_FILE";
+pub const TRUST_ROOTS_FILE: &str = "TRELLIS_PROXY_TRUST_ROOTS_FILE";
+/// The meshed destinations file: [`files::DestinationsFile`](super::files::DestinationsFile).
+pub const DESTINATIONS_FILE: &str = "TRELLIS_PROXY_DESTINATIONS_FILE";
+/// The inbound policy file: [`files::Policy`](super::files::Policy).
+pub const POLICY_FILE: &str = "TRELLIS_PROXY_POLICY_FILE";
+pub const DEFAULT_INBOUND_POLICY: &str = "TRELLIS_PROXY_DEFAULT_INBOUND_POLICY";
+pub const CONTROLLER_ADDR: &str = "TRELLIS_PROXY_CONTROLLER_ADDR";
+pub const POD_NAMESPACE: &str = "TRELLIS_PROXY_POD_NAMESPACE";
+pub const POD_NAME: &str = "TRELLIS_PROXY_POD_NAME";
+pub const OUTBOUND_MTLS: &str = "TRELLIS_PROXY_OUTBOUND_MTLS";
+pub const PLAINTEXT_DESTINATIONS: &str = "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS";
+pub const PROBE_SOURCES: &str = "TRELLIS_PROXY_PROBE_SOURCES";
+pub const BALANCER_DECAY: &str = "TRELLIS_PROXY_BALANCER_DECAY";
+pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
+
+/// Every variable the proxy reads, in the order `--help` lists them.
+pub const ALL: [&str; 31] = [
+    OUTBOUND_LISTEN,
+    INBOUND_LISTEN,
+    ADMIN_LISTEN,
+    IPV6,
+    DETECT_TIMEOUT,
+    OPAQUE_PORTS,
+    CONNECT_TIMEOUT,
+    HEADER_READ_TIMEOUT,
+    MAX_HEADER_BYTES,
+    POOL_IDLE_TIMEOUT,
+    SHUTDOWN_GRACE,
+    WORKER_THREADS,
+    LOG,
+    LOG_FORMAT,
+    WORKLOAD,
+    IDENTITY_ADDR,
+    IDENTITY_SERVER_ID,
+    IDENTITY,
+    IDENTITY_TOKEN_FILE,
+    TRUST_ROOTS_FILE,
+    DESTINATIONS_FILE,
+    POLICY_FILE,
+    DEFAULT_INBOUND_POLICY,
+    CONTROLLER_ADDR,
+    POD_NAMESPACE,
+    POD_NAME,
+    OUTBOUND_MTLS,
+    PLAINTEXT_DESTINATIONS,
+    PROBE_SOURCES,
+    BALANCER_DECAY,
+    RESOLVE_TIMEOUT,
+];
