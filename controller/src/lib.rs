@@ -32,9 +32,9 @@
 //! - [`status`]: the route status writer (Kubernetes source only): each
 //!   HTTPRoute's and GRPCRoute's `status.parents` entries for its Service
 //!   parents (`Accepted`, `ResolvedRefs`, `PartiallyInvalid`);
-//! - [`watches`]: every Kubernetes watch's retries (one growing, jittered
-//!   [`backoff`]) and health, logged once per change of state, in the
-//!   metrics and at `/ready`;
+//! - [`watches`]: every Kubernetes watch's retries (the workspace's
+//!   backoff, [`trellis_core::backoff`]) and health, logged once per
+//!   change of state, in the metrics and at `/ready`;
 //! - [`crd`]: the `policy.trellis.dev/v1alpha1` `AuthorizationPolicy`
 //!   resource and its CRD ([`crd::crd_yaml`], `trellis-controller crd`);
 //! - [`config`], [`metrics`], [`cli`].
@@ -51,7 +51,6 @@
 // trellis_core::{out, outln, errln}.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crd;

@@ -55,8 +55,9 @@
 //!   and in `trellis_controller_watch_*{watcher="trust_roots"}`).
 //! - A failed write is logged (once per namespace, operation and reason),
 //!   counted in `trellis_controller_trust_roots_sync_errors_total{operation}`
-//!   and retried with the controller's jittered backoff
-//!   ([`crate::backoff`]); the controller never stops for it.
+//!   and retried with the workspace's backoff
+//!   ([`trellis_core::backoff`], full jitter); the controller never stops
+//!   for it.
 //! - Several replicas (the HA profile) may all run it: every write is
 //!   guarded (create-only POST, resourceVersion and uid preconditions), so
 //!   the losers of a race get a 409, which is not an error.
@@ -103,9 +104,9 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use tokio::time::Instant;
+use trellis_core::backoff::{Backoff, Exponential};
 use trellis_core::shutdown::Shutdown;
 
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::watches;
 use apply::Outcome;
@@ -129,8 +130,8 @@ pub struct Settings {
     /// The ClusterRole every copy names as its owner; `None`: copies have
     /// no owner (and outlive `helm uninstall`).
     pub owner: Option<String>,
-    /// The wait before a failed pass is retried (1 s at first, doubling,
-    /// at most 60 s, jittered).
+    /// The wait before a failed pass is retried (at most 1 s at first,
+    /// doubling, at most 60 s; full jitter).
     pub retry: Backoff,
 }
 
@@ -142,7 +143,10 @@ impl Settings {
                 configmap: configmap.into(),
             },
             owner: None,
-            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            retry: Backoff::new(Exponential::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )),
         }
     }
 

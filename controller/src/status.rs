@@ -30,7 +30,7 @@
 //!   winner's entries identical to theirs and write nothing.
 //! - A failed write is counted
 //!   (`trellis_controller_route_status_writes_total{result="failed"}`),
-//!   logged once per change of reason, and retried with the controller's
+//!   logged once per change of reason, and retried after a `RETRY`
 //!   backoff.
 //!
 //! RBAC (the chart's ClusterRole): `patch` on `httproutes/status` and
@@ -53,9 +53,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::time::Instant;
+use trellis_core::backoff::{Backoff, Exponential};
 use trellis_core::shutdown::Shutdown;
 
-use crate::backoff::Backoff;
 use crate::metrics::{Metrics, StatusWrite};
 use crate::objects::{Key, Kind};
 use crate::store::Store;
@@ -71,6 +71,9 @@ pub const LOOP_WRITES: usize = 5;
 pub const LOOP_WINDOW: Duration = Duration::from_secs(60);
 /// The longest one write may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The wait before failed writes are tried again: at most 1 s at first,
+/// doubling, at most 60 s; full jitter ([`trellis_core::backoff`]).
+const RETRY: Exponential = Exponential::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Writes route status; see the module's documentation.
 pub struct StatusWriter {
@@ -101,7 +104,7 @@ impl StatusWriter {
         Self {
             client,
             metrics,
-            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            retry: Backoff::new(RETRY),
         }
     }
 

@@ -10,7 +10,7 @@
 //!  kube-runtime watcher ── Ok(event) ──► consumer        Starting ──► Healthy ◄──► Failing{kind}
 //!        │                                                  WARN once on entering Failing (or on a
 //!        └─ Err(e) ─► Failure::classify ─► handle.failed    new kind of failure), INFO once on
-//!                     then wait BACKOFF.next_wait(),         recovery; every failed attempt counted
+//!                     then wait backoff.next_wait(),         recovery; every failed attempt counted
 //!                     then a fresh watcher (a new LIST)
 //! ```
 //!
@@ -49,13 +49,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use trellis_core::backoff::{Backoff, Exponential};
 
-use crate::backoff::Backoff;
-
-/// The wait between attempts of a failing watch: 0.5–1 s at first,
-/// doubling, at most 10 s (5–10 s once capped). A CRD installed after the
-/// controller started is picked up within 10 s.
-pub const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+/// The wait between attempts of a failing watch: at most 1 s at first,
+/// doubling, at most 10 s; full jitter ([`trellis_core::backoff`]), so the
+/// watches of several replicas, or of one controller, that failed together
+/// do not retry in step. A CRD installed after the controller started is
+/// picked up within 10 s.
+pub const BACKOFF: Exponential = Exponential::new(Duration::from_secs(1), Duration::from_secs(10));
 
 /// How long a watch must stay open after its LIST, without an error, to
 /// count as healthy again.
@@ -316,7 +317,7 @@ impl Watches {
             error = %error,
             "watch failing: {}; retrying with backoff (at most {:?} apart), the last state is kept",
             failure.reason,
-            BACKOFF.max(),
+            BACKOFF.max,
         );
         let errors = match state {
             State::Failing { errors, .. } => *errors,
@@ -438,7 +439,7 @@ struct Looping<K: 'static> {
 
 /// The events of `api`'s watch, listing first (then again after every
 /// failure); each failure, classified, after it was logged and counted and
-/// before the backoff's wait. Never ends.
+/// before the backoff's wait ([`BACKOFF`]). Never ends.
 pub fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -448,11 +449,25 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    watch_with(api, config, handle, Backoff::new(BACKOFF))
+}
+
+/// [`watch`], waiting through `backoff` (tests: a fixed draw, or none).
+pub(crate) fn watch_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    handle: WatchHandle,
+    backoff: Backoff,
+) -> impl Stream<Item = Result<Event<K>, Failure>> + Send
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let state = Looping {
         api,
         config,
         handle,
-        backoff: BACKOFF,
+        backoff,
         events: None,
         wait: None,
         confirm_at: None,

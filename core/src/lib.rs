@@ -3,6 +3,8 @@
 //! - [`addr`]: newtypes for addresses that mean something specific.
 //! - [`admin`]: the admin endpoints (`/metrics`, `/ready`, `/live`,
 //!   `/config`) and their server.
+//! - [`backoff`]: the one backoff of every retry loop: exponential,
+//!   capped, with full jitter.
 //! - [`capture`]: the pod's traffic-capture rules (`trellis-proxy init`
 //!   and the CNI plugin `trellis-cni` install the same ones).
 //! - [`config`]: reading typed configuration from a source (the environment,
@@ -28,6 +30,7 @@
 
 pub mod addr;
 pub mod admin;
+pub mod backoff;
 pub mod capture;
 pub mod config;
 pub mod contract;

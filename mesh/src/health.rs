@@ -7,26 +7,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use trellis_core::backoff::Exponential;
+
 use super::state::{LastExit, Phase, PodHealth, PodRun, Role};
 
-/// The wait before the first restart after an exit; it doubles with each
-/// exit in a row, up to [`BACKOFF_MAX`] (a kubelet's 10 s … 5 min, scaled
-/// to a mesh on one host). No jitter: one supervisor per mesh, nothing to
-/// spread out.
-pub(crate) const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The wait before a restart: 1 s after the first exit, doubling with each
+/// exit in a row, at most 30 s (a kubelet's 10 s … 5 min, scaled to a mesh
+/// on one host). The workspace's backoff with the jitter off, on purpose:
+/// one supervisor per mesh restarts its own pods, so there is no fleet to
+/// spread out, and `status` shows the wait as the schedule says.
+pub(crate) const RESTART: Exponential =
+    Exponential::new(Duration::from_secs(1), Duration::from_secs(30));
 /// Exits in a row after which a pod is failed rather than restarted.
 pub(crate) const RESTART_LIMIT: u32 = 5;
 /// A process that ran this long before exiting starts a new count of
 /// exits in a row.
 pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(60);
 
-/// How long the restart after the `crashes`-th exit in a row waits.
+/// How long the restart after the `crashes`-th exit in a row waits: the
+/// ceiling of [`RESTART`] (no jitter).
 pub(crate) fn backoff(crashes: u32) -> Duration {
-    let doublings = crashes.saturating_sub(1).min(16);
-    BACKOFF_FIRST
-        .saturating_mul(1u32 << doublings)
-        .min(BACKOFF_MAX)
+    RESTART.ceiling(crashes.saturating_sub(1))
 }
 
 /// A process of the pod exited at `now_ms` (`role`, described by

@@ -34,8 +34,7 @@ use anyhow::{bail, Context};
 use trellis_core::errln;
 
 use super::health::{
-    describe_exit, millis, not_ready, on_exit, on_restarted, BACKOFF_FIRST, BACKOFF_MAX,
-    RESTART_LIMIT,
+    describe_exit, millis, not_ready, on_exit, on_restarted, RESTART, RESTART_LIMIT,
 };
 use super::plan::PodPlan;
 use super::ready::{self, Check};
@@ -95,8 +94,10 @@ impl Children {
 pub fn run(mesh: &str) -> anyhow::Result<()> {
     let mut store = Store::open(mesh)?;
     errln!(
-        "supervisor of mesh {mesh}: watching {} pod(s) every {POLL:?}; restarts after {BACKOFF_FIRST:?} doubling to {BACKOFF_MAX:?}, failed after {RESTART_LIMIT} exits in a row",
-        store.state.plan.pods.len()
+        "supervisor of mesh {mesh}: watching {} pod(s) every {POLL:?}; restarts after {:?} doubling to {:?}, failed after {RESTART_LIMIT} exits in a row",
+        store.state.plan.pods.len(),
+        RESTART.base,
+        RESTART.max,
     );
     let mut children = Children::default();
     loop {

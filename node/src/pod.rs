@@ -25,6 +25,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
+use trellis_core::backoff::Exponential;
 
 mod container;
 mod report;
@@ -39,11 +40,14 @@ use crate::services::{self, ServiceView};
 use crate::volumes::{self, Volumes};
 use container::{Ctr, Ended, State};
 
-/// Restart backoff: 10 s, doubling, at most 5 minutes (kubelet's), reset
-/// after a container ran for 10 minutes.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// Restart backoff: 10 s, doubling, at most 5 minutes, reset after a
+/// container ran for 10 minutes: kubelet's `CrashLoopBackOff`. The
+/// workspace's backoff with the jitter off, as kubelet's has none: each
+/// node restarts only its own containers (no fleet retrying one server in
+/// step), and the schedule is what users read in "back-off 40s restarting
+/// failed container" and expect from Kubernetes.
+const RESTART: Exponential = Exponential::new(Duration::from_secs(10), Duration::from_secs(300));
+const RESTART_RESET: Duration = Duration::from_secs(600);
 /// How often the state machine looks at timers, and volumes are refreshed.
 const TICK: Duration = Duration::from_millis(500);
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
@@ -548,8 +552,7 @@ impl Worker {
     fn back_off(&mut self, i: usize, state: State) {
         let c = &mut self.containers[i];
         c.state = state;
-        c.not_before = Some(Instant::now() + c.backoff);
-        c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+        c.wait_to_restart();
     }
 
     fn start_probes(&mut self, i: usize) {
@@ -633,8 +636,8 @@ impl Worker {
                 c.ready = false;
                 c.started = false;
                 if let Some(t) = c.started_at.take() {
-                    if t.elapsed() >= BACKOFF_RESET {
-                        c.backoff = BACKOFF_START;
+                    if t.elapsed() >= RESTART_RESET {
+                        c.restart.reset();
                     }
                 }
                 let stopping = c.stopping;
@@ -653,15 +656,13 @@ impl Worker {
                     if !stopping {
                         // As kubelet shows it: waiting, the exit as the
                         // last state.
+                        let wait = c.wait_to_restart();
                         c.state = State::Waiting {
                             reason: "CrashLoopBackOff".into(),
                             message: format!(
-                                "back-off {:?} restarting failed container={name}",
-                                c.backoff
+                                "back-off {wait:?} restarting failed container={name}"
                             ),
                         };
-                        c.not_before = Some(Instant::now() + c.backoff);
-                        c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
                     }
                 }
                 if code != 0 && !stopping {

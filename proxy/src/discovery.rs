@@ -5,8 +5,10 @@
 //! One watch per destination, shared by every connection to it: the first
 //! connection to a destination opens a `Resolve` stream and waits (at most
 //! the resolve timeout) for its first snapshot; later connections read the
-//! latest snapshot without waiting. Streams that break are reopened with
-//! backoff and the last snapshot stays in force meanwhile — a proxy whose
+//! latest snapshot without waiting. Streams that break are reopened after
+//! a `RECONNECT` backoff with full jitter (so that the proxies of a
+//! restarted controller do not all come back in the same instant), and
+//! the last snapshot stays in force meanwhile — a proxy whose
 //! controller is gone keeps serving on what it last knew. A destination
 //! nobody has used for [`IDLE_EVICT`] is forgotten and its stream closed.
 //!
@@ -25,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use trellis_api::discovery::v1 as pb;
 use trellis_api::discovery::v1::discovery_client::DiscoveryClient;
 use trellis_core::addr::OrigDstAddr;
+use trellis_core::backoff::{Backoff, Exponential};
 use trellis_core::shutdown::Shutdown;
 use trellis_core::spiffe::SpiffeId;
 
@@ -32,8 +35,11 @@ use crate::policy::{Authorization, DefaultPolicy, Policy, Probe};
 
 /// A destination unused this long is forgotten.
 pub const IDLE_EVICT: Duration = Duration::from_secs(600);
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The wait before a stream that broke (or would not open) is opened
+/// again: at most 250 ms at first, doubling, at most 10 s; full jitter.
+/// Back to the first after an accepted update.
+const RECONNECT: Exponential =
+    Exponential::new(Duration::from_millis(250), Duration::from_secs(10));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a destination is, as the controller last said.
@@ -299,7 +305,7 @@ impl Discovery {
         let namespace = self.namespace.clone();
         let stats = self.stats.clone();
         until_shutdown(&self.shutdown, async move {
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = Backoff::new(RECONNECT);
             loop {
                 let req = pb::InboundRequest {
                     namespace: namespace.clone(),
@@ -313,7 +319,7 @@ impl Discovery {
                                 Ok(Some(p)) => match inbound_policy(p) {
                                     Ok(policy) => {
                                         stats.updates.inc();
-                                        backoff = BACKOFF_MIN;
+                                        backoff.reset();
                                         tracing::info!(policy = %policy.default_policy, "inbound policy from the controller");
                                         apply(policy);
                                     }
@@ -348,8 +354,7 @@ impl Discovery {
                         ));
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         });
     }
@@ -399,7 +404,7 @@ async fn follow(
     tx: watch::Sender<Option<Arc<Resolved>>>,
     stats: Arc<DiscoveryStats>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(RECONNECT);
     loop {
         let req = pb::ResolveRequest {
             target: target.to_string(),
@@ -421,7 +426,7 @@ async fn follow(
                         Ok(Some(r)) => match resolved(target, r) {
                             Ok(r) => {
                                 stats.updates.inc();
-                                backoff = BACKOFF_MIN;
+                                backoff.reset();
                                 tracing::debug!(dst.addr = %target, kind = ?r.kind, authority = %r.authority, "resolved");
                                 tx.send_replace(Some(Arc::new(r)));
                             }
@@ -445,10 +450,9 @@ async fn follow(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
             () = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -10,9 +10,10 @@
 //! the old pair keeps serving. A key therefore lives no longer than its
 //! certificate, and a key that leaked is useless after the next renewal. It renews at about 70 % of the certificate's lifetime, with
 //! jitter so a fleet does not renew in step; a failed renewal keeps the
-//! current certificate and retries with jittered exponential backoff, never
-//! waiting so long that the certificate could expire between two attempts
-//! (the wait is capped at an eighth of the time it has left). Each attempt
+//! current certificate and retries with the workspace's backoff
+//! ([`trellis_core::backoff`], full jitter), never waiting so long that the
+//! certificate could expire between two attempts (the wait is capped at an
+//! eighth of the time it has left). Each attempt
 //! is bounded, so an identity service that accepts connections but never
 //! answers cannot stall renewal.
 
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use trellis_api::CertifyRequest;
+use trellis_core::backoff::{Backoff, Exponential};
 use trellis_core::shutdown::Shutdown;
 use trellis_core::spiffe::SpiffeId;
 use trellis_core::tls::{CertInfo, Credentials, TlsError};
@@ -52,12 +54,12 @@ pub enum IdentityError {
     Certificate(#[from] TlsError),
 }
 
-/// Shortest and longest wait between failed attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The wait between failed attempts: at most 500 ms at first, doubling, at
+/// most 60 s; lower still near the certificate's expiry ([`retry_cap`]).
+const RETRY: Exponential = Exponential::new(Duration::from_millis(500), Duration::from_secs(60));
 /// Longest wait between attempts while the proxy has no usable certificate
 /// (it serves no meshed traffic until it gets one).
-const BACKOFF_MAX_UNCERTIFIED: Duration = Duration::from_secs(10);
+const RETRY_MAX_UNCERTIFIED: Duration = Duration::from_secs(10);
 /// How long one attempt (connect, handshake, `Certify`) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,7 +73,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(RETRY);
     loop {
         let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, certify(&config, &creds));
         let result = attempt
@@ -91,7 +93,7 @@ pub async fn run(
                     "certificate issued"
                 );
                 certificate.arrived();
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 let now = SystemTime::now();
                 renew_after(&info, now, now, jitter())
             }
@@ -106,9 +108,7 @@ pub async fn run(
                     "certificate request failed"
                 );
                 certificate.failed(&e);
-                let wait = retry_wait(backoff, creds.info().as_ref(), SystemTime::now(), jitter());
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                wait
+                backoff.next_wait_at_most(retry_cap(creds.info().as_ref(), SystemTime::now()))
             }
         };
         tokio::select! {
@@ -171,25 +171,16 @@ fn renew_after(info: &CertInfo, received: SystemTime, now: SystemTime, jitter: f
         .max(Duration::from_secs(1))
 }
 
-/// How long to wait after a failed attempt: `backoff` with equal jitter
-/// (half fixed, half random, so a fleet that lost the identity service
-/// together does not come back in step), capped so that a valid
-/// certificate gets several more attempts before it expires, and capped
-/// lower while there is no valid certificate at all.
-fn retry_wait(
-    backoff: Duration,
-    current: Option<&CertInfo>,
-    now: SystemTime,
-    jitter: f64,
-) -> Duration {
-    let spread = 0.75 + 0.25 * jitter.clamp(-1.0, 1.0);
-    let wait = backoff.mul_f64(spread);
-    let cap = match current.and_then(|c| c.not_after.duration_since(now).ok()) {
-        Some(left) if !left.is_zero() => (left / 8).clamp(BACKOFF_MIN, BACKOFF_MAX),
-        _ => BACKOFF_MAX_UNCERTIFIED,
-    };
-    // Both caps are at least BACKOFF_MIN, so the range is never empty.
-    wait.clamp(BACKOFF_MIN, cap)
+/// This site's own cap on the wait after a failed attempt, on top of
+/// [`RETRY`]'s: an eighth of what is left of the current certificate, so
+/// that it gets several more attempts before it expires (never below
+/// [`RETRY`]'s base, nor above its cap), and [`RETRY_MAX_UNCERTIFIED`]
+/// while there is no valid certificate at all.
+fn retry_cap(current: Option<&CertInfo>, now: SystemTime) -> Duration {
+    match current.and_then(|c| c.not_after.duration_since(now).ok()) {
+        Some(left) if !left.is_zero() => (left / 8).clamp(RETRY.base, RETRY.max),
+        _ => RETRY_MAX_UNCERTIFIED,
+    }
 }
 
 /// A random number in −1.0..1.0, different in every process.
@@ -261,32 +252,55 @@ mod tests {
     }
 
     #[test]
-    fn retry_waits_back_off_but_never_past_the_certificate() {
+    fn the_retry_cap_is_an_eighth_of_the_certificates_life_left() {
         let i = info(30);
         let s = Duration::from_secs;
-        // A fresh 30 s certificate: the cap is an eighth of what is left.
         let at = |secs| i.not_before + s(secs);
-        assert_eq!(retry_wait(s(1), Some(&i), at(0), 0.0), s(1) * 3 / 4);
-        assert_eq!(retry_wait(s(60), Some(&i), at(0), 1.0), s(30) / 8);
+        // A fresh 30 s certificate: an eighth of what is left.
+        assert_eq!(retry_cap(Some(&i), at(0)), s(30) / 8);
         // Late in its life (renewal failed at 70 %): still several tries left.
-        assert_eq!(retry_wait(s(8), Some(&i), at(22), 1.0), s(1));
-        // Almost expired: as fast as BACKOFF_MIN allows.
-        assert_eq!(retry_wait(s(8), Some(&i), at(29), 1.0), BACKOFF_MIN);
+        assert_eq!(retry_cap(Some(&i), at(22)), s(1));
+        // Almost expired: never below the first wait's ceiling.
+        assert_eq!(retry_cap(Some(&i), at(29)), RETRY.base);
         // Long certificates: the ordinary cap.
         let day = info(86_400);
-        assert_eq!(
-            retry_wait(s(120), Some(&day), day.not_before, 1.0),
-            BACKOFF_MAX
-        );
+        assert_eq!(retry_cap(Some(&day), day.not_before), RETRY.max);
         // No certificate, or an expired one: at most ten seconds.
-        assert_eq!(retry_wait(s(60), None, at(0), 1.0), BACKOFF_MAX_UNCERTIFIED);
+        assert_eq!(retry_cap(None, at(0)), RETRY_MAX_UNCERTIFIED);
+        assert_eq!(retry_cap(Some(&i), at(31)), RETRY_MAX_UNCERTIFIED);
+    }
+
+    #[test]
+    fn retry_waits_back_off_with_full_jitter_but_never_past_the_certificate() {
+        // Full jitter since the one backoff of issue 13 (it was "equal
+        // jitter", half to all of the backoff, at least 500 ms): each wait
+        // is the draw times the ceiling, min(cap, 500 ms · 2ⁿ).
+        let i = info(30);
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let draws = [1.0, 1.0, 1.0, 0.5, 1.0, 0.0];
+        let mut next = draws.into_iter();
+        let mut b = Backoff::with_random(RETRY, move || next.next().unwrap_or(1.0));
+        let fresh = retry_cap(Some(&i), i.not_before);
+        let waits: Vec<Duration> = (0..6).map(|_| b.next_wait_at_most(fresh)).collect();
+        // Ceilings 0.5, 1, 2, 3.75 (30 s / 8), 3.75, 3.75 s.
+        assert_eq!(waits, [ms(500), s(1), s(2), ms(1875), ms(3750), s(0)]);
+        // A certificate almost expired: no wait past 500 ms, however many failures.
+        let late = retry_cap(Some(&i), i.not_before + s(29));
+        assert_eq!(b.next_wait_at_most(late), ms(500));
+        // No certificate: ten seconds at most; a day's: the policy's 60 s.
+        for _ in 0..10 {
+            b.next_wait();
+        }
+        assert_eq!(b.next_wait_at_most(retry_cap(None, i.not_before)), s(10));
+        let day = info(86_400);
         assert_eq!(
-            retry_wait(s(60), Some(&i), at(31), 1.0),
-            BACKOFF_MAX_UNCERTIFIED
+            b.next_wait_at_most(retry_cap(Some(&day), day.not_before)),
+            s(60)
         );
-        // Jitter spreads the wait between 50 % and 100 % of the backoff.
-        assert_eq!(retry_wait(s(4), None, at(0), -1.0), s(2));
-        assert_eq!(retry_wait(s(4), None, at(0), 1.0), s(4));
+        // A success starts over.
+        b.reset();
+        assert_eq!(b.next_wait_at_most(fresh), ms(500));
     }
 
     #[test]

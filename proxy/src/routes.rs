@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use http::Method;
 use trellis_api::discovery::v1 as pb;
+use trellis_core::backoff::Exponential;
 
 use crate::traffic::budget::RetryBudget;
-use crate::traffic::retry::{Backoff, RetryPolicy, StatusRange};
+use crate::traffic::retry::{RetryPolicy, StatusRange};
 use crate::traffic::route::{
     BackendRef, GrpcMatch, GrpcMethodMatch, HeaderMatch, HttpMatch, PathMatch, Pattern, QueryMatch,
     Route, RouteError, RouteName, RouteTable, Rule, Timeouts, ValueMatch, WeightedBackend,
@@ -208,12 +209,12 @@ fn retry(r: &pb::RetryPolicy) -> RetryPolicy {
             .filter_map(|c| i32::try_from(*c).ok())
             .collect(),
         per_try_timeout: millis(r.per_try_timeout_ms),
-        backoff: Backoff {
+        backoff: Exponential::new(
             base,
-            max: millis(r.backoff_max_ms)
+            millis(r.backoff_max_ms)
                 .unwrap_or(defaults.backoff.max)
                 .max(base),
-        },
+        ),
         budget,
         non_idempotent: r.non_idempotent,
     }

@@ -528,8 +528,10 @@ async fn the_applier_creates_updates_deletes_and_never_touches_a_foreign_configm
 
 fn distributor(client: kube::Client, metrics: Arc<Metrics>) -> Distributor {
     let mut settings = Settings::new("trellis", NAME);
-    settings.retry =
-        crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+    settings.retry = Backoff::new(Exponential::new(
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    ));
     Distributor::new(client, settings, metrics)
 }
 

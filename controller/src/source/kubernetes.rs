@@ -8,8 +8,8 @@
 //! fresh listing (at start, after a failure, or after the watch fell too
 //! far behind) replaces the kind's objects at once. The store is synced
 //! once every kind has been listed. A failing watch keeps the last state
-//! and is retried through [`crate::watches::watch`]: a growing, jittered
-//! backoff (at most 10 s apart), one WARN when it starts failing (naming
+//! and is retried through [`crate::watches::watch`]: a growing backoff
+//! with full jitter (at most 10 s apart), one WARN when it starts failing (naming
 //! the resource and the reason: `CRD httproutes.gateway.networking.k8s.io
 //! not installed`, `forbidden: RBAC …`), one INFO when it recovers, the
 //! state in `trellis_controller_watch_healthy` / `_watch_failing` and at
@@ -36,6 +36,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::Api;
+use trellis_core::backoff::Backoff;
 use trellis_core::shutdown::Shutdown;
 
 use super::Source;
@@ -48,11 +49,17 @@ use crate::watches::{self, FailureKind};
 /// Watches the API server.
 pub struct KubernetesSource {
     client: kube::Client,
+    /// How each watch waits between failed attempts: [`watches::BACKOFF`]
+    /// with full jitter (tests: without).
+    retry: Backoff,
 }
 
 impl KubernetesSource {
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            retry: Backoff::new(watches::BACKOFF),
+        }
     }
 
     /// The client the watches use (shared with the trust roots distributor).
@@ -90,15 +97,14 @@ impl Source for KubernetesSource {
         let listed = Arc::new(Listed {
             done: Mutex::new(BTreeSet::new()),
         });
-        let c = &self.client;
         let all = futures_util::future::join_all([
-            reflect::<Namespace>(c, &store, &metrics, &listed).boxed(),
-            reflect::<Pod>(c, &store, &metrics, &listed).boxed(),
-            reflect::<Service>(c, &store, &metrics, &listed).boxed(),
-            reflect::<EndpointSlice>(c, &store, &metrics, &listed).boxed(),
-            reflect::<HttpRoute>(c, &store, &metrics, &listed).boxed(),
-            reflect::<GrpcRoute>(c, &store, &metrics, &listed).boxed(),
-            reflect::<AuthorizationPolicy>(c, &store, &metrics, &listed).boxed(),
+            reflect::<Namespace>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<Pod>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<Service>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<EndpointSlice>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<HttpRoute>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<GrpcRoute>(&self, &store, &metrics, &listed).boxed(),
+            reflect::<AuthorizationPolicy>(&self, &store, &metrics, &listed).boxed(),
         ]);
         tokio::select! {
             () = shutdown.signaled() => {}
@@ -113,14 +119,19 @@ pub const WATCHER: &str = "discovery";
 /// Applies the events of one kind's watch to the store, until the watch
 /// ends (it does not: failures are retried).
 async fn reflect<K: Watched>(
-    client: &kube::Client,
+    source: &KubernetesSource,
     store: &Store,
     metrics: &Metrics,
     listed: &Listed,
 ) {
-    let api: Api<K> = Api::all(client.clone());
+    let api: Api<K> = Api::all(source.client.clone());
     let handle = metrics.watches().register(WATCHER, K::KIND.resource());
-    let events = watches::watch(api, watcher::Config::default(), handle);
+    let events = watches::watch_with(
+        api,
+        watcher::Config::default(),
+        handle,
+        source.retry.clone(),
+    );
     futures_util::pin_mut!(events);
     let mut listing = Vec::new();
     // An optional kind the API server does not serve: emptied once per

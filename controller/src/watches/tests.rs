@@ -111,10 +111,13 @@ async fn a_watch_refused_after_a_good_list_stays_failing_and_backs_off() {
     let metrics = Metrics::new();
     let watches = metrics.watches().clone();
     let api: Api<Pod> = Api::all(kube::Client::new(svc, "default"));
-    let events = watch(
+    // Without jitter, each wait is the backoff's ceiling: the schedule is
+    // exact (the jitter is `trellis_core::backoff`'s to test).
+    let events = watch_with(
         api,
         watcher::Config::default(),
         watches.register("test", "pods"),
+        Backoff::without_jitter(BACKOFF),
     );
     let consumer = tokio::spawn(events.take_while(|_| async { true }).count());
 

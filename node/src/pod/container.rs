@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
-use super::BACKOFF_START;
+use trellis_core::backoff::Backoff;
+
+use super::RESTART;
 use crate::probe::{Kind as ProbeKind, ProbeState};
 
 #[derive(Clone, Debug)]
@@ -43,7 +45,7 @@ pub(super) struct Ctr {
     pub(super) ready: bool,
     pub(super) probes: Vec<(ProbeKind, ProbeState)>,
     pub(super) probe_tasks: Vec<tokio::task::JoinHandle<()>>,
-    pub(super) backoff: Duration,
+    pub(super) restart: Backoff,
     pub(super) not_before: Option<Instant>,
     /// Asked to stop (liveness, termination): its exit is not a crash.
     pub(super) stopping: bool,
@@ -69,10 +71,18 @@ impl Ctr {
             ready: false,
             probes: Vec::new(),
             probe_tasks: Vec::new(),
-            backoff: BACKOFF_START,
+            restart: Backoff::without_jitter(RESTART),
             not_before: None,
             stopping: false,
         }
+    }
+
+    /// Holds the next start back by the restart backoff's next wait,
+    /// and returns that wait.
+    pub(super) fn wait_to_restart(&mut self) -> Duration {
+        let wait = self.restart.next_wait();
+        self.not_before = Some(Instant::now() + wait);
+        wait
     }
 
     pub(super) fn running(&self) -> bool {

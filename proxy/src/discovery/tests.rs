@@ -160,3 +160,54 @@ fn inbound_policies_convert_and_bad_values_are_refused() {
         assert!(inbound_policy(p.clone()).is_err(), "{p:?} accepted");
     }
 }
+
+/// The waits of a stream that keeps failing, its jitter drawn from `seed`.
+fn reconnect_schedule(seed: u64) -> Vec<Duration> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut backoff = Backoff::with_random(RECONNECT, move || rng.random::<f64>());
+    (0..8).map(|_| backoff.next_wait()).collect()
+}
+
+#[test]
+fn reconnects_are_jittered_so_proxies_do_not_come_back_in_step() {
+    // What every proxy waited before the shared backoff: the ceilings,
+    // the same everywhere, so a restarted controller met them all at once.
+    let ceilings: Vec<Duration> = (0..8).map(|n| RECONNECT.ceiling(n)).collect();
+    let ms = Duration::from_millis;
+    assert_eq!(
+        ceilings,
+        [
+            ms(250),
+            ms(500),
+            ms(1000),
+            ms(2000),
+            ms(4000),
+            ms(8000),
+            ms(10_000),
+            ms(10_000)
+        ]
+    );
+    // Two proxies, two draws: different schedules, each under the ceilings.
+    let (a, b) = (reconnect_schedule(1), reconnect_schedule(2));
+    assert_ne!(a, b);
+    for schedule in [&a, &b] {
+        assert_ne!(*schedule, ceilings);
+        for (wait, ceiling) in schedule.iter().zip(&ceilings) {
+            assert!(wait <= ceiling, "{schedule:?}");
+        }
+    }
+    // A hundred proxies lose the controller together: their first
+    // reconnects spread over the whole first window, not one instant.
+    let mut first: Vec<Duration> = (0..100).map(|seed| reconnect_schedule(seed)[0]).collect();
+    first.sort();
+    first.dedup();
+    assert_eq!(first.len(), 100);
+    assert!(first[0] < ms(25) && first[99] > ms(225), "{first:?}");
+    // The loops draw from the thread's generator: different there too.
+    let mut live = [Backoff::new(RECONNECT), Backoff::new(RECONNECT)];
+    let [x, y] = live
+        .each_mut()
+        .map(|b| (0..8).map(|_| b.next_wait()).collect::<Vec<_>>());
+    assert_ne!(x, y);
+}

@@ -128,7 +128,7 @@ fn retry_timeouts_and_backends_carry_over_with_defaults_filled() {
     );
     assert_eq!(retry.grpc_codes, [14]);
     assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(300)));
-    assert_eq!(retry.backoff, Backoff::default());
+    assert_eq!(retry.backoff, crate::traffic::retry::DEFAULT_BACKOFF);
     assert_eq!(retry.budget, RetryBudget::default());
 }
 

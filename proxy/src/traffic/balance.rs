@@ -72,6 +72,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use trellis_core::backoff::Exponential;
 
 use ewma::PeakEwma;
 
@@ -445,16 +446,16 @@ impl<K: Clone + Eq + Hash> Balancer<K> {
         e.state = State::Ejected { until };
     }
 
-    /// The backoff of endpoint `i`'s next ejection, jittered to between
-    /// half and all of it.
+    /// The backoff of endpoint `i`'s next ejection: the ceiling of the
+    /// workspace's backoff, jittered to between half and all of it. Not
+    /// full jitter, deliberately: an ejection is a quarantine, not a wait
+    /// between retries, and one drawn near zero would send the next
+    /// request straight back to an endpoint that just failed
+    /// `failure_threshold` times in a row.
     fn next_backoff(&mut self, i: usize) -> Duration {
         let ejections = self.endpoints.get(i).map_or(0, |e| e.ejections);
-        let factor = 1u32.checked_shl(ejections).unwrap_or(u32::MAX);
-        let full = self
-            .config
-            .ejection_base
-            .saturating_mul(factor)
-            .min(self.config.ejection_max);
+        let full = Exponential::new(self.config.ejection_base, self.config.ejection_max)
+            .ceiling(ejections);
         let jitter: f64 = self.rng.random_range(0.5..=1.0);
         Duration::try_from_secs_f64(full.as_secs_f64() * jitter).map_or(full, |d| d.min(full))
     }

@@ -24,16 +24,21 @@
 //!    happen, and `BudgetExhausted` means exactly "this failure would have
 //!    been retried": the `trellis_http_retry_budget_exhausted_total` count.
 //!
-//! Backoff is exponential with full jitter: retry `n` (from 0) waits a
-//! uniformly random time in `[0, min(max, base × 2ⁿ)]`, the randomness
-//! passed in as [`Attempt::jitter`].
+//! Backoff is the workspace's one ([`trellis_core::backoff`]): retry `n`
+//! (from 0) waits a uniformly random time in `[0, min(max, base × 2ⁿ)]`,
+//! the randomness passed in as [`Attempt::jitter`].
 
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
+use trellis_core::backoff::Exponential;
 
 use super::budget::RetryBudget;
 use super::route::Timeouts;
+
+/// Envoy's backoff between retries: 25 ms, doubling, at most 250 ms.
+pub const DEFAULT_BACKOFF: Exponential =
+    Exponential::new(Duration::from_millis(25), Duration::from_millis(250));
 
 /// Largest request body buffered for replay (64 KiB): the body module's
 /// buffer limit, restated here because it decides retryability.
@@ -60,7 +65,7 @@ pub struct RetryPolicy {
     pub grpc_codes: Vec<i32>,
     /// Limit on each try; `None`: the rule's backend-request timeout.
     pub per_try_timeout: Option<Duration>,
-    pub backoff: Backoff,
+    pub backoff: Exponential,
     /// Retries the route may make, relative to its traffic.
     pub budget: RetryBudget,
     /// Retry every method, not only the idempotent ones.
@@ -68,15 +73,15 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Two retries of 5xx and `UNAVAILABLE`, Envoy's backoff (25 ms to
-    /// 250 ms), the default budget.
+    /// Two retries of 5xx and `UNAVAILABLE`, Envoy's backoff
+    /// ([`DEFAULT_BACKOFF`]), the default budget.
     fn default() -> Self {
         Self {
             limit: 2,
             http_statuses: vec![StatusRange::class(5)],
             grpc_codes: vec![grpc_code::UNAVAILABLE],
             per_try_timeout: None,
-            backoff: Backoff::default(),
+            backoff: DEFAULT_BACKOFF,
             budget: RetryBudget::default(),
             non_idempotent: false,
         }
@@ -107,38 +112,6 @@ impl StatusRange {
     }
     pub fn contains(&self, status: StatusCode) -> bool {
         (self.from..=self.to).contains(&status.as_u16())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(25),
-            max: Duration::from_millis(250),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry `retry` (0 for the first), `jitter` uniform in
-    /// `[0, 1]` (values outside are clamped, NaN counts as 0).
-    pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
-        let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
-        let ceiling = self.base.saturating_mul(factor).min(self.max);
-        let jitter = if jitter.is_nan() {
-            0.0
-        } else {
-            jitter.clamp(0.0, 1.0)
-        };
-        // Rounding near `Duration::MAX` could overflow: keep the ceiling then.
-        Duration::try_from_secs_f64(ceiling.as_secs_f64() * jitter)
-            .map_or(ceiling, |d| d.min(ceiling))
     }
 }
 

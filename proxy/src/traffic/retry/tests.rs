@@ -28,10 +28,7 @@ fn policy() -> RetryPolicy {
         limit: 2,
         http_statuses: vec![StatusRange::class(5), StatusRange::single(429)],
         grpc_codes: vec![grpc_code::UNAVAILABLE],
-        backoff: Backoff {
-            base: ms(20),
-            max: ms(100),
-        },
+        backoff: Exponential::new(ms(20), ms(100)),
         ..RetryPolicy::default()
     }
 }
@@ -180,42 +177,6 @@ fn policy_switches() {
         decide(&p, &grpc_attempt, || true),
         RetryDecision::NoRetry(Why::NotRetryable)
     );
-}
-
-#[test]
-fn backoff_is_exponential_capped_with_full_jitter() {
-    let b = Backoff {
-        base: ms(10),
-        max: ms(70),
-    };
-    // (retry, jitter, delay)
-    let cases = [
-        (0, 1.0, ms(10)),
-        (1, 1.0, ms(20)),
-        (2, 1.0, ms(40)),
-        (3, 1.0, ms(70)),
-        (30, 1.0, ms(70)),
-        (u32::MAX, 1.0, ms(70)),
-        (2, 0.0, ms(0)),
-        (2, 0.25, ms(10)),
-        (3, 0.5, ms(35)),
-        (2, 7.0, ms(40)),
-        (2, -1.0, ms(0)),
-        (2, f64::NAN, ms(0)),
-    ];
-    for (retry, jitter, want) in cases {
-        assert_eq!(
-            b.delay(retry, jitter),
-            want,
-            "retry {retry}, jitter {jitter}"
-        );
-    }
-    let huge = Backoff {
-        base: Duration::MAX,
-        max: Duration::MAX,
-    };
-    assert_eq!(huge.delay(5, 1.0), Duration::MAX);
-    assert!(huge.delay(5, 0.5) <= Duration::MAX);
 }
 
 #[test]
