@@ -232,7 +232,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             {
                 bail!(
                     "mesh {kube} runs Kubernetes: its status is the API server's, e.g. `KUBECONFIG={} kubectl get pods -A`",
-                    trellis_node::record::Record::dir(kube).join("kubeconfig").display()
+                    trellis_node::record::Record::kubeconfig_of(kube).display()
                 );
             }
             let st = Mesh::open(name)?.status();
@@ -338,9 +338,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
                         "-".into(),
                         format!(
                             "--kubernetes (KUBECONFIG={})",
-                            trellis_node::record::Record::dir(&m.name)
-                                .join("kubeconfig")
-                                .display()
+                            trellis_node::record::Record::kubeconfig_of(&m.name).display()
                         ),
                     ],
                     Ok(s) => vec![m.name, s.phase.to_string(), s.pods.to_string(), s.source],

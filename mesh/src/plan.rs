@@ -528,23 +528,12 @@ pub fn service_rules(services: &[ServicePlan]) -> String {
                 "-A {SERVICES_CHAIN} -d {}/32 -p tcp -m tcp --dport {} -m comment --comment \"{comment}\" -j {chain}",
                 s.vip, p.port
             );
-            let n = s.endpoints.len();
-            for (i, ep) in s.endpoints.iter().enumerate() {
-                let remaining = n - i;
-                let pick = if remaining > 1 {
-                    format!(
-                        "-m statistic --mode random --probability {:.10} ",
-                        1.0 / remaining as f64
-                    )
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    nat,
-                    "-A {chain} -p tcp {pick}-j DNAT --to-destination {ep}:{}",
-                    p.target_port
-                );
-            }
+            let targets: Vec<String> = s
+                .endpoints
+                .iter()
+                .map(|ep| format!("{ep}:{}", p.target_port))
+                .collect();
+            spread_dnat(&mut nat, &chain, "tcp", &targets);
             chains.push(chain);
         }
     }
@@ -611,6 +600,27 @@ impl Plan {
                     .join(", ")
             )),
         }
+    }
+}
+
+/// A service chain's DNAT rules, as kube-proxy writes them: each of N
+/// targets (`ip:port`) gets 1/N of the connections, by rules that take
+/// 1/N, then 1/(N-1) of the rest, …, and the last one unconditionally.
+pub fn spread_dnat(out: &mut String, chain: &str, proto: &str, targets: &[String]) {
+    for (i, target) in targets.iter().enumerate() {
+        let remaining = targets.len() - i;
+        let pick = if remaining > 1 {
+            format!(
+                "-m statistic --mode random --probability {:.10} ",
+                1.0 / remaining as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "-A {chain} -p {proto} {pick}-j DNAT --to-destination {target}"
+        );
     }
 }
 

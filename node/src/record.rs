@@ -99,7 +99,12 @@ impl Record {
 
     /// The admin's kubeconfig through the host-side forwarder: the user's.
     pub fn kubeconfig(&self) -> PathBuf {
-        Record::dir(&self.mesh).join("kubeconfig")
+        Record::kubeconfig_of(&self.mesh)
+    }
+
+    /// [`Record::kubeconfig`] of mesh `mesh`, without reading its record.
+    pub fn kubeconfig_of(mesh: &str) -> PathBuf {
+        Record::dir(mesh).join("kubeconfig")
     }
 
     /// Where the agent keeps its pods' volumes and logs:

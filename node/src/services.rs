@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort, Endpoint
 use trellis_mesh::names::{
     service_chain, service_hostnames, REJECT_CHAIN, SERVICES_CHAIN, SERVICE_CHAIN_PREFIX,
 };
+use trellis_mesh::plan::spread_dnat;
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -305,22 +306,11 @@ pub fn iptables_restore(views: &[ServiceView], current: &str) -> String {
                 nat,
                 "-A {SERVICES_CHAIN} {matches} -m comment --comment \"{comment}\" -j {chain}"
             );
-            for (i, b) in backends.iter().enumerate() {
-                let remaining = backends.len() - i;
-                let pick = if remaining > 1 {
-                    format!(
-                        "-m statistic --mode random --probability {:.10} ",
-                        1.0 / remaining as f64
-                    )
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    nat,
-                    "-A {chain} -p {proto} {pick}-j DNAT --to-destination {}:{}",
-                    b.address, b.port
-                );
-            }
+            let targets: Vec<String> = backends
+                .iter()
+                .map(|b| format!("{}:{}", b.address, b.port))
+                .collect();
+            spread_dnat(&mut nat, &chain, proto, &targets);
             chains.push(chain);
         }
     }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+    ConfigMap, ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, KeyToPath, Pod,
+    Secret, SecretProjection, ServiceAccount, Volume, VolumeProjection,
 };
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -167,120 +168,69 @@ impl Volumes {
         pod_ip: Option<&str>,
     ) -> Result<Option<BTreeMap<String, (Vec<u8>, u32)>>, VolumeError> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut files = BTreeMap::new();
         if v.empty_dir.is_some() {
             return Ok(None);
         }
-        if let Some(cm) = &v.config_map {
-            let mode = cm.default_mode.unwrap_or(DEFAULT_MODE);
-            let data = sources.config_map(ns, &cm.name);
-            add_keys(
-                &mut files,
-                "ConfigMap",
-                &cm.name,
-                data,
-                cm.items.as_deref(),
-                mode,
-                cm.optional,
-            )?;
-            return Ok(Some(files));
-        }
-        if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let mode = s.default_mode.unwrap_or(DEFAULT_MODE);
-            let data = sources.secret(ns, &name);
-            add_keys(
-                &mut files,
-                "Secret",
-                &name,
-                data,
-                s.items.as_deref(),
-                mode,
-                s.optional,
-            )?;
-            return Ok(Some(files));
-        }
-        if let Some(d) = &v.downward_api {
-            let mode = d.default_mode.unwrap_or(DEFAULT_MODE);
-            add_downward(
-                &mut files,
-                pod,
-                d.items.as_deref().unwrap_or_default(),
-                mode,
-                pod_ip,
-            )?;
-            return Ok(Some(files));
-        }
-        if let Some(p) = &v.projected {
-            let mode = p.default_mode.unwrap_or(DEFAULT_MODE);
-            for source in p.sources.iter().flatten() {
-                if let Some(cm) = &source.config_map {
-                    let data = sources.config_map(ns, &cm.name);
-                    add_keys(
-                        &mut files,
-                        "ConfigMap",
-                        &cm.name,
-                        data,
-                        cm.items.as_deref(),
-                        mode,
-                        cm.optional,
-                    )?;
-                }
-                if let Some(s) = &source.secret {
-                    let data = sources.secret(ns, &s.name);
-                    add_keys(
-                        &mut files,
-                        "Secret",
-                        &s.name,
-                        data,
-                        s.items.as_deref(),
-                        mode,
-                        s.optional,
-                    )?;
-                }
-                if let Some(d) = &source.downward_api {
-                    add_downward(
-                        &mut files,
-                        pod,
-                        d.items.as_deref().unwrap_or_default(),
-                        mode,
-                        pod_ip,
-                    )?;
-                }
-                if let Some(t) = &source.service_account_token {
-                    let sa = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.service_account_name.clone())
-                        .unwrap_or_else(|| "default".into());
-                    let seconds = t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS);
-                    let token =
-                        request_token(client, pod, &sa, t.audience.as_deref(), seconds).await?;
-                    files.insert(t.path.clone(), (token.into_bytes(), mode as u32));
-                    // Kept for refresh (the path is relative to the volume
-                    // until `write` makes it absolute).
-                    self.tokens.push(Token {
-                        path: PathBuf::from(&v.name).join(&t.path),
-                        service_account: sa,
-                        audience: t.audience.clone(),
-                        seconds,
-                        mode: mode as u32,
-                        refresh_at: Instant::now() + refresh_after(seconds),
-                    });
-                }
-                if source.cluster_trust_bundle.is_some() || source.pod_certificate.is_some() {
-                    return fail(format!(
-                        "volume {}: clusterTrustBundle and podCertificate sources are not supported by trellis-node",
-                        v.name
-                    ));
-                }
+        let Some((mode, projections)) = projection(v) else {
+            return fail(format!(
+                "volume {}: only emptyDir, configMap, secret, downwardAPI, projected and hostPath volumes are supported by trellis-node",
+                v.name
+            ));
+        };
+        let mut files = BTreeMap::new();
+        for source in &projections {
+            if let Some(cm) = &source.config_map {
+                let data = sources.config_map(ns, &cm.name);
+                let keys = Keys {
+                    kind: "ConfigMap",
+                    name: &cm.name,
+                    items: cm.items.as_deref(),
+                    optional: cm.optional,
+                };
+                add_keys(&mut files, &keys, data, mode)?;
             }
-            return Ok(Some(files));
+            if let Some(s) = &source.secret {
+                let data = sources.secret(ns, &s.name);
+                let keys = Keys {
+                    kind: "Secret",
+                    name: &s.name,
+                    items: s.items.as_deref(),
+                    optional: s.optional,
+                };
+                add_keys(&mut files, &keys, data, mode)?;
+            }
+            if let Some(d) = &source.downward_api {
+                let items = d.items.as_deref().unwrap_or_default();
+                add_downward(&mut files, pod, items, mode, pod_ip)?;
+            }
+            if let Some(t) = &source.service_account_token {
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
+                let seconds = t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS);
+                let token = request_token(client, pod, &sa, t.audience.as_deref(), seconds).await?;
+                files.insert(t.path.clone(), (token.into_bytes(), mode as u32));
+                // Kept for refresh (the path is relative to the volume
+                // until `write` makes it absolute).
+                self.tokens.push(Token {
+                    path: PathBuf::from(&v.name).join(&t.path),
+                    service_account: sa,
+                    audience: t.audience.clone(),
+                    seconds,
+                    mode: mode as u32,
+                    refresh_at: Instant::now() + refresh_after(seconds),
+                });
+            }
+            if source.cluster_trust_bundle.is_some() || source.pod_certificate.is_some() {
+                return fail(format!(
+                    "volume {}: clusterTrustBundle and podCertificate sources are not supported by trellis-node",
+                    v.name
+                ));
+            }
         }
-        fail(format!(
-            "volume {}: only emptyDir, configMap, secret, downwardAPI, projected and hostPath volumes are supported by trellis-node",
-            v.name
-        ))
+        Ok(Some(files))
     }
 
     fn write(
@@ -418,15 +368,26 @@ async fn request_token(
     }
 }
 
+/// Which keys of a ConfigMap or Secret a volume takes.
+struct Keys<'a> {
+    kind: &'static str,
+    name: &'a str,
+    items: Option<&'a [KeyToPath]>,
+    optional: Option<bool>,
+}
+
 fn add_keys(
     files: &mut BTreeMap<String, (Vec<u8>, u32)>,
-    kind: &str,
-    name: &str,
+    keys: &Keys<'_>,
     data: Option<BTreeMap<String, Vec<u8>>>,
-    items: Option<&[KeyToPath]>,
     default_mode: i32,
-    optional: Option<bool>,
 ) -> Result<(), VolumeError> {
+    let Keys {
+        kind,
+        name,
+        items,
+        optional,
+    } = *keys;
     let Some(data) = data else {
         if optional == Some(true) {
             return Ok(());
@@ -453,6 +414,59 @@ fn add_keys(
         }
     }
     Ok(())
+}
+
+/// A volume's files as projected sources and their default mode: a
+/// `configMap`, `secret` or `downwardAPI` volume is the projection of its
+/// one source, as in Kubernetes. `None` for other kinds.
+fn projection(v: &Volume) -> Option<(i32, Vec<VolumeProjection>)> {
+    let one =
+        |p: VolumeProjection, mode: Option<i32>| Some((mode.unwrap_or(DEFAULT_MODE), vec![p]));
+    if let Some(cm) = &v.config_map {
+        let source = ConfigMapProjection {
+            name: cm.name.clone(),
+            items: cm.items.clone(),
+            optional: cm.optional,
+        };
+        return one(
+            VolumeProjection {
+                config_map: Some(source),
+                ..VolumeProjection::default()
+            },
+            cm.default_mode,
+        );
+    }
+    if let Some(s) = &v.secret {
+        let source = SecretProjection {
+            name: s.secret_name.clone().unwrap_or_default(),
+            items: s.items.clone(),
+            optional: s.optional,
+        };
+        return one(
+            VolumeProjection {
+                secret: Some(source),
+                ..VolumeProjection::default()
+            },
+            s.default_mode,
+        );
+    }
+    if let Some(d) = &v.downward_api {
+        let source = DownwardAPIProjection {
+            items: d.items.clone(),
+        };
+        return one(
+            VolumeProjection {
+                downward_api: Some(source),
+                ..VolumeProjection::default()
+            },
+            d.default_mode,
+        );
+    }
+    let p = v.projected.as_ref()?;
+    Some((
+        p.default_mode.unwrap_or(DEFAULT_MODE),
+        p.sources.clone().unwrap_or_default(),
+    ))
 }
 
 fn add_downward(
