@@ -278,14 +278,24 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago (the OS's choice, never
-/// a fixed one). A process that then fails to bind it is retried by
-/// [`Cluster::start`].
+/// a fixed one), and never one this process was given before: the OS may
+/// hand a just-released port out again, and two listeners of one process
+/// (a proxy's inbound and outbound) must not get the same. A process that
+/// then fails to bind it is retried by [`Cluster::start`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 // --- certificates ---------------------------------------------------------------
