@@ -1,25 +1,14 @@
-//! The life of one proxied connection, in phases:
+//! The life of one proxied connection, in phases shared by both listeners:
 //!
 //! ```text
-//! accept ──► Accepted ──► detect ──► Detected ──► forward (HTTP | opaque) ──► record
-//!  (client addr,          (first bytes,           (connect the original
-//!   original dst,          or timeout,             destination, stream
-//!   loop check)            or opaque port)         both ways)
+//! accept ──► Accepted ──► detect ──► Detected ──► inbound::serve | outbound::serve ──► record
+//!  (client addr,          (first bytes,            (each direction's own
+//!   original dst,          or timeout,              pipeline: see those
+//!   loop check)            or opaque port)          modules)
 //! ```
 //!
-//! Forwarding depends on the direction and what was detected:
-//!
-//! - outbound to a meshed destination: mutual TLS to the peer proxy,
-//!   verifying its SPIFFE ID — HTTP as HTTP/2 (ALPN `trellis.h2`), anything
-//!   else as a byte stream (ALPN `trellis.tcp`); to anything else: plaintext
-//!   (or the client's own TLS, untouched) to the original destination;
-//! - inbound mesh TLS (a ClientHello offering a mesh ALPN): terminated, the
-//!   peer's identity taken from its certificate, then authorized;
-//! - inbound anything else: authorized as an unauthenticated peer (HTTP per
-//!   request, opaque TCP before a byte reaches the application).
-//!
 //! Every exit goes through the [`ConnLog`] guard, which writes the access log
-//! event and settles the TCP metrics.
+//! event (with whose fault a failure was) and settles the TCP metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,22 +21,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use trellis_core::addr::{ClientAddr, OrigDstAddr};
 use trellis_core::shutdown::Shutdown;
+use trellis_core::tls::{self, Sniff};
 
 use crate::config::Config;
 use crate::detect::{self, Protocol, Reason};
 use crate::error::ProxyError;
-use crate::http::{self, HttpContext, InboundAuthz, ServerLimits};
-use crate::io::{copy_opaque, ByteCounts, ClientIo};
-use crate::mesh::{Destination, Mesh, ALPN_H2, ALPN_TCP};
+use crate::http::ServerLimits;
+use crate::io::ByteCounts;
+use crate::mesh::{Mesh, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Direction, Label, Metrics, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
-use crate::plaintext::Why;
-use crate::policy::{Authorize, ConnFacts};
 use crate::probe::ProbeSources;
-use crate::service::{Resolution, ServiceState, Services};
+use crate::service::Services;
 use crate::upstream::Upstreams;
-use trellis_core::spiffe::SpiffeId;
-use trellis_core::tls::{self, HandshakeFailure, Sniff};
 
 /// What every connection of one listener shares.
 pub struct ListenerContext {
@@ -99,7 +85,11 @@ pub async fn handle(ctx: Arc<ListenerContext>, stream: TcpStream, client: Client
         Err(e) => return log.failed(e),
     };
     log.protocol = Some(detected.protocol);
-    if let Err(e) = forward(&ctx, detected, &mut log).await {
+    let forwarded = match ctx.direction {
+        Direction::Inbound => crate::inbound::serve(&ctx, detected, &mut log).await,
+        Direction::Outbound => crate::outbound::serve(&ctx, detected, &mut log).await,
+    };
+    if let Err(e) = forwarded {
         ctx.metrics.tls_failure(ctx.direction, &e);
         log.failed(e)
     }
@@ -239,388 +229,26 @@ async fn sniff_mesh_alpn(
     }
 }
 
-/// Phase 3: forward to the original destination, by direction and protocol.
-async fn forward(ctx: &ListenerContext, d: Detected, log: &mut ConnLog) -> Result<(), ProxyError> {
-    let Accepted {
-        stream,
-        orig_dst,
-        client,
-    } = d.accepted;
-    let port = orig_dst.get().port();
-    let counts = log.counts.clone();
-    match (ctx.direction, d.protocol, d.mesh_alpn) {
-        (Direction::Inbound, Protocol::Tls, Some(alpn)) => {
-            let io = ClientIo::new(stream, d.prefix, counts);
-            inbound_mesh(ctx, io, orig_dst, alpn, log).await
-        }
-        (Direction::Inbound, Protocol::Http1 | Protocol::H2, _) => {
-            log.open(ctx.no_peer.clone(), false);
-            let inbound = Some(InboundAuthz {
-                mesh: ctx.mesh.clone(),
-                port,
-                peer: None,
-                probe_source: ctx.probe_sources.contains(client.get().ip()),
-            });
-            let hctx = http_context(ctx, orig_dst, d.protocol, Outbound::Plain, inbound, false);
-            let io = ClientIo::new(stream, d.prefix, counts);
-            serve_http(ctx, io, hctx).await
-        }
-        (Direction::Outbound, Protocol::Http1 | Protocol::H2, _) => {
-            let target = match outbound_target(ctx, orig_dst).await {
-                Ok(t) => t,
-                Err(e) => {
-                    // Each request is answered with the refusal's reason.
-                    log.open(ctx.no_peer.clone(), false);
-                    let io = ClientIo::new(stream, d.prefix, counts);
-                    let _ = http::refuse(io, d.protocol, e.verdict(), limits(ctx)).await;
-                    return Err(e);
-                }
-            };
-            match &target {
-                Outbound::Mesh(dst) => log.open(dst.peer.clone(), true),
-                // Per request: the peer and TLS of each request's endpoint
-                // are in the HTTP metrics.
-                Outbound::Service(_) | Outbound::Plain => log.open(ctx.no_peer.clone(), false),
-            }
-            let hctx = http_context(ctx, orig_dst, d.protocol, target, None, false);
-            let io = ClientIo::new(stream, d.prefix, counts);
-            serve_http(ctx, io, hctx).await
-        }
-        (Direction::Outbound, _, _) => match outbound_target(ctx, orig_dst).await? {
-            Outbound::Mesh(dst) => {
-                log.open(dst.peer.clone(), true);
-                let mut upstream = ctx
-                    .upstreams
-                    .connect_mesh(orig_dst, dst.tcp.clone())
-                    .await?;
-                let mut client = ClientIo::new(stream, d.prefix, counts);
-                copy(&mut client, &mut upstream).await
-            }
-            Outbound::Service(svc) => opaque_to_service(ctx, &svc, stream, d.prefix, log).await,
-            Outbound::Plain => {
-                log.open(ctx.no_peer.clone(), false);
-                // TLS that is not for the mesh passes through untouched.
-                let upstream = ctx.upstreams.connect(orig_dst).await?;
-                copy_opaque(stream, d.prefix, upstream, &counts)
-                    .await
-                    .map(drop)
-                    .map_err(ProxyError::Client)
-            }
-        },
-        (Direction::Inbound, _, _) => {
-            log.open(ctx.no_peer.clone(), false);
-            authorize_connection(ctx, port, None)?;
-            let upstream = ctx.upstreams.connect(orig_dst).await?;
-            copy_opaque(stream, d.prefix, upstream, &counts)
-                .await
-                .map(drop)
-                .map_err(ProxyError::Client)
+impl ListenerContext {
+    /// Limits of the HTTP servers on client connections.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.config.header_read_timeout,
+            max_header_bytes: self.config.max_header_bytes,
         }
     }
-}
-
-/// Where an outbound connection goes.
-enum Outbound {
-    /// A service the controller resolved: balanced.
-    Service(Arc<ServiceState>),
-    /// One meshed destination: mutual TLS to it.
-    Mesh(Arc<Destination>),
-    /// As it is, to the original destination.
-    Plain,
-}
-
-/// What the original destination is: the controller's answer first (a
-/// service, or a pod whose identity says whether it is meshed); then, for
-/// what the controller does not know or has not answered about, the
-/// destinations file; else plaintext, as addressed and counted — if the
-/// outbound mTLS policy lets it go in plaintext ([`crate::plaintext`]).
-async fn outbound_target(
-    ctx: &ListenerContext,
-    orig_dst: OrigDstAddr,
-) -> Result<Outbound, ProxyError> {
-    let mut why = Why::Unknown;
-    if let (Some(services), Some(cc)) = (&ctx.services, &ctx.config.controller) {
-        match services.resolve(orig_dst, cc.resolve_timeout).await {
-            Some(Resolution::Service(svc)) => return Ok(Outbound::Service(svc)),
-            Some(Resolution::Endpoint(ep)) => match &ep.identity {
-                Some(id) => match ctx.mesh.destination_for(id) {
-                    Some(dst) => return Ok(meshed(ctx, orig_dst, dst)),
-                    None => why = Why::NoLocalIdentity,
-                },
-                None => return plaintext(ctx, orig_dst, Why::NoIdentity),
-            },
-            Some(Resolution::Unknown) => {}
-            None => why = Why::Unresolved,
-        }
-    }
-    match ctx.mesh.destination(orig_dst.get()) {
-        Some(dst) => Ok(meshed(ctx, orig_dst, dst)),
-        None => {
-            if ctx.services.is_some() && why == Why::Unknown {
-                ctx.metrics.traffic.unknown_destinations.inc();
-            }
-            plaintext(ctx, orig_dst, why)
-        }
-    }
-}
-
-/// A meshed destination, remembered as one.
-fn meshed(ctx: &ListenerContext, orig_dst: OrigDstAddr, dst: Arc<Destination>) -> Outbound {
-    ctx.mesh.outbound.seen_meshed(orig_dst.get());
-    Outbound::Mesh(dst)
-}
-
-/// Plaintext to `orig_dst`, if the outbound mTLS policy allows it.
-fn plaintext(
-    ctx: &ListenerContext,
-    orig_dst: OrigDstAddr,
-    why: Why,
-) -> Result<Outbound, ProxyError> {
-    check_plaintext(&ctx.mesh, &ctx.metrics, orig_dst, why).map(|()| Outbound::Plain)
-}
-
-/// Asks the outbound mTLS policy whether `dst` may be reached in
-/// plaintext; a refusal is counted, logged and returned as the error.
-pub(crate) fn check_plaintext(
-    mesh: &Mesh,
-    metrics: &Metrics,
-    dst: OrigDstAddr,
-    why: Why,
-) -> Result<(), ProxyError> {
-    mesh.outbound.check(dst.get(), why).map_err(|reason| {
-        metrics
-            .traffic
-            .plaintext_refused
-            .get_or_create(&crate::metrics::ReasonLabels { reason })
-            .inc();
-        tracing::warn!(dst.addr = %dst, reason, "plaintext refused: mutual TLS is required");
-        ProxyError::PlaintextRefused { dst, reason }
-    })
-}
-
-/// Opaque TCP to a service: one endpoint per connection, by the balancer;
-/// a connection that fails is tried once more on another pick.
-async fn opaque_to_service(
-    ctx: &ListenerContext,
-    svc: &ServiceState,
-    stream: TcpStream,
-    prefix: Bytes,
-    log: &mut ConnLog,
-) -> Result<(), ProxyError> {
-    const BACKEND: usize = 0;
-    let mut last_err = None;
-    for _ in 0..2 {
-        let Some(ep) = svc.pick(BACKEND) else {
-            break;
-        };
-        let addr = OrigDstAddr::from(ep.addr);
-        let started = Instant::now();
-        let dest = ep
-            .identity
-            .as_ref()
-            .and_then(|id| ctx.mesh.destination_for(id));
-        if dest.is_none() {
-            let why = if ep.identity.is_some() {
-                Why::NoLocalIdentity
-            } else {
-                Why::NoIdentity
-            };
-            if let Err(e) = check_plaintext(&ctx.mesh, &ctx.metrics, addr, why) {
-                svc.finish(BACKEND, ep.addr, started.elapsed(), false);
-                last_err = Some(e);
-                continue;
-            }
-        }
-        match &dest {
-            Some(dst) => match ctx.upstreams.connect_mesh(addr, dst.tcp.clone()).await {
-                Ok(mut upstream) => {
-                    svc.finish(BACKEND, ep.addr, started.elapsed(), true);
-                    log.open(dst.peer.clone(), true);
-                    let mut client = ClientIo::new(stream, prefix, log.counts.clone());
-                    return copy(&mut client, &mut upstream).await;
-                }
-                Err(e) => {
-                    svc.finish(BACKEND, ep.addr, started.elapsed(), false);
-                    ctx.metrics.tls_failure(ctx.direction, &e);
-                    last_err = Some(e);
-                }
-            },
-            None => match ctx.upstreams.connect(addr).await {
-                Ok(upstream) => {
-                    svc.finish(BACKEND, ep.addr, started.elapsed(), true);
-                    log.open(ctx.no_peer.clone(), false);
-                    let counts = log.counts.clone();
-                    return copy_opaque(stream, prefix, upstream, &counts)
-                        .await
-                        .map(drop)
-                        .map_err(ProxyError::Client);
-                }
-                Err(e) => {
-                    svc.finish(BACKEND, ep.addr, started.elapsed(), false);
-                    last_err = Some(e);
-                }
-            },
-        }
-    }
-    Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoints {
-        service: svc.service().to_string(),
-    }))
-}
-
-/// Inbound mutual TLS from another proxy: terminate, learn the peer's
-/// identity, then serve HTTP/2 or copy bytes, as the ALPN says.
-async fn inbound_mesh(
-    ctx: &ListenerContext,
-    io: ClientIo<TcpStream>,
-    orig_dst: OrigDstAddr,
-    alpn: &'static [u8],
-    log: &mut ConnLog,
-) -> Result<(), ProxyError> {
-    let Some(server) = ctx.mesh.server.clone() else {
-        return Err(ProxyError::Forbidden {
-            reason: "no_identity",
-        });
-    };
-    let handshake_err = |source: std::io::Error| ProxyError::TlsHandshake {
-        addr: orig_dst,
-        reason: HandshakeFailure::from_io(&source).as_str(),
-        source,
-    };
-    let accepting = tokio_rustls::TlsAcceptor::from(server).accept(io);
-    let mut tls = match tokio::time::timeout(ctx.config.connect_timeout, accepting).await {
-        Err(_) => return Err(handshake_err(std::io::ErrorKind::TimedOut.into())),
-        Ok(r) => r.map_err(handshake_err)?,
-    };
-    let (_, conn) = tls.get_ref();
-    let peer = tls::peer_identity(conn.peer_certificates().unwrap_or_default())
-        .map_err(|e| handshake_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    let peer_label = Label::new(&peer.to_string());
-    log.open(peer_label.clone(), true);
-    let port = orig_dst.get().port();
-    if alpn == ALPN_H2 {
-        let inbound = Some(InboundAuthz {
-            mesh: ctx.mesh.clone(),
-            port,
-            peer: Some(peer),
-            probe_source: false,
-        });
-        let hctx = http_context(ctx, orig_dst, Protocol::H2, Outbound::Plain, inbound, true);
-        let hctx = with_peer(hctx, peer_label);
-        serve_http(ctx, tls, hctx).await
-    } else {
-        authorize_connection(ctx, port, Some(&peer))?;
-        let mut upstream = ctx.upstreams.connect(orig_dst).await?;
-        copy(&mut tls, &mut upstream).await
-    }
-}
-
-/// Decides an opaque inbound connection; refused ones close before any
-/// byte reaches the application.
-fn authorize_connection(
-    ctx: &ListenerContext,
-    port: u16,
-    peer: Option<&SpiffeId>,
-) -> Result<(), ProxyError> {
-    let decision = ctx.mesh.policy().authorize_connection(ConnFacts {
-        port,
-        peer,
-        probe_source: false,
-    });
-    ctx.metrics.authz(ctx.direction, port, decision);
-    if decision.is_allowed() {
-        Ok(())
-    } else {
-        Err(ProxyError::Forbidden {
-            reason: decision.reason(),
-        })
-    }
-}
-
-fn http_context(
-    ctx: &ListenerContext,
-    orig_dst: OrigDstAddr,
-    protocol: Protocol,
-    target: Outbound,
-    inbound: Option<InboundAuthz>,
-    from_mesh: bool,
-) -> HttpContext {
-    let (mesh_dst, service) = match target {
-        Outbound::Mesh(d) => (Some(d), None),
-        Outbound::Service(s) => (None, Some(s)),
-        Outbound::Plain => (None, None),
-    };
-    HttpContext {
-        direction: ctx.direction,
-        orig_dst,
-        dst_authority: authority(orig_dst),
-        protocol,
-        upstreams: ctx.upstreams.clone(),
-        metrics: ctx.metrics.clone(),
-        route: ctx.default_route.clone(),
-        tls: mesh_dst.is_some() || from_mesh,
-        peer: mesh_dst
-            .as_ref()
-            .map(|m| m.peer.clone())
-            .unwrap_or_else(|| ctx.no_peer.clone()),
-        shutdown: ctx.shutdown.clone(),
-        mesh_dst,
-        inbound,
-        from_mesh,
-        service,
-        mesh: ctx.mesh.clone(),
-    }
-}
-
-/// The context with the peer's identity as the `peer` label.
-fn with_peer(mut hctx: HttpContext, peer: Label) -> HttpContext {
-    hctx.peer = peer;
-    hctx
-}
-
-async fn serve_http<I>(ctx: &ListenerContext, io: I, hctx: HttpContext) -> Result<(), ProxyError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    http::serve(io, Arc::new(hctx), limits(ctx))
-        .await
-        .map_err(|e| ProxyError::Client(std::io::Error::other(e)))
-}
-
-fn limits(ctx: &ListenerContext) -> ServerLimits {
-    ServerLimits {
-        header_read_timeout: ctx.config.header_read_timeout,
-        max_header_bytes: ctx.config.max_header_bytes,
-    }
-}
-
-/// Copies bytes both ways until both sides close (half-close passed on).
-async fn copy<A, B>(a: &mut A, b: &mut B) -> Result<(), ProxyError>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::io::copy_bidirectional(a, b)
-        .await
-        .map(drop)
-        .map_err(ProxyError::Client)
-}
-
-fn authority(addr: OrigDstAddr) -> ::http::uri::Authority {
-    // A socket address always renders as a valid authority.
-    ::http::uri::Authority::try_from(addr.to_string())
-        .unwrap_or_else(|_| ::http::uri::Authority::from_static("invalid"))
 }
 
 /// Writes one access-log event per connection, and settles its TCP metrics,
 /// however the connection ends.
-struct ConnLog {
+pub struct ConnLog {
     direction: Direction,
     client: ClientAddr,
     orig_dst: Option<OrigDstAddr>,
     protocol: Option<Protocol>,
     error: Option<ProxyError>,
     start: Instant,
-    counts: Arc<ByteCounts>,
+    pub counts: Arc<ByteCounts>,
     metrics: Arc<Metrics>,
     no_peer: Label,
     /// The connection's gauge and byte counter, once its peer is known.
@@ -644,7 +272,7 @@ impl ConnLog {
     }
 
     /// Counts the connection under its final labels (peer, TLS).
-    fn open(&mut self, peer: Label, tls: bool) {
+    pub fn open(&mut self, peer: Label, tls: bool) {
         if self.tcp.is_some() {
             return;
         }
@@ -692,7 +320,7 @@ impl Drop for ConnLog {
                         target: "trellis::access",
                         direction, client.addr = %self.client, dst.addr = %dst, protocol,
                         bytes.read = read, bytes.written = written,
-                        duration_ms = duration.as_millis() as u64, reason = v.reason, error = %e,
+                        duration_ms = duration.as_millis() as u64, reason = v.reason, fault = v.fault.as_str(), error = %e,
                         "connection failed"
                     )
                 } else {
@@ -700,7 +328,7 @@ impl Drop for ConnLog {
                         target: "trellis::access",
                         direction, client.addr = %self.client, dst.addr = %dst, protocol,
                         bytes.read = read, bytes.written = written,
-                        duration_ms = duration.as_millis() as u64, reason = v.reason, error = %e,
+                        duration_ms = duration.as_millis() as u64, reason = v.reason, fault = v.fault.as_str(), error = %e,
                         "connection closed with error"
                     )
                 }

@@ -145,25 +145,130 @@ pub async fn copy_opaque(
     prefix: Bytes,
     upstream: TcpStream,
     counts: &ByteCounts,
-) -> io::Result<(u64, u64)> {
+) -> Result<(u64, u64), CopyError> {
     let (client_r, client_w) = client.into_split();
     let (upstream_r, mut upstream_w) = upstream.into_split();
-    upstream_w.write_all(&prefix).await?;
-    let up = copy_half(client_r, upstream_w, |n| counts.add_read(n));
-    let down = copy_half(upstream_r, client_w, |n| counts.add_written(n));
+    upstream_w
+        .write_all(&prefix)
+        .await
+        .map_err(Side::Upstream.err())?;
+    let up = copy_half(client_r, upstream_w, Side::Client, |n| counts.add_read(n));
+    let down = copy_half(upstream_r, client_w, Side::Upstream, |n| {
+        counts.add_written(n)
+    });
     let (sent, received) = tokio::try_join!(up, down)?;
     Ok((sent + prefix.len() as u64, received))
 }
 
+/// One side of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    fn other(self) -> Self {
+        match self {
+            Self::Client => Self::Upstream,
+            Self::Upstream => Self::Client,
+        }
+    }
+
+    fn err(self) -> impl Fn(io::Error) -> CopyError {
+        move |source| CopyError { side: self, source }
+    }
+}
+
+/// A copy that failed, and the side whose socket failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{side:?} side: {source}")]
+pub struct CopyError {
+    pub side: Side,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Copies both ways between two streams of any kind (TLS included) until
+/// both have closed, saying which side failed.
+pub async fn copy_both<A, B>(client: &mut A, upstream: &mut B) -> Result<(u64, u64), CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut upstream = Marked(upstream);
+    tokio::io::copy_bidirectional(client, &mut upstream)
+        .await
+        .map_err(
+            |e| match e.get_ref().is_some_and(|i| i.is::<UpstreamFailed>()) {
+                true => CopyError {
+                    side: Side::Upstream,
+                    source: e
+                        .into_inner()
+                        .and_then(|i| i.downcast::<UpstreamFailed>().ok())
+                        .map(|u| u.0)
+                        .unwrap_or_else(|| io::ErrorKind::Other.into()),
+                },
+                false => CopyError {
+                    side: Side::Client,
+                    source: e,
+                },
+            },
+        )
+}
+
+/// An upstream's own IO error, marked so the copy can tell it apart.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UpstreamFailed(io::Error);
+
+/// A stream whose every IO error is marked as [`UpstreamFailed`].
+struct Marked<'a, T>(&'a mut T);
+
+fn mark<T>(r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    r.map_err(|e| io::Error::new(e.kind(), UpstreamFailed(e)))
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Marked<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        mark(Pin::new(&mut *self.0).poll_read(cx, buf))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Marked<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        mark(Pin::new(&mut *self.0).poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        mark(Pin::new(&mut *self.0).poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        mark(Pin::new(&mut *self.0).poll_shutdown(cx))
+    }
+}
+
+/// Copies `reader` (the `from` side) into `writer` (the other side).
 async fn copy_half(
     reader: OwnedReadHalf,
     mut writer: OwnedWriteHalf,
+    from: Side,
     count: impl Fn(usize),
-) -> io::Result<u64> {
+) -> Result<u64, CopyError> {
+    let (read_err, write_err) = (from.err(), from.other().err());
     let mut size = MIN_COPY_BUF;
     let mut total = 0u64;
     loop {
-        reader.readable().await?;
+        reader.readable().await.map_err(&read_err)?;
         let mut buf = Vec::with_capacity(size);
         loop {
             buf.clear();
@@ -174,12 +279,12 @@ async fn copy_half(
                     match writer.shutdown().await {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(write_err(e)),
                     }
                     return Ok(total);
                 }
                 Ok(n) => {
-                    writer.write_all(&buf[..n]).await?;
+                    writer.write_all(&buf[..n]).await.map_err(&write_err)?;
                     count(n);
                     total += n as u64;
                     let next = next_size(size, n);
@@ -190,7 +295,7 @@ async fn copy_half(
                 }
                 // Nothing more to read now: drop the buffer while we wait.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(read_err(e)),
             }
         }
     }
