@@ -265,7 +265,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             clear_ports,
             reset,
         } => {
-            let mesh = Mesh::open(name)?;
+            let mut mesh = Mesh::open(name)?;
             let change = PolicyChange {
                 default_policy,
                 ports,
@@ -275,7 +275,7 @@ pub fn run(args: MeshArgs) -> anyhow::Result<()> {
             let changed = mesh.change_policy(&pod, &change)?;
             if let Some(path) = &changed.written {
                 errln!(
-                    "wrote {}; the proxy of {} reloads it",
+                    "wrote {}; the controller streams {}'s proxy its new policy",
                     path.display(),
                     changed.pod
                 );

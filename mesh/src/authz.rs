@@ -285,6 +285,31 @@ fn dedup(v: &mut Vec<String>) {
     v.retain(|s| seen.insert(s.clone()));
 }
 
+/// Sets a pod's default and per-port policies as the pod annotations the
+/// controller reads (`config.trellis.dev/default-inbound-policy`, and
+/// `config.trellis.dev/port-inbound-policy`, removed when there is no
+/// per-port policy).
+pub(crate) fn set_policy_annotations(
+    annotations: &mut BTreeMap<String, String>,
+    policy: &ProxyPolicy,
+) {
+    use super::spec::{DEFAULT_INBOUND_POLICY, PORT_INBOUND_POLICY};
+    annotations.insert(
+        DEFAULT_INBOUND_POLICY.to_string(),
+        policy.default_policy.to_string(),
+    );
+    let ports: Vec<String> = policy
+        .ports
+        .iter()
+        .map(|(port, p)| format!("{port}={p}"))
+        .collect();
+    if ports.is_empty() {
+        annotations.remove(PORT_INBOUND_POLICY);
+    } else {
+        annotations.insert(PORT_INBOUND_POLICY.to_string(), ports.join(","));
+    }
+}
+
 /// Parses `config.trellis.dev/port-inbound-policy`: `8080=deny,9090=audit`.
 pub(crate) fn parse_port_policies(s: &str) -> Result<BTreeMap<u16, InboundPolicy>, String> {
     let mut out = BTreeMap::new();

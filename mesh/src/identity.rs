@@ -171,14 +171,17 @@ pub(crate) fn identity_plan(
     }
 }
 
-/// The identity and policy variables of one meshed pod's proxy.
+/// The identity variables of one meshed pod's proxy, and the variables
+/// naming its destinations and policy files (`files_source`: when the mesh
+/// has no controller, which is otherwise the proxy's one source of both).
 pub(crate) fn proxy_vars(
     identity: &IdentityPlan,
     pod_identity: &str,
     files: &PodFiles,
+    files_source: bool,
 ) -> BTreeMap<String, String> {
     let path = |p: &Path| p.display().to_string();
-    BTreeMap::from(
+    let mut vars = BTreeMap::from(
         [
             (proxy_env::IDENTITY_ADDR, identity.addr.to_string()),
             (
@@ -188,11 +191,19 @@ pub(crate) fn proxy_vars(
             (proxy_env::IDENTITY, pod_identity.to_string()),
             (proxy_env::IDENTITY_TOKEN_FILE, path(&files.token)),
             (proxy_env::TRUST_ROOTS_FILE, path(&files.roots)),
-            (proxy_env::DESTINATIONS_FILE, path(&files.destinations)),
-            (proxy_env::POLICY_FILE, path(&files.policy)),
         ]
         .map(|(k, v)| (k.to_string(), v)),
-    )
+    );
+    if files_source {
+        vars.extend(
+            [
+                (proxy_env::DESTINATIONS_FILE, path(&files.destinations)),
+                (proxy_env::POLICY_FILE, path(&files.policy)),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
+    vars
 }
 
 #[cfg(test)]

@@ -146,6 +146,9 @@ pub use up::UpOptions;
 
 use state::{StateError, Store};
 
+/// How long `mesh policy` waits for another command holding the mesh.
+const POLICY_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// `--name`, or the only mesh that is up.
 fn resolve(name: Option<String>) -> anyhow::Result<String> {
     if let Some(n) = name {
@@ -242,7 +245,8 @@ pub struct PolicyChanged {
     /// The pod, `demo/web-0`.
     pub pod: String,
     pub policy: ProxyPolicy,
-    /// The policy file, when it was written (the proxy reloads it).
+    /// The controller's objects file, when it was rewritten (the
+    /// controller reloads it and streams the pod's proxy its new policy).
     pub written: Option<PathBuf>,
 }
 
@@ -375,26 +379,30 @@ impl Mesh {
         Ok(exec_command(pod, argv))
     }
 
-    /// Reads the pod's policy file (or the plan's policy, with `reset`),
-    /// applies `change`, and writes it back if anything was asked.
+    /// `mesh policy`: a meshed pod's inbound policy, changed as `change`
+    /// says. The change goes where the pod's proxy takes its policy from,
+    /// the controller: the pod's `default-inbound-policy` and
+    /// `port-inbound-policy` annotations in the controller's objects file
+    /// (and in the mesh's state). The pod's
+    /// policy file records the result (what `mesh policy` shows).
     pub fn change_policy(
-        &self,
+        &mut self,
         query: &str,
         change: &PolicyChange,
     ) -> anyhow::Result<PolicyChanged> {
-        let pod = self.find_pod(query)?;
+        let pod = self.find_pod(query)?.clone();
         let Some(proxy) = &pod.proxy else {
             bail!(
                 "pod {} is not meshed: it has no proxy, so no inbound policy",
                 pod.qualified_name()
             );
         };
-        let path = &files::pod_files(pod)?.policy;
+        let path = files::pod_files(&pod)?.policy.clone();
         let mut policy = if change.reset {
             proxy.policy.clone()
         } else {
             let text =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not a policy file", path.display()))?
         };
@@ -415,12 +423,29 @@ impl Mesh {
             || change.clear_ports
             || change.default_policy.is_some()
             || !change.ports.is_empty();
-        let written = if changed {
-            files::write_policy(path, &policy)?;
-            Some(path.clone())
-        } else {
-            None
-        };
+        if !changed {
+            return Ok(PolicyChanged {
+                pod: pod.qualified_name(),
+                policy,
+                written: None,
+            });
+        }
+        let _lock = self.store.lock(POLICY_LOCK_WAIT)?;
+        self.store.update(|s| {
+            let same = |p: &&mut PodPlan| p.namespace == pod.namespace && p.name == pod.name;
+            if let Some(p) = s.plan.pods.iter_mut().find(same) {
+                authz::set_policy_annotations(&mut p.annotations, &policy);
+            }
+        })?;
+        up::write_cluster_file(&self.store.state.plan, &self.store.state)?;
+        files::write_policy(&path, &policy)?;
+        let written = self
+            .store
+            .state
+            .plan
+            .controller
+            .as_ref()
+            .map(|c| c.file.clone());
         Ok(PolicyChanged {
             pod: pod.qualified_name(),
             policy,

@@ -245,9 +245,12 @@ pub fn build_next(
                     let mut proxy =
                         proxy_plan(ip, &w.namespace, &name, overrides, file.outbound_mtls);
                     let pod_files = files.pod(&w.namespace, &name);
-                    proxy
-                        .env
-                        .extend(identity::proxy_vars(id, &pod_identity, &pod_files));
+                    proxy.env.extend(identity::proxy_vars(
+                        id,
+                        &pod_identity,
+                        &pod_files,
+                        controller.is_none(),
+                    ));
                     if let Some(c) = &controller {
                         proxy
                             .env

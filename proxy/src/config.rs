@@ -60,10 +60,10 @@ pub const VARIABLES: &[Variable] = &[
     (IDENTITY, "", "this workload's SPIFFE ID (spiffe://TD/ns/NS/sa/SA); required with an identity service"),
     (IDENTITY_TOKEN_FILE, "/var/run/secrets/tokens/trellis-identity", "the projected ServiceAccount token (audience identity.trellis.dev)"),
     (TRUST_ROOTS_FILE, "/var/run/trellis/roots.pem", "PEM bundle of the mesh's trust roots; reloaded when it changes"),
-    (DESTINATIONS_FILE, "", "JSON list of meshed destinations (addresses) and their identities; reloaded when it changes. With a controller, consulted for what the controller does not know or has not answered about"),
-    (POLICY_FILE, "", "JSON inbound policy of this pod; reloaded when it changes"),
+    (DESTINATIONS_FILE, "", "JSON list of meshed destinations (addresses) and their identities; reloaded when it changes. Not with CONTROLLER_ADDR: a proxy has exactly one source of destinations"),
+    (POLICY_FILE, "", "JSON inbound policy of this pod; reloaded when it changes. Not with CONTROLLER_ADDR: a proxy has exactly one source of policy"),
     (DEFAULT_INBOUND_POLICY, "all-unauthenticated", "inbound policy when no policy file is given: all-unauthenticated, all-authenticated, deny, audit"),
-    (CONTROLLER_ADDR, "", "controller address (host:port): services, endpoints with their identities, routes and the inbound policy come from it; its policy replaces the policy file's until the file changes again; unset: the files only"),
+    (CONTROLLER_ADDR, "", "controller address (host:port): services, endpoints with their identities, routes and the inbound policy come from it, and from nothing else (DESTINATIONS_FILE and POLICY_FILE must then be unset); unset: the files only"),
     (POD_NAMESPACE, "", "this pod's namespace (required with a controller)"),
     (POD_NAME, "", "this pod's name (required with a controller)"),
     (OUTBOUND_MTLS, "opportunistic", "outbound mutual TLS: opportunistic (mTLS to every destination the controller names with an identity, and never plaintext again to one seen meshed) or required (nothing leaves in plaintext but to PLAINTEXT_DESTINATIONS; refusals are counted)"),
@@ -232,6 +232,22 @@ impl Config {
             }
             if !controller.contains(':') {
                 r.invalid(CONTROLLER_ADDR, controller.clone(), "must be host:port");
+            }
+            // Exactly one source for each security decision: a file beside
+            // the controller would make the last writer win.
+            for (name, file) in [
+                (DESTINATIONS_FILE, &cfg.destinations_file),
+                (POLICY_FILE, &cfg.policy_file),
+            ] {
+                if let Some(path) = file {
+                    r.invalid(
+                        name,
+                        path.display().to_string(),
+                        format!(
+                            "must be unset when {CONTROLLER_ADDR} is set: the controller is then the one source of destinations and policy"
+                        ),
+                    );
+                }
             }
             cfg.controller = Some(ControllerConfig {
                 addr: controller,
@@ -534,6 +550,18 @@ mod tests {
             .unwrap()
             .controller
             .is_none());
+
+        // One source: files beside a controller are refused, by name.
+        let both = MapSource::new([
+            (CONTROLLER_ADDR, "10.77.0.1:7156"),
+            (POD_NAMESPACE, "demo"),
+            (POD_NAME, "web-0"),
+            (POLICY_FILE, "/run/policy.json"),
+            (DESTINATIONS_FILE, "/run/destinations.json"),
+        ]);
+        let errs = Config::from_source(&both).unwrap_err();
+        assert_eq!(errs.keys(), [DESTINATIONS_FILE, POLICY_FILE]);
+        assert!(errs.to_string().contains("one source"), "{errs}");
     }
 
     #[test]

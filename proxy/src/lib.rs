@@ -255,8 +255,8 @@ impl Proxy {
         };
         let policy = Awaited::new(format!("inbound policy from the controller at {}", cc.addr));
         tracing::info!(controller = %cc.addr, "waiting for the inbound policy");
-        // The controller's policy replaces the file's when it arrives; a
-        // later change of the file applies again.
+        // The controller is the one source of policy (the configuration
+        // refuses a policy file beside it).
         let mesh = self.mesh.clone();
         let (arrived, failed) = (policy.clone(), policy.clone());
         discovery.follow_inbound(

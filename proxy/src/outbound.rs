@@ -82,35 +82,32 @@ pub async fn serve(
     }
 }
 
-/// What the original destination is: the controller's answer first (a
-/// service, or a pod whose identity says whether it is meshed); then, for
-/// what the controller does not know or has not answered about, the
-/// destinations file; else plaintext, as addressed and counted — if the
-/// outbound mTLS policy lets it go in plaintext ([`crate::plaintext`]).
+/// What the original destination is, from the proxy's one source of
+/// destinations: the controller (a service; a pod, whose identity says
+/// whether it is meshed; or unknown), or without a controller the
+/// destinations file. What is not meshed goes in plaintext, as addressed,
+/// if the outbound mTLS policy lets it ([`crate::plaintext`]).
 async fn resolve(ctx: &ListenerContext, orig_dst: OrigDstAddr) -> Result<Target, ProxyError> {
-    let mut why = Why::Unknown;
-    if let (Some(services), Some(cc)) = (&ctx.services, &ctx.config.controller) {
-        match services.resolve(orig_dst, cc.resolve_timeout).await {
-            Some(Resolution::Service(svc)) => return Ok(Target::Service(svc)),
-            Some(Resolution::Endpoint(ep)) => match &ep.identity {
-                Some(id) => match ctx.mesh.destination_for(id) {
-                    Some(dst) => return Ok(meshed(ctx, orig_dst, dst)),
-                    None => why = Why::NoLocalIdentity,
-                },
-                None => return plaintext(ctx, orig_dst, Why::NoIdentity),
+    let (Some(services), Some(cc)) = (&ctx.services, &ctx.config.controller) else {
+        return match ctx.mesh.destination(orig_dst.get()) {
+            Some(dst) => Ok(meshed(ctx, orig_dst, dst)),
+            None => plaintext(ctx, orig_dst, Why::Unknown),
+        };
+    };
+    match services.resolve(orig_dst, cc.resolve_timeout).await {
+        Some(Resolution::Service(svc)) => Ok(Target::Service(svc)),
+        Some(Resolution::Endpoint(ep)) => match &ep.identity {
+            Some(id) => match ctx.mesh.destination_for(id) {
+                Some(dst) => Ok(meshed(ctx, orig_dst, dst)),
+                None => plaintext(ctx, orig_dst, Why::NoLocalIdentity),
             },
-            Some(Resolution::Unknown) => {}
-            None => why = Why::Unresolved,
+            None => plaintext(ctx, orig_dst, Why::NoIdentity),
+        },
+        Some(Resolution::Unknown) => {
+            ctx.metrics.traffic.unknown_destinations.inc();
+            plaintext(ctx, orig_dst, Why::Unknown)
         }
-    }
-    match ctx.mesh.destination(orig_dst.get()) {
-        Some(dst) => Ok(meshed(ctx, orig_dst, dst)),
-        None => {
-            if ctx.services.is_some() && why == Why::Unknown {
-                ctx.metrics.traffic.unknown_destinations.inc();
-            }
-            plaintext(ctx, orig_dst, why)
-        }
+        None => plaintext(ctx, orig_dst, Why::Unresolved),
     }
 }
 

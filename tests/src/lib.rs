@@ -250,15 +250,6 @@ impl Mesh {
         out.sort();
         out
     }
-
-    /// Replaces the pod's policy file (the path `status -o json` reports as
-    /// `policyFile`) atomically with `policy`.
-    pub fn write_policy(&self, pod: &str, policy: &serde_json::Value) {
-        let path = PathBuf::from(self.pod(pod)["policyFile"].as_str().unwrap());
-        let tmp = path.with_extension("json.e2e-tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(policy).unwrap()).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
 }
 
 impl Drop for Mesh {

@@ -472,10 +472,10 @@ print(s.recv(4096).decode().strip())
     );
     assert_eq!(mesh.pod("web")["inboundPolicy"], "audit");
 
-    // Back to the file's policy, through the file itself.
-    let mut policy = policy;
-    policy["defaultPolicy"] = "all-authenticated".into();
-    mesh.write_policy("web", &policy);
+    // Back to the mesh file's policy. The controller is the proxy's one
+    // source of policy: the change goes through it, as every change does.
+    let policy = mesh.policy("web", &["--reset"]);
+    assert_eq!(policy["defaultPolicy"], "all-authenticated");
     assert!(
         eventually(WAIT, || curl(mesh, "legacy", &[&format!("http://{WEB}/")])
             .0

@@ -163,18 +163,16 @@ fn the_identity_service_and_the_proxies_agree() {
         env[proxy_env::TRUST_ROOTS_FILE],
         dir.join("ca/roots.pem").display().to_string()
     );
+    // The mesh has a controller: it is the proxy's one source of
+    // destinations and policy, so no file is named beside it.
     assert_eq!(
-        env[proxy_env::DESTINATIONS_FILE],
-        dir.join("pods/demo.web-1/destinations.json")
-            .display()
-            .to_string()
+        env[proxy_env::CONTROLLER_ADDR],
+        p.controller.as_ref().unwrap().addr.to_string()
     );
-    assert_eq!(
-        env[proxy_env::POLICY_FILE],
-        dir.join("pods/demo.web-1/policy.json")
-            .display()
-            .to_string()
-    );
+    assert!(!env.contains_key(proxy_env::DESTINATIONS_FILE));
+    assert!(!env.contains_key(proxy_env::POLICY_FILE));
+    // And the proxy accepts the variables as the local mesh writes them.
+    trellis_proxy::Config::from_source(&trellis_core::config::MapSource(env.clone())).unwrap();
     assert!(p.pods[2].proxy.is_none(), "unmeshed");
 }
 
