@@ -5,8 +5,11 @@
 //! connections to the outbound listener (127.0.0.1:7140), connections to it
 //! to the inbound listener (0.0.0.0:7143). Each accepted connection runs
 //! through the phases of [`conn`]: accept (original destination, loop
-//! check) → detect (HTTP/1, HTTP/2, TLS, or opaque) → forward (HTTP via
-//! [`http`], opaque TCP via [`io`]) → record ([`metrics`], access log).
+//! check) → detect (HTTP/1, HTTP/2, TLS, or opaque) → its direction's
+//! pipeline ([`inbound`]: terminate mesh TLS, authorize, to the
+//! application; [`outbound`]: resolve the destination, then per request
+//! route, balance, retry, or copy opaque TCP) → record ([`metrics`], access
+//! log). Failures are read in one place ([`error`]).
 //! The admin server ([`admin`], port 7191) serves `/metrics`, `/ready`,
 //! `/live`, `/config` and `/identity`.
 //!
