@@ -307,6 +307,51 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    /// A stream whose reads fail with `kind`, and whose writes succeed.
+    struct Failing(io::ErrorKind);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(self.0.into()))
+        }
+    }
+
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_names_the_side_that_failed() {
+        // The upstream resets: its fault, with its own error kind.
+        let (mut client, _peer) = tokio::io::duplex(64);
+        let mut upstream = Failing(io::ErrorKind::ConnectionReset);
+        let e = copy_both(&mut client, &mut upstream).await.unwrap_err();
+        assert_eq!(e.side, Side::Upstream);
+        assert_eq!(e.source.kind(), io::ErrorKind::ConnectionReset);
+        // The client resets: the client's.
+        let mut client = Failing(io::ErrorKind::ConnectionAborted);
+        let (mut upstream, _peer) = tokio::io::duplex(64);
+        let e = copy_both(&mut client, &mut upstream).await.unwrap_err();
+        assert_eq!(e.side, Side::Client);
+        assert_eq!(e.source.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
     #[test]
     fn buffer_sizes_grow_and_shrink() {
         assert_eq!(next_size(MIN_COPY_BUF, MIN_COPY_BUF), 2 * MIN_COPY_BUF);
