@@ -40,6 +40,7 @@ pub mod probe;
 pub mod routes;
 pub mod service;
 pub mod startup;
+pub mod trace;
 pub mod traffic;
 pub mod upstream;
 
@@ -47,6 +48,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use trellis_core::addr::ClientAddr;
 use trellis_core::contract::files::DestinationsFile;
 use trellis_core::shutdown::Shutdown;
@@ -169,6 +171,7 @@ impl Proxy {
     /// The admin server answers at once; the listeners accept only once
     /// the certificate and the inbound policy have arrived ([`startup`]).
     pub async fn run(self, shutdown: Shutdown) {
+        self.start_tracing(&shutdown);
         let (services, policy) = self.start_discovery(&shutdown);
         self.watch_files(&shutdown);
         let certificate = self.start_identity(&shutdown);
@@ -227,6 +230,22 @@ impl Proxy {
         // `traffic` first: a proxy with nothing to wait for serves before
         // its admin server has answered any `/ready`.
         tokio::join!(biased; traffic, admin, stopping);
+    }
+
+    /// Starts exporting request spans, if a collector is configured. A
+    /// collector that cannot be reached is no reason not to serve: spans
+    /// are then dropped and counted.
+    fn start_tracing(&self, shutdown: &Shutdown) {
+        let started = trace::Tracing::start(
+            self.config.trace.as_ref(),
+            &self.config.workload,
+            self.metrics.trace.clone(),
+            shutdown,
+        );
+        match started {
+            Ok(tracing) => self.metrics.start_tracing(tracing),
+            Err(e) => tracing::error!(error = %e, "tracing not started"),
+        }
     }
 
     /// Starts the controller client, if there is a controller: the services
@@ -478,8 +497,19 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {
         match accepted {
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
+                let client = ClientAddr(client);
+                // Every log line of the connection, and every request's
+                // span, carries its id and client.
+                let facts = trace::ConnFacts::next(client);
+                let span = tracing::info_span!(
+                    "conn",
+                    id = facts.id,
+                    client.addr = %client,
+                    direction = ctx.direction.as_str()
+                );
+                let handled = conn::handle(ctx.clone(), stream, client);
                 ctx.shutdown
-                    .spawn(conn::handle(ctx.clone(), stream, ClientAddr(client)));
+                    .spawn(trace::conn_scope(facts, handled).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors, or a connection reset before

@@ -173,9 +173,30 @@ pub struct TrafficMetrics {
     pub discovery: std::sync::Arc<crate::discovery::DiscoveryStats>,
 }
 
-/// Every metric the proxy exports, registered once.
+/// Spans sent to the trace collector, and spans dropped on the way.
+#[derive(Clone, Default)]
+pub struct TraceMetrics {
+    pub exported: Counter,
+    pub dropped: Family<ReasonLabels, Counter>,
+}
+
+impl TraceMetrics {
+    pub fn dropped(&self, why: crate::trace::export::Dropped, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc_by(n);
+    }
+}
+
+/// Every metric the proxy exports, registered once; and the proxy's
+/// tracing, which the request path reaches through it.
 pub struct Metrics {
     pub traffic: TrafficMetrics,
+    pub trace: TraceMetrics,
+    /// Set once at start-up ([`Metrics::start_tracing`]); off until then.
+    tracing: std::sync::OnceLock<crate::trace::Tracing>,
     pub authz_allowed: Family<AuthzLabels, Counter>,
     pub authz_denied: Family<AuthzLabels, Counter>,
     pub tls_failures: Family<TlsFailureLabels, Counter>,
@@ -314,8 +335,21 @@ impl Metrics {
             "Controller streams that failed or ended (reopened with backoff)",
             traffic.discovery.stream_errors.clone(),
         );
+        let trace = TraceMetrics::default();
+        registry.register(
+            "trellis_trace_spans_exported",
+            "Spans the trace collector accepted",
+            trace.exported.clone(),
+        );
+        registry.register(
+            "trellis_trace_spans_dropped",
+            "Spans dropped rather than exported, by reason: queue_full (the collector is slow or down), export_failed, shutdown",
+            trace.dropped.clone(),
+        );
         Self {
             traffic,
+            trace,
+            tracing: std::sync::OnceLock::new(),
             authz_allowed,
             authz_denied,
             tls_failures,
@@ -329,6 +363,17 @@ impl Metrics {
             detections,
             services: ServiceLabels::new(MAX_SERVICE_LABELS),
         }
+    }
+
+    /// The proxy's tracing: off unless [`Metrics::start_tracing`] was called.
+    pub fn tracing(&self) -> &crate::trace::Tracing {
+        static OFF: crate::trace::Tracing = crate::trace::Tracing::OFF;
+        self.tracing.get().unwrap_or(&OFF)
+    }
+
+    /// Sets the proxy's tracing, once; a second call changes nothing.
+    pub fn start_tracing(&self, tracing: crate::trace::Tracing) {
+        let _ = self.tracing.set(tracing);
     }
 
     pub fn detected(&self, direction: Direction, protocol: Protocol, reason: Reason) {
