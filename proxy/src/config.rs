@@ -253,7 +253,11 @@ impl Config {
             }
             crate::trace::parse_collector(s).map(Some)
         });
-        let sampling = r.parse_with(TRACE_SAMPLING, 0.01, crate::trace::parse_sampling);
+        let sampling = r.parse_with(
+            TRACE_SAMPLING,
+            trellis_core::contract::trace::DEFAULT_SAMPLING,
+            crate::trace::parse_sampling,
+        );
         cfg.trace = collector.map(|collector| TraceConfig {
             collector,
             sampling,

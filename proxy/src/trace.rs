@@ -63,36 +63,7 @@ pub struct TraceConfig {
     pub sampling: f64,
 }
 
-/// `host:port` or `http://host:port` → `http://host:port`. The proxy
-/// speaks plaintext gRPC to the collector (usually a node-local agent).
-pub fn parse_collector(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.starts_with("https://") {
-        return Err("TLS to the collector is not supported: use http://host:port".into());
-    }
-    let url = if s.starts_with("http://") {
-        s.to_string()
-    } else {
-        format!("http://{s}")
-    };
-    let uri: http::Uri = url.parse().map_err(|e| format!("not host:port: {e}"))?;
-    match uri.authority() {
-        Some(a) if a.port().is_some() && !a.host().is_empty() => {}
-        _ => return Err("must be host:port (the collector's OTLP/gRPC port, usually 4317)".into()),
-    }
-    if uri.path() != "/" {
-        return Err("must be host:port, without a path".into());
-    }
-    Ok(url.trim_end_matches('/').to_string())
-}
-
-/// A sampling ratio: a number from 0 to 1.
-pub fn parse_sampling(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err("must be a number from 0 to 1 (e.g. 0.01 for 1 %)".into()),
-    }
-}
+pub use trellis_core::contract::trace::{parse_collector, parse_sampling};
 
 /// The proxy's tracing: off, or a sampler and an export queue. Cheap to
 /// clone (a reference count).

@@ -199,6 +199,10 @@ fn collector_and_sampling_settings() {
     ] {
         assert!(parse_collector(bad).is_err(), "{bad}");
     }
+    assert_eq!(
+        parse_collector("[fd77::1]:4317").unwrap(),
+        "http://[fd77::1]:4317"
+    );
     assert_eq!(parse_sampling("0.5"), Ok(0.5));
     for bad in ["-0.1", "1.5", "1%", "NaN"] {
         assert!(parse_sampling(bad).is_err(), "{bad}");
