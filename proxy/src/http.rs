@@ -105,7 +105,8 @@ where
     });
     let io = TokioIo::new(io);
     if protocol == Protocol::H2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // TRACE: stream tasks keep the connection's id, client and span.
+        let conn = hyper::server::conn::http2::Builder::new(crate::trace::ConnExecutor::current())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .serve_connection(io, svc);
@@ -192,10 +193,17 @@ async fn forward(ctx: Arc<HttpContext>, mut req: Request<Incoming>) -> Response<
         grpc,
         status: StatusCode::OK,
         grpc_status: None,
+        // TRACE: the request's span starts as it arrives.
+        span: ctx
+            .metrics
+            .tracing()
+            .request(ctx.direction, ctx.orig_dst, &req),
     };
     tracing::debug!(method = %req.method(), route = %recorder.labels.route, "request");
 
     strip_h2c_upgrade(req.headers_mut());
+    // TRACE: every upstream request (direct, balanced, tunnel) continues it.
+    recorder.span.inject(req.headers_mut());
     if let Some(authz) = &ctx.inbound {
         if let Err(e) = admit(&ctx, authz, &mut req) {
             let verdict = e.verdict();
@@ -570,6 +578,7 @@ pub struct Recorder {
     grpc: bool,
     status: StatusCode,
     grpc_status: Option<u32>,
+    span: crate::trace::RequestSpan,
 }
 
 impl Recorder {
@@ -584,6 +593,13 @@ impl Recorder {
         } else {
             Classification::Success
         };
+        // TRACE: the span ends with the golden metrics, under their labels.
+        let outcome = crate::trace::Outcome {
+            status: self.status.as_u16(),
+            grpc_status: self.grpc_status,
+            failed: classification == Classification::Failure,
+        };
+        self.span.end(&self.labels, outcome);
         let elapsed = self.start.elapsed().as_secs_f64();
         self.metrics
             .http_duration
