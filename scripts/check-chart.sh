@@ -238,8 +238,9 @@ INJECTOR_CONFIG_KEYS = {
     "proxy": {"image", "imagePullPolicy", "version", "nativeSidecar", "logLevel", "resources",
               "identityAddr", "identityServerId", "controllerAddr", "trustRootsConfigMap",
               "defaultInboundPolicy", "outboundMtls", "plaintextDestinations", "opaquePorts",
-              "tokenExpirationSeconds"},
+              "tokenExpirationSeconds", "tracing"},
     "proxy.resources": {"cpuRequest", "memoryRequest", "cpuLimit", "memoryLimit"},
+    "proxy.tracing": {"collector", "sampling"},
     "init": {"captureMode", "image", "runAsRoot", "iptablesMode"},
 }
 # injector/src/floor.rs, FloorConfig: only the fields a profile sets
@@ -772,6 +773,8 @@ NEGATIVE=(
   "--set-string proxy.resources.memoryLimit=lots|at '/proxy/resources/memoryLimit': 'lots' does not match pattern"
   "--set injector.timeoutSeconds=60|at '/injector/timeoutSeconds': maximum: got 60, want 30"
   "--set proxy.tokenExpirationSeconds=60|at '/proxy/tokenExpirationSeconds': minimum: got 60, want 600"
+  "--set proxy.tracing.collector=https://jaeger:4317|at '/proxy/tracing/collector': 'https://jaeger:4317' does not match pattern"
+  "--set proxy.tracing.sampling=2|at '/proxy/tracing/sampling': maximum: got 2, want 1"
   "--set identity.issuer.mode=provided|identity.issuer.mode=provided needs identity.trustRootsPEM, identity.issuer.certPEM, identity.issuer.keyPEM"
   "--set identity.issuer.mode=certManager --set-file identity.trustRootsPEM=$pki/root.pem|identity.issuer.mode=certManager needs identity.issuer.certManager.issuerRef.name"
   "--set identity.issuer.mode=certManager --set identity.issuer.certManager.issuerRef.name=x|identity.issuer.mode=certManager needs identity.trustRootsPEM"

@@ -6,7 +6,8 @@
 #
 # It installs what the tests need (scripts/install-deps.sh, and helm and
 # kubernetes-validate via scripts/install-chart-tools.sh), builds the real
-# Kubernetes pieces the integration tier runs (scripts/build-kube.sh), builds the
+# Kubernetes pieces the integration tier runs (scripts/build-kube.sh), the CNI
+# plugins (scripts/build-cni.sh) and Jaeger (scripts/build-jaeger.sh), builds the
 # workspace, checks formatting and lints, then runs `cargo test` over the
 # whole workspace. Builds are cached outside the checkout, in
 # $CARGO_TARGET_DIR (default /var/cache/trellis/target).
@@ -42,6 +43,12 @@ step "building the CNI plugins and cnitool of the CNI tier (scripts/build-cni.sh
 # bridge, host-local, loopback and cnitool from their Go modules, cached
 # under /var/cache/trellis/cni: about 20 seconds cold, instant when cached.
 bash scripts/build-cni.sh
+
+step "building Jaeger for the tracing tier (scripts/build-jaeger.sh)"
+# The all-in-one `jaeger` (OTLP receiver, in-memory storage, query API)
+# from its Go module, cached under /var/cache/trellis/jaeger: about 12
+# minutes on a cold 2-core machine, a second when cached.
+bash scripts/build-jaeger.sh
 
 step "building the workspace (cache: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked

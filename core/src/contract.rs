@@ -11,6 +11,7 @@
 
 pub mod files;
 pub mod proxy_env;
+pub mod trace;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 

@@ -66,6 +66,21 @@ pub struct ProxyConfig {
     pub opaque_ports: String,
     /// Lifetime of the projected ServiceAccount token, in seconds.
     pub token_expiration_seconds: i64,
+    /// Request spans to an OTLP/gRPC collector; off without one.
+    pub tracing: TracingConfig,
+}
+
+/// The chart's `proxy.tracing`: where every injected proxy sends its
+/// request spans (`config.trellis.dev/trace-collector` and
+/// `trace-sampling` override each for a namespace or pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// `host:port` of the collector's OTLP/gRPC port; empty: tracing off.
+    pub collector: String,
+    /// The share of new traces sampled, 0 to 1; empty: the proxy's default
+    /// (0.01).
+    pub sampling: String,
 }
 
 /// Requests and limits; an empty string leaves that one unset.
@@ -161,6 +176,7 @@ impl Default for ProxyConfig {
             plaintext_destinations: String::new(),
             opaque_ports: String::new(),
             token_expiration_seconds: 3600,
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -223,6 +239,21 @@ impl InjectorConfig {
         ] {
             if !is_host_port(value) {
                 problems.push(format!("{name} {value:?} must be host:port"));
+            }
+        }
+        use trellis_core::contract::trace::{parse_collector, parse_sampling};
+        let tracing = &self.proxy.tracing;
+        if !tracing.collector.trim().is_empty() {
+            if let Err(e) = parse_collector(&tracing.collector) {
+                problems.push(format!(
+                    "proxy.tracing.collector {:?} {e}",
+                    tracing.collector
+                ));
+            }
+        }
+        if !tracing.sampling.trim().is_empty() {
+            if let Err(e) = parse_sampling(&tracing.sampling) {
+                problems.push(format!("proxy.tracing.sampling {:?} {e}", tracing.sampling));
             }
         }
         if !["Always", "IfNotPresent", "Never"].contains(&self.proxy.image_pull_policy.as_str()) {

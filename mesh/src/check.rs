@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use trellis_controller::index::annotations::{unknown_key_message, RETRY_PREFIX, TIMEOUT_PREFIX};
 use trellis_core::config::parse_ports;
+use trellis_core::contract::trace::{parse_collector, parse_sampling};
 use trellis_injector::floor::{policy_rank, OutboundMtls};
 
 use super::authz;
@@ -33,7 +34,7 @@ use super::spec::{
     InboundPolicy, MeshFile, MeshFloor, Overrides, Service, Workload, ANNOTATION_PREFIX,
     CONFIG_ANNOTATIONS, DEFAULT_INBOUND_POLICY, MAX_MESH_NAME_LEN, MAX_PODS, MAX_REPLICAS,
     OPAQUE_PORTS, OUTBOUND_MTLS, PORT_INBOUND_POLICY, PROXY_LOG_LEVEL, RESOURCE_ANNOTATIONS,
-    SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS,
+    SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS, TRACE_COLLECTOR, TRACE_SAMPLING,
 };
 use super::template;
 
@@ -170,6 +171,16 @@ pub fn validate(file: MeshFile, origin: &str) -> Result<Checked, ValidationError
     }
 
     check_defaults_against_floor(&mut errs, &file);
+    if let Some(c) = &file.tracing.collector {
+        if let Err(e) = parse_collector(c) {
+            errs.push("tracing.collector", format!("{c:?} {e}"));
+        }
+    }
+    if let Some(r) = file.tracing.sampling {
+        if !(0.0..=1.0).contains(&r) {
+            errs.push("tracing.sampling", format!("{r} must be from 0 to 1"));
+        }
+    }
     if file.workloads.is_empty() {
         errs.push("workloads", "a mesh needs at least one workload");
     }
@@ -510,6 +521,14 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
                 Ok(m) => o.outbound_mtls = Some(m),
                 Err(_) => errs.push(&p, format!("{value:?} is not one of opportunistic, required")),
             },
+            TRACE_COLLECTOR => match parse_collector(value) {
+                Ok(c) => o.trace_collector = Some(c),
+                Err(e) => errs.push(&p, format!("{value:?} {e}")),
+            },
+            TRACE_SAMPLING => match parse_sampling(value) {
+                Ok(_) => o.trace_sampling = Some(value.trim().to_string()),
+                Err(e) => errs.push(&p, format!("{value:?} {e}")),
+            },
             k if RESOURCE_ANNOTATIONS.contains(&k) => {}
             _ => errs.push(&p, unknown_config_annotation(key)),
         }
@@ -520,6 +539,8 @@ fn check_annotations(errs: &mut Errors, path: &str, w: &Workload) -> Overrides {
             || o.skip_outbound_ports.is_some()
             || o.proxy_log_level.is_some()
             || o.outbound_mtls.is_some()
+            || o.trace_collector.is_some()
+            || o.trace_sampling.is_some()
             || !o.port_inbound_policies.is_empty())
     {
         errs.push(

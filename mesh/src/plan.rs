@@ -23,7 +23,7 @@ use super::names::{
     OUTBOUND_PORT, PROXY_UID, REJECT_CHAIN, SERVICES_CHAIN,
 };
 use super::net::{self, Ipv4Cidr, PodAddresses};
-use super::spec::{AuthorizationPolicy, InboundPolicy, Overrides, Probe};
+use super::spec::{AuthorizationPolicy, InboundPolicy, MeshFile, Overrides, Probe};
 use super::template::{expand, TemplateVars};
 use trellis_injector::floor::OutboundMtls;
 
@@ -242,8 +242,7 @@ pub fn build_next(
             let pod_identity = spiffe_id(&file.trust_domain, &w.namespace, &w.service_account);
             let proxy = match &identity {
                 Some(id) if w.meshed => {
-                    let mut proxy =
-                        proxy_plan(ip, &w.namespace, &name, overrides, file.outbound_mtls);
+                    let mut proxy = proxy_plan(ip, &w.namespace, &name, overrides, file);
                     let pod_files = files.pod(&w.namespace, &name);
                     proxy.env.extend(identity::proxy_vars(
                         id,
@@ -403,8 +402,9 @@ fn proxy_plan(
     namespace: &str,
     name: &str,
     o: &Overrides,
-    outbound_mtls: OutboundMtls,
+    file: &MeshFile,
 ) -> ProxyPlan {
+    let outbound_mtls = file.outbound_mtls;
     let mut init_args: Vec<String> = [
         "init",
         "--inbound-port",
@@ -455,6 +455,21 @@ fn proxy_plan(
     let mtls = o.outbound_mtls.unwrap_or(outbound_mtls);
     if o.outbound_mtls.is_some() || mtls != OutboundMtls::Opportunistic {
         env.insert(proxy_env::OUTBOUND_MTLS.to_string(), mtls.to_string());
+    }
+    // The workload's annotations, or the file's `tracing` (both checked).
+    let collector = o.trace_collector.clone().or_else(|| {
+        let c = file.tracing.collector.as_deref()?;
+        trellis_core::contract::trace::parse_collector(c).ok()
+    });
+    if let Some(collector) = collector {
+        env.insert(proxy_env::TRACE_COLLECTOR.to_string(), collector);
+        let sampling = o
+            .trace_sampling
+            .clone()
+            .or_else(|| file.tracing.sampling.map(|r| r.to_string()));
+        if let Some(sampling) = sampling {
+            env.insert(proxy_env::TRACE_SAMPLING.to_string(), sampling);
+        }
     }
     ProxyPlan {
         init_args,

@@ -30,6 +30,11 @@ pub const PROXY_LOG_LEVEL: &str = "config.trellis.dev/proxy-log-level";
 pub const DEFAULT_INBOUND_POLICY: &str = "config.trellis.dev/default-inbound-policy";
 /// `opportunistic` or `required`: whether the proxy may send plaintext.
 pub const OUTBOUND_MTLS: &str = "config.trellis.dev/outbound-mtls";
+/// The OTLP/gRPC collector the pod's proxy sends request spans to (over
+/// the file's `tracing.collector`).
+pub const TRACE_COLLECTOR: &str = "config.trellis.dev/trace-collector";
+/// The share of new traces the pod's proxy samples, 0 to 1.
+pub const TRACE_SAMPLING: &str = "config.trellis.dev/trace-sampling";
 /// Per-port defaults: `"8080=deny,9090=all-unauthenticated"`.
 pub const PORT_INBOUND_POLICY: &str = "config.trellis.dev/port-inbound-policy";
 /// How long workload certificates live unless the file says otherwise.
@@ -45,7 +50,7 @@ pub const RESOURCE_ANNOTATIONS: [&str; 4] = [
 
 /// Every `config.trellis.dev/*` annotation a workload may carry (and
 /// `docs/mesh-file.md` documents).
-pub const CONFIG_ANNOTATIONS: [&str; 11] = [
+pub const CONFIG_ANNOTATIONS: [&str; 13] = [
     OPAQUE_PORTS,
     SKIP_INBOUND_PORTS,
     SKIP_OUTBOUND_PORTS,
@@ -53,6 +58,8 @@ pub const CONFIG_ANNOTATIONS: [&str; 11] = [
     DEFAULT_INBOUND_POLICY,
     PORT_INBOUND_POLICY,
     OUTBOUND_MTLS,
+    TRACE_COLLECTOR,
+    TRACE_SAMPLING,
     RESOURCE_ANNOTATIONS[0],
     RESOURCE_ANNOTATIONS[1],
     RESOURCE_ANNOTATIONS[2],
@@ -73,6 +80,10 @@ pub struct MeshFile {
     /// on a workload overrides it.
     #[serde(default)]
     pub outbound_mtls: OutboundMtls,
+    /// Request spans of every meshed pod's proxy, to an OTLP/gRPC
+    /// collector; off without one.
+    #[serde(default)]
+    pub tracing: MeshTracing,
     /// The minimum workload annotations cannot lower (the injector's
     /// floor, always enforced by refusing the file).
     #[serde(default)]
@@ -98,6 +109,19 @@ pub struct MeshFile {
     /// Authorization policies (`policy.trellis.dev`): see [`authz`](super::authz).
     #[serde(default)]
     pub policies: Vec<AuthorizationPolicy>,
+}
+
+/// `tracing:` — where every meshed pod's proxy sends its request spans;
+/// `config.trellis.dev/trace-*` on a workload overrides each.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshTracing {
+    /// `host:port` of an OTLP/gRPC collector; none: tracing off.
+    #[serde(default)]
+    pub collector: Option<String>,
+    /// The share of new traces sampled, 0 to 1 (the proxy's default: 0.01).
+    #[serde(default)]
+    pub sampling: Option<f64>,
 }
 
 /// `floor:` — what workload annotations may not go below; the same
@@ -334,4 +358,8 @@ pub struct Overrides {
     pub port_inbound_policies: BTreeMap<u16, InboundPolicy>,
     /// From `config.trellis.dev/outbound-mtls`.
     pub outbound_mtls: Option<OutboundMtls>,
+    /// From `config.trellis.dev/trace-collector`, as `http://host:port`.
+    pub trace_collector: Option<String>,
+    /// From `config.trellis.dev/trace-sampling`, checked to be 0 to 1.
+    pub trace_sampling: Option<String>,
 }

@@ -24,6 +24,7 @@ use trellis_core::telemetry::{parse_log_filter, LogFormat};
 use crate::plaintext::OutboundMtls;
 use crate::policy::DefaultPolicy;
 use crate::probe::ProbeSource;
+use crate::trace::TraceConfig;
 use ipnet::IpNet;
 
 trait NonEmptyPath {
@@ -71,6 +72,8 @@ pub const VARIABLES: &[Variable] = &[
     (PROBE_SOURCES, "gateway", "where kubelet probes come from: addresses, CIDRs, and `gateway` (this pod's default gateways); a probe-like request from elsewhere is decided like any other"),
     (BALANCER_DECAY, "1s", "time constant of the balancer's latency estimate: how fast an endpoint avoided as slow is tried again (duration)"),
     (RESOLVE_TIMEOUT, "1s", "how long the first connection to a destination waits for the controller's answer before it is forwarded as unknown (duration)"),
+    (TRACE_COLLECTOR, "", "OTLP/gRPC collector (host:port or http://host:port) that request spans are exported to; unset: tracing off"),
+    (TRACE_SAMPLING, "0.01", "share of new traces sampled, 0 to 1; a request whose caller sent a sampling decision (traceparent, B3) follows it"),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +115,8 @@ pub struct Config {
     pub plaintext_destinations: Vec<IpNet>,
     #[serde(serialize_with = "ser_list")]
     pub probe_sources: Vec<ProbeSource>,
+    /// Present when tracing is on.
+    pub trace: Option<TraceConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +184,7 @@ impl Config {
                 vec![ProbeSource::Gateway],
                 crate::probe::parse_sources,
             ),
+            trace: None,
         };
         let mut cfg = cfg;
         let addr: String = r.get(IDENTITY_ADDR, String::new());
@@ -257,6 +263,21 @@ impl Config {
                 balancer_decay,
             });
         }
+        let collector = r.parse_with(TRACE_COLLECTOR, None, |s| {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            crate::trace::parse_collector(s).map(Some)
+        });
+        let sampling = r.parse_with(
+            TRACE_SAMPLING,
+            trellis_core::contract::trace::DEFAULT_SAMPLING,
+            crate::trace::parse_sampling,
+        );
+        cfg.trace = collector.map(|collector| TraceConfig {
+            collector,
+            sampling,
+        });
         if cfg.max_header_bytes < MIN_HEADER_BYTES {
             r.invalid(
                 MAX_HEADER_BYTES,

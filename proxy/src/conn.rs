@@ -54,6 +54,8 @@ pub struct ListenerContext {
     pub services: Option<Arc<Services>>,
     /// Where kubelet probes come from.
     pub probe_sources: Arc<ProbeSources>,
+    /// Request spans, when a collector is configured.
+    pub tracing: crate::trace::Tracing,
 }
 
 /// Phase 1 done: who connected, and where they meant to go.

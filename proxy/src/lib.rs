@@ -45,6 +45,7 @@ pub mod probe;
 pub mod routes;
 pub mod service;
 pub mod startup;
+pub mod trace;
 pub mod traffic;
 pub mod upstream;
 
@@ -52,6 +53,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use trellis_core::addr::ClientAddr;
 use trellis_core::contract::files::DestinationsFile;
 use trellis_core::shutdown::Shutdown;
@@ -174,6 +176,7 @@ impl Proxy {
     /// The admin server answers at once; the listeners accept only once
     /// the certificate and the inbound policy have arrived ([`startup`]).
     pub async fn run(self, shutdown: Shutdown) {
+        let tracing = self.start_tracing(&shutdown);
         let (services, policy) = self.start_discovery(&shutdown);
         self.watch_files(&shutdown);
         let certificate = self.start_identity(&shutdown);
@@ -205,6 +208,7 @@ impl Proxy {
                 no_peer: Label::new(""),
                 mesh: self.mesh.clone(),
                 services: services.clone(),
+                tracing: tracing.clone(),
             })
         };
         let (outbound, inbound) = (ctx(Direction::Outbound), ctx(Direction::Inbound));
@@ -232,6 +236,22 @@ impl Proxy {
         // `traffic` first: a proxy with nothing to wait for serves before
         // its admin server has answered any `/ready`.
         tokio::join!(biased; traffic, admin, stopping);
+    }
+
+    /// Starts exporting request spans, if a collector is configured. A
+    /// collector that cannot be reached is no reason not to serve: spans
+    /// are then dropped and counted.
+    fn start_tracing(&self, shutdown: &Shutdown) -> trace::Tracing {
+        let started = trace::Tracing::start(
+            self.config.trace.as_ref(),
+            &self.config.workload,
+            self.metrics.trace.clone(),
+            shutdown,
+        );
+        started.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "tracing not started");
+            trace::Tracing::OFF
+        })
     }
 
     /// Starts the controller client, if there is a controller: the services
@@ -483,8 +503,19 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {
         match accepted {
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
+                let client = ClientAddr(client);
+                // Every log line of the connection, and every request's
+                // span, carries its id and client.
+                let facts = trace::ConnFacts::next(client);
+                let span = tracing::info_span!(
+                    "conn",
+                    id = facts.id,
+                    client.addr = %client,
+                    direction = ctx.direction.as_str()
+                );
+                let handled = conn::handle(ctx.clone(), stream, client);
                 ctx.shutdown
-                    .spawn(conn::handle(ctx.clone(), stream, ClientAddr(client)));
+                    .spawn(trace::conn_scope(facts, handled).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors, or a connection reset before

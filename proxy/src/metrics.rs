@@ -173,9 +173,27 @@ pub struct TrafficMetrics {
     pub discovery: std::sync::Arc<crate::discovery::DiscoveryStats>,
 }
 
+/// Spans sent to the trace collector, and spans dropped on the way.
+#[derive(Clone, Default)]
+pub struct TraceMetrics {
+    pub exported: Counter,
+    pub dropped: Family<ReasonLabels, Counter>,
+}
+
+impl TraceMetrics {
+    pub fn dropped(&self, why: crate::trace::export::Dropped, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc_by(n);
+    }
+}
+
 /// Every metric the proxy exports, registered once.
 pub struct Metrics {
     pub traffic: TrafficMetrics,
+    pub trace: TraceMetrics,
     pub authz_allowed: Family<AuthzLabels, Counter>,
     pub authz_denied: Family<AuthzLabels, Counter>,
     pub tls_failures: Family<TlsFailureLabels, Counter>,
@@ -314,8 +332,20 @@ impl Metrics {
             "Controller streams that failed or ended (reopened with backoff)",
             traffic.discovery.stream_errors.clone(),
         );
+        let trace = TraceMetrics::default();
+        registry.register(
+            "trellis_trace_spans_exported",
+            "Spans the trace collector accepted",
+            trace.exported.clone(),
+        );
+        registry.register(
+            "trellis_trace_spans_dropped",
+            "Spans dropped rather than exported, by reason: queue_full (the collector is slow or down), export_failed, shutdown",
+            trace.dropped.clone(),
+        );
         Self {
             traffic,
+            trace,
             authz_allowed,
             authz_denied,
             tls_failures,

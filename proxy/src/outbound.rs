@@ -76,7 +76,7 @@ pub async fn serve(
     }
     let io = ClientIo::new(stream, d.prefix, log.counts.clone());
     match target {
-        Target::Service(svc) => balanced::serve(ctx, io, d.protocol, svc).await,
+        Target::Service(svc) => balanced::serve(ctx, io, orig_dst, d.protocol, svc).await,
         Target::Mesh(dst) => http::serve(ctx, io, orig_dst, d.protocol, Some(dst)).await,
         Target::Plain => http::serve(ctx, io, orig_dst, d.protocol, None).await,
     }

@@ -36,9 +36,13 @@ pub const PLAINTEXT_DESTINATIONS: &str = "TRELLIS_PROXY_PLAINTEXT_DESTINATIONS";
 pub const PROBE_SOURCES: &str = "TRELLIS_PROXY_PROBE_SOURCES";
 pub const BALANCER_DECAY: &str = "TRELLIS_PROXY_BALANCER_DECAY";
 pub const RESOLVE_TIMEOUT: &str = "TRELLIS_PROXY_RESOLVE_TIMEOUT";
+/// The OTLP/gRPC collector spans go to; unset: tracing off.
+pub const TRACE_COLLECTOR: &str = "TRELLIS_PROXY_TRACE_COLLECTOR";
+/// The share of new traces sampled (0 to 1).
+pub const TRACE_SAMPLING: &str = "TRELLIS_PROXY_TRACE_SAMPLING";
 
 /// Every variable the proxy reads, in the order `--help` lists them.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 33] = [
     OUTBOUND_LISTEN,
     INBOUND_LISTEN,
     ADMIN_LISTEN,
@@ -70,4 +74,6 @@ pub const ALL: [&str; 31] = [
     PROBE_SOURCES,
     BALANCER_DECAY,
     RESOLVE_TIMEOUT,
+    TRACE_COLLECTOR,
+    TRACE_SAMPLING,
 ];

@@ -63,6 +63,8 @@ fn variable_names_are_pinned() {
         (PROBE_SOURCES, "TRELLIS_PROXY_PROBE_SOURCES"),
         (BALANCER_DECAY, "TRELLIS_PROXY_BALANCER_DECAY"),
         (RESOLVE_TIMEOUT, "TRELLIS_PROXY_RESOLVE_TIMEOUT"),
+        (TRACE_COLLECTOR, "TRELLIS_PROXY_TRACE_COLLECTOR"),
+        (TRACE_SAMPLING, "TRELLIS_PROXY_TRACE_SAMPLING"),
     ];
     for (name, want) in pinned {
         assert_eq!(name, want);

@@ -312,6 +312,13 @@ fn proxy_container(s: &Settings, cfg: &InjectorConfig) -> Container {
                 .join(","),
         ));
     }
+    // Tracing: only when a collector is named (off by default).
+    if !s.trace_collector.is_empty() {
+        env.push(value(proxy_env::TRACE_COLLECTOR, s.trace_collector.clone()));
+        if !s.trace_sampling.is_empty() {
+            env.push(value(proxy_env::TRACE_SAMPLING, s.trace_sampling.clone()));
+        }
+    }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),

@@ -21,7 +21,7 @@ use crate::floor::{
 };
 
 /// Overrides read from `config.trellis.dev/<name>`.
-const OVERRIDES: [&str; 11] = [
+const OVERRIDES: [&str; 13] = [
     "skip-inbound-ports",
     "skip-outbound-ports",
     "opaque-ports",
@@ -32,6 +32,8 @@ const OVERRIDES: [&str; 11] = [
     "proxy-memory-limit",
     "default-inbound-policy",
     "outbound-mtls",
+    "trace-collector",
+    "trace-sampling",
     // Read by the controller (per-port policy), accepted here.
     "port-inbound-policy",
 ];
@@ -57,6 +59,10 @@ pub(super) struct Settings {
     pub default_inbound_policy: DefaultPolicy,
     pub outbound_mtls: OutboundMtls,
     pub resources: Resources,
+    /// `http://host:port` of the trace collector; empty: tracing off.
+    pub trace_collector: String,
+    /// The share of new traces sampled; empty: the proxy's default.
+    pub trace_sampling: String,
 }
 
 /// A pod to inject: its settings, and what the floor changed (warned
@@ -407,6 +413,30 @@ fn settings(
             }
         }
     }
+    use trellis_core::contract::trace::{parse_collector, parse_sampling};
+    let chart = &cfg.proxy.tracing;
+    let chart_collector = parse_collector(&chart.collector).unwrap_or_default();
+    let trace_collector = match get("trace-collector") {
+        Some((_, _, v)) if v.trim().is_empty() => String::new(),
+        Some((key, _, v)) => match parse_collector(&v) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("{key}: {v:?} {e}"));
+                chart_collector
+            }
+        },
+        None => chart_collector,
+    };
+    let trace_sampling = match get("trace-sampling") {
+        Some((key, _, v)) => match parse_sampling(&v) {
+            Ok(_) => v.trim().to_string(),
+            Err(e) => {
+                problems.push(format!("{key}: {v:?} {e}"));
+                chart.sampling.trim().to_string()
+            }
+        },
+        None => chart.sampling.trim().to_string(),
+    };
     Resolved {
         settings: Settings {
             native_sidecar: cfg.proxy.native_sidecar,
@@ -417,6 +447,8 @@ fn settings(
             default_inbound_policy,
             outbound_mtls,
             resources,
+            trace_collector,
+            trace_sampling,
         },
         problems,
         violations,

@@ -883,3 +883,35 @@ spec:
     );
     assert!(out.text.contains("--check"), "{}", out.text);
 }
+
+/// The chart's `proxy.tracing` reaches the proxy; the pod's
+/// `config.trellis.dev/trace-sampling` wins over its namespace's and the
+/// chart's; without a collector nothing is set (tracing off).
+#[test]
+fn tracing_settings_reach_the_proxy() {
+    let (_, pod, _) = injected_case("tracing");
+    let inits = pod.spec.unwrap().init_containers.unwrap();
+    let env = env(&inits[1]);
+    assert_eq!(
+        env[proxy_env::TRACE_COLLECTOR],
+        "http://jaeger-collector.observability.svc.cluster.local:4317"
+    );
+    assert_eq!(env[proxy_env::TRACE_SAMPLING], "1");
+    let (_, plain, _) = injected_case("plain-pod");
+    let plain_env = env_of(&plain);
+    assert!(!plain_env.contains_key(proxy_env::TRACE_COLLECTOR));
+    assert!(!plain_env.contains_key(proxy_env::TRACE_SAMPLING));
+}
+
+fn env_of(pod: &Pod) -> BTreeMap<String, String> {
+    let spec = pod.spec.clone().unwrap();
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == "trellis-proxy")
+        .unwrap()
+        .clone();
+    env(&proxy)
+}

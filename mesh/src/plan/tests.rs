@@ -273,3 +273,48 @@ fn ambiguous_pods_ask_for_a_namespace() {
     );
     assert_eq!(p.find_pod("b/web").unwrap().namespace, "b");
 }
+
+/// The file's `tracing` reaches every meshed proxy; a workload's
+/// `config.trellis.dev/trace-*` annotations win; without a collector
+/// tracing stays off (no variable).
+#[test]
+fn tracing_reaches_the_proxies() {
+    let file = r#"
+tracing: {collector: "jaeger.obs.svc.cluster.local:4317", sampling: 0.5}
+workloads:
+  - {name: a, command: [sleep, infinity]}
+  - name: b
+    command: [sleep, infinity]
+    annotations:
+      config.trellis.dev/trace-collector: "http://10.1.2.3:4317"
+      config.trellis.dev/trace-sampling: "1"
+"#;
+    let p = build(&check::parse(file, "t").unwrap(), "/opt/trellis").unwrap();
+    let env = |i: usize| p.pods[i].proxy.as_ref().unwrap().env.clone();
+    assert_eq!(
+        env(0)[proxy_env::TRACE_COLLECTOR],
+        "http://jaeger.obs.svc.cluster.local:4317"
+    );
+    assert_eq!(env(0)[proxy_env::TRACE_SAMPLING], "0.5");
+    assert_eq!(env(1)[proxy_env::TRACE_COLLECTOR], "http://10.1.2.3:4317");
+    assert_eq!(env(1)[proxy_env::TRACE_SAMPLING], "1");
+    assert!(!env_of_default_plan_has_tracing());
+
+    let bad = "tracing: {collector: \"https://x:4317\", sampling: 2}\nworkloads: [{name: a, command: [sleep, infinity]}]\n";
+    let errs = check::parse(bad, "t").unwrap_err().to_string();
+    assert!(
+        errs.contains("tracing.collector") && errs.contains("tracing.sampling"),
+        "{errs}"
+    );
+}
+
+fn env_of_default_plan_has_tracing() -> bool {
+    plan()
+        .pods
+        .iter()
+        .filter_map(|p| p.proxy.as_ref())
+        .any(|p| {
+            p.env.contains_key(proxy_env::TRACE_COLLECTOR)
+                || p.env.contains_key(proxy_env::TRACE_SAMPLING)
+        })
+}

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::headers::grpc_status;
 use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels};
+use crate::trace::{Outcome, RequestSpan};
 
 /// Records one request's golden metrics once its response has ended.
 pub struct Recorder {
@@ -23,11 +24,18 @@ pub struct Recorder {
     pub grpc: bool,
     status: StatusCode,
     grpc_status: Option<u32>,
+    /// The request's span: ends with the golden metrics, under their labels.
+    pub span: RequestSpan,
 }
 
 impl Recorder {
-    /// Starts timing a request labelled `labels`.
-    pub fn start(metrics: Arc<Metrics>, labels: RouteLabels, grpc: bool) -> Self {
+    /// Starts timing a request labelled `labels`, traced as `span`.
+    pub fn start(
+        metrics: Arc<Metrics>,
+        labels: RouteLabels,
+        grpc: bool,
+        span: RequestSpan,
+    ) -> Self {
         Self {
             metrics,
             labels,
@@ -35,6 +43,7 @@ impl Recorder {
             grpc,
             status: StatusCode::OK,
             grpc_status: None,
+            span,
         }
     }
 
@@ -59,6 +68,14 @@ impl Recorder {
         } else {
             Classification::Success
         };
+        self.span.end(
+            &self.labels,
+            Outcome {
+                status: self.status.as_u16(),
+                grpc_status: self.grpc_status,
+                failed,
+            },
+        );
         let elapsed = self.start.elapsed().as_secs_f64();
         self.metrics
             .http_duration

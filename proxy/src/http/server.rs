@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_core::shutdown::Shutdown;
 
@@ -42,7 +42,8 @@ where
     });
     let io = TokioIo::new(io);
     let served = if protocol == Protocol::H2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // Stream tasks keep the connection's id, client and log span.
+        let conn = hyper::server::conn::http2::Builder::new(crate::trace::ConnExecutor::current())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .serve_connection(io, svc);

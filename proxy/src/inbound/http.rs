@@ -69,6 +69,8 @@ impl Connection {
         if let Err(e) = self.admit(&mut req) {
             return respond::refused(e, recorder);
         }
+        // The application's request continues the server span.
+        recorder.span.inject(req.headers_mut());
         let result = self.to_application(req).await;
         respond::deliver(
             result.map(|r| (r, None)),
@@ -97,7 +99,8 @@ impl Connection {
             peer,
         };
         tracing::debug!(method = %req.method(), "request");
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()))
+        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
+        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
     }
 
     /// Stage 2: what every request passes before it reaches the

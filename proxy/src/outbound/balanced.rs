@@ -53,6 +53,8 @@ use crate::traffic::route::RequestFacts as RouteFacts;
 /// What every request on one connection to a service shares.
 struct Connection {
     ctx: Arc<ListenerContext>,
+    /// The service's address, as the client dialled it.
+    orig_dst: OrigDstAddr,
     svc: Arc<ServiceState>,
     client: Protocol,
 }
@@ -61,6 +63,7 @@ struct Connection {
 pub(super) async fn serve<I>(
     ctx: &Arc<ListenerContext>,
     io: I,
+    orig_dst: OrigDstAddr,
     client: Protocol,
     svc: Arc<ServiceState>,
 ) -> Result<(), ProxyError>
@@ -69,6 +72,7 @@ where
 {
     let conn = Arc::new(Connection {
         ctx: ctx.clone(),
+        orig_dst,
         svc,
         client,
     });
@@ -81,6 +85,8 @@ impl Connection {
         strip_h2c_upgrade(req.headers_mut());
         let plan = self.svc.plan(&RouteFacts::of(&req));
         let recorder = self.label(&req, &plan);
+        // Every try (and a tunnel) continues the client span.
+        recorder.span.inject(req.headers_mut());
         let backend = match plan.backend {
             Ok(b) => b,
             Err(PlanError::NoBackend) => {
@@ -106,7 +112,8 @@ impl Connection {
             peer: ctx.no_peer.clone(),
         };
         tracing::debug!(method = %req.method(), route = %plan.route, "request");
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()))
+        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
+        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
     }
 
     /// A tunnel: one endpoint, one connection, no retries.

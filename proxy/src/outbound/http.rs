@@ -62,8 +62,10 @@ where
 }
 
 impl Connection {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let recorder = self.label(&req);
+        // The upstream request continues the client span.
+        recorder.span.inject(req.headers_mut());
         let result = self.send(req).await;
         respond::deliver(
             result.map(|r| (r, None)),
@@ -92,7 +94,8 @@ impl Connection {
             peer,
         };
         tracing::debug!(method = %req.method(), "request");
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()))
+        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
+        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
     }
 
     /// Stages 2 and 3: the request prepared for the upstream, and sent.
