@@ -277,6 +277,9 @@ pub struct Outcome {
     pub grpc_status: Option<u32>,
     /// The golden metrics' classification: a failure.
     pub failed: bool,
+    /// When the proxy answered with an error: its reason code (the
+    /// `trellis-proxy-error` header) and whose fault it was.
+    pub error: Option<(&'static str, &'static str)>,
 }
 
 impl RequestSpan {
@@ -373,8 +376,16 @@ impl Recording {
         if let Some(code) = outcome.grpc_status {
             attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
         }
+        if let Some((reason, fault)) = outcome.error {
+            attributes.push(KeyValue::new("trellis.error.reason", reason));
+            attributes.push(KeyValue::new("trellis.error.fault", fault));
+        }
         let status = if outcome.failed {
-            attributes.push(KeyValue::new("error.type", outcome.status.to_string()));
+            let error_type = match outcome.error {
+                Some((reason, _)) => reason.to_string(),
+                None => outcome.status.to_string(),
+            };
+            attributes.push(KeyValue::new("error.type", error_type));
             Status::error(format!("failed with status {}", outcome.status))
         } else {
             Status::Unset

@@ -26,6 +26,8 @@ pub struct Recorder {
     grpc_status: Option<u32>,
     /// The request's span: ends with the golden metrics, under their labels.
     pub span: RequestSpan,
+    /// Set when the proxy answered with an error: its reason and fault.
+    error: Option<(&'static str, &'static str)>,
 }
 
 impl Recorder {
@@ -44,7 +46,13 @@ impl Recorder {
             status: StatusCode::OK,
             grpc_status: None,
             span,
+            error: None,
         }
+    }
+
+    /// The proxy answered with an error of this reason and fault.
+    pub fn errored(&mut self, reason: &'static str, fault: &'static str) {
+        self.error = Some((reason, fault));
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -74,6 +82,7 @@ impl Recorder {
                 status: self.status.as_u16(),
                 grpc_status: self.grpc_status,
                 failed,
+                error: self.error,
             },
         );
         let elapsed = self.start.elapsed().as_secs_f64();

@@ -71,6 +71,7 @@ fn answer(verdict: Verdict, mut recorder: Recorder, completed: bool) -> Response
     let rsp = error_response(verdict, recorder.grpc);
     let grpc_status = recorder.grpc.then_some(verdict.grpc_status);
     recorder.responded(rsp.status(), grpc_status);
+    recorder.errored(verdict.reason, verdict.fault.as_str());
     recorder.finish(completed);
     rsp
 }

@@ -250,6 +250,7 @@ const OK: Outcome = Outcome {
     status: 200,
     grpc_status: None,
     failed: false,
+    error: None,
 };
 
 fn attr(span: &SpanData, key: &str) -> Option<String> {
@@ -329,6 +330,7 @@ async fn client_and_server_spans_continue_the_callers_trace() {
             status: 503,
             grpc_status: None,
             failed: true,
+            error: Some(("no_endpoints", "upstream")),
         },
     );
     let got = wait_for(&spans, 2).await;
@@ -353,7 +355,10 @@ async fn client_and_server_spans_continue_the_callers_trace() {
     assert_eq!(attr(c, "client.address").as_deref(), Some("10.77.0.5"));
     assert_eq!(attr(c, "trellis.connection.id").as_deref(), Some("7"));
     assert_eq!(attr(c, "url.path").as_deref(), Some("/items"));
-    assert_eq!(attr(s, "error.type").as_deref(), Some("503"));
+    // A failure the proxy answered names its reason and whose fault it was.
+    assert_eq!(attr(s, "error.type").as_deref(), Some("no_endpoints"));
+    assert_eq!(attr(s, "trellis.error.fault").as_deref(), Some("upstream"));
+    assert_eq!(attr(c, "error.type"), None);
     assert!(matches!(s.status, Status::Error { .. }));
     assert_eq!(metrics.exported.get(), 2);
 }
