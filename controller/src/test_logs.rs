@@ -28,6 +28,16 @@ impl Logs {
     /// Captures INFO and above (kube-client and kube-runtime at ERROR, as
     /// the controller's default filter has them) until the guard drops.
     pub(crate) fn capture() -> (Self, DefaultGuard) {
+        // tracing caches each callsite's interest once, process-wide. With a
+        // single registered dispatcher (this test's), a callsite first hit
+        // by another test's thread, which has no subscriber, is cached as
+        // "never" and this test would see nothing (tokio-rs/tracing#3611).
+        // A global subscriber that records nothing keeps two dispatchers
+        // registered, so interest is asked of both.
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+        });
         let logs = Logs::default();
         let writer = logs.clone();
         let filter =
