@@ -181,6 +181,22 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Connection` header names, and the fixed list below. `TE: trailers`
 /// survives (gRPC needs it end to end).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (or only `TE: trailers`): one pass
+    // over the names instead of eight lookups and removals.
+    let any = headers.iter().any(|(name, value)| {
+        if name == header::TE {
+            return value.as_bytes() != b"trailers";
+        }
+        name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::TRAILER
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+    });
+    if !any {
+        return;
+    }
     const FIXED: [HeaderName; 6] = [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
@@ -249,6 +265,28 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+
+        // The fast path (nothing to remove) leaves what the full pass
+        // would: `TE: trailers` alone, and end-to-end headers.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // A second TE value is not `trailers` alone: the full pass runs.
+        h.append(header::TE, HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.get_all(header::TE).iter().count(), 1);
+        assert_eq!(h[header::TE], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
