@@ -80,22 +80,13 @@ def annotate(dump):
 
 
 def short(name):
-    """A function name without generic parameters and the source file prefix."""
-    name = re.sub(r"^\?\?\?:|^[^ ]+\.rs:", "", name)
-    out, depth = [], 0
-    for ch in name:
-        if ch == "<":
-            depth += 1
-            if depth == 1 and out and out[-1] not in " (&":
-                continue
-        if ch == ">":
-            depth -= 1
-            continue
-        if depth <= 0 or (depth == 1 and ch == "<"):
-            out.append(ch)
-    s = "".join(out)
-    s = re.sub(r"::h[0-9a-f]{16}$", "", s)
-    return s[:110]
+    """A function name without its generic parameters and source file."""
+    name = re.sub(r"^\?\?\?:|^[^ ]+\.(rs|c|S):", "", name)
+    prev = None
+    while prev != name:
+        prev = name
+        name = re.sub(r"(?<=[\w\]])<[^<>]*>", "", name)
+    return re.sub(r"::h[0-9a-f]{16}$", "", name)[:110]
 
 
 def area_of(name):

@@ -317,6 +317,22 @@ def mtls_comparison(w, sc, meta):
     w("")
 
 
+def clock_syscalls(path):
+    """System calls a callgrind dump counts in clock_gettime: under valgrind the clock is read
+    with a system call, natively through the vDSO (no system call), so they are counted apart."""
+    import subprocess
+    out = subprocess.run(["callgrind_annotate", "--show=sysCount", "--sort=sysCount", "--auto=no",
+                          "--threshold=100", path], capture_output=True, text=True).stdout
+    n = 0
+    for line in out.splitlines():
+        if "clock_gettime" in line and "PROGRAM TOTALS" not in line:
+            try:
+                n += int(line.split()[0].replace(",", ""))
+            except ValueError:
+                pass
+    return n
+
+
 def callgrind_totals(path):
     """Event name -> total of a callgrind dump (Ir: instructions; sysCount: system calls)."""
     events, totals = [], []
@@ -344,8 +360,10 @@ class Instructions:
             pm = read_env(os.path.join(d, p, "instr.env"))
             for side in ("client", "server"):
                 for pid in pm.get(f"{side}_pids", "").split():
-                    for k, v in callgrind_totals(os.path.join(d, p, f"callgrind.{pid}")).items():
+                    dump = os.path.join(d, p, f"callgrind.{pid}")
+                    for k, v in callgrind_totals(dump).items():
                         self.side[side][k] = self.side[side].get(k, 0) + sign * v
+                    self.side[side]["clock"] = self.side[side].get("clock", 0) + sign * clock_syscalls(dump)
 
     def per_request(self, event, side=None):
         sides = [side] if side else ["client", "server"]
@@ -367,17 +385,24 @@ def instructions_section(w, run, meta, names):
       f"{any_i.warmup} requests, stop. Run *full*: the same, then {any_i.requests} requests more over "
       f"{any_i.conns} keep-alive connection(s) (`oha -n {any_i.requests} -c {any_i.conns}`). Per request = "
       f"(full − base) / {any_i.requests}. Nothing else is subtracted: the load generator's connection "
-      f"setup, and whatever else the proxy did meanwhile (timers, housekeeping), are amortised in it. With one "
-      f"connection each request is handled alone, as at a low fixed rate; the counts barely move from run to "
-      f"run (unlike the timings above), so they show what a code change costs or saves. They leave out the "
-      f"kernel's work (system time; see *user* above), which the system-call count hints at. Profiles: "
-      f"`callgrind_annotate` on the dumps in the run directory's `instr/`.")
+      f"setup, and whatever else the proxy did meanwhile (timers, housekeeping), are amortised in it. "
+      + ("With one connection each request is handled alone, as at a low fixed rate, so the figure does not "
+         "depend on how much callgrind slows a proxy down. " if any_i.conns == 1 else
+         "With several connections a proxy batches requests, and how much depends on how much callgrind "
+         "slows it down: compare such figures between builds of one proxy, not between proxies. ")
+      + "The counts barely move from run to run (unlike the timings above), so they show what a code change "
+      "costs or saves. They leave out the kernel's work (system time; see *user* above), which the "
+      "system-call count hints at: it leaves out `clock_gettime`, a system call under valgrind but a vDSO "
+      "call natively (shown apart). Profiles: the dumps in the run directory's `instr/`; "
+      "`bench/profile_areas.py` groups one by area (see `bench/PROFILE.md`).")
     w("")
-    w("| scenario | instructions per request, pair | client side | server side | system calls per request, pair |")
-    w("|---|---:|---:|---:|---:|")
+    w("| scenario | instructions per request, pair | client side | server side | "
+      "system calls per request, pair | clock reads per request, pair |")
+    w("|---|---:|---:|---:|---:|---:|")
     for n, i in inst.items():
         w(f"| {LABELS.get(n, n)} | {i.per_request('Ir'):,.0f} | {i.per_request('Ir', 'client'):,.0f} | "
-          f"{i.per_request('Ir', 'server'):,.0f} | {i.per_request('sysCount'):.1f} |")
+          f"{i.per_request('Ir', 'server'):,.0f} | {i.per_request('sysCount') - i.per_request('clock'):.1f} | "
+          f"{i.per_request('clock'):.1f} |")
     w("")
     w("Reproduce one scenario (instructions only, no timed rounds): "
       f"`BENCH_ROUNDS=0 BENCH_IDLE_STEPS= BENCH_SCENARIOS=trellis BENCH_INSTR_REQUESTS={any_i.requests} "
