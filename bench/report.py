@@ -458,7 +458,7 @@ def main():
       f"{meta['warmup_secs']} s warm-up |")
     w(f"| closed-loop run | per round: {meta['max_conns']} connections sending back-to-back for {meta['max_secs']} s |")
     secs = int(meta.get("elapsed_secs", 0))
-    w(f"| run time | {secs // 60} min {secs % 60} s (scenarios and idle test; install and build excluded) |")
+    w(f"| run time | {secs // 60} min {secs % 60} s (scenarios, idle test and instruction counts; install and build excluded) |")
     w("")
 
     if rounds == 0:
