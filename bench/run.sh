@@ -19,12 +19,23 @@
 #
 # Knobs (environment): BENCH_SCENARIOS, BENCH_ROUNDS, BENCH_RATE,
 # BENCH_RATE_SECS, BENCH_RATE_CONNS, BENCH_MAX_SECS, BENCH_MAX_CONNS, BENCH_WARMUP_SECS,
-# BENCH_IDLE_STEPS, BENCH_OUT, BENCH_SKIP_INSTALL=1, BENCH_SKIP_BUILD=1.
+# BENCH_IDLE_STEPS, BENCH_INSTR, BENCH_INSTR_REQUESTS, BENCH_INSTR_CONNS,
+# BENCH_INSTR_SCENARIOS, BENCH_OUT, BENCH_CARGO_PROFILE, BENCH_SKIP_INSTALL=1,
+# BENCH_SKIP_BUILD=1.
+#
+# Instructions per request (issue 13): each proxy scenario once more, its
+# proxies under valgrind's callgrind, a bounded number of requests; see
+# run_instructions. BENCH_INSTR=0 skips it; BENCH_ROUNDS=0
+# BENCH_IDLE_STEPS= runs only it.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/trellis/target}
+# The cargo profile built and measured. Figures to compare or publish come
+# from release (fat LTO); profiling (Cargo.toml) builds several times faster
+# for an edit-measure loop, e.g. of instructions per request.
+CARGO_PROFILE=${BENCH_CARGO_PROFILE:-release}
 
 # ---- what is measured -------------------------------------------------------
 SCENARIOS=${BENCH_SCENARIOS:-"direct direct_xcpu trellis trellis_mtls nginx haproxy envoy envoy_mtls"}
@@ -38,6 +49,13 @@ RETRIES=${BENCH_RETRIES:-6}            # disturbed scenario runs repeated, at mo
 DISTURBED_CPU_S=0.5                    #   disturbed: other processes used this much CPU meanwhile
 WARMUP_SECS=${BENCH_WARMUP_SECS:-2}    # fixed-rate warm-up before measuring (discarded)
 IDLE_STEPS=${BENCH_IDLE_STEPS-1000,10000}
+INSTR=${BENCH_INSTR:-1}                # instructions per request under callgrind (0: skip)
+INSTR_REQUESTS=${BENCH_INSTR_REQUESTS:-2000}  #   requests counted, per scenario
+INSTR_WARMUP=${BENCH_INSTR_WARMUP:-200}       #   requests before counting (discarded)
+INSTR_CONNS=${BENCH_INSTR_CONNS:-1}    #   keep-alive connections (1: one request at a time)
+# Which scenarios: those with proxies (direct has none to count), less Envoy's
+# (under callgrind an Envoy takes minutes to serve its first request).
+INSTR_SCENARIOS=${BENCH_INSTR_SCENARIOS:-$(tr ' ' '\n' <<<"$SCENARIOS" | grep -v -e '^direct' -e '^envoy' | paste -sd' ')}
 OUT=${BENCH_OUT:-$BENCH_DIR/RESULTS.md}
 
 # ---- where things run -------------------------------------------------------
@@ -143,6 +161,11 @@ install_deps() {
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v openssl >/dev/null || missing+=(openssl)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    # callgrind (instructions per request): hardware counters (perf) are
+    # often missing in a VM; callgrind counts the same everywhere.
+    if [[ $INSTR == 1 ]]; then
+        command -v valgrind >/dev/null || missing+=(valgrind)
+    fi
     if (( ${#missing[@]} )); then
         log "apt-get install ${missing[*]} (the nginx and haproxy system services are not started)"
         if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -187,14 +210,14 @@ fi
 
 # ---- build ------------------------------------------------------------------
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "cargo build --release -p trellis-proxy -p trellis-identity (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$REPO" && cargo build --release -p trellis-proxy -p trellis-identity 2>"$RUN/logs/build.log") ||
+    log "cargo build --profile $CARGO_PROFILE -p trellis-proxy -p trellis-identity (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$REPO" && cargo build --profile "$CARGO_PROFILE" -p trellis-proxy -p trellis-identity 2>"$RUN/logs/build.log") ||
         die "build failed; see $RUN/logs/build.log"
 fi
 # Private copies: the shared target directory may be rebuilt during the run,
 # and uid $PROXY_UID must be able to run the proxy.
-install -m 755 "$CARGO_TARGET_DIR/release/trellis-proxy" "$RUN/trellis-proxy"
-install -m 755 "$CARGO_TARGET_DIR/release/trellis-identity" "$RUN/trellis-identity"
+install -m 755 "$CARGO_TARGET_DIR/$CARGO_PROFILE/trellis-proxy" "$RUN/trellis-proxy"
+install -m 755 "$CARGO_TARGET_DIR/$CARGO_PROFILE/trellis-identity" "$RUN/trellis-identity"
 TRELLIS=$RUN/trellis-proxy
 IDENTITY=$RUN/trellis-identity
 
@@ -222,6 +245,7 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     echo "kernel=$(uname -r)"
     echo "mem_total=$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     echo "os=$(. /etc/os-release && echo "$PRETTY_NAME")"
+    echo "cargo_profile=$CARGO_PROFILE"
     echo "trellis_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "trellis_dirty=$(git -C "$REPO" status --porcelain -- proxy core identity api Cargo.lock 2>/dev/null | wc -l)"
     echo "oha=$("$OHA" --version | head -1)"
@@ -289,7 +313,9 @@ CNF
     envoy_leaf server "$SERVER_ID"
 }
 
-case " $SCENARIOS " in
+PKI_FOR=" $SCENARIOS "
+[[ $INSTR == 1 ]] && PKI_FOR+="$INSTR_SCENARIOS "
+case $PKI_FOR in
     *" trellis_mtls "* | *" envoy_mtls "*) make_pki ;;
 esac
 
@@ -322,10 +348,16 @@ teardown_pods() {
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# Start-up waits: this many tries, 0.1 s apart (raised while the proxies run
+# under callgrind, which starts them tens of times slower).
+WAIT_TRIES=100
+# Prepended to each proxy's command line (run_instructions: callgrind).
+PROXY_WRAP=()
+
 # Bounded wait until `ns` accepts TCP on host:port.
 wait_tcp() {
     local ns=$1 host=$2 port=$3
-    for _ in $(seq 100); do
+    for _ in $(seq "$WAIT_TRIES"); do
         in_ns "$ns" timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null && return 0
         sleep 0.1
     done
@@ -381,11 +413,11 @@ start_trellis_proxy() { # start_trellis_proxy NS NAME [VAR=VALUE...]
     start_bg "$name" ip netns exec "$ns" taskset -c "$PROXY_CPU" \
         setpriv --reuid="$PROXY_UID" --regid="$PROXY_UID" --clear-groups \
         env TRELLIS_PROXY_LOG=warn TRELLIS_PROXY_WORKER_THREADS=1 TRELLIS_PROXY_WORKLOAD="bench/$name" "$@" \
-        "$TRELLIS"
+        "${PROXY_WRAP[@]}" "$TRELLIS"
     local pid=$LAST_PID
     # With an identity, /ready answers only once the proxy holds its
     # certificate.
-    for _ in $(seq 100); do
+    for _ in $(seq "$WAIT_TRIES"); do
         in_ns "$ns" timeout 1 bash -c \
             'exec 3<>/dev/tcp/127.0.0.1/7191 && printf "GET /ready HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' \
             2>/dev/null | grep -q ' 200' && { LAST_PID=$pid; return 0; }
@@ -506,10 +538,10 @@ start_nginx() {
     fill "$BENCH_DIR/conf/proxy-nginx.conf" "$RUN/nginx-client.conf" NAME=nginx-client \
         LISTEN="127.0.0.1:$CLI_PROXY_PORT" UPSTREAM="$SRV_IP:$SRV_PROXY_PORT"
     start_bg nginx-server ip netns exec "$SRV_NS" taskset -c "$PROXY_CPU" \
-        nginx -e "$RUN/logs/nginx-server.err" -c "$RUN/nginx-server.conf" -g 'daemon off;'
+        "${PROXY_WRAP[@]}" nginx -e "$RUN/logs/nginx-server.err" -c "$RUN/nginx-server.conf" -g 'daemon off;'
     local srv=$LAST_PID
     start_bg nginx-client ip netns exec "$CLI_NS" taskset -c "$PROXY_CPU" \
-        nginx -e "$RUN/logs/nginx-client.err" -c "$RUN/nginx-client.conf" -g 'daemon off;'
+        "${PROXY_WRAP[@]}" nginx -e "$RUN/logs/nginx-client.err" -c "$RUN/nginx-client.conf" -g 'daemon off;'
     local cli=$LAST_PID
     wait_tcp "$SRV_NS" "$SRV_IP" "$SRV_PROXY_PORT"
     wait_tcp "$CLI_NS" 127.0.0.1 "$CLI_PROXY_PORT"
@@ -524,9 +556,9 @@ start_haproxy() {
         LISTEN="$SRV_IP:$SRV_PROXY_PORT" UPSTREAM="127.0.0.1:$BACKEND_PORT"
     fill "$BENCH_DIR/conf/proxy-haproxy.cfg" "$RUN/haproxy-client.cfg" NAME=haproxy-client \
         LISTEN="127.0.0.1:$CLI_PROXY_PORT" UPSTREAM="$SRV_IP:$SRV_PROXY_PORT"
-    start_bg haproxy-server ip netns exec "$SRV_NS" taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/haproxy-server.cfg"
+    start_bg haproxy-server ip netns exec "$SRV_NS" taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" haproxy -db -f "$RUN/haproxy-server.cfg"
     SERVER_PIDS=("$LAST_PID")
-    start_bg haproxy-client ip netns exec "$CLI_NS" taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/haproxy-client.cfg"
+    start_bg haproxy-client ip netns exec "$CLI_NS" taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" haproxy -db -f "$RUN/haproxy-client.cfg"
     CLIENT_PIDS=("$LAST_PID")
     wait_tcp "$SRV_NS" "$SRV_IP" "$SRV_PROXY_PORT"
     wait_tcp "$CLI_NS" 127.0.0.1 "$CLI_PROXY_PORT"
@@ -539,7 +571,7 @@ start_envoy_pair() { # start_envoy_pair PREFIX
     for side in server client; do
         local ns=$SRV_NS
         [[ $side == client ]] && ns=$CLI_NS
-        start_bg "$1-$side" ip netns exec "$ns" taskset -c "$PROXY_CPU" "$ENVOY" -c "$RUN/$1-$side.yaml" \
+        start_bg "$1-$side" ip netns exec "$ns" taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" "$ENVOY" -c "$RUN/$1-$side.yaml" \
             --concurrency 1 --disable-hot-restart -l warn
         if [[ $side == server ]]; then SERVER_PIDS=("$LAST_PID"); else CLIENT_PIDS=("$LAST_PID"); fi
     done
@@ -821,6 +853,86 @@ run_idle() {
     teardown_pods
 }
 
+# Instructions per request: the scenario twice more, each proxy process
+# under callgrind (valgrind), which counts the instructions a process
+# executes (user space, every thread) and its system calls, the same on
+# every run and whatever else the machine is doing (hardware counters, for
+# perf, are often missing in a VM). Pass "base": start, the smoke request,
+# INSTR_WARMUP requests, stop. Pass "full": the same plus INSTR_REQUESTS more
+# requests (oha -n, over INSTR_CONNS keep-alive connections). Per request =
+# (full − base) / INSTR_REQUESTS, per process, from the profile callgrind
+# writes when the process exits. (Zeroing the counters of a live process
+# needs vgdb, which cannot reach a process inside the pods here.) Nothing
+# else is subtracted: the load generator's INSTR_CONNS connections, and the
+# proxy's housekeeping meanwhile (timers, file polls), are amortised in it.
+# With one connection the proxy handles one request at a time, as at a low
+# fixed rate: no batching, so the figure does not depend on how much
+# callgrind slows the proxy down. The profiles (callgrind_annotate,
+# kcachegrind, bench/profile_areas.py) stay in $RUN/instr/SCENARIO/.
+run_instructions() { # run_instructions SCENARIO
+    local s=$1 pass
+    for pass in base full; do
+        DIR=$RUN/instr/$s/$pass
+        mkdir -p "$DIR"
+        # The Trellis proxies run as uid PROXY_UID and write their profile here.
+        chmod 1777 "$DIR"
+        log "instructions per request, scenario $s, pass $pass: proxies under callgrind"
+        make_pods
+        start_backend "$LOAD_CPU"
+        PROXY_WRAP=(valgrind --tool=callgrind --collect-systime=usec
+            "--callgrind-out-file=$DIR/callgrind.%p" "--log-file=$DIR/valgrind.%p.log")
+        WAIT_TRIES=1200
+        "start_$s"
+        PROXY_WRAP=()
+        WAIT_TRIES=100
+        smoke "$TARGET"
+        if declare -F "check_$s" >/dev/null; then "check_$s" smoke; fi
+        oha_n "$DIR/warmup.json" "$INSTR_WARMUP"
+        [[ $pass == full ]] && oha_n "$DIR/measure.json" "$INSTR_REQUESTS"
+        if declare -F "check_$s" >/dev/null; then "check_$s" final; fi
+        local side p
+        {
+            for side in client server; do
+                local -n sp=${side^^}_PIDS
+                echo "${side}_pids=${sp[*]}"
+            done
+        } >"$DIR/instr.env"
+        # callgrind writes a process's profile when it exits: stop the
+        # proxies and give them time.
+        stop_gracefully "${CLIENT_PIDS[@]}" "${SERVER_PIDS[@]}"
+        teardown_pods
+        for p in "${CLIENT_PIDS[@]}" "${SERVER_PIDS[@]}"; do
+            [[ -s $DIR/callgrind.$p ]] || die "no callgrind profile for pid $p in $DIR; see $DIR/valgrind.$p.log"
+        done
+    done
+    { echo "requests=$INSTR_REQUESTS"; echo "warmup=$INSTR_WARMUP"; echo "conns=$INSTR_CONNS"; } >"$RUN/instr/$s/instr.env"
+}
+
+# SIGTERM, then up to 120 s for the processes to exit (under callgrind,
+# writing the profile takes a while); kill_pids does the rest.
+stop_gracefully() {
+    local p alive
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 1200); do
+        alive=0
+        for p in "$@"; do
+            # Exited children of this script stay as zombies: not alive.
+            [[ $(awk '{sub(/^.*\) /, ""); print $1}' "/proc/$p/stat" 2>/dev/null) =~ ^[^Z]$ ]] && alive=1
+        done
+        (( alive )) || return 0
+        sleep 0.1
+    done
+    log "  some proxies did not exit within 120 s of SIGTERM"
+}
+
+# oha with a fixed number of requests (instructions per request).
+oha_n() { # oha_n OUT_JSON REQUESTS
+    in_ns "$CLI_NS" timeout 900 taskset -c "$LOAD_CPU" \
+        "$OHA" --worker-threads 1 --no-tui --output-format json -n "$2" -c "$INSTR_CONNS" "$TARGET" \
+        >"$1" 2>"$1.err" || die "oha failed: $(cat "$1.err")"
+    grep -q "\"200\": *$2\b" "$1" || die "not every request got a 200: see $1"
+}
+
 # ---- run ------------------------------------------------------------------------
 T0=$(date +%s)
 for s in $SCENARIOS; do
@@ -862,6 +974,13 @@ if [[ -n $IDLE_STEPS ]]; then
     run_idle http
     run_idle opaque
 fi
+if [[ $INSTR == 1 ]]; then
+    for s in $INSTR_SCENARIOS; do
+        run_instructions "$s"
+    done
+fi
+echo "instr=$INSTR" >>"$RUN/meta.env"
+echo "instr_scenarios=$INSTR_SCENARIOS" >>"$RUN/meta.env"
 echo "elapsed_secs=$(( $(date +%s) - T0 ))" >>"$RUN/meta.env"
 
 python3 "$BENCH_DIR/report.py" "$RUN" "$SCENARIOS" >"$OUT.tmp"
