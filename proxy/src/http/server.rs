@@ -36,9 +36,12 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    // Each request's future is boxed: hyper keeps it inline in the
+    // connection (HTTP/1) or in a task per stream (HTTP/2), moving it as it
+    // goes; a pointer moves for free, a pipeline's future does not.
     let svc = hyper::service::service_fn(move |req| {
-        let handle = handle.clone();
-        async move { Ok::<_, Infallible>(handle(req).await) }
+        let answer = Box::pin(handle(req));
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(io);
     let served = if protocol == Protocol::H2 {

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,8 +21,8 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::http::headers::{
-    absolute_uri, authority_of, from_mesh_request, is_grpc, normalize_request_path,
-    remove_hop_by_hop, socket_authority, strip_h2c_upgrade, wants_tunnel,
+    authority_of, from_mesh_request, is_grpc, normalize_request_path, remove_hop_by_hop,
+    strip_h2c_upgrade, wants_tunnel,
 };
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
 use crate::metrics::RouteLabels;
@@ -33,8 +32,6 @@ use crate::policy::{Authorize, ConnFacts, RequestFacts};
 struct Connection {
     ctx: Arc<ListenerContext>,
     orig_dst: OrigDstAddr,
-    /// The original destination as an authority, for HTTP/1 URIs.
-    authority: Authority,
     peer: Peer,
     /// The client's HTTP version: HTTP/2 from a peer proxy, whatever the
     /// application behind it speaks.
@@ -55,7 +52,6 @@ where
     let conn = Arc::new(Connection {
         ctx: ctx.clone(),
         orig_dst,
-        authority: socket_authority(orig_dst),
         peer,
         client,
     });
@@ -179,8 +175,6 @@ impl Connection {
             Peer::Plain { .. } => self.client != Protocol::H2,
         };
         if app_h1 {
-            *req.uri_mut() = absolute_uri(&self.authority, req.uri())
-                .map_err(|e| ProxyError::Internal(e.to_string()))?;
             ctx.upstreams.send_http1(self.orig_dst, req).await
         } else {
             ctx.upstreams.send_http2(self.orig_dst, req).await

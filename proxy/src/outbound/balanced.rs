@@ -40,8 +40,8 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::{Fault, ProxyError, Retry};
 use crate::http::headers::{
-    absolute_uri, into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority,
-    strip_h2c_upgrade, wants_tunnel,
+    into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority, strip_h2c_upgrade,
+    wants_tunnel,
 };
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
 use crate::mesh::Destination;
@@ -395,17 +395,12 @@ async fn send(
 ) -> Result<(Response<Incoming>, Option<Frame<Bytes>>), ProxyError> {
     let upstreams = &shared.conn.ctx.upstreams;
     let client_h1 = shared.conn.client_h1();
-    let authority = socket_authority(addr);
     let rsp = match dest {
         Some(dest) => {
-            into_mesh_request(&mut req, client_h1, &authority);
+            into_mesh_request(&mut req, client_h1, &socket_authority(addr));
             upstreams.send_mesh(addr, dest, req).await
         }
-        None if client_h1 => {
-            *req.uri_mut() = absolute_uri(&authority, req.uri())
-                .map_err(|e| ProxyError::Internal(e.to_string()))?;
-            upstreams.send_http1(addr, req).await
-        }
+        None if client_h1 => upstreams.send_http1(addr, req).await,
         None => upstreams.send_http2(addr, req).await,
     }?;
     // Only a request already sent whole can be retried: checked now that

@@ -21,7 +21,7 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::http::headers::{
-    absolute_uri, authority_of, into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority,
+    authority_of, into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority,
     strip_h2c_upgrade, wants_tunnel,
 };
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
@@ -32,7 +32,8 @@ use crate::metrics::RouteLabels;
 struct Connection {
     ctx: Arc<ListenerContext>,
     orig_dst: OrigDstAddr,
-    /// The original destination as an authority, for HTTP/1 URIs.
+    /// The original destination as an authority: a meshed request's when
+    /// an HTTP/1 client sent no Host header.
     authority: Authority,
     /// Meshed: mutual TLS to this destination. `None`: plaintext.
     mesh: Option<Arc<Destination>>,
@@ -115,11 +116,7 @@ impl Connection {
                 into_mesh_request(&mut req, client_h1, &self.authority);
                 ctx.upstreams.send_mesh(self.orig_dst, dst, req).await
             }
-            None if client_h1 => {
-                *req.uri_mut() = absolute_uri(&self.authority, req.uri())
-                    .map_err(|e| ProxyError::Internal(e.to_string()))?;
-                ctx.upstreams.send_http1(self.orig_dst, req).await
-            }
+            None if client_h1 => ctx.upstreams.send_http1(self.orig_dst, req).await,
             None => ctx.upstreams.send_http2(self.orig_dst, req).await,
         }
     }
