@@ -26,10 +26,11 @@ use trellis_core::tls::{self, Sniff};
 use crate::config::Config;
 use crate::detect::{self, Protocol, Reason};
 use crate::error::ProxyError;
-use crate::http::ServerLimits;
+use crate::http::record::Handles;
+use crate::http::{Recorder, ServerLimits};
 use crate::io::ByteCounts;
 use crate::mesh::{Mesh, ALPN_H2, ALPN_TCP};
-use crate::metrics::{Direction, Label, Metrics, TcpLabels};
+use crate::metrics::{Direction, Label, Metrics, RouteLabels, TcpLabels};
 use crate::orig_dst::OrigDstLookup;
 use crate::probe::ProbeSources;
 use crate::service::Services;
@@ -232,6 +233,28 @@ async fn sniff_mesh_alpn(
 }
 
 impl ListenerContext {
+    /// Starts a request's golden metrics under `labels` (through its
+    /// connection's metric `handles`), and its span.
+    pub fn start_request<B>(
+        &self,
+        orig_dst: OrigDstAddr,
+        req: &http::Request<B>,
+        handles: &Arc<Handles>,
+        labels: RouteLabels,
+    ) -> Recorder {
+        tracing::debug!(method = %req.method(), route = %labels.route, "request");
+        let span = self.tracing.request(self.direction, orig_dst, req);
+        let grpc = crate::http::headers::is_grpc(req.headers());
+        Recorder::start(self.metrics.clone(), handles.clone(), labels, grpc, span)
+    }
+
+    /// The `service` label of a request to no particular service: its
+    /// authority (without a port: the scheme's, 80 for http).
+    pub fn service_label<B>(&self, req: &http::Request<B>) -> Label {
+        let authority = crate::http::headers::authority_of(req).unwrap_or("");
+        self.metrics.services.get(authority, 80)
+    }
+
     /// Limits of the HTTP servers on client connections.
     pub fn server_limits(&self) -> ServerLimits {
         ServerLimits {

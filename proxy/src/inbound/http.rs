@@ -21,9 +21,9 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::http::headers::{
-    authority_of, from_mesh_request, is_grpc, normalize_request_path, remove_hop_by_hop,
-    strip_h2c_upgrade, wants_tunnel,
+    from_mesh_request, normalize_request_path, remove_hop_by_hop, strip_h2c_upgrade, wants_tunnel,
 };
+use crate::http::record::Handles;
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
 use crate::metrics::RouteLabels;
 use crate::policy::{Authorize, ConnFacts, RequestFacts};
@@ -31,6 +31,8 @@ use crate::policy::{Authorize, ConnFacts, RequestFacts};
 /// What every request on one inbound HTTP connection shares.
 struct Connection {
     ctx: Arc<ListenerContext>,
+    /// The golden-metric handles of this connection's requests.
+    handles: Arc<Handles>,
     orig_dst: OrigDstAddr,
     peer: Peer,
     /// The client's HTTP version: HTTP/2 from a peer proxy, whatever the
@@ -51,6 +53,7 @@ where
 {
     let conn = Arc::new(Connection {
         ctx: ctx.clone(),
+        handles: Arc::default(),
         orig_dst,
         peer,
         client,
@@ -82,21 +85,14 @@ impl Connection {
             Peer::Mesh { label, .. } => (label.clone(), true),
             Peer::Plain { .. } => (ctx.no_peer.clone(), false),
         };
-        // An authority without a port means the scheme's: 80 for http.
-        let service = ctx
-            .metrics
-            .services
-            .get(authority_of(req).unwrap_or(""), 80);
         let labels = RouteLabels {
             direction: ctx.direction,
-            service,
+            service: ctx.service_label(req),
             route: ctx.default_route.clone(),
             tls,
             peer,
         };
-        tracing::debug!(method = %req.method(), "request");
-        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
+        ctx.start_request(self.orig_dst, req, &self.handles, labels)
     }
 
     /// Stage 2: what every request passes before it reaches the

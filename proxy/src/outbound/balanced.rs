@@ -40,9 +40,9 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::{Fault, ProxyError, Retry};
 use crate::http::headers::{
-    into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority, strip_h2c_upgrade,
-    wants_tunnel,
+    into_mesh_request, remove_hop_by_hop, socket_authority, strip_h2c_upgrade, wants_tunnel,
 };
+use crate::http::record::Handles;
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
 use crate::mesh::Destination;
 use crate::metrics::{RetryLabels, RouteLabels, ServiceOnlyLabels, ServiceRouteLabels};
@@ -53,6 +53,8 @@ use crate::traffic::route::RequestFacts as RouteFacts;
 /// What every request on one connection to a service shares.
 struct Connection {
     ctx: Arc<ListenerContext>,
+    /// The golden-metric handles of this connection's requests.
+    handles: Arc<Handles>,
     /// The service's address, as the client dialled it.
     orig_dst: OrigDstAddr,
     svc: Arc<ServiceState>,
@@ -72,6 +74,7 @@ where
 {
     let conn = Arc::new(Connection {
         ctx: ctx.clone(),
+        handles: Arc::default(),
         orig_dst,
         svc,
         client,
@@ -111,9 +114,7 @@ impl Connection {
             tls: false,
             peer: ctx.no_peer.clone(),
         };
-        tracing::debug!(method = %req.method(), route = %plan.route, "request");
-        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
+        ctx.start_request(self.orig_dst, req, &self.handles, labels)
     }
 
     /// A tunnel: one endpoint, one connection, no retries.

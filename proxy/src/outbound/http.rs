@@ -21,9 +21,9 @@ use crate::conn::ListenerContext;
 use crate::detect::Protocol;
 use crate::error::ProxyError;
 use crate::http::headers::{
-    authority_of, into_mesh_request, is_grpc, remove_hop_by_hop, socket_authority,
-    strip_h2c_upgrade, wants_tunnel,
+    into_mesh_request, remove_hop_by_hop, socket_authority, strip_h2c_upgrade, wants_tunnel,
 };
+use crate::http::record::Handles;
 use crate::http::{respond, server, tunnel, ProxyBody, Recorder};
 use crate::mesh::Destination;
 use crate::metrics::RouteLabels;
@@ -31,6 +31,8 @@ use crate::metrics::RouteLabels;
 /// What every request on one outbound HTTP connection shares.
 struct Connection {
     ctx: Arc<ListenerContext>,
+    /// The golden-metric handles of this connection's requests.
+    handles: Arc<Handles>,
     orig_dst: OrigDstAddr,
     /// The original destination as an authority: a meshed request's when
     /// an HTTP/1 client sent no Host header.
@@ -53,6 +55,7 @@ where
 {
     let conn = Arc::new(Connection {
         ctx: ctx.clone(),
+        handles: Arc::default(),
         orig_dst,
         authority: socket_authority(orig_dst),
         mesh,
@@ -82,21 +85,14 @@ impl Connection {
             Some(dst) => dst.peer.clone(),
             None => ctx.no_peer.clone(),
         };
-        // An authority without a port means the scheme's: 80 for http.
-        let service = ctx
-            .metrics
-            .services
-            .get(authority_of(req).unwrap_or(""), 80);
         let labels = RouteLabels {
             direction: ctx.direction,
-            service,
+            service: ctx.service_label(req),
             route: ctx.default_route.clone(),
             tls: self.mesh.is_some(),
             peer,
         };
-        tracing::debug!(method = %req.method(), "request");
-        let span = ctx.tracing.request(ctx.direction, self.orig_dst, req);
-        Recorder::start(ctx.metrics.clone(), labels, is_grpc(req.headers()), span)
+        ctx.start_request(self.orig_dst, req, &self.handles, labels)
     }
 
     /// Stages 2 and 3: the request prepared for the upstream, and sent.
